@@ -1,0 +1,24 @@
+//! The wire API between `rnet` (and any other client) and `rnetd`.
+//!
+//! One request per connection: a length-prefixed JSON [`Request`] (the container's network
+//! namespace travels with it as an `SCM_RIGHTS` fd), then one [`Response`]. Types reject unknown
+//! fields, so a client and a daemon that disagree fail loudly instead of half-working.
+//!
+//! This module is built with the `client` feature alone (no tokio) so the launcher stays lean.
+
+mod name;
+mod types;
+pub mod wire;
+
+pub use name::{MachineName, NameError};
+pub use types::*;
+pub use wire::{Client, ClientError};
+
+/// The socket's file name inside the runtime directory.
+pub const SOCKET_NAME: &str = "rnetd.sock";
+
+/// The default runtime directory (`--runtime-dir`, `RNET_RUNTIME_DIR`).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/rnet";
+
+/// The default state directory (`--state-dir`, `RNET_STATE_DIR`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rnet";

@@ -1,0 +1,173 @@
+//! Request and response types. Every struct rejects unknown fields.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use super::MachineName;
+
+/// A request to `rnetd`. Changing requests need uid 0; `List` and `Status` are open to all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Give a container networking. The container's network namespace is passed as the
+    /// connection's `SCM_RIGHTS` fd.
+    Attach(AttachRequest),
+    /// Remove what `Attach` built for a machine.
+    Detach {
+        /// The machine to detach.
+        machine: MachineName,
+    },
+    /// All attached machines.
+    List,
+    /// One attached machine.
+    Status {
+        /// The machine to show.
+        machine: MachineName,
+    },
+}
+
+impl Request {
+    /// Whether the request changes anything (and so needs uid 0).
+    pub fn is_change(&self) -> bool {
+        matches!(self, Request::Attach(_) | Request::Detach { .. })
+    }
+}
+
+/// What `Attach` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// The machine's name; unique among attached machines.
+    pub machine: MachineName,
+    /// The pid of the container's first process, watched through a pidfd: when it exits,
+    /// `rnetd` removes the machine's networking even if nobody sends `Detach`.
+    pub pid: u32,
+    /// The kind of network to build.
+    pub network: NetworkSpec,
+}
+
+/// The network a container gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetworkSpec {
+    /// `--network-veth`: a `ve-NAME` / `host0` pair with a /28 of its own.
+    Veth,
+}
+
+/// A response from `rnetd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// `Attach` succeeded.
+    Attached(Machine),
+    /// `Detach` succeeded.
+    Detached,
+    /// The answer to `List`.
+    Machines(Vec<Machine>),
+    /// The answer to `Status`.
+    Status(Machine),
+    /// The request failed; nothing was changed.
+    Error(ApiError),
+}
+
+/// An attached machine and the network it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// The machine's name.
+    pub machine: MachineName,
+    /// The pid `rnetd` watches.
+    pub pid: u32,
+    /// The network kind.
+    pub network: NetworkSpec,
+    /// Host-side interface name (shortened to 15 characters if needed).
+    pub host_ifname: String,
+    /// The full host-side name, set as altname when `host_ifname` had to be shortened.
+    pub host_altname: Option<String>,
+    /// Container-side interface name (`host0`).
+    pub container_ifname: String,
+    /// MAC address of the host side.
+    pub host_mac: String,
+    /// MAC address of the container side.
+    pub container_mac: String,
+    /// The link's subnet.
+    pub subnet: Ipv4Network,
+    /// The host side's address (first of the subnet); the container's gateway.
+    pub host_address: Ipv4Addr,
+    /// The container's address, chosen as the DHCP server would choose it.
+    pub container_address: Ipv4Addr,
+    /// DNS servers the container should use (may be empty).
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// A failed request: a stable kind for programs, a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// One line saying what failed and why.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Kinds of failure, stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The caller may not do this (not uid 0).
+    PermissionDenied,
+    /// The request is malformed or inconsistent.
+    BadRequest,
+    /// A machine of that name is already attached.
+    AlreadyExists,
+    /// No machine of that name is attached.
+    NotFound,
+    /// No free subnet is left in the address pools.
+    PoolExhausted,
+    /// The kernel or the daemon failed.
+    Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::Attach(AttachRequest {
+            machine: MachineName::new("web").unwrap(),
+            pid: 42,
+            network: NetworkSpec::Veth,
+        });
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            text,
+            r#"{"attach":{"machine":"web","pid":42,"network":"veth"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names_are_refused() {
+        let extra = r#"{"attach":{"machine":"web","pid":42,"network":"veth","x":1}}"#;
+        let err = serde_json::from_str::<Request>(extra).unwrap_err();
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
+        let bad = r#"{"detach":{"machine":"-web"}}"#;
+        assert!(serde_json::from_str::<Request>(bad).is_err());
+        assert!(serde_json::from_str::<Request>(r#""reboot""#).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Framing (a 4-byte big-endian length, then JSON) and the blocking client.
+//!
+//! The daemon reads the same frames with tokio; the client here is plain `std` so the launcher
+//! links no async runtime.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, Request, Response};
+
+/// Largest frame either side accepts: far above any real request, small enough that a broken
+/// or hostile peer cannot make the daemon allocate much.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// How long the client waits for the daemon's answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Encodes `msg` as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising our own plain data types cannot fail.
+    let body = serde_json::to_vec(msg).unwrap_or_default();
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame larger than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME} bytes")]
+    TooLarge(usize),
+    /// The body is not the JSON we expect.
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Reading failed or the peer closed the connection early.
+    #[error("reading the message failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The body length a frame header announces, checked against [`MAX_FRAME`].
+pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// Why a client request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error(
+        "rnetd is not running (no daemon at {path}); start it with `rnetd` as root, or point --runtime-dir/RNET_RUNTIME_DIR at its runtime directory"
+    )]
+    NotRunning {
+        /// The socket tried.
+        path: PathBuf,
+    },
+    /// Connecting failed for another reason.
+    #[error("cannot connect to rnetd at {path}: {source}")]
+    Connect {
+        /// The socket tried.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error("talking to rnetd failed: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon's answer could not be read.
+    #[error("rnetd sent an unreadable answer: {0}")]
+    Frame(#[from] FrameError),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Api(ApiError),
+}
+
+/// A blocking connection to `rnetd`.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    /// A client of the daemon whose runtime directory is `runtime_dir`.
+    pub fn new(runtime_dir: &Path) -> Self {
+        Self {
+            path: runtime_dir.join(super::SOCKET_NAME),
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks that a daemon accepts connections, without sending a request.
+    pub fn ping(&self) -> Result<(), ClientError> {
+        self.connect().map(drop)
+    }
+
+    fn connect(&self) -> Result<UnixStream, ClientError> {
+        let stream = UnixStream::connect(&self.path).map_err(|source| {
+            if matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) {
+                ClientError::NotRunning {
+                    path: self.path.clone(),
+                }
+            } else {
+                ClientError::Connect {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })?;
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        Ok(stream)
+    }
+
+    /// Sends `req` (with `fd` as `SCM_RIGHTS` if given) and returns the daemon's answer;
+    /// a [`Response::Error`] becomes [`ClientError::Api`].
+    pub fn call(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Response, ClientError> {
+        let mut stream = self.connect()?;
+        let frame = encode(req);
+        match fd {
+            Some(fd) => {
+                let fds = [fd.as_raw_fd()];
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                let sent = sendmsg::<()>(
+                    stream.as_raw_fd(),
+                    &[IoSlice::new(&frame)],
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(io::Error::from)?;
+                stream.write_all(&frame[sent..])?;
+            }
+            None => stream.write_all(&frame)?,
+        }
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header)?;
+        let mut body = vec![0u8; body_len(header)?];
+        stream.read_exact(&mut body)?;
+        match decode::<Response>(&body)? {
+            Response::Error(e) => Err(ClientError::Api(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = encode(&Request::List);
+        let len = body_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode::<Request>(&frame[4..]).unwrap(), Request::List);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let err = body_len(u32::MAX.to_be_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "frame of 4294967295 bytes exceeds the limit of 1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn missing_daemon_is_one_clear_line() {
+        let dir = std::env::temp_dir().join(format!("rnet-no-daemon-{}", std::process::id()));
+        let err = Client::new(&dir).call(&Request::List, None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("rnetd is not running"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+}
