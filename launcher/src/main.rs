@@ -1,1 +1,104 @@
-fn main() {}
+//! `rnet`: the container launcher and CLI client of `rnetd`.
+
+mod cli;
+mod netlink;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use netd::api::{Client, Machine, Request, Response};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One clear line: clap's first line names the problem; the usage block is noise.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("rnet: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rnet: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    let client = Client::new(&cli.runtime_dir);
+    match cli.command {
+        Command::Run(args) => run::run(args, &client).map(|code| ExitCode::from(code)),
+        Command::List { json } => {
+            let Response::Machines(list) = call(&client, &Request::List)? else {
+                return Err("rnetd sent an unexpected answer to list".into());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                print_table(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { machine, json } => {
+            let Response::Status(m) = call(&client, &Request::Status { machine })? else {
+                return Err("rnetd sent an unexpected answer to status".into());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            } else {
+                print_status(&m);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(client: &Client, req: &Request) -> Result<Response, String> {
+    client.call(req, None).map_err(|e| e.to_string())
+}
+
+fn print_table(list: &[Machine]) {
+    println!(
+        "{:<24} {:>8} {:<16} {:<18} {:<16}",
+        "MACHINE", "PID", "HOST-IF", "SUBNET", "ADDRESS"
+    );
+    for m in list {
+        println!(
+            "{:<24} {:>8} {:<16} {:<18} {:<16}",
+            m.machine,
+            m.pid,
+            m.host_ifname,
+            m.subnet.to_string(),
+            m.container_address
+        );
+    }
+    println!("\n{} machine(s) listed.", list.len());
+}
+
+fn print_status(m: &Machine) {
+    println!("{}", m.machine);
+    println!("          PID: {}", m.pid);
+    match &m.host_altname {
+        Some(alt) => println!("    Host link: {} (altname {alt}), {}", m.host_ifname, m.host_mac),
+        None => println!("    Host link: {}, {}", m.host_ifname, m.host_mac),
+    }
+    println!("    Container: {}, {}", m.container_ifname, m.container_mac);
+    println!("       Subnet: {}", m.subnet);
+    println!("      Address: {} via {}", m.container_address, m.host_address);
+    if !m.dns.is_empty() {
+        let dns: Vec<String> = m.dns.iter().map(ToString::to_string).collect();
+        println!("          DNS: {}", dns.join(" "));
+    }
+}

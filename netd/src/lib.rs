@@ -9,3 +9,15 @@ pub mod api;
 pub mod naming;
 #[cfg(feature = "daemon")]
 pub mod pool;
+#[cfg(feature = "daemon")]
+pub mod hostid;
+#[cfg(feature = "daemon")]
+pub mod machines;
+#[cfg(feature = "daemon")]
+pub mod procfs;
+#[cfg(feature = "daemon")]
+pub mod rtnl;
+#[cfg(feature = "daemon")]
+pub mod server;
+#[cfg(feature = "daemon")]
+pub mod state;

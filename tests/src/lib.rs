@@ -1,1 +1,398 @@
-//! rig
+//! The namespace test rig (DESIGN.md §8). Every test builds its own topology and never touches
+//! the real host network:
+//!
+//! ```text
+//!   [uplink netns]  203.0.113.1/24   ("the internet")
+//!         |  veth
+//!   [host netns]    203.0.113.2/24, default route via .1; rnetd runs here
+//!         |  ve-/vz-/vb- links created by rnetd
+//!   [container netns ...]  created by `rnet run`
+//! ```
+//!
+//! Names carry a prefix unique to the test process and test (`rnt<pid>x<n>`); everything is
+//! removed on drop (also when the test panics), and [`sweep`] removes what dead test processes
+//! left behind.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// The uplink's address ("the internet").
+pub const UPLINK_ADDR: &str = "203.0.113.1";
+/// The host's address on the uplink.
+pub const HOST_ADDR: &str = "203.0.113.2";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether privileged tests can run here; when they cannot, prints a visible SKIP line, or fails
+/// when `RNET_REQUIRE_PRIVILEGED=1` (CI sets it, so a skip can never pass for a success there).
+pub fn privileged(test: &str) -> bool {
+    let missing = if !nix::unistd::geteuid().is_root() {
+        Some("needs root")
+    } else if !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists() {
+        Some("needs iproute2")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(reason) => {
+            if std::env::var("RNET_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+                panic!("{test}: {reason}, and RNET_REQUIRE_PRIVILEGED=1");
+            }
+            eprintln!("SKIP {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// Directory holding the workspace's binaries, built once per test process so tests never run
+/// stale binaries.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // target/<profile>/deps/<test-binary>
+        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "rnet-netd", "-p", "rnet-launcher", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building rnetd and rnet failed");
+        dir
+    })
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Runs `cmd`, returning its output; panics with the command line if it cannot start.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` and panics (showing stderr) unless it succeeds; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held. A
+/// deadline for robustness, not a timing assertion.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One test's world: a host netns with rnetd, an uplink netns, temp dirs.
+pub struct Rig {
+    /// Unique prefix of everything this rig creates.
+    pub prefix: String,
+    /// The "host" netns, where rnetd runs.
+    pub host_ns: String,
+    /// The "uplink" netns.
+    pub uplink_ns: String,
+    tmp: tempfile::TempDir,
+    rnetd: Option<Child>,
+    children: Vec<Child>,
+}
+
+impl Rig {
+    /// Builds the topology (no daemon yet). Sweeps leftovers of dead test processes first.
+    pub fn new() -> Self {
+        sweep();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("rnt{}x{n}", std::process::id());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .expect("tempdir");
+        // Unprivileged test clients must reach the socket.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let rig = Self {
+            host_ns: format!("{prefix}h"),
+            uplink_ns: format!("{prefix}u"),
+            prefix,
+            tmp,
+            rnetd: None,
+            children: Vec::new(),
+        };
+        let ip = |args: &[&str]| ok(Command::new("ip").args(args));
+        ip(&["netns", "add", &rig.host_ns]);
+        ip(&["netns", "add", &rig.uplink_ns]);
+        let (h, u) = (format!("{}up", rig.prefix), format!("{}dn", rig.prefix));
+        ip(&[
+            "link", "add", &h, "netns", &rig.host_ns, "type", "veth", "peer", "name", &u, "netns",
+            &rig.uplink_ns,
+        ]);
+        for (ns, dev, addr) in [
+            (&rig.host_ns, &h, HOST_ADDR),
+            (&rig.uplink_ns, &u, UPLINK_ADDR),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &rig.host_ns, "route", "add", "default", "via", UPLINK_ADDR]);
+        rig
+    }
+
+    /// The host end of the uplink veth.
+    pub fn uplink_ifname(&self) -> String {
+        format!("{}up", self.prefix)
+    }
+
+    /// rnetd's runtime directory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.tmp.path().join("run")
+    }
+
+    /// rnetd's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// rnetd's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.tmp.path().join("rnetd.log")
+    }
+
+    /// rnetd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A command run inside the host netns (`nsenter --net`, which keeps /sys as it is).
+    pub fn in_host(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        in_netns(&format!("/run/netns/{}", self.host_ns), program)
+    }
+
+    /// A command run inside the uplink netns.
+    pub fn in_uplink(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        in_netns(&format!("/run/netns/{}", self.uplink_ns), program)
+    }
+
+    /// Starts rnetd in the host netns and waits for its socket.
+    pub fn start_rnetd(&mut self) {
+        assert!(self.rnetd.is_none(), "rnetd already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = self
+            .in_host(bin("rnetd"))
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--log", "netd=debug,info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning rnetd");
+        self.rnetd = Some(child);
+        let sock = self.runtime_dir().join("rnetd.sock");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        assert!(up, "rnetd did not come up; log:\n{}", self.log());
+    }
+
+    /// Stops rnetd with `signal` and waits for it.
+    pub fn stop_rnetd(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.rnetd.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            let _ = child.wait();
+        }
+    }
+
+    /// The pid of the running rnetd.
+    pub fn rnetd_pid(&self) -> u32 {
+        self.rnetd.as_ref().expect("rnetd not running").id()
+    }
+
+    /// An `rnet` command in the host netns, pointed at this rig's rnetd.
+    pub fn rnet(&self) -> Command {
+        let mut c = self.in_host(bin("rnet"));
+        c.arg("--runtime-dir").arg(self.runtime_dir());
+        c
+    }
+
+    /// Spawns `cmd`; it is killed when the rig drops.
+    pub fn spawn(&mut self, cmd: &mut Command) -> u32 {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Waits for a spawned process and returns its output.
+    pub fn wait(&mut self, pid: u32) -> Output {
+        let i = self
+            .children
+            .iter()
+            .position(|c| c.id() == pid)
+            .expect("not a child of this rig");
+        self.children.remove(i).wait_with_output().expect("wait")
+    }
+
+    /// `rnet list --json`.
+    pub fn machines(&self) -> Vec<Value> {
+        let out = ok(self.rnet().args(["list", "--json"]));
+        serde_json::from_str::<Vec<Value>>(&out).expect("list --json")
+    }
+
+    /// The attached machine called `name`, waiting for it to appear.
+    pub fn wait_machine(&self, name: &str) -> Value {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(10), || {
+            found = self.machines().into_iter().find(|m| m["machine"] == name);
+            found.is_some()
+        });
+        assert!(ok, "machine {name} never attached; rnetd log:\n{}", self.log());
+        found.unwrap()
+    }
+
+    /// `ip -j ARGS` in the host netns.
+    pub fn host_ip(&self, args: &[&str]) -> Value {
+        ip_json(self.in_host("ip").arg("-j").args(args))
+    }
+
+    /// Whether a link called `name` exists in the host netns.
+    pub fn host_has_link(&self, name: &str) -> bool {
+        output(self.in_host("ip").args(["link", "show", "dev", name]))
+            .status
+            .success()
+    }
+}
+
+/// A command run in the network namespace at `path`.
+pub fn in_netns(path: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={path}")).arg("--").arg(program);
+    c
+}
+
+/// A command run in the network namespace of process `pid`.
+pub fn in_pid_netns(pid: u64, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    in_netns(&format!("/proc/{pid}/ns/net"), program)
+}
+
+/// Runs an `ip -j` command and parses its output.
+pub fn ip_json(cmd: &mut Command) -> Value {
+    let out = ok(cmd);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd:?} gave bad JSON ({e}): {out}"))
+}
+
+impl Default for Rig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop_rnetd(nix::sys::signal::Signal::SIGKILL);
+        for ns in [&self.host_ns, &self.uplink_ns] {
+            kill_netns_processes(ns);
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Kills every process whose network namespace is the named netns.
+fn kill_netns_processes(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Removes what test processes that are no longer alive left behind: their netns (and the
+/// processes inside them) and their rnetd processes.
+pub fn sweep() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix("rnt") else { return false };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if dead(name) {
+                kill_netns_processes(name);
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+    // rnetd processes whose runtime dir belongs to a dead test process.
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.first().is_some_and(|a| a.ends_with("/rnetd")) {
+                continue;
+            }
+            let owner_dead = args.iter().any(|a| {
+                Path::new(a)
+                    .components()
+                    .any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with("rnt") && dead(s.split('-').next().unwrap_or(""))))
+            });
+            if owner_dead {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}

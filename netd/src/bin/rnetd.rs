@@ -1,1 +1,122 @@
-fn main() {}
+//! `rnetd`: the rnet network daemon.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ipnetwork::Ipv4Network;
+use netd::api::{self, SOCKET_NAME};
+use netd::machines::{Machines, Settings};
+use netd::rtnl::Rtnl;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+/// The rnet network daemon: owns the host side of container networking.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Runtime directory: socket, attachments, leases (survives a restart, not a reboot).
+    #[arg(long, env = "RNET_RUNTIME_DIR", default_value = api::DEFAULT_RUNTIME_DIR)]
+    runtime_dir: PathBuf,
+    /// State directory: explicitly created zones, fallback machine id.
+    #[arg(long, env = "RNET_STATE_DIR", default_value = api::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Address ranges the container subnets are cut from, in order (repeatable).
+    #[arg(long = "pool", value_name = "CIDR")]
+    pools: Vec<Ipv4Network>,
+    /// DNS servers for containers (repeatable); default: the non-loopback nameservers of
+    /// /etc/resolv.conf.
+    #[arg(long = "dns", value_name = "ADDR")]
+    dns: Vec<Ipv4Addr>,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
+    #[arg(long, env = "RNET_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("rnetd must run as root (it creates links and firewall rules)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    fs::create_dir_all(&args.runtime_dir)
+        .with_context(|| format!("creating runtime dir {}", args.runtime_dir.display()))?;
+    fs::set_permissions(&args.runtime_dir, fs::Permissions::from_mode(0o755))?;
+    fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    let machine_id = netd::hostid::load(Path::new("/etc/machine-id"), &args.state_dir)
+        .context("reading the machine id")?;
+    let dns = if args.dns.is_empty() {
+        host_nameservers(Path::new("/etc/resolv.conf"))
+    } else {
+        args.dns.clone()
+    };
+    let settings = Settings {
+        runtime_dir: args.runtime_dir.clone(),
+        machine_id,
+        pool_ranges: if args.pools.is_empty() {
+            netd::pool::default_ranges()
+        } else {
+            args.pools.clone()
+        },
+        dns,
+    };
+    let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
+    let rtnl = Rtnl::connect().context("opening rtnetlink")?;
+    let machines = Machines::start(settings, rtnl)
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    info!(socket = %args.runtime_dir.join(SOCKET_NAME).display(), "rnetd listening");
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    netd::server::run(machines, listener, shutdown).await;
+    let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
+    Ok(())
+}
+
+/// Binds the socket, refusing to steal it from a running daemon and replacing a stale one.
+fn bind(path: &Path) -> Result<UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another rnetd is already listening on {}", path.display());
+    }
+    let _ = fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Anyone may connect: reads are open, changes are checked per request with SO_PEERCRED.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// The IPv4 nameservers of a resolv.conf, without loopback ones (a container cannot reach the
+/// host's 127.0.0.53).
+fn host_nameservers(path: &Path) -> Vec<Ipv4Addr> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! The kernel boundary for links, addresses and routes (rtnetlink). Each method is one request,
+//! named after the `ip` command it replaces.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::naming::Mac;
+
+/// A failed netlink request: which step, on which object, and the kernel's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {object}: {reason}")]
+pub struct RtnlError {
+    /// What was being done (e.g. "creating veth").
+    pub step: &'static str,
+    /// What it was done to (e.g. "ve-web:host0").
+    pub object: String,
+    /// The kernel's error number, when it sent one.
+    pub errno: Option<i32>,
+    /// Human-readable cause.
+    pub reason: String,
+}
+
+impl RtnlError {
+    fn new(step: &'static str, object: impl Into<String>, err: &rtnetlink::Error) -> Self {
+        let (errno, reason) = match err {
+            rtnetlink::Error::NetlinkError(m) => (Some(-m.raw_code()), m.to_io().to_string()),
+            other => (None, other.to_string()),
+        };
+        Self {
+            step,
+            object: object.into(),
+            errno,
+            reason,
+        }
+    }
+
+    /// Whether the kernel said "no such device" (the object is already gone).
+    pub fn is_gone(&self) -> bool {
+        matches!(self.errno, Some(libc::ENODEV) | Some(libc::ENOENT))
+    }
+}
+
+/// Result of rtnetlink calls.
+pub type Result<T> = std::result::Result<T, RtnlError>;
+
+/// An rtnetlink connection in the daemon's network namespace.
+#[derive(Clone, Debug)]
+pub struct Rtnl {
+    handle: Handle,
+}
+
+impl Rtnl {
+    /// Opens a connection; its I/O task runs on the current tokio runtime.
+    pub fn connect() -> std::io::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// Every IPv4 network in use in this namespace: each address with its prefix and each
+    /// route's destination (`ip -4 addr` + `ip -4 route show table all`).
+    pub async fn ipv4_in_use(&self) -> Result<Vec<Ipv4Network>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(|e| RtnlError::new("listing", "addresses", &e))?
+        {
+            let prefix = msg.header.prefix_len;
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) = attr
+                    && let Ok(n) = Ipv4Network::new(*a, prefix)
+                {
+                    out.push(n);
+                }
+            }
+        }
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
+        let mut routes = self.handle.route().get(filter).execute();
+        while let Some(msg) = routes
+            .try_next()
+            .await
+            .map_err(|e| RtnlError::new("listing", "routes", &e))?
+        {
+            if msg.header.address_family != AddressFamily::Inet {
+                continue;
+            }
+            let prefix = msg.header.destination_prefix_length;
+            for attr in &msg.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(a)) = attr
+                    && let Ok(n) = Ipv4Network::new(*a, prefix)
+                {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip link add HOST address HOST_MAC type veth peer name PEER address PEER_MAC netns FD`:
+    /// one request creates both ends, the peer directly inside the container's namespace.
+    /// Returns the host end's ifindex.
+    pub async fn add_veth(
+        &self,
+        host: &str,
+        host_mac: Mac,
+        peer: &str,
+        peer_mac: Mac,
+        netns: BorrowedFd<'_>,
+    ) -> Result<u32> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_owned())
+            .address(peer_mac.0.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .address(host_mac.0.to_vec())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        let object = format!("{host}:{peer}");
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("creating veth", &object, &e))?;
+        self.link_index(host)
+            .await?
+            .ok_or_else(|| RtnlError {
+                step: "finding new veth",
+                object,
+                errno: Some(libc::ENODEV),
+                reason: "it vanished right after creation".into(),
+            })
+    }
+
+    /// `ip link property add dev INDEX altname NAME`.
+    pub async fn add_altname(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .property_add(index)
+            .alt_ifname(&[name])
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("adding altname", name, &e))
+    }
+
+    /// `ip addr add ADDR/PREFIX dev INDEX`.
+    pub async fn add_address(&self, index: u32, net: Ipv4Network) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(net.ip()), net.prefix())
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("adding address", net.to_string(), &e))
+    }
+
+    /// `ip link set dev INDEX up`.
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("setting up link", index.to_string(), &e))
+    }
+
+    /// The ifindex of the link called `name` (or with that altname), if any.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link(name).await?.map(|m| m.header.index))
+    }
+
+    /// The link called `name`, if any (`ip link show NAME`).
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let err = RtnlError::new("looking up link", name, &e);
+                if err.is_gone() { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+
+    /// The altnames of a link.
+    pub fn altnames(msg: &LinkMessage) -> Vec<String> {
+        msg.attributes
+            .iter()
+            .filter_map(|a| match a {
+                LinkAttribute::PropList(props) => Some(props),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|p| match p {
+                netlink_packet_route::link::Prop::AltIfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `ip link del NAME`; a link that is already gone counts as deleted.
+    pub async fn del_link(&self, name: &str) -> Result<()> {
+        let Some(index) = self.link_index(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = RtnlError::new("deleting link", name, &e);
+                if err.is_gone() { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+}

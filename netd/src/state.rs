@@ -1,0 +1,189 @@
+//! What `rnetd` must remember across a restart: the attached machines. Written atomically (temp
+//! file, fsync, rename, fsync of the directory), so a crash leaves the old or the new state,
+//! never a torn file.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Machine;
+
+/// Version of the state file format.
+const VERSION: u32 = 1;
+
+/// File name of the state inside the runtime directory.
+pub const FILE_NAME: &str = "state.json";
+
+/// One attached machine as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedMachine {
+    /// What was built.
+    pub machine: Machine,
+    /// Start time of the watched pid (field 22 of `/proc/PID/stat`), so a reused pid is not
+    /// mistaken for the container after a restart.
+    pub pid_start_time: u64,
+}
+
+/// The saved state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    /// Attached machines.
+    pub machines: Vec<SavedMachine>,
+}
+
+/// Reading or writing the state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on the file.
+    #[error("{step} {path}: {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is not a state file we understand.
+    #[error("state file {path} is unreadable: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The state file in a runtime directory.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file under `runtime_dir`.
+    pub fn new(runtime_dir: &Path) -> Self {
+        Self {
+            path: runtime_dir.join(FILE_NAME),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the state; a missing file is an empty state.
+    pub fn load(&self) -> Result<State, StateError> {
+        let text = match fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    step: "reading",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let state: State = serde_json::from_slice(&text).map_err(|e| StateError::Parse {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        if state.version != VERSION {
+            return Err(StateError::Parse {
+                path: self.path.clone(),
+                reason: format!("version {} (this rnetd reads {VERSION})", state.version),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Saves `machines` atomically.
+    pub fn save(&self, machines: Vec<SavedMachine>) -> Result<(), StateError> {
+        let state = State {
+            version: VERSION,
+            machines,
+        };
+        let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        write_atomic(&self.path, &body)
+    }
+}
+
+/// Writes `body` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
+    let io = |step, source| StateError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
+    let mut f = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
+    f.write_all(body).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| io("renaming temp file to", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing directory of", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MachineName, NetworkSpec};
+
+    fn machine(name: &str) -> SavedMachine {
+        SavedMachine {
+            machine: Machine {
+                machine: MachineName::new(name).unwrap(),
+                pid: 7,
+                network: NetworkSpec::Veth,
+                host_ifname: format!("ve-{name}"),
+                host_altname: None,
+                container_ifname: "host0".into(),
+                host_mac: "02:00:00:00:00:01".into(),
+                container_mac: "02:00:00:00:00:02".into(),
+                subnet: "192.168.0.0/28".parse().unwrap(),
+                host_address: "192.168.0.1".parse().unwrap(),
+                container_address: "192.168.0.7".parse().unwrap(),
+                dns: vec![],
+            },
+            pid_start_time: 99,
+        }
+    }
+
+    #[test]
+    fn save_then_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        assert_eq!(f.load().unwrap(), State::default());
+        f.save(vec![machine("a"), machine("b")]).unwrap();
+        let s = f.load().unwrap();
+        assert_eq!(s.machines, vec![machine("a"), machine("b")]);
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+    }
+
+    #[test]
+    fn corrupt_state_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path());
+        fs::write(f.path(), b"{\"version\":1,\"machines\":[").unwrap();
+        let err = f.load().unwrap_err().to_string();
+        assert!(err.starts_with(&format!("state file {} is unreadable", f.path().display())), "{err}");
+        fs::write(f.path(), b"{\"version\":9,\"machines\":[]}").unwrap();
+        assert!(f.load().unwrap_err().to_string().contains("version 9"));
+    }
+}
