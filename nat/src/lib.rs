@@ -1,2 +1,22 @@
-//! The nftables layer of rnet: one table of ours (`inet rnet`), sets and maps so that
-//! per-container work is an element change. See DESIGN.md §6.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod elements;
+pub mod error;
+mod expr;
+#[cfg(any(test, feature = "testing"))]
+mod fake;
+pub mod model;
+pub mod names;
+pub mod observe;
+pub mod rules;
+
+#[cfg(any(test, feature = "testing"))]
+pub use apply::FakeNft;
+pub use apply::{AsyncNft, Nft, NftCli};
+pub use elements::{render_change, render_changes};
+pub use error::{Error, Result};
+pub use model::{Change, IfName, PortMapping, PortRange, Proto, Ruleset};
+pub use observe::{Observed, observe, plan};
+pub use rules::{render_delete_table, render_table, rule_count};

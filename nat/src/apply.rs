@@ -1,0 +1,395 @@
+//! The kernel boundary: [`Nft`] (and [`AsyncNft`]) apply batches and list our table. [`NftCli`]
+//! runs the `nft` program (listing through `nftables::helper`, applying with `nft -j -f -` of its
+//! own, to keep nft's stderr); `FakeNft` (feature `testing`) records and simulates.
+
+use std::ffi::{OsStr, OsString};
+use std::future::Future;
+use std::io::{self, Write};
+use std::process::{Command, Output, Stdio};
+
+use tokio::io::AsyncWriteExt;
+
+use nftables::helper::{self, NftablesError};
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
+
+use crate::error::{Error, Result};
+use crate::names::TABLE;
+
+#[cfg(any(test, feature = "testing"))]
+pub use crate::fake::FakeNft;
+
+/// `nft` arguments (after `-j`) that list our table.
+const LIST_TABLE: [&str; 4] = ["list", "table", "inet", TABLE];
+/// `nft` arguments (after `-j`) that list every table, to tell "no table" from a failure.
+const LIST_TABLES: [&str; 2] = ["list", "tables"];
+/// Step name of [`Nft::list_table`] in errors.
+const LISTING: &str = "listing table inet rnet";
+
+/// Applies batches to the kernel's nftables and lists table `inet rnet`. The only code that
+/// touches nftables; `FakeNft` stands in for it in tests (STYLE.md principle 3).
+pub trait Nft {
+    /// Applies `batch` atomically: all of it or, on error, nothing (`nft -j -f -`).
+    fn apply(&mut self, batch: &Nftables<'_>) -> Result<()>;
+
+    /// Lists table `inet rnet` (`nft -j list table inet rnet`); `None` if it does not exist,
+    /// e.g. after `nft flush ruleset`.
+    fn list_table(&mut self) -> Result<Option<Nftables<'static>>>;
+}
+
+/// [`Nft`] for async callers: the `nft` process runs without blocking the executor.
+pub trait AsyncNft {
+    /// Async [`Nft::apply`].
+    fn apply_async(&mut self, batch: &Nftables<'_>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Async [`Nft::list_table`].
+    fn list_table_async(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<Nftables<'static>>>> + Send;
+}
+
+/// The real [`Nft`]: runs the `nft` program (package `nftables`) with JSON in and out.
+///
+/// `nft` is a child process: it works in the network namespace of the *thread* that calls, which
+/// is how tests point it at a private namespace.
+#[derive(Clone, Debug)]
+pub struct NftCli {
+    program: OsString,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NftCli {
+    /// Runs `nft` from `PATH`.
+    pub fn new() -> Self {
+        Self::with_program("nft")
+    }
+
+    /// Runs `program` instead of `nft` from `PATH` (e.g. `/usr/sbin/nft`).
+    pub fn with_program(program: impl Into<OsString>) -> Self {
+        Self {
+            program: program.into(),
+        }
+    }
+
+    /// The program this runs.
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    fn program_name(&self) -> String {
+        self.program.to_string_lossy().into_owned()
+    }
+
+    /// What to make of a failed `list table`, given the outcome of `list tables`.
+    fn missing_or(
+        &self,
+        failure: NftablesError,
+        tables: Result<String, NftablesError>,
+    ) -> Result<Option<Nftables<'static>>> {
+        match tables {
+            Ok(json) if !lists_our_table(&json) => Ok(None),
+            _ => Err(nft_error(failure, self.program_name(), LISTING.to_owned())),
+        }
+    }
+}
+
+/// `nft` arguments that read a JSON batch from stdin.
+const APPLY: [&str; 3] = ["-j", "-f", "-"];
+
+impl Nft for NftCli {
+    /// Runs `nft -j -f -` with the batch on stdin. (Not through `nftables::helper`: its apply
+    /// lets nft's stderr, which names the refused object, go to our stderr instead of the error.)
+    fn apply(&mut self, batch: &Nftables<'_>) -> Result<()> {
+        let step = applying(batch);
+        let payload = serialize(batch, &self.program_name(), &step)?;
+        let run_error = |source| Error::Run {
+            program: self.program_name(),
+            step: step.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.program)
+            .args(APPLY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(run_error)?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        // nft reads all of its input before it writes anything, so this cannot deadlock.
+        let written = stdin.write_all(payload.as_bytes());
+        drop(stdin);
+        let output = child.wait_with_output().map_err(run_error)?;
+        check(output, written, &self.program_name(), step)
+    }
+
+    fn list_table(&mut self) -> Result<Option<Nftables<'static>>> {
+        match helper::get_current_ruleset_raw(Some(&self.program), &LIST_TABLE) {
+            Ok(json) => parse_listing(&json, &self.program_name()).map(Some),
+            Err(failure @ NftablesError::NftFailed { .. }) => {
+                let tables = helper::get_current_ruleset_raw(Some(&self.program), &LIST_TABLES);
+                self.missing_or(failure, tables)
+            }
+            Err(e) => Err(nft_error(e, self.program_name(), LISTING.to_owned())),
+        }
+    }
+}
+
+impl AsyncNft for NftCli {
+    async fn apply_async(&mut self, batch: &Nftables<'_>) -> Result<()> {
+        let step = applying(batch);
+        let payload = serialize(batch, &self.program_name(), &step)?;
+        let run_error = |source| Error::Run {
+            program: self.program_name(),
+            step: step.clone(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(APPLY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(run_error)?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let written = stdin.write_all(payload.as_bytes()).await;
+        drop(stdin);
+        let output = child.wait_with_output().await.map_err(run_error)?;
+        check(output, written, &self.program_name(), step)
+    }
+
+    async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {
+        match helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_TABLE).await {
+            Ok(json) => parse_listing(&json, &self.program_name()).map(Some),
+            Err(failure @ NftablesError::NftFailed { .. }) => {
+                let tables =
+                    helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_TABLES).await;
+                self.missing_or(failure, tables)
+            }
+            Err(e) => Err(nft_error(e, self.program_name(), LISTING.to_owned())),
+        }
+    }
+}
+
+fn serialize(batch: &Nftables<'_>, program: &str, step: &str) -> Result<String> {
+    serde_json::to_string(batch).map_err(|e| Error::Output {
+        program: program.to_owned(),
+        step: step.to_owned(),
+        detail: format!("the batch does not serialize: {e}"),
+    })
+}
+
+/// The outcome of an `nft -f -` run: its exit status first (a refusal explains a broken pipe),
+/// then the write of the batch to its stdin.
+fn check(output: Output, written: io::Result<()>, program: &str, step: String) -> Result<()> {
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        let stderr = if stderr.is_empty() {
+            format!("exit status {}", output.status)
+        } else {
+            stderr
+        };
+        return Err(Error::Refused {
+            program: program.to_owned(),
+            step,
+            stderr,
+        });
+    }
+    written.map_err(|source| Error::Run {
+        program: program.to_owned(),
+        step,
+        source,
+    })
+}
+
+/// True if a `nft -j list tables` output lists `inet rnet`.
+fn lists_our_table(json: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return true; // unreadable: do not claim the table is missing
+    };
+    let objects = value["nftables"].as_array().cloned().unwrap_or_default();
+    objects.iter().any(|o| {
+        let t = &o["table"];
+        t["family"] == "inet" && t["name"] == TABLE
+    })
+}
+
+/// Reads `nft -j list table` output into the crate's types.
+///
+/// nft 1.0.x prints the value type of a map with concatenated values as one string
+/// (`"map": "ipv4_addr . inet_service"`), which the `nftables` crate (0.6) cannot read; it is
+/// turned into the array form nft accepts on input before deserializing.
+pub(crate) fn parse_listing(json: &str, program: &str) -> Result<Nftables<'static>> {
+    let unreadable = |detail: String| Error::Output {
+        program: program.to_owned(),
+        step: LISTING.to_owned(),
+        detail,
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| unreadable(e.to_string()))?;
+    if let Some(objects) = value["nftables"].as_array_mut() {
+        for object in objects {
+            if let Some(data) = object.get_mut("map").and_then(|m| m.get_mut("map"))
+                && let Some(text) = data.as_str().filter(|t| t.contains(" . "))
+            {
+                *data = text.split(" . ").collect();
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| unreadable(e.to_string()))
+}
+
+/// `applying <summary>` for errors: names the objects a batch touches.
+fn applying(batch: &Nftables<'_>) -> String {
+    format!("applying {}", summarize(batch))
+}
+
+/// A short description of a batch: `table inet rnet (8 sets and maps, 6 chains, 23 rules)`, or
+/// the element commands per set: `add element ports4 x2, delete element ports4 x2`.
+pub fn summarize(batch: &Nftables<'_>) -> String {
+    // The last table command wins: `add; delete; add` creates, `add; delete` deletes.
+    let mut table_verb = None;
+    let (mut sets, mut chains, mut rules) = (0, 0, 0);
+    // Element commands, consecutive ones on the same set with the same verb merged.
+    let mut elements: Vec<(&str, &str, usize)> = Vec::new();
+    let mut other = 0;
+    for object in batch.objects.iter() {
+        let NfObject::CmdObject(cmd) = object else {
+            other += 1;
+            continue;
+        };
+        let (verb, obj) = match cmd {
+            NfCmd::Add(obj) => ("add", obj),
+            NfCmd::Delete(obj) => ("delete", obj),
+            _ => {
+                other += 1;
+                continue;
+            }
+        };
+        match obj {
+            NfListObject::Table(_) => table_verb = Some(verb),
+            NfListObject::Set(_) | NfListObject::Map(_) => sets += 1,
+            NfListObject::Chain(_) => chains += 1,
+            NfListObject::Rule(_) => rules += 1,
+            NfListObject::Element(e) => match elements.last_mut() {
+                Some((v, set, count)) if *v == verb && *set == e.name => *count += e.elem.len(),
+                _ => elements.push((verb, &e.name, e.elem.len())),
+            },
+            _ => other += 1,
+        }
+    }
+    let mut parts = Vec::new();
+    if table_verb == Some("add") {
+        parts.push(format!(
+            "table inet {TABLE} ({sets} sets and maps, {chains} chains, {rules} rules)"
+        ));
+    } else if sets + chains + rules > 0 {
+        parts.push(format!(
+            "{sets} sets and maps, {chains} chains, {rules} rules"
+        ));
+    } else if table_verb == Some("delete") {
+        parts.push(format!("the deletion of table inet {TABLE}"));
+    }
+    for (verb, set, count) in &elements {
+        parts.push(format!("{verb} element {set} x{count}"));
+    }
+    if other > 0 {
+        parts.push(format!("{other} other commands"));
+    }
+    if parts.is_empty() {
+        "an empty batch".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Maps the `nftables` crate's error to ours, keeping nft's stderr (which names the object).
+fn nft_error(error: NftablesError, program: String, step: String) -> Error {
+    match error {
+        NftablesError::NftExecution { inner, .. } => Error::Run {
+            program,
+            step,
+            source: inner,
+        },
+        NftablesError::NftFailed { stderr, .. } => Error::Refused {
+            program,
+            step,
+            stderr: stderr.trim().to_owned(),
+        },
+        NftablesError::NftOutputEncoding { inner, .. } => Error::Output {
+            program,
+            step,
+            detail: inner.to_string(),
+        },
+        NftablesError::NftInvalidJson(inner) => Error::Output {
+            program,
+            step,
+            detail: inner.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Change, IfName, Ruleset};
+    use crate::{render_changes, render_delete_table, render_table};
+
+    #[test]
+    fn summaries_name_the_objects() {
+        assert_eq!(
+            summarize(&render_table(&Ruleset::new())),
+            format!(
+                "table inet rnet (12 sets and maps, 6 chains, {} rules)",
+                crate::rule_count()
+            )
+        );
+        assert_eq!(
+            summarize(&render_delete_table()),
+            "the deletion of table inet rnet"
+        );
+        let ve = IfName::new("ve-a").unwrap();
+        let batch = render_changes(&[Change::DelIface(ve.clone()), Change::AddIface(ve)]);
+        assert_eq!(
+            summarize(&batch),
+            "add element allowed_pairs x1, delete element allowed_pairs x1, \
+             add element ifaces x1, delete element ifaces x1, \
+             add element ifaces x1, add element allowed_pairs x1"
+        );
+        assert_eq!(summarize(&render_changes(&[])), "an empty batch");
+    }
+
+    #[test]
+    fn listing_with_string_map_types_parses() {
+        let json = r#"{"nftables": [
+            {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "rnet", "handle": 1}},
+            {"map": {"family": "inet", "name": "ports4", "table": "rnet",
+                     "type": ["inet_proto", "inet_service"], "handle": 7,
+                     "map": "ipv4_addr . inet_service",
+                     "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["10.0.0.2", 80]}]]}}
+        ]}"#;
+        let parsed = parse_listing(json, "nft").unwrap();
+        assert_eq!(parsed.objects.len(), 3);
+        let err = parse_listing("{", "nft").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("could not read the output of nft for listing table inet rnet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn our_table_is_found_in_list_tables() {
+        let json = r#"{"nftables": [{"metainfo": {}},
+            {"table": {"family": "ip", "name": "rnet", "handle": 1}},
+            {"table": {"family": "inet", "name": "filter", "handle": 2}}]}"#;
+        assert!(!lists_our_table(json));
+        let json = r#"{"nftables": [{"table": {"family": "inet", "name": "rnet", "handle": 3}}]}"#;
+        assert!(lists_our_table(json));
+    }
+}

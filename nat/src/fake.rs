@@ -1,0 +1,424 @@
+//! `FakeNft`: a recording [`Nft`] that simulates one table in memory, for the daemon's flow tests
+//! (STYLE.md principle 3). Built with `cfg(test)` or the `testing` feature only.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use nftables::expr::Expression;
+use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
+
+use crate::apply::{AsyncNft, Nft, summarize};
+use crate::error::{Error, Result};
+use crate::names::{FAMILY, TABLE};
+
+/// Program name the fake reports in errors.
+const PROGRAM: &str = "fake nft";
+
+/// A recording [`Nft`]: keeps every batch, and simulates our table (sets, maps with their
+/// elements, chains, rules) with nft's rules for element commands, so flows can be asserted on
+/// both the batches sent and the resulting state.
+///
+/// Simulated like nft: batches are atomic; `add` of an existing identical element is a no-op;
+/// `add` of a map key with a different value fails with `File exists`; `delete` of a missing
+/// table or element fails with `No such file or directory`. Not simulated: interval overlaps,
+/// type checks of elements.
+#[derive(Debug, Default)]
+pub struct FakeNft {
+    /// Every batch passed to `apply`, in order, including refused ones.
+    pub batches: Vec<Nftables<'static>>,
+    /// Number of `list_table` calls.
+    pub lists: usize,
+    table: Option<FakeTable>,
+    refusals: VecDeque<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FakeTable {
+    /// Set and map definitions (without elements) and their elements, in creation order.
+    sets: Vec<(NfListObject<'static>, Vec<Expression<'static>>)>,
+    chains: Vec<Chain<'static>>,
+    rules: Vec<Rule<'static>>,
+}
+
+impl FakeNft {
+    /// No table yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True while table `inet rnet` exists.
+    pub fn table_exists(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// Simulates `nft flush ruleset` by someone else: the table is gone.
+    pub fn flush_ruleset(&mut self) {
+        self.table = None;
+    }
+
+    /// Makes the next `apply` fail with this stderr, without changing anything.
+    pub fn refuse_next(&mut self, stderr: impl Into<String>) {
+        self.refusals.push_back(stderr.into());
+    }
+
+    /// The elements of a set or map (`[key, value]` lists for maps); empty if it does not exist.
+    pub fn elements(&self, set: &str) -> Vec<Expression<'static>> {
+        self.table
+            .as_ref()
+            .and_then(|t| t.sets.iter().find(|(def, _)| set_name(def) == set))
+            .map(|(_, elems)| elems.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of rules in the table (0 without a table).
+    pub fn rule_count(&self) -> usize {
+        self.table.as_ref().map_or(0, |t| t.rules.len())
+    }
+
+    /// The last batch passed to `apply`.
+    pub fn last_batch(&self) -> Option<&Nftables<'static>> {
+        self.batches.last()
+    }
+
+    fn refused(batch: &Nftables<'_>, stderr: String) -> Error {
+        Error::Refused {
+            program: PROGRAM.to_owned(),
+            step: format!("applying {}", summarize(batch)),
+            stderr,
+        }
+    }
+
+    fn run(&mut self, batch: &Nftables<'_>) -> Result<()> {
+        let owned = owned_copy(batch);
+        self.batches.push(owned.clone());
+        if let Some(stderr) = self.refusals.pop_front() {
+            return Err(Self::refused(batch, stderr));
+        }
+        let mut table = self.table.clone();
+        for object in owned.objects.iter() {
+            step(&mut table, object).map_err(|stderr| Self::refused(batch, stderr))?;
+        }
+        self.table = table;
+        Ok(())
+    }
+
+    fn listing(&mut self) -> Option<Nftables<'static>> {
+        self.lists += 1;
+        let table = self.table.as_ref()?;
+        let mut objects = vec![NfObject::ListObject(NfListObject::Table(our_table()))];
+        for (def, elems) in &table.sets {
+            let mut def = def.clone();
+            let elem = (!elems.is_empty()).then(|| Cow::Owned(elems.clone()));
+            match &mut def {
+                NfListObject::Set(s) => s.elem = elem,
+                NfListObject::Map(m) => m.elem = elem,
+                _ => {}
+            }
+            objects.push(NfObject::ListObject(def));
+        }
+        for chain in &table.chains {
+            objects.push(NfObject::ListObject(NfListObject::Chain(chain.clone())));
+        }
+        for rule in &table.rules {
+            objects.push(NfObject::ListObject(NfListObject::Rule(rule.clone())));
+        }
+        Some(Nftables {
+            objects: Cow::Owned(objects),
+        })
+    }
+}
+
+impl Nft for FakeNft {
+    fn apply(&mut self, batch: &Nftables<'_>) -> Result<()> {
+        self.run(batch)
+    }
+
+    fn list_table(&mut self) -> Result<Option<Nftables<'static>>> {
+        Ok(self.listing())
+    }
+}
+
+impl AsyncNft for FakeNft {
+    async fn apply_async(&mut self, batch: &Nftables<'_>) -> Result<()> {
+        self.run(batch)
+    }
+
+    async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {
+        Ok(self.listing())
+    }
+}
+
+fn our_table() -> Table<'static> {
+    Table {
+        family: FAMILY,
+        name: Cow::Borrowed(TABLE),
+        handle: None,
+    }
+}
+
+/// A `'static` copy of a batch (the crate has no `into_owned`).
+fn owned_copy(batch: &Nftables<'_>) -> Nftables<'static> {
+    let value = serde_json::to_value(batch).expect("nftables batches serialize");
+    serde_json::from_value(value).expect("a serialized batch reads back")
+}
+
+fn set_name<'a>(def: &'a NfListObject<'_>) -> &'a str {
+    match def {
+        NfListObject::Set(s) => &s.name,
+        NfListObject::Map(m) => &m.name,
+        _ => "",
+    }
+}
+
+/// The key of an element: the element itself in a set, the first half of `[key, value]` in a map.
+fn key<'e>(elem: &'e Expression<'static>) -> &'e Expression<'static> {
+    match elem {
+        Expression::List(kv) if kv.len() == 2 => &kv[0],
+        other => other,
+    }
+}
+
+const ENOENT: &str = "Error: Could not process rule: No such file or directory";
+const EEXIST: &str = "Error: Could not process rule: File exists";
+
+/// Applies one command to the simulated table; `Err(stderr)` like nft's on failure.
+fn step(table: &mut Option<FakeTable>, object: &NfObject<'static>) -> Result<(), String> {
+    let NfObject::CmdObject(cmd) = object else {
+        return Err("Error: fake nft only takes commands".to_owned());
+    };
+    let ours = |family, name: &str| family == FAMILY && name == TABLE;
+    match cmd {
+        NfCmd::Add(NfListObject::Table(t)) if ours(t.family, &t.name) => {
+            table.get_or_insert_with(FakeTable::default);
+            Ok(())
+        }
+        NfCmd::Delete(NfListObject::Table(t)) if ours(t.family, &t.name) => {
+            table.take().map(|_| ()).ok_or_else(|| ENOENT.to_owned())
+        }
+        NfCmd::Add(obj) => {
+            let t = table.as_mut().ok_or_else(|| ENOENT.to_owned())?;
+            add(t, obj)
+        }
+        NfCmd::Delete(NfListObject::Element(e)) => {
+            let t = table.as_mut().ok_or_else(|| ENOENT.to_owned())?;
+            let (_, elems) = t
+                .sets
+                .iter_mut()
+                .find(|(def, _)| set_name(def) == e.name)
+                .ok_or_else(|| ENOENT.to_owned())?;
+            for gone in e.elem.iter() {
+                let at = elems
+                    .iter()
+                    .position(|have| key(have) == key(gone))
+                    .ok_or_else(|| format!("{ENOENT}: element of {}", e.name))?;
+                elems.remove(at);
+            }
+            Ok(())
+        }
+        other => Err(format!("Error: fake nft does not simulate {other:?}")),
+    }
+}
+
+fn add(t: &mut FakeTable, obj: &NfListObject<'static>) -> Result<(), String> {
+    match obj {
+        NfListObject::Set(_) | NfListObject::Map(_) => {
+            let (mut def, elems) = (obj.clone(), element_list(obj));
+            match &mut def {
+                NfListObject::Set(s) => s.elem = None,
+                NfListObject::Map(m) => m.elem = None,
+                _ => {}
+            }
+            let name = set_name(&def).to_owned();
+            let at = match t.sets.iter().position(|(d, _)| set_name(d) == name) {
+                Some(at) if t.sets[at].0 == def => at,
+                Some(_) => return Err(format!("{EEXIST}: set {name} with another definition")),
+                None => {
+                    t.sets.push((def, Vec::new()));
+                    t.sets.len() - 1
+                }
+            };
+            insert(&mut t.sets[at].1, &name, &elems)
+        }
+        NfListObject::Chain(c) => {
+            if !t.chains.iter().any(|have| have.name == c.name) {
+                t.chains.push(c.clone());
+            }
+            Ok(())
+        }
+        NfListObject::Rule(r) => {
+            if !t.chains.iter().any(|c| c.name == r.chain) {
+                return Err(format!("{ENOENT}: chain {}", r.chain));
+            }
+            // Keep rules grouped by chain, in chain order, as `nft list` shows them.
+            let chain_index = |name: &str| t.chains.iter().position(|c| c.name == name);
+            let mine = chain_index(&r.chain);
+            let at = t
+                .rules
+                .iter()
+                .rposition(|have| chain_index(&have.chain) <= mine)
+                .map_or(0, |i| i + 1);
+            t.rules.insert(at, r.clone());
+            Ok(())
+        }
+        NfListObject::Element(e) => {
+            let (_, elems) = t
+                .sets
+                .iter_mut()
+                .find(|(def, _)| set_name(def) == e.name)
+                .ok_or_else(|| format!("{ENOENT}: set {}", e.name))?;
+            insert(elems, &e.name, &e.elem)
+        }
+        other => Err(format!("Error: fake nft does not simulate add {other:?}")),
+    }
+}
+
+fn element_list(obj: &NfListObject<'static>) -> Vec<Expression<'static>> {
+    let elem = match obj {
+        NfListObject::Set(s) => s.elem.as_ref(),
+        NfListObject::Map(m) => m.elem.as_ref(),
+        _ => None,
+    };
+    elem.map(|e| e.to_vec()).unwrap_or_default()
+}
+
+fn insert(
+    elems: &mut Vec<Expression<'static>>,
+    set: &str,
+    new: &[Expression<'static>],
+) -> Result<(), String> {
+    for elem in new {
+        match elems.iter().find(|have| key(have) == key(elem)) {
+            Some(have) if have == elem => {}
+            Some(_) => return Err(format!("{EEXIST}: key of {set} holds another value")),
+            None => elems.push(elem.clone()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::strategies::arb_change;
+    use crate::model::{Change, IfName, PortMapping, PortRange, Proto, Ruleset};
+    use crate::{observe, plan, render_change, render_changes, render_table, rule_count};
+
+    fn port(addr: &str) -> PortMapping {
+        let addr: IpAddr = addr.parse().unwrap();
+        PortMapping::new(Proto::Tcp, None, PortRange::single(8080).unwrap(), addr, 80).unwrap()
+    }
+
+    fn attach(n: u8) -> Vec<Change> {
+        vec![
+            Change::AddSubnet(format!("10.0.{n}.0/28").parse().unwrap()),
+            Change::AddIface(IfName::new(format!("ve-c{n}")).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn a_daemon_flow_against_the_fake() {
+        let mut nft = FakeNft::new();
+        // Start: no table, so plan creates it.
+        assert!(nft.list_table().unwrap().is_none());
+        let mut desired = Ruleset::new();
+        nft.apply(&plan(None, &desired).unwrap()).unwrap();
+        assert!(nft.table_exists());
+        assert_eq!(nft.rule_count(), rule_count());
+
+        // Attach three containers, one batch each.
+        for n in 0..3 {
+            let changes = attach(n);
+            nft.apply(&render_changes(&changes)).unwrap();
+            changes.iter().for_each(|c| {
+                desired.apply(c);
+            });
+        }
+        assert_eq!(nft.rule_count(), rule_count());
+        assert_eq!(nft.elements("ifaces").len(), 3);
+        let observed = observe(&nft.list_table().unwrap().unwrap()).unwrap();
+        assert!(observed.intact);
+        assert_eq!(observed.ruleset, desired);
+        assert!(plan(Some(&observed), &desired).is_none());
+
+        // Someone flushes the ruleset: the next reconcile re-creates everything at once.
+        nft.flush_ruleset();
+        assert!(nft.list_table().unwrap().is_none());
+        nft.apply(&plan(None, &desired).unwrap()).unwrap();
+        let observed = observe(&nft.list_table().unwrap().unwrap()).unwrap();
+        assert_eq!(observed.ruleset, desired);
+        assert_eq!(nft.lists, 4);
+        assert_eq!(nft.batches.len(), 5);
+    }
+
+    #[test]
+    fn refusals_are_atomic_and_name_the_batch() {
+        let mut nft = FakeNft::new();
+        nft.apply(&render_table(
+            &Ruleset::new().with(Change::AddPort(port("10.0.0.2"))),
+        ))
+        .unwrap();
+        let before = nft.list_table().unwrap();
+
+        // Deleting another container's port: the `add` of our value fails, nothing changes.
+        let err = nft
+            .apply(&render_change(&Change::DelPort(port("10.0.0.3"))))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "fake nft refused applying add element ports4_addr x1, delete element ports4_addr x1, \
+             add element ports4_port x1, delete element ports4_port x1: \
+             Error: Could not process rule: File exists: key of ports4_addr holds another value"
+        );
+        assert_eq!(nft.list_table().unwrap(), before);
+
+        // Deleting what is not there is fine; scripted refusals come back verbatim.
+        nft.apply(&render_change(&Change::DelIface(
+            IfName::new("ve-x").unwrap(),
+        )))
+        .unwrap();
+        nft.refuse_next("Error: something");
+        let err = nft.apply(&render_changes(&attach(1))).unwrap_err();
+        assert!(err.to_string().ends_with(": Error: something"), "{err}");
+        assert_eq!(nft.list_table().unwrap(), before);
+        assert_eq!(nft.batches.len(), 4);
+    }
+
+    proptest! {
+        /// Element batches applied one change at a time leave the same elements as rendering
+        /// the whole table from the model (ports compared one by one, as the kernel holds them).
+        #[test]
+        fn incremental_equals_whole(changes in prop::collection::vec(arb_change(), 0..30)) {
+            let mut nft = FakeNft::new();
+            nft.apply(&render_table(&Ruleset::new())).unwrap();
+            let mut model = Ruleset::new();
+            for change in &changes {
+                if nft.apply(&render_change(change)).is_err() {
+                    continue; // refused by "nft": the model does not record it either
+                }
+                match change {
+                    Change::AddPort(m) => m.split().for_each(|s| {
+                        model.apply(&Change::AddPort(s));
+                    }),
+                    Change::DelPort(m) => m.split().for_each(|s| {
+                        model.apply(&Change::DelPort(s));
+                    }),
+                    other => {
+                        model.apply(other);
+                    }
+                }
+            }
+            let incremental = observe(&nft.list_table().unwrap().unwrap()).unwrap();
+            prop_assert!(incremental.intact);
+            prop_assert_eq!(&incremental.ruleset, &model);
+
+            let mut whole = FakeNft::new();
+            whole.apply(&render_table(&model)).unwrap();
+            let whole = observe(&whole.list_table().unwrap().unwrap()).unwrap();
+            prop_assert_eq!(whole, incremental);
+        }
+    }
+}

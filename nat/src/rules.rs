@@ -1,0 +1,768 @@
+//! The layout of table `inet rnet` (sets, maps, chains, rules) and its rendering as one atomic
+//! nftables batch.
+//!
+//! The rules never mention a container: they look things up in the sets and maps of
+//! [`crate::names`], so their number is fixed ([`rule_count`]) and every per-container change is
+//! an element change ([`crate::elements::render_changes`]).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use nftables::batch::Batch;
+use nftables::expr::{Expression, MetaKey};
+use nftables::schema::{
+    Chain, Map, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+};
+use nftables::stmt::Statement;
+use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+
+use crate::elements;
+use crate::expr::{
+    accept, concat, ct, dnat_maps, drop, eq, fib_daddr_type, has_flags, masquerade, meta, ne,
+    number, payload, prefix, set_ref, string,
+};
+use crate::model::Ruleset;
+use crate::names::*;
+
+/// One set or map of the table.
+pub(crate) struct SetSpec {
+    /// Set name ([`crate::names`]).
+    pub name: &'static str,
+    /// Key type.
+    pub key: &'static [SetType],
+    /// Value type, for a map.
+    pub data: Option<&'static [SetType]>,
+    /// `flags interval` (subnets).
+    pub interval: bool,
+    /// Shown by `nft list table inet rnet`.
+    pub comment: &'static str,
+}
+
+/// The sets and maps, in [`SETS`] order.
+pub(crate) fn set_specs() -> Vec<SetSpec> {
+    use SetType::{Ifname, InetProto, InetService, Ipv4Addr, Ipv6Addr};
+    let mut specs = vec![
+        SetSpec {
+            name: MASQ4,
+            key: &[Ipv4Addr],
+            data: None,
+            interval: true,
+            comment: "container subnets: masqueraded when leaving the fabric",
+        },
+        SetSpec {
+            name: MASQ6,
+            key: &[Ipv6Addr],
+            data: None,
+            interval: true,
+            comment: "container subnets: masqueraded when leaving the fabric",
+        },
+        SetSpec {
+            name: IFACES,
+            key: &[Ifname],
+            data: None,
+            interval: false,
+            comment: "host-side links of the fabric (ve-*, vz-*)",
+        },
+        SetSpec {
+            name: ALLOWED_PAIRS,
+            key: &[Ifname, Ifname],
+            data: None,
+            interval: false,
+            comment: "input link . output link allowed to forward (each link to itself, zone pairs)",
+        },
+    ];
+    for maps in PORT_MAPS {
+        let key: &'static [SetType] = match (maps.ipv4, maps.bound) {
+            (_, false) => &[InetProto, InetService],
+            (true, true) => &[Ipv4Addr, InetProto, InetService],
+            (false, true) => &[Ipv6Addr, InetProto, InetService],
+        };
+        let (addr_comment, port_comment) = match (maps.ipv4, maps.bound) {
+            (true, false) => (
+                "published ports on every local address: container address",
+                "published ports on every local address: container port",
+            ),
+            (false, false) => (
+                "published ports on every local address but ::1: container address",
+                "published ports on every local address but ::1: container port",
+            ),
+            (_, true) => (
+                "published ports bound to one host address: container address",
+                "published ports bound to one host address: container port",
+            ),
+        };
+        specs.push(SetSpec {
+            name: maps.addr,
+            key,
+            data: Some(if maps.ipv4 { &[Ipv4Addr] } else { &[Ipv6Addr] }),
+            interval: false,
+            comment: addr_comment,
+        });
+        specs.push(SetSpec {
+            name: maps.port,
+            key,
+            data: Some(&[InetService]),
+            interval: false,
+            comment: port_comment,
+        });
+    }
+    specs
+}
+
+/// One base chain.
+pub(crate) struct ChainSpec {
+    /// Chain name ([`crate::names`]).
+    pub name: &'static str,
+    /// `filter` or `nat`.
+    pub kind: NfChainType,
+    /// Netfilter hook.
+    pub hook: NfHook,
+    /// Priority (`raw`, `dstnat`, `filter`, `srcnat`).
+    pub prio: i32,
+}
+
+/// The chains, in [`CHAINS`] order. All have policy accept: we only decide for our own links and
+/// never for the host's other traffic.
+pub(crate) fn chain_specs() -> [ChainSpec; 6] {
+    use NfChainType::{Filter, NAT};
+    let chain = |name, kind, hook, prio| ChainSpec {
+        name,
+        kind,
+        hook,
+        prio,
+    };
+    [
+        chain(PREROUTING_RAW, Filter, NfHook::Prerouting, PRIO_RAW),
+        chain(PREROUTING, NAT, NfHook::Prerouting, PRIO_DSTNAT),
+        chain(INPUT, Filter, NfHook::Input, PRIO_FILTER),
+        chain(FORWARD, Filter, NfHook::Forward, PRIO_FILTER),
+        chain(OUTPUT, NAT, NfHook::Output, PRIO_DSTNAT),
+        chain(POSTROUTING, NAT, NfHook::Postrouting, PRIO_SRCNAT),
+    ]
+}
+
+/// One rule: its chain, its statements and the comment `nft list` shows after it.
+pub(crate) struct RuleSpec {
+    /// Chain name.
+    pub chain: &'static str,
+    /// Statements, as `nft -j list` prints them.
+    pub expr: Vec<Statement<'static>>,
+    /// Why the rule is there (at most 128 bytes).
+    pub comment: &'static str,
+}
+
+fn rule(chain: &'static str, comment: &'static str, expr: Vec<Statement<'static>>) -> RuleSpec {
+    RuleSpec {
+        chain,
+        expr,
+        comment,
+    }
+}
+
+/// The lookup key of a kind of published port: `meta l4proto . th dport`, prefixed with
+/// `ip daddr` / `ip6 daddr` for ports bound to one host address.
+fn port_key(maps: PortMaps) -> Expression<'static> {
+    let mut key = vec![meta(MetaKey::L4proto), payload("th", "dport")];
+    if maps.bound {
+        key.insert(0, payload(if maps.ipv4 { "ip" } else { "ip6" }, "daddr"));
+    }
+    concat(key)
+}
+
+/// The DNAT rules of prerouting (`from_host` false) or output (true): one per kind of published
+/// port, bound ports first. On IPv6 `from_host` excludes `::1`: the kernel cannot send a packet
+/// from `::1` out of the host (no `route_localnet` for IPv6), so DNAT of `::1` would blackhole
+/// connections that a host service could answer.
+fn dnat_rules(chain: &'static str, from_host: bool) -> Vec<RuleSpec> {
+    let order = [PORT_MAPS[1], PORT_MAPS[0], PORT_MAPS[3], PORT_MAPS[2]];
+    order
+        .into_iter()
+        .map(|maps| {
+            let comment = match (maps.ipv4, maps.bound, from_host) {
+                (true, true, false) => "published port bound to one host address",
+                (true, false, false) => "published port on every local address",
+                (false, true, false) => "published port bound to one host address (IPv6)",
+                (false, false, false) => "published port on every local address (IPv6)",
+                (true, true, true) => "from the host: published port bound to one host address",
+                (true, false, true) => {
+                    "from the host, 127.0.0.1 included: published port on every local address"
+                }
+                (false, true, true) => {
+                    "from the host: published port bound to one host address (IPv6)"
+                }
+                (false, false, true) => {
+                    "from the host, ::1 excluded: published port on every local address (IPv6)"
+                }
+            };
+            let mut expr = vec![
+                eq(fib_daddr_type(), string("local")),
+                dnat_maps(maps.ipv4, port_key(maps), maps.addr, maps.port),
+            ];
+            if from_host && !maps.ipv4 {
+                expr.insert(0, ne(payload("ip6", "daddr"), string("::1")));
+            }
+            rule(chain, comment, expr)
+        })
+        .collect()
+}
+
+/// Every rule of the table, chain by chain, in order. The list is fixed: it does not depend on
+/// the [`Ruleset`].
+pub(crate) fn rule_specs() -> Vec<RuleSpec> {
+    let iif = || meta(MetaKey::Iifname);
+    let oif = || meta(MetaKey::Oifname);
+    let mut rules = vec![
+        // prerouting_raw: route_localnet=1 (needed on our links for 127.0.0.1 publishing) also
+        // lets packets to 127.0.0.0/8 in from those links; keep containers off the host loopback.
+        // At priority raw this runs before conntrack un-NATs replies, which it must not drop.
+        rule(
+            PREROUTING_RAW,
+            "containers must not reach the host loopback (route_localnet=1 on our links)",
+            vec![
+                eq(iif(), set_ref(IFACES)),
+                eq(payload("ip", "daddr"), prefix("127.0.0.0", 8)),
+                drop(),
+            ],
+        ),
+    ];
+    rules.extend(dnat_rules(PREROUTING, false));
+    rules.push(
+        // input: an `accept` here does not override a drop in another table (firewalld, ...);
+        // it documents what the fabric needs and is where a future default drop would go.
+        rule(
+            INPUT,
+            "DHCP from containers to our server",
+            vec![
+                eq(iif(), set_ref(IFACES)),
+                eq(payload("udp", "dport"), number(67)),
+                accept(),
+            ],
+        ),
+    );
+    rules.extend([
+        rule(
+            FORWARD,
+            "not fabric traffic: left to the host's other rules",
+            vec![
+                ne(iif(), set_ref(IFACES)),
+                ne(oif(), set_ref(IFACES)),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "replies to allowed connections",
+            vec![
+                has_flags(ct("state"), &["established", "related"]),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "broken connections to or from containers",
+            vec![has_flags(ct("state"), &["invalid"]), drop()],
+        ),
+        rule(
+            FORWARD,
+            "published ports, also container to container (hairpin)",
+            vec![has_flags(ct("status"), &["dnat"]), accept()],
+        ),
+        rule(
+            FORWARD,
+            "within a link or zone bridge, and allowed zone pairs",
+            vec![
+                eq(concat(vec![iif(), oif()]), set_ref(ALLOWED_PAIRS)),
+                accept(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "links and zones are isolated from each other",
+            vec![
+                eq(iif(), set_ref(IFACES)),
+                eq(oif(), set_ref(IFACES)),
+                drop(),
+            ],
+        ),
+        rule(
+            FORWARD,
+            "containers to the outside",
+            vec![eq(iif(), set_ref(IFACES)), accept()],
+        ),
+        rule(
+            FORWARD,
+            "nothing unsolicited from the outside into containers",
+            vec![eq(oif(), set_ref(IFACES)), drop()],
+        ),
+    ]);
+    rules.extend(dnat_rules(OUTPUT, true));
+    rules.extend([
+        // The host connecting to 127.0.0.1:PORT is DNATed to a container but keeps source
+        // 127.0.0.1, which the container cannot answer: give it the link's address. The kernel
+        // only routes such a packet out of a link with route_localnet=1.
+        rule(
+            POSTROUTING,
+            "host 127.0.0.1 to a published port: source becomes the link's address",
+            vec![
+                eq(payload("ip", "saddr"), prefix("127.0.0.0", 8)),
+                eq(oif(), set_ref(IFACES)),
+                masquerade(),
+            ],
+        ),
+        // A container reaching a published port (its own or a neighbour's on the same bridge)
+        // would get the reply straight from the target, not through the host's conntrack.
+        rule(
+            POSTROUTING,
+            "hairpin: container to a published port, so replies come back through the host",
+            vec![
+                eq(payload("ip", "saddr"), set_ref(MASQ4)),
+                eq(oif(), set_ref(IFACES)),
+                has_flags(ct("status"), &["dnat"]),
+                masquerade(),
+            ],
+        ),
+        rule(
+            POSTROUTING,
+            "containers to the outside (not to other containers)",
+            vec![
+                eq(payload("ip", "saddr"), set_ref(MASQ4)),
+                ne(payload("ip", "daddr"), set_ref(MASQ4)),
+                masquerade(),
+            ],
+        ),
+        rule(
+            POSTROUTING,
+            "hairpin: container to a published port, so replies come back through the host",
+            vec![
+                eq(payload("ip6", "saddr"), set_ref(MASQ6)),
+                eq(oif(), set_ref(IFACES)),
+                has_flags(ct("status"), &["dnat"]),
+                masquerade(),
+            ],
+        ),
+        rule(
+            POSTROUTING,
+            "containers to the outside (not to other containers)",
+            vec![
+                eq(payload("ip6", "saddr"), set_ref(MASQ6)),
+                ne(payload("ip6", "daddr"), set_ref(MASQ6)),
+                masquerade(),
+            ],
+        ),
+    ]);
+    rules
+}
+
+/// Number of rules in the table, whatever the number of containers.
+pub fn rule_count() -> usize {
+    rule_specs().len()
+}
+
+fn table() -> Table<'static> {
+    Table {
+        family: FAMILY,
+        name: Cow::Borrowed(TABLE),
+        handle: None,
+    }
+}
+
+fn set_type(types: &[SetType]) -> SetTypeValue<'static> {
+    match types {
+        [one] => SetTypeValue::Single(*one),
+        many => SetTypeValue::Concatenated(Cow::Owned(many.to_vec())),
+    }
+}
+
+fn set_object(spec: &SetSpec, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    let flags = spec.interval.then(|| HashSet::from([SetFlag::Interval]));
+    let elem = (!elem.is_empty()).then(|| Cow::Owned(elem));
+    let comment = Some(Cow::Borrowed(spec.comment));
+    match spec.data {
+        None => NfListObject::Set(Box::new(Set {
+            family: FAMILY,
+            table: Cow::Borrowed(TABLE),
+            name: Cow::Borrowed(spec.name),
+            handle: None,
+            set_type: set_type(spec.key),
+            policy: None,
+            flags,
+            elem,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment,
+        })),
+        Some(data) => NfListObject::Map(Box::new(Map {
+            family: FAMILY,
+            table: Cow::Borrowed(TABLE),
+            name: Cow::Borrowed(spec.name),
+            handle: None,
+            set_type: set_type(spec.key),
+            map: set_type(data),
+            policy: None,
+            flags,
+            elem,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment,
+        })),
+    }
+}
+
+fn chain_object(spec: &ChainSpec) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: FAMILY,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(spec.name),
+        newname: None,
+        handle: None,
+        _type: Some(spec.kind),
+        hook: Some(spec.hook),
+        prio: Some(spec.prio),
+        dev: None,
+        policy: Some(NfChainPolicy::Accept),
+    })
+}
+
+fn rule_object(spec: RuleSpec) -> Rule<'static> {
+    Rule {
+        family: FAMILY,
+        table: Cow::Borrowed(TABLE),
+        chain: Cow::Borrowed(spec.chain),
+        expr: Cow::Owned(spec.expr),
+        handle: None,
+        index: None,
+        comment: Some(Cow::Borrowed(spec.comment)),
+    }
+}
+
+/// The whole table for `ruleset`, as one atomic batch: `add table; delete table; add table;` then
+/// sets and maps with their elements, chains and rules.
+///
+/// Idempotent and convergent: applying it replaces whatever `inet rnet` holds (or creates it after
+/// `nft flush ruleset`) without ever failing because the table exists or not, and without a moment
+/// where the table is missing. Conntrack entries, and so established connections, survive.
+/// Equivalent to `nft -f` of the listing in the crate docs.
+pub fn render_table(ruleset: &Ruleset) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.add(NfListObject::Table(table()));
+    for spec in set_specs() {
+        batch.add(set_object(&spec, elements::initial(spec.name, ruleset)));
+    }
+    for spec in chain_specs() {
+        batch.add(chain_object(&spec));
+    }
+    for spec in rule_specs() {
+        batch.add(NfListObject::Rule(rule_object(spec)));
+    }
+    batch.to_nftables()
+}
+
+/// Removes table `inet rnet` with everything in it: `add table; delete table` in one batch, so it
+/// succeeds whether or not the table exists (`nft delete table inet rnet` alone would fail with
+/// ENOENT).
+pub fn render_delete_table() -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.to_nftables()
+}
+
+/// The rule objects [`render_table`] creates, in order: for comparing with a listing.
+pub(crate) fn rule_objects() -> Vec<Rule<'static>> {
+    rule_specs().into_iter().map(rule_object).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use nftables::schema::{NfCmd, NfObject};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{Change, IfName, PortMapping, PortRange, Proto};
+
+    /// Container `n`: a /28, a `ve-` link and tcp 8000+n -> :80.
+    fn container(n: u8) -> [Change; 3] {
+        let addr: IpAddr = format!("10.0.{n}.2").parse().unwrap();
+        let port = PortRange::single(8000 + u16::from(n)).unwrap();
+        [
+            Change::AddSubnet(format!("10.0.{n}.0/28").parse().unwrap()),
+            Change::AddIface(IfName::new(format!("ve-c{n}")).unwrap()),
+            Change::AddPort(PortMapping::new(Proto::Tcp, None, port, addr, 80).unwrap()),
+        ]
+    }
+
+    fn ruleset(containers: impl IntoIterator<Item = u8>) -> Ruleset {
+        let mut rs = Ruleset::new();
+        for n in containers {
+            for c in container(n) {
+                rs.apply(&c);
+            }
+        }
+        rs
+    }
+
+    fn count(batch: &Nftables<'_>, kind: fn(&NfListObject<'_>) -> bool) -> usize {
+        batch
+            .objects
+            .iter()
+            .filter(|o| matches!(o, NfObject::CmdObject(NfCmd::Add(obj)) if kind(obj)))
+            .count()
+    }
+
+    fn is_rule(o: &NfListObject<'_>) -> bool {
+        matches!(o, NfListObject::Rule(_))
+    }
+
+    /// The JSON of the `add rule` commands of `chain`.
+    fn chain_rules(chain: &str) -> Vec<Value> {
+        let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
+        batch["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["add"]["rule"]["chain"] == chain)
+            .map(|o| o["add"]["rule"]["expr"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn rule_count_does_not_grow_with_containers() {
+        let one = render_table(&ruleset(0..1));
+        let ten = render_table(&ruleset(0..10));
+        assert_eq!(count(&one, is_rule), count(&ten, is_rule));
+        assert_eq!(count(&ten, is_rule), rule_count());
+        assert_eq!(rule_count(), 23);
+        let chains = |o: &NfListObject<'_>| matches!(o, NfListObject::Chain(_));
+        assert_eq!(count(&ten, chains), CHAINS.len());
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let forward = ruleset(0..10);
+        let mut backward = Ruleset::new();
+        for n in (0..10).rev() {
+            for c in container(n).into_iter().rev() {
+                backward.apply(&c);
+            }
+        }
+        let a = serde_json::to_string(&render_table(&forward)).unwrap();
+        let b = serde_json::to_string(&render_table(&backward)).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, serde_json::to_string(&render_table(&forward)).unwrap());
+    }
+
+    #[test]
+    fn table_is_recreated_in_one_batch() {
+        let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
+        let objects = batch["nftables"].as_array().unwrap();
+        let table = json!({"family": "inet", "name": "rnet"});
+        assert_eq!(objects[0], json!({"add": {"table": table}}));
+        assert_eq!(objects[1], json!({"delete": {"table": table}}));
+        assert_eq!(objects[2], json!({"add": {"table": table}}));
+        assert_eq!(
+            serde_json::to_value(render_delete_table()).unwrap(),
+            json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]})
+        );
+    }
+
+    #[test]
+    fn sets_and_maps_have_the_documented_types() {
+        let batch = serde_json::to_value(render_table(&ruleset(0..1))).unwrap();
+        let find = |kind: &str, name: &str| {
+            batch["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["add"][kind]["name"] == name)
+                .map(|o| o["add"][kind].clone())
+                .unwrap_or_else(|| panic!("no {kind} {name}"))
+        };
+        let masq4 = find("set", "masq4");
+        assert_eq!(masq4["type"], "ipv4_addr");
+        assert_eq!(masq4["flags"], json!(["interval"]));
+        assert_eq!(
+            masq4["elem"],
+            json!([{"prefix": {"addr": "10.0.0.0", "len": 28}}])
+        );
+        assert_eq!(find("set", "ifaces")["elem"], json!(["ve-c0"]));
+        assert_eq!(
+            find("set", "allowed_pairs")["type"],
+            json!(["ifname", "ifname"])
+        );
+        assert_eq!(
+            find("set", "allowed_pairs")["elem"],
+            json!([{"concat": ["ve-c0", "ve-c0"]}])
+        );
+        let addr = find("map", "ports4_addr");
+        assert_eq!(addr["type"], json!(["inet_proto", "inet_service"]));
+        assert_eq!(addr["map"], "ipv4_addr");
+        assert_eq!(
+            addr["elem"],
+            json!([[{"concat": ["tcp", 8000]}, "10.0.0.2"]])
+        );
+        let port = find("map", "ports4_port");
+        assert_eq!(port["map"], "inet_service");
+        assert_eq!(port["elem"], json!([[{"concat": ["tcp", 8000]}, 80]]));
+        assert_eq!(
+            find("map", "bound6_addr")["type"],
+            json!(["ipv6_addr", "inet_proto", "inet_service"])
+        );
+    }
+
+    #[test]
+    fn prerouting_dnats_through_the_maps() {
+        let fib = json!({"match": {"left": {"fib": {"result": "type", "flags": ["daddr"]}},
+                                   "right": "local", "op": "=="}});
+        let key = json!({"concat": [{"meta": {"key": "l4proto"}},
+                                    {"payload": {"protocol": "th", "field": "dport"}}]});
+        let rules = chain_rules(PREROUTING);
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            rules[1],
+            json!([fib, {"dnat": {
+                "addr": {"map": {"key": key, "data": "@ports4_addr"}},
+                "family": "ip",
+                "port": {"map": {"key": key, "data": "@ports4_port"}}}}])
+        );
+        // Bound ports are looked up first, with the destination address in the key.
+        assert_eq!(
+            rules[0][1]["dnat"]["addr"]["map"]["key"]["concat"][0],
+            json!({"payload": {"protocol": "ip", "field": "daddr"}})
+        );
+        assert_eq!(rules[2][1]["dnat"]["family"], "ip6");
+    }
+
+    #[test]
+    fn output_dnats_loopback_v4_but_not_v6() {
+        let rules = chain_rules(OUTPUT);
+        assert_eq!(rules.len(), 4);
+        assert_eq!(rules[1][0]["match"]["left"]["fib"]["result"], "type");
+        assert_eq!(
+            rules[3][0],
+            json!({"match": {"left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                             "right": "::1", "op": "!="}})
+        );
+    }
+
+    #[test]
+    fn postrouting_masquerades_outside_loopback_and_hairpin() {
+        let rules = chain_rules(POSTROUTING);
+        let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+        let daddr = json!({"payload": {"protocol": "ip", "field": "daddr"}});
+        let oif = json!({"meta": {"key": "oifname"}});
+        assert_eq!(
+            rules[0],
+            json!([
+                {"match": {"left": saddr, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}, "op": "=="}},
+                {"match": {"left": oif, "right": "@ifaces", "op": "=="}},
+                {"masquerade": null}
+            ])
+        );
+        assert_eq!(
+            rules[1],
+            json!([
+                {"match": {"left": saddr, "right": "@masq4", "op": "=="}},
+                {"match": {"left": oif, "right": "@ifaces", "op": "=="}},
+                {"match": {"left": {"ct": {"key": "status"}}, "right": "dnat", "op": "in"}},
+                {"masquerade": null}
+            ])
+        );
+        assert_eq!(
+            rules[2],
+            json!([
+                {"match": {"left": saddr, "right": "@masq4", "op": "=="}},
+                {"match": {"left": daddr, "right": "@masq4", "op": "!="}},
+                {"masquerade": null}
+            ])
+        );
+    }
+
+    #[test]
+    fn forward_decides_only_for_our_links() {
+        let rules = chain_rules(FORWARD);
+        let iif = json!({"meta": {"key": "iifname"}});
+        let oif = json!({"meta": {"key": "oifname"}});
+        // First: everything that touches none of our links leaves the chain untouched.
+        assert_eq!(
+            rules[0],
+            json!([
+                {"match": {"left": iif, "right": "@ifaces", "op": "!="}},
+                {"match": {"left": oif, "right": "@ifaces", "op": "!="}},
+                {"accept": null}
+            ])
+        );
+        // Every drop names one of our links, or comes after that first rule.
+        let drops: Vec<_> = rules
+            .iter()
+            .filter(|r| r.as_array().unwrap().last() == Some(&json!({"drop": null})))
+            .collect();
+        assert_eq!(drops.len(), 3);
+        assert_eq!(
+            rules[4],
+            json!([
+                {"match": {"left": {"concat": [iif, oif]}, "right": "@allowed_pairs", "op": "=="}},
+                {"accept": null}
+            ])
+        );
+        assert_eq!(
+            rules[5],
+            json!([
+                {"match": {"left": iif, "right": "@ifaces", "op": "=="}},
+                {"match": {"left": oif, "right": "@ifaces", "op": "=="}},
+                {"drop": null}
+            ])
+        );
+    }
+
+    #[test]
+    fn chains_are_base_chains_with_policy_accept() {
+        let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
+        let chains: Vec<_> = batch["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("chain"))
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["type"].as_str().unwrap().to_owned(),
+                    c["hook"].as_str().unwrap().to_owned(),
+                    c["prio"].as_i64().unwrap(),
+                    c["policy"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let want = [
+            ("prerouting_raw", "filter", "prerouting", -300),
+            ("prerouting", "nat", "prerouting", -100),
+            ("input", "filter", "input", 0),
+            ("forward", "filter", "forward", 0),
+            ("output", "nat", "output", -100),
+            ("postrouting", "nat", "postrouting", 100),
+        ];
+        assert_eq!(chains.len(), want.len());
+        for (have, want) in chains.iter().zip(want) {
+            assert_eq!(
+                (have.0.as_str(), have.1.as_str(), have.2.as_str(), have.3),
+                want
+            );
+            assert_eq!(have.4, "accept");
+        }
+    }
+
+    #[test]
+    fn comments_fit_nft_limits() {
+        for spec in rule_specs() {
+            assert!(spec.comment.len() <= 128, "{:?} is too long", spec.comment);
+        }
+        for spec in set_specs() {
+            assert!(spec.comment.len() <= 128, "{:?} is too long", spec.comment);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Privileged tests: the rendered batches applied with the real `nft`, each test in a private
+//! network namespace of its own (see `common`). Run as root; otherwise each test prints
+//! `SKIP <test>: <reason>` and passes, unless RNET_REQUIRE_PRIVILEGED=1.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::{enter_private_netns, nft_program, sh, thread_netns};
+use nat::{
+    AsyncNft, Change, Error, IfName, Nft, NftCli, PortMapping, PortRange, Proto, Ruleset, observe,
+    plan, render_change, render_changes, render_delete_table, render_table, rule_count,
+};
+
+fn nft() -> NftCli {
+    NftCli::with_program(nft_program())
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+/// Everything container `n` (0-based) adds: its /28, its `ve-` link, tcp port 8000+n to 80, and
+/// for every third one a udp range, a port bound to 127.0.0.1 and an IPv6 port.
+fn container(n: u8) -> Vec<Change> {
+    let subnet = format!("10.0.{n}.0/28").parse().unwrap();
+    let addr = v4(10, 0, n, 2);
+    let port = 8000 + u16::from(n);
+    let mut changes = vec![
+        Change::AddSubnet(subnet),
+        Change::AddIface(IfName::new(format!("ve-c{n}")).unwrap()),
+        Change::AddPort(
+            PortMapping::new(Proto::Tcp, None, PortRange::single(port).unwrap(), addr, 80).unwrap(),
+        ),
+    ];
+    if n.is_multiple_of(3) {
+        let range = PortRange::new(9000 + u16::from(n) * 10, 9002 + u16::from(n) * 10).unwrap();
+        let v6: IpAddr = format!("fd00:0:0:{n}::2").parse().unwrap();
+        changes.extend([
+            Change::AddPort(PortMapping::new(Proto::Udp, None, range, addr, 5000).unwrap()),
+            Change::AddPort(
+                PortMapping::new(
+                    Proto::Tcp,
+                    Some(v4(127, 0, 0, 1)),
+                    PortRange::single(port).unwrap(),
+                    addr,
+                    8080,
+                )
+                .unwrap(),
+            ),
+            Change::AddSubnet(format!("fd00:0:0:{n}::/64").parse().unwrap()),
+            Change::AddPort(
+                PortMapping::new(Proto::Tcp, None, PortRange::single(port).unwrap(), v6, 80)
+                    .unwrap(),
+            ),
+        ]);
+    }
+    changes
+}
+
+fn ruleset_of(containers: impl IntoIterator<Item = u8>) -> Ruleset {
+    let mut rs = Ruleset::new();
+    for n in containers {
+        for c in container(n) {
+            rs.apply(&c);
+        }
+    }
+    rs
+}
+
+fn listed(nft: &mut NftCli) -> nat::Observed {
+    let listing = nft.list_table().unwrap().expect("table inet rnet exists");
+    observe(&listing).unwrap()
+}
+
+/// Expected read-back of a ruleset: port ranges come back one port at a time.
+fn split(rs: &Ruleset) -> Ruleset {
+    let mut out = Ruleset::new();
+    for c in Ruleset::new().changes_to(rs) {
+        match c {
+            Change::AddPort(m) => m.split().for_each(|s| {
+                out.apply(&Change::AddPort(s));
+            }),
+            other => {
+                out.apply(&other);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn nft_runs_in_the_test_threads_namespace() {
+    let process_netns = thread_netns();
+    if !enter_private_netns("nft_runs_in_the_test_threads_namespace") {
+        return;
+    }
+    let mine = thread_netns();
+    assert_ne!(mine, process_netns);
+    let child = sh("readlink /proc/self/ns/net");
+    assert_eq!(
+        child.trim(),
+        mine,
+        "a spawned process inherits the thread's netns"
+    );
+    // A fresh namespace has no ruleset at all.
+    assert_eq!(sh("nft list ruleset").trim(), "");
+    assert!(nft().list_table().unwrap().is_none());
+}
+
+#[test]
+fn table_with_three_containers_lists_back() {
+    if !enter_private_netns("table_with_three_containers_lists_back") {
+        return;
+    }
+    let mut nft = nft();
+    let rs = ruleset_of(0..3)
+        .with(Change::AddIface(IfName::new("vz-web").unwrap()))
+        .with(Change::AllowPair(
+            IfName::new("vz-web").unwrap(),
+            IfName::new("ve-c1").unwrap(),
+        ));
+    nft.apply(&render_table(&rs)).unwrap();
+
+    let text = sh("nft list table inet rnet");
+    println!("nft list table inet rnet, 3 containers:\n{text}");
+    // nft wraps long element lists: compare with whitespace collapsed.
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for line in [
+        "elements = { 10.0.0.0/28, 10.0.1.0/28, 10.0.2.0/28 }",
+        "elements = { \"ve-c0\", \"ve-c1\", \"ve-c2\", \"vz-web\" }",
+        "\"vz-web\" . \"ve-c1\"",
+        "tcp . 8000 : 10.0.0.2",
+        "tcp . 8000 : 80",
+        "127.0.0.1 . tcp . 8000 : 8080",
+        "udp . 9000 : 5000, udp . 9001 : 5001, udp . 9002 : 5002",
+        "tcp . 8000 : fd00::2",
+        "fib daddr type local dnat ip to meta l4proto . th dport map @ports4_addr:meta l4proto . th dport map @ports4_port",
+        "ip saddr @masq4 ip daddr != @masq4 masquerade",
+        "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
+        "ip saddr @masq4 oifname @ifaces ct status dnat masquerade",
+        "iifname . oifname @allowed_pairs accept",
+        "iifname @ifaces oifname @ifaces drop",
+        "iifname @ifaces udp dport 67 accept",
+        "ip6 daddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports6_addr",
+    ] {
+        assert!(flat.contains(line), "missing {line:?} in\n{text}");
+    }
+
+    let observed = listed(&mut nft);
+    assert!(observed.intact, "a fresh table reads back intact");
+    assert_eq!(observed.rules, rule_count());
+    assert_eq!(observed.ruleset, split(&rs));
+    assert!(plan(Some(&observed), &rs).is_none(), "nothing to do");
+}
+
+#[test]
+fn ten_containers_change_elements_not_rules() {
+    if !enter_private_netns("ten_containers_change_elements_not_rules") {
+        return;
+    }
+    let mut nft = nft();
+    nft.apply(&render_table(&Ruleset::new())).unwrap();
+    let empty = listed(&mut nft);
+    assert!(empty.intact);
+    assert_eq!(empty.rules, rule_count());
+
+    for n in 0..10 {
+        nft.apply(&render_changes(&container(n))).unwrap();
+    }
+    let full = listed(&mut nft);
+    assert!(full.intact);
+    assert_eq!(full.rules, empty.rules, "rule count grew with containers");
+    assert_eq!(full.ruleset, split(&ruleset_of(0..10)));
+
+    // Re-applying everything changes nothing and fails nothing (adds are idempotent).
+    for n in 0..10 {
+        nft.apply(&render_changes(&container(n))).unwrap();
+    }
+    assert_eq!(listed(&mut nft), full);
+
+    // Detach every other container: element deletes only.
+    let mut rs = ruleset_of(0..10);
+    for n in (0..10).step_by(2) {
+        let down: Vec<Change> = Ruleset::new()
+            .changes_to(&ruleset_of([n]))
+            .into_iter()
+            .map(|c| match c {
+                Change::AddSubnet(x) => Change::DelSubnet(x),
+                Change::AddIface(x) => Change::DelIface(x),
+                Change::AddPort(x) => Change::DelPort(x),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        for c in &down {
+            rs.apply(c);
+        }
+        nft.apply(&render_changes(&down)).unwrap();
+        // Detaching twice is not an error (teardown is idempotent).
+        nft.apply(&render_changes(&down)).unwrap();
+    }
+    let half = listed(&mut nft);
+    assert!(half.intact);
+    assert_eq!(half.rules, empty.rules);
+    assert_eq!(half.ruleset, split(&rs));
+
+    // A whole-table render of the same state converges to the same listing.
+    nft.apply(&render_table(&rs)).unwrap();
+    assert_eq!(listed(&mut nft), half);
+}
+
+#[test]
+fn deleting_another_containers_port_is_refused() {
+    if !enter_private_netns("deleting_another_containers_port_is_refused") {
+        return;
+    }
+    let mut nft = nft();
+    let port = PortRange::single(8080).unwrap();
+    let mine = PortMapping::new(Proto::Tcp, None, port, v4(10, 0, 0, 2), 80).unwrap();
+    let theirs = PortMapping::new(Proto::Tcp, None, port, v4(10, 0, 0, 3), 80).unwrap();
+    let rs = Ruleset::new().with(Change::AddPort(mine.clone()));
+    nft.apply(&render_table(&rs)).unwrap();
+
+    let err = nft
+        .apply(&render_change(&Change::DelPort(theirs.clone())))
+        .unwrap_err();
+    let Error::Refused { ref stderr, .. } = err else {
+        panic!("expected a refusal, got {err:?}");
+    };
+    assert!(stderr.contains("File exists"), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{} refused applying add element ports4_addr x1, delete element ports4_addr x1",
+            nft_program()
+        )),
+        "{err}"
+    );
+    let err = nft
+        .apply(&render_change(&Change::AddPort(theirs)))
+        .unwrap_err();
+    assert!(err.to_string().contains("File exists"), "{err}");
+    assert_eq!(listed(&mut nft).ruleset, rs, "nothing was applied");
+
+    nft.apply(&render_change(&Change::DelPort(mine))).unwrap();
+    assert_eq!(listed(&mut nft).ruleset, Ruleset::new());
+}
+
+#[test]
+fn delete_table_is_idempotent() {
+    if !enter_private_netns("delete_table_is_idempotent") {
+        return;
+    }
+    let mut nft = nft();
+    nft.apply(&render_delete_table()).unwrap(); // no table yet: not an error
+    nft.apply(&render_table(&ruleset_of(0..3))).unwrap();
+    nft.apply(&render_table(&ruleset_of(0..3))).unwrap(); // re-create over itself
+    assert!(nft.list_table().unwrap().is_some());
+    nft.apply(&render_delete_table()).unwrap();
+    assert!(nft.list_table().unwrap().is_none());
+    assert_eq!(sh("nft list ruleset").trim(), "");
+    nft.apply(&render_delete_table()).unwrap();
+}
+
+#[test]
+fn reconcile_repairs_a_flushed_or_damaged_table() {
+    if !enter_private_netns("reconcile_repairs_a_flushed_or_damaged_table") {
+        return;
+    }
+    let mut nft = nft();
+    let rs = ruleset_of(0..4);
+    nft.apply(&render_table(&rs)).unwrap();
+
+    // Someone flushes the ruleset: plan re-creates the table.
+    sh("nft flush ruleset");
+    assert!(nft.list_table().unwrap().is_none());
+    nft.apply(&plan(None, &rs).unwrap()).unwrap();
+    assert!(listed(&mut nft).intact);
+
+    // Someone flushes one chain: the layout is damaged, plan re-creates the table.
+    sh("nft flush chain inet rnet forward");
+    let damaged = listed(&mut nft);
+    assert!(!damaged.intact);
+    nft.apply(&plan(Some(&damaged), &rs).unwrap()).unwrap();
+    assert!(listed(&mut nft).intact);
+
+    // Someone deletes an element: plan puts back just that element.
+    sh("nft delete element inet rnet ifaces '{ \"ve-c1\" }'");
+    let drifted = listed(&mut nft);
+    assert!(
+        !drifted.intact,
+        "ve-c1 is still paired with itself but not in ifaces"
+    );
+    sh("nft delete element inet rnet allowed_pairs '{ \"ve-c1\" . \"ve-c1\" }'");
+    let drifted = listed(&mut nft);
+    assert!(drifted.intact);
+    let fix = plan(Some(&drifted), &rs).unwrap();
+    assert_eq!(
+        nat::apply::summarize(&fix),
+        "add element ifaces x1, add element allowed_pairs x1"
+    );
+    nft.apply(&fix).unwrap();
+    assert_eq!(listed(&mut nft).ruleset, split(&rs));
+}
+
+#[test]
+fn async_apply_and_list() {
+    if !enter_private_netns("async_apply_and_list") {
+        return;
+    }
+    // A current-thread runtime runs on this thread, so `nft` starts in this namespace.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut nft = nft();
+        assert!(nft.list_table_async().await.unwrap().is_none());
+        nft.apply_async(&render_table(&ruleset_of(0..2)))
+            .await
+            .unwrap();
+        let listing = nft.list_table_async().await.unwrap().unwrap();
+        assert!(observe(&listing).unwrap().intact);
+        let err = nft
+            .apply_async(&render_change(&Change::AddSubnet(
+                "10.0.0.0/24".parse().unwrap(),
+            )))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("add element masq4 x1"), "{err}");
+    });
+}
+
+#[test]
+fn missing_nft_is_a_clear_error() {
+    let mut nft = NftCli::with_program("/nonexistent/nft");
+    let err = nft.apply(&render_delete_table()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not run /nonexistent/nft for applying the deletion of table inet rnet"
+    );
+    let err = nft.list_table().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not run /nonexistent/nft for listing table inet rnet"
+    );
+}
