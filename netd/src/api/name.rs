@@ -87,7 +87,7 @@ impl MachineName {
 
 impl fmt::Display for MachineName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -111,7 +111,13 @@ mod tests {
 
     #[test]
     fn accepts_hostnames() {
-        for n in ["a", "web-1", "debian.bookworm", "x".repeat(64).as_str(), "0abc"] {
+        for n in [
+            "a",
+            "web-1",
+            "debian.bookworm",
+            "x".repeat(64).as_str(),
+            "0abc",
+        ] {
             assert!(MachineName::new(n).is_ok(), "{n}");
         }
     }
@@ -122,9 +128,7 @@ mod tests {
         let long = "x".repeat(65);
         assert_eq!(
             MachineName::new(&long).unwrap_err().to_string(),
-            format!(
-                "machine name {long:?} is 65 characters long; at most 64 are allowed"
-            )
+            format!("machine name {long:?} is 65 characters long; at most 64 are allowed")
         );
         assert!(matches!(
             MachineName::new("a b"),
