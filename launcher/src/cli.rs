@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use netd::api::{self, MachineName};
+use netd::api::{self, MachineName, PortSpec};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]
@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// addresses and a default route via the host (implies --private-network).
     #[arg(short = 'n', long = "network-veth")]
     pub network_veth: bool,
+    /// Publish a host port to the container: `[tcp:|udp:][ADDR:]HOST[:CONT]`, ranges
+    /// `8000-8009:9000-9009`, an IPv6 ADDR in brackets (repeatable; needs --network-veth).
+    /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.
+    #[arg(short = 'p', long = "port", value_name = "SPEC")]
+    pub ports: Vec<PortSpec>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -39,13 +39,16 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let client = Client::new(&cli.runtime_dir);
     match cli.command {
-        Command::Run(args) => run::run(args, &client).map(|code| ExitCode::from(code)),
+        Command::Run(args) => run::run(args, &client).map(ExitCode::from),
         Command::List { json } => {
             let Response::Machines(list) = call(&client, &Request::List)? else {
                 return Err("rnetd sent an unexpected answer to list".into());
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
                 print_table(&list);
             }
@@ -91,12 +94,21 @@ fn print_status(m: &Machine) {
     println!("{}", m.machine);
     println!("          PID: {}", m.pid);
     match &m.host_altname {
-        Some(alt) => println!("    Host link: {} (altname {alt}), {}", m.host_ifname, m.host_mac),
+        Some(alt) => println!(
+            "    Host link: {} (altname {alt}), {}",
+            m.host_ifname, m.host_mac
+        ),
         None => println!("    Host link: {}, {}", m.host_ifname, m.host_mac),
     }
     println!("    Container: {}, {}", m.container_ifname, m.container_mac);
     println!("       Subnet: {}", m.subnet);
-    println!("      Address: {} via {}", m.container_address, m.host_address);
+    println!(
+        "      Address: {} via {}",
+        m.container_address, m.host_address
+    );
+    for p in &m.ports {
+        println!("         Port: {p}");
+    }
     if !m.dns.is_empty() {
         let dns: Vec<String> = m.dns.iter().map(ToString::to_string).collect();
         println!("          DNS: {}", dns.join(" "));

@@ -15,7 +15,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use netd::api::{
-    AttachRequest, Client, ClientError, ErrorKind, Machine, MachineName, NetworkSpec, Request,
+    AttachRequest, Client, ClientError, ErrorKind, Machine, MachineName, NetworkSpec, PortSpec,
+    Request,
 };
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -34,6 +35,7 @@ const EXIT_SETUP_FAILED: u8 = 125;
 struct Plan {
     machine: MachineName,
     network: Network,
+    ports: Vec<PortSpec>,
     command: Vec<CString>,
 }
 
@@ -49,7 +51,10 @@ impl Plan {
         let command = args
             .command
             .iter()
-            .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains a NUL byte")))
+            .map(|a| {
+                CString::new(a.as_bytes())
+                    .map_err(|_| format!("argument {a:?} contains a NUL byte"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let machine = match args.machine {
             Some(m) => m,
@@ -62,9 +67,15 @@ impl Plan {
         } else {
             Network::Host
         };
+        if !args.ports.is_empty() && network != Network::Veth {
+            return Err(
+                "--port needs --network-veth (a private network with a link to publish to)".into(),
+            );
+        }
         Ok(Self {
             machine,
             network,
+            ports: args.ports,
             command,
         })
     }
@@ -125,7 +136,14 @@ pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
 
 fn forwarded_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
         s.add(sig);
     }
     s
@@ -147,7 +165,8 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
         unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS)
             .map_err(|e| format!("creating the container's namespaces: {e}"))?;
         sethostname(plan.machine.as_str()).map_err(|e| format!("setting the hostname: {e}"))?;
-        sock.write_all(b"R").map_err(|e| format!("signalling the launcher: {e}"))?;
+        sock.write_all(b"R")
+            .map_err(|e| format!("signalling the launcher: {e}"))?;
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
@@ -172,13 +191,22 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
 fn configure(machine: Option<&Machine>) -> Result<(), String> {
     let mut rtnl = Rtnl::open().map_err(|e| format!("opening rtnetlink in the container: {e}"))?;
     let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| format!("finding lo: {e}"))?;
-    rtnl.set_up(lo).map_err(|e| format!("bringing lo up: {e}"))?;
+    rtnl.set_up(lo)
+        .map_err(|e| format!("bringing lo up: {e}"))?;
     let Some(m) = machine else { return Ok(()) };
     let ifname = m.container_ifname.as_str();
-    let idx = nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("finding {ifname}: {e}"))?;
+    let idx =
+        nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("finding {ifname}: {e}"))?;
     rtnl.add_address(idx, m.container_address, m.subnet.prefix())
-        .map_err(|e| format!("adding {}/{} to {ifname}: {e}", m.container_address, m.subnet.prefix()))?;
-    rtnl.set_up(idx).map_err(|e| format!("bringing {ifname} up: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "adding {}/{} to {ifname}: {e}",
+                m.container_address,
+                m.subnet.prefix()
+            )
+        })?;
+    rtnl.set_up(idx)
+        .map_err(|e| format!("bringing {ifname} up: {e}"))?;
     rtnl.add_default_route(idx, m.host_address)
         .map_err(|e| format!("adding the default route via {}: {e}", m.host_address))?;
     Ok(())
@@ -187,7 +215,11 @@ fn configure(machine: Option<&Machine>) -> Result<(), String> {
 /// execvp; returns only on failure, with the message to print.
 fn exec_error(command: &[CString]) -> String {
     let Err(e) = execvp(&command[0], command);
-    format!("cannot execute {}: {}", command[0].to_string_lossy(), e.desc())
+    format!(
+        "cannot execute {}: {}",
+        command[0].to_string_lossy(),
+        e.desc()
+    )
 }
 
 fn parent(
@@ -200,7 +232,10 @@ fn parent(
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
-            return Err(child_error(&mut sock, "the container process died during setup"));
+            return Err(child_error(
+                &mut sock,
+                "the container process died during setup",
+            ));
         }
         if plan.network != Network::Veth {
             return Ok(None);
@@ -211,6 +246,7 @@ fn parent(
             machine: plan.machine.clone(),
             pid: u32::try_from(child.as_raw()).unwrap_or_default(),
             network: NetworkSpec::Veth,
+            ports: plan.ports.clone(),
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(netd::api::Response::Attached(m)) => Ok(Some(m)),
@@ -228,7 +264,9 @@ fn parent(
     };
     let attached = machine.is_some();
     let cfg = serde_json::to_vec(&machine).unwrap_or_default();
-    let sent = sock.write_all(&cfg).and_then(|()| sock.shutdown(Shutdown::Write));
+    let sent = sock
+        .write_all(&cfg)
+        .and_then(|()| sock.shutdown(Shutdown::Write));
     let mut report = String::new();
     let _ = sock.read_to_string(&mut report);
     if sent.is_err() && report.is_empty() {
@@ -248,7 +286,11 @@ fn parent(
 fn child_error(sock: &mut UnixStream, fallback: &str) -> String {
     let mut msg = String::new();
     let _ = sock.read_to_string(&mut msg);
-    if msg.is_empty() { fallback.to_owned() } else { msg }
+    if msg.is_empty() {
+        fallback.to_owned()
+    } else {
+        msg
+    }
 }
 
 /// Waits for the child, forwarding the signals others send us; returns its exit code
@@ -283,7 +325,12 @@ fn wait_forwarding(child: Pid, forwarded: &SigSet) -> Result<u8, String> {
 }
 
 fn detach(client: &Client, machine: &MachineName) {
-    match client.call(&Request::Detach { machine: machine.clone() }, None) {
+    match client.call(
+        &Request::Detach {
+            machine: machine.clone(),
+        },
+        None,
+    ) {
         Ok(_) => {}
         // rnetd's pidfd watch may have been quicker.
         Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}

@@ -17,7 +17,10 @@ pub fn load(etc_machine_id: &Path, state_dir: &Path) -> io::Result<MachineId> {
         return Ok(id);
     }
     let ours = state_dir.join("machine-id");
-    if let Some(id) = fs::read_to_string(&ours).ok().and_then(|t| MachineId::parse(&t)) {
+    if let Some(id) = fs::read_to_string(&ours)
+        .ok()
+        .and_then(|t| MachineId::parse(&t))
+    {
         return Ok(id);
     }
     let mut bytes = [0u8; 16];

@@ -6,13 +6,15 @@
 pub mod api;
 
 #[cfg(feature = "daemon")]
-pub mod naming;
-#[cfg(feature = "daemon")]
-pub mod pool;
+pub mod firewall;
 #[cfg(feature = "daemon")]
 pub mod hostid;
 #[cfg(feature = "daemon")]
 pub mod machines;
+#[cfg(feature = "daemon")]
+pub mod naming;
+#[cfg(feature = "daemon")]
+pub mod pool;
 #[cfg(feature = "daemon")]
 pub mod procfs;
 #[cfg(feature = "daemon")]
@@ -21,3 +23,5 @@ pub mod rtnl;
 pub mod server;
 #[cfg(feature = "daemon")]
 pub mod state;
+#[cfg(feature = "daemon")]
+pub mod sysctl;

@@ -13,12 +13,21 @@ use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
+use std::time::Duration;
+
+use nat::NftCli;
+
 use crate::api::{ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec};
+use crate::firewall::{Firewall, LinkRules};
 use crate::naming::{LinkName, MacKey, MachineId, generate_mac};
 use crate::pool::{Pool, PoolError};
 use crate::procfs;
 use crate::rtnl::{Rtnl, RtnlError};
 use crate::state::{SavedMachine, StateFile};
+use crate::sysctl::Sysctl;
+
+/// How often the firewall table is checked for changes made from outside.
+const FIREWALL_CHECK: Duration = Duration::from_secs(2);
 
 /// Name of the container end of the primary veth (fixed, as in nspawn).
 pub const CONTAINER_IFNAME: &str = "host0";
@@ -47,6 +56,7 @@ struct Entry {
 struct Inner {
     machines: BTreeMap<MachineName, Entry>,
     pool: Pool,
+    firewall: Firewall<NftCli>,
 }
 
 /// The attached machines and what it takes to change them.
@@ -60,6 +70,16 @@ pub struct Machines {
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
+/// The firewall contribution of a saved machine.
+fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> {
+    LinkRules::new(
+        &m.host_ifname,
+        m.subnet,
+        std::net::IpAddr::V4(m.container_address),
+        &m.ports,
+    )
 }
 
 impl Machines {
@@ -76,6 +96,7 @@ impl Machines {
             inner: Mutex::new(Inner {
                 machines: BTreeMap::new(),
                 pool,
+                firewall: Firewall::new(NftCli::new(), Sysctl::default(), saved.forward_restore),
             }),
             this: this.clone(),
         });
@@ -84,12 +105,18 @@ impl Machines {
             let m = &s.machine;
             let alive = procfs::pid_start_time(m.pid).ok() == Some(s.pid_start_time);
             let link = me.rtnl.link_index(&m.host_ifname).await.map_err(internal)?;
-            let pidfd = if alive { procfs::pidfd_open(m.pid).ok() } else { None };
+            let pidfd = if alive {
+                procfs::pidfd_open(m.pid).ok()
+            } else {
+                None
+            };
             match (pidfd, link) {
                 (Some(pidfd), Some(_)) if inner.pool.reserve(m.subnet).is_ok() => {
                     info!(machine = %m.machine, ifname = %m.host_ifname, "adopted");
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
-                    inner.machines.insert(m.machine.clone(), Entry { saved: s, watcher });
+                    inner
+                        .machines
+                        .insert(m.machine.clone(), Entry { saved: s, watcher });
                 }
                 _ => {
                     info!(machine = %m.machine, ifname = %m.host_ifname, "removing stale attachment");
@@ -99,14 +126,52 @@ impl Machines {
                 }
             }
         }
+        let links: Vec<LinkRules> = inner
+            .machines
+            .values()
+            .filter_map(|e| link_rules(&e.saved.machine).ok())
+            .collect();
+        inner.firewall.adopt(&links).map_err(internal)?;
+        match inner.firewall.reconcile().await {
+            Ok(true) => info!("firewall table brought in line with the adopted machines"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "checking the firewall table failed"),
+        }
         me.save(&inner)?;
         drop(inner);
+        me.spawn_firewall_check();
         Ok(me)
+    }
+
+    /// Checks the firewall table periodically and rebuilds it when it was removed or changed
+    /// from outside (e.g. `nft flush ruleset`).
+    fn spawn_firewall_check(&self) {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FIREWALL_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = this.upgrade() else { return };
+                let mut inner = me.inner.lock().await;
+                if inner.machines.is_empty() {
+                    continue;
+                }
+                match inner.firewall.reconcile().await {
+                    Ok(true) => {
+                        info!("table inet rnet was removed or changed from outside; rebuilt it")
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "checking the firewall table failed"),
+                }
+            }
+        });
     }
 
     fn save(&self, inner: &Inner) -> Result<(), ApiError> {
         let all = inner.machines.values().map(|e| e.saved.clone()).collect();
-        self.state.save(all).map_err(internal)
+        let restore = inner.firewall.forward_restore().map(str::to_owned);
+        self.state.save(all, restore).map_err(internal)
     }
 
     /// Builds a `ve-NAME`/`host0` pair for the container whose network namespace is `netns`.
@@ -116,9 +181,13 @@ impl Machines {
         let pid = req.pid;
         // The namespace must be the pid's own, and not ours: attaching the host's namespace
         // would put host0 on the host.
-        let ns = procfs::ns_id(&netns).map_err(|e| bad(format!("cannot inspect the passed fd: {e}")))?;
-        let pid_ns = procfs::pid_netns_id(pid)
-            .map_err(|e| bad(format!("cannot read the network namespace of pid {pid}: {e}")))?;
+        let ns =
+            procfs::ns_id(&netns).map_err(|e| bad(format!("cannot inspect the passed fd: {e}")))?;
+        let pid_ns = procfs::pid_netns_id(pid).map_err(|e| {
+            bad(format!(
+                "cannot read the network namespace of pid {pid}: {e}"
+            ))
+        })?;
         if ns != pid_ns {
             return Err(bad(format!(
                 "the passed fd is not the network namespace of pid {pid}"
@@ -132,8 +201,8 @@ impl Machines {
         }
         let pid_start_time = procfs::pid_start_time(pid)
             .map_err(|e| bad(format!("process {pid} does not exist: {e}")))?;
-        let pidfd = procfs::pidfd_open(pid)
-            .map_err(|e| bad(format!("cannot watch process {pid}: {e}")))?;
+        let pidfd =
+            procfs::pidfd_open(pid).map_err(|e| bad(format!("cannot watch process {pid}: {e}")))?;
 
         let mut inner = self.inner.lock().await;
         if inner.machines.contains_key(&req.machine) {
@@ -142,12 +211,28 @@ impl Machines {
                 format!("machine {} is already running", req.machine),
             ));
         }
+        check_ports(&inner, &req)?;
         let in_use = self.rtnl.ipv4_in_use().await.map_err(internal)?;
         let subnet = inner.pool.allocate(&in_use).map_err(|e| match e {
             PoolError::Exhausted { .. } => ApiError::new(ErrorKind::PoolExhausted, e.to_string()),
             other => internal(other),
         })?;
         let built = self.build(&req, subnet, netns.as_fd()).await;
+        let built = match built {
+            Ok((machine, guard)) => {
+                let rules = link_rules(&machine)
+                    .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
+                let added = match rules {
+                    Ok(r) => inner.firewall.add(&r).await.map_err(internal),
+                    Err(e) => Err(e),
+                };
+                added.map(|()| {
+                    guard.commit();
+                    machine
+                })
+            }
+            Err(e) => Err(e),
+        };
         let machine = match built {
             Ok(m) => m,
             Err(e) => {
@@ -178,13 +263,13 @@ impl Machines {
         Ok(machine)
     }
 
-    /// The kernel side of attach; a guard deletes the link if a later step fails.
+    /// The link side of attach. The returned guard deletes the link unless committed.
     async fn build(
         &self,
         req: &AttachRequest,
         subnet: Ipv4Network,
         netns: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<Machine, ApiError> {
+    ) -> Result<(Machine, LinkGuard), ApiError> {
         let name = req.machine.as_str();
         let link = LinkName::new("ve-", name);
         let id = self.settings.machine_id;
@@ -192,7 +277,13 @@ impl Machines {
         let container_mac = generate_mac(id, name, MacKey::Container, 0);
         let index = self
             .rtnl
-            .add_veth(&link.ifname, host_mac, CONTAINER_IFNAME, container_mac, netns)
+            .add_veth(
+                &link.ifname,
+                host_mac,
+                CONTAINER_IFNAME,
+                container_mac,
+                netns,
+            )
             .await
             .map_err(|e| link_error(e, &link.ifname))?;
         let guard = LinkGuard::new(self.rtnl.clone(), link.ifname.clone());
@@ -201,13 +292,15 @@ impl Machines {
         }
         let host_address = Ipv4Addr::from(u32::from(subnet.network()) + 1);
         let host_net = Ipv4Network::new(host_address, subnet.prefix()).map_err(internal)?;
-        self.rtnl.add_address(index, host_net).await.map_err(internal)?;
+        self.rtnl
+            .add_address(index, host_net)
+            .await
+            .map_err(internal)?;
         self.rtnl.set_up(index).await.map_err(internal)?;
         let client_id = dhcp::client_id_from_mac(container_mac.0);
         let container_address = dhcp::pick_address(subnet, &client_id, |a| a != host_address)
             .ok_or_else(|| internal(format!("no container address left in {subnet}")))?;
-        guard.commit();
-        Ok(Machine {
+        let machine = Machine {
             machine: req.machine.clone(),
             pid: req.pid,
             network: NetworkSpec::Veth,
@@ -220,7 +313,9 @@ impl Machines {
             host_address,
             container_address,
             dns: self.settings.dns.clone(),
-        })
+            ports: req.ports.clone(),
+        };
+        Ok((machine, guard))
     }
 
     /// Removes a machine's networking.
@@ -241,6 +336,14 @@ impl Machines {
             w.abort();
         }
         let m = &entry.saved.machine;
+        match link_rules(m) {
+            Ok(rules) => {
+                if let Err(e) = inner.firewall.remove(&rules).await {
+                    warn!(machine = %name, error = %e, "removing firewall elements failed");
+                }
+            }
+            Err(e) => warn!(machine = %name, error = %e, "saved ports are invalid"),
+        }
         // Best effort: a link that is already gone (the namespace died) is fine.
         if let Err(e) = self.rtnl.del_link(&m.host_ifname).await {
             warn!(machine = %name, error = %e, "deleting the link failed");
@@ -252,7 +355,11 @@ impl Machines {
     /// All attached machines.
     pub async fn list(&self) -> Vec<Machine> {
         let inner = self.inner.lock().await;
-        inner.machines.values().map(|e| e.saved.machine.clone()).collect()
+        inner
+            .machines
+            .values()
+            .map(|e| e.saved.machine.clone())
+            .collect()
     }
 
     /// One attached machine.
@@ -300,15 +407,44 @@ impl Machines {
     }
 }
 
+/// Refuses host ports that another machine (or the same request) already publishes.
+fn check_ports(inner: &Inner, req: &AttachRequest) -> Result<(), ApiError> {
+    for (i, p) in req.ports.iter().enumerate() {
+        if let Some(q) = req.ports[..i].iter().find(|q| q.overlaps(p)) {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("port mappings {q} and {p} claim the same host port"),
+            ));
+        }
+        for e in inner.machines.values() {
+            if let Some(q) = e.saved.machine.ports.iter().find(|q| q.overlaps(p)) {
+                return Err(ApiError::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "host port {p} is already published by machine {} ({q})",
+                        e.saved.machine.machine
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn not_found(name: &MachineName) -> ApiError {
-    ApiError::new(ErrorKind::NotFound, format!("no machine {name} is attached"))
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no machine {name} is attached"),
+    )
 }
 
 fn link_error(e: RtnlError, ifname: &str) -> ApiError {
     if e.errno == Some(libc::EEXIST) {
         ApiError::new(
             ErrorKind::AlreadyExists,
-            format!("interface {ifname} already exists on the host; is another container using this name?"),
+            format!(
+                "interface {ifname} already exists on the host; is another container using this name?"
+            ),
         )
     } else {
         internal(e)

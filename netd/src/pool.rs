@@ -142,7 +142,8 @@ impl Pool {
         };
         let last = up_to.map_or(end - size, u64::from);
         while c <= last && c + size <= end {
-            let cand = Ipv4Network::new(Ipv4Addr::from(u32::try_from(c).ok()?), self.prefix).ok()?;
+            let cand =
+                Ipv4Network::new(Ipv4Addr::from(u32::try_from(c).ok()?), self.prefix).ok()?;
             match taken.iter().find(|t| overlaps(**t, cand)) {
                 None => return Some(cand),
                 Some(t) => {

@@ -9,7 +9,10 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 pub fn pid_start_time(pid: u32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_start_time(&stat).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/stat"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat"),
+        )
     })
 }
 

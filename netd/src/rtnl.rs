@@ -77,7 +77,8 @@ impl Rtnl {
         {
             let prefix = msg.header.prefix_len;
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(a)) | AddressAttribute::Local(IpAddr::V4(a)) = attr
+                if let AddressAttribute::Address(IpAddr::V4(a))
+                | AddressAttribute::Local(IpAddr::V4(a)) = attr
                     && let Ok(n) = Ipv4Network::new(*a, prefix)
                 {
                     out.push(n);
@@ -133,14 +134,12 @@ impl Rtnl {
             .execute()
             .await
             .map_err(|e| RtnlError::new("creating veth", &object, &e))?;
-        self.link_index(host)
-            .await?
-            .ok_or_else(|| RtnlError {
-                step: "finding new veth",
-                object,
-                errno: Some(libc::ENODEV),
-                reason: "it vanished right after creation".into(),
-            })
+        self.link_index(host).await?.ok_or_else(|| RtnlError {
+            step: "finding new veth",
+            object,
+            errno: Some(libc::ENODEV),
+            reason: "it vanished right after creation".into(),
+        })
     }
 
     /// `ip link property add dev INDEX altname NAME`.
@@ -166,9 +165,7 @@ impl Rtnl {
 
     /// `ip link set dev INDEX up`.
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .up()
-            .build();
+        let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle
             .link()
             .set(msg)
@@ -184,7 +181,12 @@ impl Rtnl {
 
     /// The link called `name`, if any (`ip link show NAME`).
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match s.try_next().await {
             Ok(m) => Ok(m),
             Err(e) => {

@@ -61,8 +61,8 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
         .await
         .map_err(|_| ApiError::new(ErrorKind::BadRequest, "timed out waiting for the request"))?
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
-    let req: Request = wire::decode(&body)
-        .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
+    let req: Request =
+        wire::decode(&body).map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
     debug!(uid = cred.uid(), pid = ?cred.pid(), ?req, "request");
     if req.is_change() && cred.uid() != 0 {
         return Err(ApiError::new(

@@ -35,6 +35,10 @@ pub struct State {
     pub version: u32,
     /// Attached machines.
     pub machines: Vec<SavedMachine>,
+    /// `net.ipv4.ip_forward` as it was before rnetd turned it on, restored when the last
+    /// masqueraded link goes.
+    #[serde(default)]
+    pub forward_restore: Option<String>,
 }
 
 /// Reading or writing the state failed.
@@ -105,11 +109,16 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Saves `machines` atomically.
-    pub fn save(&self, machines: Vec<SavedMachine>) -> Result<(), StateError> {
+    /// Saves the state atomically.
+    pub fn save(
+        &self,
+        machines: Vec<SavedMachine>,
+        forward_restore: Option<String>,
+    ) -> Result<(), StateError> {
         let state = State {
             version: VERSION,
             machines,
+            forward_restore,
         };
         let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
         write_atomic(&self.path, &body)
@@ -158,6 +167,7 @@ mod tests {
                 host_address: "192.168.0.1".parse().unwrap(),
                 container_address: "192.168.0.7".parse().unwrap(),
                 dns: vec![],
+                ports: vec![],
             },
             pid_start_time: 99,
         }
@@ -168,11 +178,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
         assert_eq!(f.load().unwrap(), State::default());
-        f.save(vec![machine("a"), machine("b")]).unwrap();
+        f.save(vec![machine("a"), machine("b")], Some("0".into()))
+            .unwrap();
         let s = f.load().unwrap();
         assert_eq!(s.machines, vec![machine("a"), machine("b")]);
+        assert_eq!(s.forward_restore.as_deref(), Some("0"));
         // No temp file is left behind.
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
     }
 
@@ -182,7 +197,10 @@ mod tests {
         let f = StateFile::new(dir.path());
         fs::write(f.path(), b"{\"version\":1,\"machines\":[").unwrap();
         let err = f.load().unwrap_err().to_string();
-        assert!(err.starts_with(&format!("state file {} is unreadable", f.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!("state file {} is unreadable", f.path().display())),
+            "{err}"
+        );
         fs::write(f.path(), b"{\"version\":9,\"machines\":[]}").unwrap();
         assert!(f.load().unwrap_err().to_string().contains("version 9"));
     }

@@ -59,11 +59,23 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
         // target/<profile>/deps/<test-binary>
-        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_owned();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "rnet-netd", "-p", "rnet-launcher", "--bins"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "rnet-netd",
+            "-p",
+            "rnet-launcher",
+            "--bins",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -126,6 +138,8 @@ pub struct Rig {
     tmp: tempfile::TempDir,
     rnetd: Option<Child>,
     children: Vec<Child>,
+    /// Stdout of servers started with [`Rig::spawn_ready`], kept open so they never get SIGPIPE.
+    readers: Vec<std::io::BufReader<std::process::ChildStdout>>,
 }
 
 impl Rig {
@@ -147,13 +161,24 @@ impl Rig {
             tmp,
             rnetd: None,
             children: Vec::new(),
+            readers: Vec::new(),
         };
         let ip = |args: &[&str]| ok(Command::new("ip").args(args));
         ip(&["netns", "add", &rig.host_ns]);
         ip(&["netns", "add", &rig.uplink_ns]);
         let (h, u) = (format!("{}up", rig.prefix), format!("{}dn", rig.prefix));
         ip(&[
-            "link", "add", &h, "netns", &rig.host_ns, "type", "veth", "peer", "name", &u, "netns",
+            "link",
+            "add",
+            &h,
+            "netns",
+            &rig.host_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &u,
+            "netns",
             &rig.uplink_ns,
         ]);
         for (ns, dev, addr) in [
@@ -164,7 +189,15 @@ impl Rig {
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
-        ip(&["-n", &rig.host_ns, "route", "add", "default", "via", UPLINK_ADDR]);
+        ip(&[
+            "-n",
+            &rig.host_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            UPLINK_ADDR,
+        ]);
         rig
     }
 
@@ -264,6 +297,48 @@ impl Rig {
         pid
     }
 
+    /// Spawns a server (e.g. `netprobe serve`) and waits for it to print `READY`.
+    pub fn spawn_ready(&mut self, cmd: &mut Command) -> u32 {
+        use std::io::BufRead;
+        let pid = self.spawn(cmd);
+        let child = self.children.last_mut().expect("just spawned");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        while line.trim() != "READY" {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let err = child.stderr.take().map(|mut e| {
+                    let mut s = String::new();
+                    let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                    s
+                });
+                panic!(
+                    "{cmd:?} exited before READY: {err:?}; rnetd log:\n{}",
+                    self.log()
+                );
+            }
+        }
+        self.readers.push(out);
+        pid
+    }
+
+    /// Sends `signal` to a spawned process.
+    pub fn signal(&self, pid: u32, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+
+    /// `nft -j list table inet rnet` in the host netns, or `None` if there is no such table.
+    pub fn nft_table(&self) -> Option<Value> {
+        let out = output(
+            self.in_host("nft")
+                .args(["-j", "list", "table", "inet", "rnet"]),
+        );
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     /// Waits for a spawned process and returns its output.
     pub fn wait(&mut self, pid: u32) -> Output {
         let i = self
@@ -287,7 +362,11 @@ impl Rig {
             found = self.machines().into_iter().find(|m| m["machine"] == name);
             found.is_some()
         });
-        assert!(ok, "machine {name} never attached; rnetd log:\n{}", self.log());
+        assert!(
+            ok,
+            "machine {name} never attached; rnetd log:\n{}",
+            self.log()
+        );
         found.unwrap()
     }
 
@@ -302,6 +381,30 @@ impl Rig {
             .status
             .success()
     }
+}
+
+/// Number of rules in an `nft -j` listing.
+pub fn nft_rules(listing: &Value) -> usize {
+    listing["nftables"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|o| o.get("rule").is_some()).count())
+}
+
+/// Number of elements of set or map `name` in an `nft -j` listing.
+pub fn nft_elements(listing: &Value, name: &str) -> usize {
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["elem"].as_array())
+        .map_or(0, Vec::len)
+}
+
+/// Path of the test probe binary.
+pub fn netprobe() -> PathBuf {
+    bin("netprobe")
 }
 
 /// A command run in the network namespace at `path`.
@@ -349,7 +452,10 @@ fn kill_netns_processes(ns: &str) {
     };
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
         if let Ok(pid) = pid.parse::<i32>() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -358,7 +464,9 @@ fn kill_netns_processes(ns: &str) {
 /// processes inside them) and their rnetd processes.
 pub fn sweep() {
     let dead = |name: &str| -> bool {
-        let Some(rest) = name.strip_prefix("rnt") else { return false };
+        let Some(rest) = name.strip_prefix("rnt") else {
+            return false;
+        };
         let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
             return false;
         };
@@ -376,8 +484,12 @@ pub fn sweep() {
     // rnetd processes whose runtime dir belongs to a dead test process.
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let args: Vec<String> = cmdline
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -386,12 +498,17 @@ pub fn sweep() {
                 continue;
             }
             let owner_dead = args.iter().any(|a| {
-                Path::new(a)
-                    .components()
-                    .any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with("rnt") && dead(s.split('-').next().unwrap_or(""))))
+                Path::new(a).components().any(|c| {
+                    c.as_os_str().to_str().is_some_and(|s| {
+                        s.starts_with("rnt") && dead(s.split('-').next().unwrap_or(""))
+                    })
+                })
             });
             if owner_dead {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }

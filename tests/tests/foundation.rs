@@ -59,7 +59,12 @@ fn private_network_has_only_loopback_up() {
     let (host, json) = out.split_once('\n').unwrap();
     assert_eq!(host, "lonely");
     let links: Value = serde_json::from_str(json).unwrap();
-    let names: Vec<&str> = links.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap()).collect();
+    let names: Vec<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["lo"]);
     let flags = links[0]["flags"].as_array().unwrap();
     assert!(flags.iter().any(|f| f == "UP"), "{json}");
@@ -73,7 +78,10 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     let mut rig = Rig::new();
     rig.start_rnetd();
     let name = "veth-test-machine";
-    let launcher = rig.spawn(rig.rnet().args(["run", "-n", "-M", name, "--", "sleep", "60"]));
+    let launcher = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", name, "--", "sleep", "60"]),
+    );
     let m = rig.wait_machine(name);
 
     // Names: shortened like systemd, the full name as altname.
@@ -82,7 +90,10 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     assert_eq!(m["host_ifname"], expect.ifname.as_str());
     let link = rig.host_ip(&["link", "show", "dev", &expect.ifname]);
     let link = &link[0];
-    let altnames: Vec<&str> = link["altnames"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap()).collect()).unwrap_or_default();
+    let altnames: Vec<&str> = link["altnames"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+        .unwrap_or_default();
     assert_eq!(altnames, [format!("ve-{name}").as_str()]);
 
     // MACs: derived like systemd from /etc/machine-id.
@@ -93,10 +104,16 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
 
     // Addresses: host side first of a /28 from 192.168.0.0/16.
     let subnet = m["subnet"].as_str().unwrap();
-    assert!(subnet.starts_with("192.168.") && subnet.ends_with("/28"), "{subnet}");
+    assert!(
+        subnet.starts_with("192.168.") && subnet.ends_with("/28"),
+        "{subnet}"
+    );
     let host_addr = m["host_address"].as_str().unwrap();
     let cont_addr = m["container_address"].as_str().unwrap();
-    assert_eq!(ipv4_addrs(&rig.host_ip(&["addr", "show", "dev", &expect.ifname])), [format!("{host_addr}/28")]);
+    assert_eq!(
+        ipv4_addrs(&rig.host_ip(&["addr", "show", "dev", &expect.ifname])),
+        [format!("{host_addr}/28")]
+    );
 
     // Inside the container: host0 with its MAC and address, a default route via the host side.
     let pid = m["pid"].as_u64().unwrap();
@@ -110,7 +127,10 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     let subnet_net: ipnetwork::Ipv4Network = subnet.parse().unwrap();
     let mac_bytes = generate_mac(id, name, MacKey::Container, 0).0;
     let host_ip: std::net::Ipv4Addr = host_addr.parse().unwrap();
-    let expected = dhcp::pick_address(subnet_net, &dhcp::client_id_from_mac(mac_bytes), |a| a != host_ip).unwrap();
+    let expected = dhcp::pick_address(subnet_net, &dhcp::client_id_from_mac(mac_bytes), |a| {
+        a != host_ip
+    })
+    .unwrap();
     assert_eq!(cont_addr, expected.to_string());
 
     // Traffic both ways.
@@ -134,7 +154,10 @@ fn exit_codes_are_propagated() {
     rig.start_rnetd();
     let out = output(rig.rnet().args(["run", "-n", "--", "sh", "-c", "exit 7"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    let out = output(rig.rnet().args(["run", "-n", "--", "sh", "-c", "kill -KILL $$"]));
+    let out = output(
+        rig.rnet()
+            .args(["run", "-n", "--", "sh", "-c", "kill -KILL $$"]),
+    );
     assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
     let out = output(rig.rnet().args(["run", "--private-network", "--", "false"]));
     assert_eq!(out.status.code(), Some(1));
@@ -143,7 +166,13 @@ fn exit_codes_are_propagated() {
     // Nothing attached remains.
     assert!(rig.machines().is_empty());
     let links = rig.host_ip(&["link"]);
-    assert!(!links.as_array().unwrap().iter().any(|l| l["ifname"].as_str().unwrap().starts_with("ve-")));
+    assert!(
+        !links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["ifname"].as_str().unwrap().starts_with("ve-"))
+    );
 }
 
 #[test]
@@ -153,17 +182,24 @@ fn sigkilled_launcher_is_cleaned_up_by_the_pidfd_watch() {
     }
     let mut rig = Rig::new();
     rig.start_rnetd();
-    let launcher = rig.spawn(rig.rnet().args(["run", "-n", "-M", "victim", "--", "sleep", "60"]));
+    let launcher = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "victim", "--", "sleep", "60"]),
+    );
     let m = rig.wait_machine("victim");
     let payload = m["pid"].as_u64().unwrap();
     assert!(rig.host_has_link("ve-victim"));
     let t0 = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher as i32), Signal::SIGKILL).unwrap();
-    let gone = wait_until(Duration::from_secs(5), || !rig.host_has_link("ve-victim") && rig.machines().is_empty());
+    let gone = wait_until(Duration::from_secs(5), || {
+        !rig.host_has_link("ve-victim") && rig.machines().is_empty()
+    });
     eprintln!("cleanup after SIGKILL took {:?}", t0.elapsed());
     assert!(gone, "ve-victim still present; log:\n{}", rig.log());
     // The payload died with the launcher.
-    assert!(wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{payload}")).exists()));
+    assert!(wait_until(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{payload}")).exists()
+    }));
     let _ = rig.wait(launcher);
 }
 
@@ -178,7 +214,10 @@ fn long_names_sharing_eleven_characters_get_distinct_links() {
     let la = rig.spawn(rig.rnet().args(["run", "-n", "-M", a, "--", "sleep", "60"]));
     let lb = rig.spawn(rig.rnet().args(["run", "-n", "-M", b, "--", "sleep", "60"]));
     let (ma, mb) = (rig.wait_machine(a), rig.wait_machine(b));
-    let (ia, ib) = (ma["host_ifname"].as_str().unwrap(), mb["host_ifname"].as_str().unwrap());
+    let (ia, ib) = (
+        ma["host_ifname"].as_str().unwrap(),
+        mb["host_ifname"].as_str().unwrap(),
+    );
     assert_eq!(&ia[..11], &ib[..11]);
     assert_ne!(ia, ib);
     assert_eq!(ia, LinkName::new("ve-", a).ifname);
@@ -202,7 +241,10 @@ fn a_running_name_is_refused_and_loses_nothing() {
     }
     let mut rig = Rig::new();
     rig.start_rnetd();
-    let first = rig.spawn(rig.rnet().args(["run", "-n", "-M", "dup", "--", "sleep", "60"]));
+    let first = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "dup", "--", "sleep", "60"]),
+    );
     let before = rig.wait_machine("dup");
     let out = output(rig.rnet().args(["run", "-n", "-M", "dup", "--", "true"]));
     assert_eq!(out.status.code(), Some(1));
@@ -210,7 +252,11 @@ fn a_running_name_is_refused_and_loses_nothing() {
     // The first machine is untouched.
     assert_eq!(rig.machines(), vec![before]);
     assert!(rig.host_has_link("ve-dup"));
-    ok(rig.in_host("ping").args(["-c1", "-W2", rig.machines()[0]["container_address"].as_str().unwrap()]));
+    ok(rig.in_host("ping").args([
+        "-c1",
+        "-W2",
+        rig.machines()[0]["container_address"].as_str().unwrap(),
+    ]));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGTERM).unwrap();
     rig.wait(first);
 }
@@ -222,11 +268,27 @@ fn bad_input_gives_one_clear_line() {
     }
     let rig = Rig::new();
     let cases: [(&[&str], i32, &str); 5] = [
-        (&["run", "--frobnicate", "--", "true"], 2, "rnet: unexpected argument '--frobnicate' found\n"),
+        (
+            &["run", "--frobnicate", "--", "true"],
+            2,
+            "rnet: unexpected argument '--frobnicate' found\n",
+        ),
         (&["run", "-M", "bad name", "--", "true"], 2, "contains ' '"),
-        (&["run", "-M", &"x".repeat(65), "--", "true"], 2, "at most 64 are allowed"),
-        (&["run", "-n", "--", "true"], 1, "rnet: rnetd is not running (no daemon at "),
-        (&["run", "--", "/no/such/program"], 1, "rnet: cannot execute /no/such/program: No such file or directory\n"),
+        (
+            &["run", "-M", &"x".repeat(65), "--", "true"],
+            2,
+            "at most 64 are allowed",
+        ),
+        (
+            &["run", "-n", "--", "true"],
+            1,
+            "rnet: rnetd is not running (no daemon at ",
+        ),
+        (
+            &["run", "--", "/no/such/program"],
+            1,
+            "rnet: cannot execute /no/such/program: No such file or directory\n",
+        ),
     ];
     for (args, code, needle) in cases {
         let out = output(rig.rnet().args(args));
@@ -253,9 +315,11 @@ fn rnetd_refuses_non_root_and_malformed_requests_without_dying() {
         .unwrap();
     let holder_pid = holder.id();
     assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_link(format!("/proc/{holder_pid}/ns/net")).ok() != std::fs::read_link("/proc/self/ns/net").ok()
+        std::fs::read_link(format!("/proc/{holder_pid}/ns/net")).ok()
+            != std::fs::read_link("/proc/self/ns/net").ok()
     }));
-    let attach = format!(r#"{{"attach":{{"machine":"sneaky","pid":{holder_pid},"network":"veth"}}}}"#);
+    let attach =
+        format!(r#"{{"attach":{{"machine":"sneaky","pid":{holder_pid},"network":"veth"}}}}"#);
     let nsfile = format!("/proc/{holder_pid}/ns/net");
 
     // Not root: refused, and nothing is built.
@@ -280,7 +344,10 @@ fn rnetd_refuses_non_root_and_malformed_requests_without_dying() {
     let mismatched = format!(r#"{{"attach":{{"machine":"x","pid":{me},"network":"veth"}}}}"#);
     let mismatch_msg = format!("the passed fd is not the network namespace of pid {me}");
     let bad: [(&str, &str); 6] = [
-        (r#"{"attach":{"machine":"x","pid":1,"network":"veth","extra":true}}"#, "unknown field `extra`"),
+        (
+            r#"{"attach":{"machine":"x","pid":1,"network":"veth","extra":true}}"#,
+            "unknown field `extra`",
+        ),
         (r#"{"attach":"#, "malformed message"),
         (r#""reboot""#, "unknown variant `reboot`"),
         (r#"{"detach":{"machine":"-x"}}"#, "not a valid hostname"),
@@ -294,27 +361,50 @@ fn rnetd_refuses_non_root_and_malformed_requests_without_dying() {
             cmd.args(["--fd", &nsfile]);
         }
         let out = ok(&mut cmd);
-        assert!(out.contains(r#""kind":"bad_request""#) && out.contains(needle), "{body}: {out}");
+        assert!(
+            out.contains(r#""kind":"bad_request""#) && out.contains(needle),
+            "{body}: {out}"
+        );
     }
     // A frame announcing 4 GiB is refused, and a truncated one too.
     let out = ok(Command::new(raw).arg(&sock).arg("7f7f7f7f").arg("--hex"));
     assert!(out.contains("exceeds the limit"), "{out}");
-    let out = ok(Command::new(raw).arg(&sock).arg("000001007b7d").arg("--hex"));
-    assert!(out.contains("connection closed before a whole request"), "{out}");
+    let out = ok(Command::new(raw)
+        .arg(&sock)
+        .arg("000001007b7d")
+        .arg("--hex"));
+    assert!(
+        out.contains("connection closed before a whole request"),
+        "{out}"
+    );
     // Offering the daemon its own (the host's) namespace is refused. The client runs inside
     // the rig's host netns so nothing could ever reach this machine's real namespace.
     let rnetd = rig.rnetd_pid();
     let own = format!(r#"{{"attach":{{"machine":"hostns","pid":{rnetd},"network":"veth"}}}}"#);
-    let out = ok(rig.in_host(raw).arg(&sock).arg(&own).args(["--fd", &format!("/proc/{rnetd}/ns/net")]));
-    assert!(out.contains("bad_request") && out.contains("rnetd's own"), "{out}");
+    let out = ok(rig
+        .in_host(raw)
+        .arg(&sock)
+        .arg(&own)
+        .args(["--fd", &format!("/proc/{rnetd}/ns/net")]));
+    assert!(
+        out.contains("bad_request") && out.contains("rnetd's own"),
+        "{out}"
+    );
 
     // The daemon is alive and still serves a real attach for root.
-    let out = ok(Command::new(raw).arg(&sock).arg(&attach).args(["--fd", &nsfile]));
+    let out = ok(Command::new(raw)
+        .arg(&sock)
+        .arg(&attach)
+        .args(["--fd", &nsfile]));
     assert!(out.contains(r#""attached""#), "{out}");
     assert!(rig.host_has_link("ve-sneaky"));
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !rig.host_has_link("ve-sneaky")), "{}", rig.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || !rig.host_has_link("ve-sneaky")),
+        "{}",
+        rig.log()
+    );
     assert!(!rig.log().contains("panicked"));
 }
 
@@ -325,14 +415,22 @@ fn restarted_rnetd_adopts_live_machines_and_drops_dead_ones() {
     }
     let mut rig = Rig::new();
     rig.start_rnetd();
-    let live = rig.spawn(rig.rnet().args(["run", "-n", "-M", "survivor", "--", "sleep", "60"]));
-    let dies = rig.spawn(rig.rnet().args(["run", "-n", "-M", "goner", "--", "sleep", "60"]));
+    let live = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "survivor", "--", "sleep", "60"]),
+    );
+    let dies = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "goner", "--", "sleep", "60"]),
+    );
     let m = rig.wait_machine("survivor");
     rig.wait_machine("goner");
     // SIGTERM leaves the networking in place.
     rig.stop_rnetd(Signal::SIGTERM);
     assert!(rig.host_has_link("ve-survivor") && rig.host_has_link("ve-goner"));
-    ok(rig.in_host("ping").args(["-c1", "-W2", m["container_address"].as_str().unwrap()]));
+    ok(rig
+        .in_host("ping")
+        .args(["-c1", "-W2", m["container_address"].as_str().unwrap()]));
     // One container ends while rnetd is down.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(dies as i32), Signal::SIGKILL).unwrap();
     rig.wait(dies);
@@ -343,7 +441,11 @@ fn restarted_rnetd_adopts_live_machines_and_drops_dead_ones() {
     assert!(!rig.host_has_link("ve-goner"));
     // The adopted machine is still watched: its end is noticed by the new daemon.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(live as i32), Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !rig.host_has_link("ve-survivor")), "{}", rig.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || !rig.host_has_link("ve-survivor")),
+        "{}",
+        rig.log()
+    );
     rig.wait(live);
     // A new machine does not collide with anything left.
     let out = ok(rig.rnet().args(["run", "-n", "-M", "after", "--", "true"]));
@@ -357,12 +459,25 @@ fn status_and_list_show_machines() {
     }
     let mut rig = Rig::new();
     rig.start_rnetd();
-    let l = rig.spawn(rig.rnet().args(["run", "-n", "-M", "shown", "--", "sleep", "60"]));
+    let l = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "shown", "--", "sleep", "60"]),
+    );
     let m = rig.wait_machine("shown");
     let text = ok(rig.rnet().args(["status", "shown"]));
-    assert!(text.contains(&format!("Address: {} via {}", m["container_address"].as_str().unwrap(), m["host_address"].as_str().unwrap())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Address: {} via {}",
+            m["container_address"].as_str().unwrap(),
+            m["host_address"].as_str().unwrap()
+        )),
+        "{text}"
+    );
     let table = ok(rig.rnet().args(["list"]));
-    assert!(table.contains("shown") && table.contains("1 machine(s) listed."), "{table}");
+    assert!(
+        table.contains("shown") && table.contains("1 machine(s) listed."),
+        "{table}"
+    );
     let out = output(rig.rnet().args(["status", "nobody-here"]));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "rnet: no machine nobody-here is attached\n");

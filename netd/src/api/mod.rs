@@ -7,10 +7,12 @@
 //! This module is built with the `client` feature alone (no tokio) so the launcher stays lean.
 
 mod name;
+mod port;
 mod types;
 pub mod wire;
 
 pub use name::{MachineName, NameError};
+pub use port::{PortError, PortSpec, Proto};
 pub use types::*;
 pub use wire::{Client, ClientError};
 

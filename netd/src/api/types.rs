@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::MachineName;
+use super::{MachineName, PortSpec};
 
 /// A request to `rnetd`. Changing requests need uid 0; `List` and `Status` are open to all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub struct AttachRequest {
     pub pid: u32,
     /// The kind of network to build.
     pub network: NetworkSpec,
+    /// Host ports to publish to the container.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// The network a container gets.
@@ -100,6 +103,9 @@ pub struct Machine {
     pub container_address: Ipv4Addr,
     /// DNS servers the container should use (may be empty).
     pub dns: Vec<Ipv4Addr>,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// A failed request: a stable kind for programs, a sentence for people.
@@ -151,11 +157,12 @@ mod tests {
             machine: MachineName::new("web").unwrap(),
             pid: 42,
             network: NetworkSpec::Veth,
+            ports: vec![],
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
             text,
-            r#"{"attach":{"machine":"web","pid":42,"network":"veth"}}"#
+            r#"{"attach":{"machine":"web","pid":42,"network":"veth","ports":[]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
         assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);

@@ -1,0 +1,244 @@
+//! `-p/--port [tcp:|udp:][ADDR:]HOST[:CONT]` — nspawn's syntax plus a host address and port
+//! ranges (`8000-8009:9000-9009`, shifted 1:1). An IPv6 host address goes in brackets.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proto {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A published port or port range, as asked for (the container address is the daemon's to fill).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Protocol.
+    pub proto: Proto,
+    /// Host address the port is bound to; `None` for every local address (127.0.0.1 included).
+    pub host_address: Option<IpAddr>,
+    /// First host port.
+    pub host_first: u16,
+    /// Last host port (equal to `host_first` for a single port).
+    pub host_last: u16,
+    /// Container port the first host port maps to.
+    pub container_port: u16,
+}
+
+/// Why a `--port` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid port mapping {spec:?}: {reason}")]
+pub struct PortError {
+    /// The text given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port".into()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{text:?} is not a port number (1-65535)")),
+    }
+}
+
+fn range(text: &str) -> Result<(u16, u16), String> {
+    match text.split_once('-') {
+        None => port(text).map(|p| (p, p)),
+        Some((a, b)) => {
+            let (a, b) = (port(a)?, port(b)?);
+            if a > b {
+                return Err(format!("range {a}-{b} runs backwards"));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = PortError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| PortError {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let (proto, rest) = if let Some(r) = spec.strip_prefix("tcp:") {
+            (Proto::Tcp, r)
+        } else if let Some(r) = spec.strip_prefix("udp:") {
+            (Proto::Udp, r)
+        } else {
+            (Proto::Tcp, spec)
+        };
+        // A bracketed IPv6 host address first, else split on ':'.
+        let (host_address, ports) = if let Some(r) = rest.strip_prefix('[') {
+            let (addr, after) = r
+                .split_once("]:")
+                .ok_or_else(|| err("an IPv6 address must be written [ADDR]:PORT".into()))?;
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| err(format!("{addr:?} is not an IP address")))?;
+            (Some(addr), after)
+        } else {
+            let parts: Vec<&str> = rest.split(':').collect();
+            match parts.as_slice() {
+                [a, _] | [a, _, _] if a.parse::<IpAddr>().is_ok() => {
+                    (a.parse().ok(), &rest[a.len() + 1..])
+                }
+                [a, _, _] => return Err(err(format!("{a:?} is not an IP address"))),
+                _ => (None, rest),
+            }
+        };
+        let (host, cont) = match ports.split_once(':') {
+            Some((h, c)) => (range(h).map_err(err)?, Some(range(c).map_err(err)?)),
+            None => (range(ports).map_err(err)?, None),
+        };
+        let container_port = match cont {
+            None => host.0,
+            Some((c0, c1)) => {
+                if c1 != c0 && c1 - c0 != host.1 - host.0 {
+                    return Err(err(format!(
+                        "host range has {} ports but container range has {}",
+                        u32::from(host.1 - host.0) + 1,
+                        u32::from(c1 - c0) + 1
+                    )));
+                }
+                c0
+            }
+        };
+        if u32::from(container_port) + u32::from(host.1 - host.0) > 65535 {
+            return Err(err("container range runs past 65535".into()));
+        }
+        if host_address.is_some_and(|a| a.is_unspecified() || a.is_multicast()) {
+            return Err(err(
+                "leave the address out to publish on every local address".into(),
+            ));
+        }
+        Ok(PortSpec {
+            proto,
+            host_address,
+            host_first: host.0,
+            host_last: host.1,
+            container_port,
+        })
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.proto)?;
+        match self.host_address {
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:")?,
+            Some(IpAddr::V4(a)) => write!(f, "{a}:")?,
+            None => {}
+        }
+        let span = self.host_last - self.host_first;
+        if span == 0 {
+            write!(f, "{}:{}", self.host_first, self.container_port)
+        } else {
+            write!(
+                f,
+                "{}-{}:{}-{}",
+                self.host_first,
+                self.host_last,
+                self.container_port,
+                u32::from(self.container_port) + u32::from(span)
+            )
+        }
+    }
+}
+
+impl PortSpec {
+    /// Whether two specs claim a common host port (same protocol and address, overlapping
+    /// ranges; "every address" overlaps any specific address).
+    pub fn overlaps(&self, other: &PortSpec) -> bool {
+        self.proto == other.proto
+            && (self.host_address.is_none()
+                || other.host_address.is_none()
+                || self.host_address == other.host_address)
+            && self.host_first <= other.host_last
+            && other.host_first <= self.host_last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PortSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn nspawn_forms() {
+        assert_eq!(p("8080").to_string(), "tcp:8080:8080");
+        assert_eq!(p("8080:80").to_string(), "tcp:8080:80");
+        assert_eq!(p("udp:53").to_string(), "udp:53:53");
+        assert_eq!(p("tcp:2222:22").to_string(), "tcp:2222:22");
+    }
+
+    #[test]
+    fn extensions() {
+        let s = p("203.0.113.2:8080:80");
+        assert_eq!(s.host_address, Some("203.0.113.2".parse().unwrap()));
+        assert_eq!(
+            (s.host_first, s.host_last, s.container_port),
+            (8080, 8080, 80)
+        );
+        assert_eq!(p("127.0.0.1:8080").container_port, 8080);
+        assert_eq!(
+            p("8000-8009:9000-9009").to_string(),
+            "tcp:8000-8009:9000-9009"
+        );
+        assert_eq!(p("8000-8009:9000").to_string(), "tcp:8000-8009:9000-9009");
+        assert_eq!(p("8000-8009").to_string(), "tcp:8000-8009:8000-8009");
+        assert_eq!(
+            p("udp:[fd00::1]:53:5353").to_string(),
+            "udp:[fd00::1]:53:5353"
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let e = |s: &str| s.parse::<PortSpec>().unwrap_err().to_string();
+        assert_eq!(e("0"), r#"invalid port mapping "0": port 0 is not a port"#);
+        assert!(e("70000").contains("not a port number"));
+        assert!(e("http").contains("not a port number"));
+        assert!(e("9-8").contains("runs backwards"));
+        assert!(
+            e("8000-8009:9000-9001").contains("host range has 10 ports but container range has 2")
+        );
+        assert!(e("host:1:2").contains("not an IP address"));
+        assert!(e("65530-65535:65533").contains("past 65535"));
+        assert!(e("0.0.0.0:80").contains("leave the address out"));
+        assert!(e("[::1:80").contains("[ADDR]:PORT"));
+        assert!(e("sctp:80").contains(r#""sctp" is not a port number"#));
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(p("8080").overlaps(&p("8000-8100:80")));
+        assert!(p("8080").overlaps(&p("127.0.0.1:8080")));
+        assert!(!p("8080").overlaps(&p("udp:8080")));
+        assert!(!p("127.0.0.1:8080").overlaps(&p("203.0.113.2:8080")));
+        assert!(!p("8080").overlaps(&p("8081")));
+    }
+}

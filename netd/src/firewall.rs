@@ -1,0 +1,306 @@
+//! The daemon's side of the nftables layer: keeps table `inet rnet` equal to the machines we
+//! have, one atomic batch per change, rebuilds it when someone removes it from outside, and
+//! removes it (and restores `net.ipv4.ip_forward`) when the last machine goes.
+
+use std::net::IpAddr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use nat::{AsyncNft, Change, IfName, PortMapping, PortRange, Ruleset};
+use tracing::{info, warn};
+
+use crate::api::{PortSpec, Proto};
+use crate::sysctl::Sysctl;
+
+/// A firewall step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// nft refused or could not run.
+    #[error("firewall: {0}")]
+    Nft(#[from] nat::Error),
+    /// A sysctl could not be written.
+    #[error("firewall: {0}")]
+    Sysctl(#[from] std::io::Error),
+    /// A requested port mapping is not valid for this container.
+    #[error("{0}")]
+    Mapping(String),
+}
+
+/// What one machine contributes to the table.
+#[derive(Debug, Clone)]
+pub struct LinkRules {
+    /// Host-side link.
+    pub ifname: String,
+    /// The link's subnet (masqueraded).
+    pub subnet: Ipv4Network,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+}
+
+impl LinkRules {
+    /// Rules for a link whose container has `container` and asked for `ports`.
+    pub fn new(
+        ifname: &str,
+        subnet: Ipv4Network,
+        container: IpAddr,
+        ports: &[PortSpec],
+    ) -> Result<Self, FirewallError> {
+        let ports = ports
+            .iter()
+            .map(|p| to_mapping(p, container))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            ifname: ifname.to_owned(),
+            subnet,
+            ports,
+        })
+    }
+
+    fn changes(&self, add: bool) -> Result<Vec<Change>, FirewallError> {
+        let ifname = IfName::new(self.ifname.clone())?;
+        let subnet = IpNetwork::V4(self.subnet);
+        let mut out = if add {
+            vec![Change::AddIface(ifname), Change::AddSubnet(subnet)]
+        } else {
+            vec![Change::DelIface(ifname), Change::DelSubnet(subnet)]
+        };
+        out.extend(self.ports.iter().cloned().map(if add {
+            Change::AddPort
+        } else {
+            Change::DelPort
+        }));
+        Ok(out)
+    }
+}
+
+fn to_mapping(p: &PortSpec, container: IpAddr) -> Result<PortMapping, FirewallError> {
+    let proto = match p.proto {
+        Proto::Tcp => nat::Proto::Tcp,
+        Proto::Udp => nat::Proto::Udp,
+    };
+    let range = PortRange::new(p.host_first, p.host_last)?;
+    PortMapping::new(proto, p.host_address, range, container, p.container_port)
+        .map_err(|e| FirewallError::Mapping(e.to_string()))
+}
+
+fn is_empty(r: &Ruleset) -> bool {
+    r.ifaces().next().is_none() && r.subnets().next().is_none() && r.ports().next().is_none()
+}
+
+/// The firewall state of the daemon.
+pub struct Firewall<N> {
+    nft: N,
+    sysctl: Sysctl,
+    /// What nft has accepted.
+    installed: Ruleset,
+    /// Whether our table exists (as far as we know).
+    present: bool,
+    /// `net.ipv4.ip_forward` before we turned it on, to restore when the last link goes.
+    forward_restore: Option<String>,
+}
+
+impl<N: AsyncNft> Firewall<N> {
+    /// A firewall driving `nft`; `forward_restore` is the saved previous forwarding value.
+    pub fn new(nft: N, sysctl: Sysctl, forward_restore: Option<String>) -> Self {
+        Self {
+            nft,
+            sysctl,
+            installed: Ruleset::new(),
+            present: false,
+            forward_restore,
+        }
+    }
+
+    /// The forwarding value to restore, for the state file.
+    pub fn forward_restore(&self) -> Option<&str> {
+        self.forward_restore.as_deref()
+    }
+
+    /// Adds a link's masquerade, interface and ports in one atomic batch. On error nothing is
+    /// changed.
+    pub async fn add(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
+        if self.forward_restore.is_none() {
+            let old = self.sysctl.set("net.ipv4.ip_forward", "1")?;
+            info!(previous = %old, "enabled net.ipv4.ip_forward");
+            self.forward_restore = Some(old);
+        }
+        // Published ports must be reachable from the host's own 127.0.0.1 (systemd #6106):
+        // loopback-sourced packets may then leave through this link, where they are
+        // masqueraded to the link's address.
+        self.sysctl.set_link(&link.ifname, "route_localnet", "1")?;
+        let changes = link.changes(true)?;
+        self.change(&changes).await
+    }
+
+    /// Removes a link's elements; removes the whole table when nothing is left.
+    pub async fn remove(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
+        let changes = link.changes(false)?;
+        let mut desired = self.installed.clone();
+        for c in &changes {
+            desired.apply(c);
+        }
+        if is_empty(&desired) {
+            if self.present {
+                self.nft.apply_async(&nat::render_delete_table()).await?;
+                info!("last fabric link gone; removed table inet rnet");
+            }
+            self.installed = desired;
+            self.present = false;
+            self.restore_forwarding();
+            return Ok(());
+        }
+        self.change(&changes).await
+    }
+
+    fn restore_forwarding(&mut self) {
+        if let Some(old) = self.forward_restore.take() {
+            match self.sysctl.set("net.ipv4.ip_forward", &old) {
+                Ok(_) => info!(value = %old, "restored net.ipv4.ip_forward"),
+                Err(e) => warn!(error = %e, "restoring net.ipv4.ip_forward failed"),
+            }
+        }
+    }
+
+    async fn change(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
+        let mut desired = self.installed.clone();
+        for c in changes {
+            desired.apply(c);
+        }
+        let batch = if self.present {
+            nat::render_changes(changes)
+        } else {
+            nat::render_table(&desired)
+        };
+        match self.nft.apply_async(&batch).await {
+            Ok(()) => {}
+            Err(e) if self.present => {
+                // The table may have been removed from outside: rebuild it whole with the
+                // change included (atomic), or fail if that fails too.
+                warn!(error = %e, "element change refused; rebuilding table inet rnet");
+                self.nft.apply_async(&nat::render_table(&desired)).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.installed = desired;
+        self.present = true;
+        Ok(())
+    }
+
+    /// Sets the desired state after a restart (the adopted machines) without applying it;
+    /// [`Firewall::reconcile`] then makes the kernel match.
+    pub fn adopt(&mut self, links: &[LinkRules]) -> Result<(), FirewallError> {
+        let mut r = Ruleset::new();
+        for l in links {
+            for c in l.changes(true)? {
+                r.apply(&c);
+            }
+        }
+        self.installed = r;
+        Ok(())
+    }
+
+    /// Makes the kernel's table match what we have: re-creates it if it is missing or was
+    /// changed from outside, removes a stale one when we have nothing. Returns whether it had
+    /// to repair anything.
+    pub async fn reconcile(&mut self) -> Result<bool, FirewallError> {
+        let listing = self.nft.list_table_async().await?;
+        if is_empty(&self.installed) {
+            self.present = false;
+            if listing.is_some() {
+                self.nft.apply_async(&nat::render_delete_table()).await?;
+                info!("removed a stale table inet rnet");
+            }
+            self.restore_forwarding();
+            return Ok(listing.is_some());
+        }
+        let observed = match &listing {
+            Some(l) => Some(nat::observe(l)?),
+            None => None,
+        };
+        let repaired = match nat::plan(observed.as_ref(), &self.installed) {
+            None => false,
+            Some(batch) => {
+                self.nft.apply_async(&batch).await?;
+                true
+            }
+        };
+        self.present = true;
+        Ok(repaired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nat::FakeNft;
+
+    fn link(name: &str, subnet: &str, ports: &[&str]) -> LinkRules {
+        let subnet: Ipv4Network = subnet.parse().unwrap();
+        let container = IpAddr::V4(std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2));
+        let specs: Vec<PortSpec> = ports.iter().map(|p| p.parse().unwrap()).collect();
+        LinkRules::new(name, subnet, container, &specs).unwrap()
+    }
+
+    fn sysctl() -> (tempfile::TempDir, Sysctl) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("net/ipv4/conf")).unwrap();
+        std::fs::write(dir.path().join("net/ipv4/ip_forward"), "0").unwrap();
+        for l in ["ve-a", "ve-b"] {
+            std::fs::create_dir_all(dir.path().join("net/ipv4/conf").join(l)).unwrap();
+            std::fs::write(
+                dir.path()
+                    .join("net/ipv4/conf")
+                    .join(l)
+                    .join("route_localnet"),
+                "0",
+            )
+            .unwrap();
+        }
+        let s = Sysctl::new(dir.path());
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn first_link_creates_the_table_then_elements_only_and_last_removes_it() {
+        let (_dir, sys) = sysctl();
+        let mut fw = Firewall::new(FakeNft::new(), sys.clone(), None);
+        let a = link("ve-a", "192.168.0.0/28", &["8080:80"]);
+        let b = link("ve-b", "192.168.0.16/28", &[]);
+        fw.add(&a).await.unwrap();
+        assert_eq!(sys.get("net.ipv4.ip_forward").unwrap(), "1");
+        assert_eq!(fw.forward_restore(), Some("0"));
+        assert_eq!(sys.get("net.ipv4.conf.ve-a.route_localnet").unwrap(), "1");
+        fw.add(&b).await.unwrap();
+        let batches = fw.nft.batches.clone();
+        assert_eq!(batches.len(), 2);
+        assert!(
+            nat::apply::summarize(&batches[1]).contains("element"),
+            "{}",
+            nat::apply::summarize(&batches[1])
+        );
+        assert!(!nat::apply::summarize(&batches[1]).contains("rule"));
+        fw.remove(&a).await.unwrap();
+        assert!(fw.nft.table_exists());
+        fw.remove(&b).await.unwrap();
+        assert!(!fw.nft.table_exists());
+        assert_eq!(sys.get("net.ipv4.ip_forward").unwrap(), "0");
+        assert_eq!(fw.forward_restore(), None);
+    }
+
+    #[tokio::test]
+    async fn a_flushed_table_is_rebuilt_with_all_elements() {
+        let (_dir, sys) = sysctl();
+        let mut fw = Firewall::new(FakeNft::new(), sys, None);
+        fw.add(&link("ve-a", "192.168.0.0/28", &["8080:80"]))
+            .await
+            .unwrap();
+        assert!(!fw.reconcile().await.unwrap());
+        fw.nft.flush_ruleset();
+        assert!(fw.reconcile().await.unwrap());
+        assert!(fw.nft.table_exists());
+        // A change after an unnoticed flush rebuilds the table too.
+        fw.nft.flush_ruleset();
+        fw.add(&link("ve-b", "192.168.0.16/28", &[])).await.unwrap();
+        assert!(fw.nft.table_exists());
+        assert!(!fw.reconcile().await.unwrap());
+    }
+}
