@@ -30,29 +30,48 @@ pub fn client_id_hash(client_id: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Picks the address for `client_id` in the pool of `subnet` as systemd does: the pool is every
-/// host address of the subnet (network and broadcast excluded, offsets `1..=size-2`); probing
-/// starts at `1 + hash % pool_size` and takes the first address for which `available` is true.
-/// The caller's `available` must refuse the server's own address and bound or static addresses.
+/// Picks the address for `client_id` in the default pool of `subnet` as systemd does: the pool is
+/// every host address of the subnet (network and broadcast excluded, offsets `1..=size-2`);
+/// probing starts at `1 + hash % pool_size` and takes the first address for which `available` is
+/// true. The caller's `available` must refuse the server's own address and bound or static
+/// addresses.
 ///
 /// Returns `None` when no address is free (or the subnet has no host addresses).
 pub fn pick_address(
     subnet: Ipv4Network,
     client_id: &[u8],
-    mut available: impl FnMut(Ipv4Addr) -> bool,
+    available: impl FnMut(Ipv4Addr) -> bool,
 ) -> Option<Ipv4Addr> {
     let size = subnet.size();
     if size < 4 {
         return None;
     }
-    let pool_size = u64::from(size - 2);
+    pick_address_in(subnet, 1, size - 2, client_id, available)
+}
+
+/// [`pick_address`] over a pool of `pool_size` addresses starting at host offset `pool_offset`
+/// (networkd's `PoolOffset=`/`PoolSize=`): probing starts at `pool_offset + hash % pool_size`.
+///
+/// Returns `None` when no address is free or the pool is empty or does not fit in the subnet.
+pub fn pick_address_in(
+    subnet: Ipv4Network,
+    pool_offset: u32,
+    pool_size: u32,
+    client_id: &[u8],
+    mut available: impl FnMut(Ipv4Addr) -> bool,
+) -> Option<Ipv4Addr> {
+    let end = u64::from(pool_offset) + u64::from(pool_size);
+    if pool_size == 0 || end > u64::from(subnet.size()) {
+        return None;
+    }
+    let pool_size = u64::from(pool_size);
     let base = u32::from(subnet.network());
     let hash = client_id_hash(client_id);
     (0..pool_size)
-        .map(|i| {
-            let offset = 1 + (hash.wrapping_add(i) % pool_size);
-            // `offset < size <= 2^32`, so the sum stays inside the subnet.
-            Ipv4Addr::from(base + u32::try_from(offset).unwrap_or(0))
+        .filter_map(|i| {
+            let offset = u64::from(pool_offset) + (hash.wrapping_add(i) % pool_size);
+            // `offset < end <= size`, so the address stays inside the subnet.
+            u32::try_from(offset).ok().map(|o| Ipv4Addr::from(base + o))
         })
         .find(|&addr| available(addr))
 }
@@ -100,6 +119,31 @@ mod tests {
             let a = pick_address(subnet, &id, |_| true).unwrap();
             assert!(a != subnet.network() && a != subnet.broadcast() && subnet.contains(a));
         }
+    }
+
+    #[test]
+    fn custom_pool_probes_inside_the_pool_only() {
+        let id = [0x01, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let subnet: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        // Pool 10.0.0.100..=10.0.0.109: the hash picks offset 100 + hash % 10.
+        let first = 100 + u32::try_from(client_id_hash(&id) % 10).unwrap();
+        let got = pick_address_in(subnet, 100, 10, &id, |_| true).unwrap();
+        assert_eq!(got, Ipv4Addr::from(u32::from(subnet.network()) + first));
+        let mut seen = Vec::new();
+        assert_eq!(
+            pick_address_in(subnet, 100, 10, &id, |a| {
+                seen.push(a);
+                false
+            }),
+            None
+        );
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
+        assert!(seen.iter().all(|a| (100..110).contains(&a.octets()[3])));
+        // A pool that does not fit is empty rather than a panic.
+        assert_eq!(pick_address_in(subnet, 250, 10, &id, |_| true), None);
+        assert_eq!(pick_address_in(subnet, 1, 0, &id, |_| true), None);
     }
 
     #[test]

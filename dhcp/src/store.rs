@@ -1,0 +1,363 @@
+//! Lease files: one JSON file per link in a directory, replaced atomically (temp file in the same
+//! directory, fsync, rename, fsync of the directory), so that a crash leaves either the old or the
+//! new file, never a torn one. This is the only part of the crate that touches the filesystem.
+//!
+//! Writing is the caller's to coalesce: [`Server::take_dirty`](crate::Server::take_dirty) says
+//! which links changed, and the daemon saves them at most every few hundred milliseconds and on
+//! shutdown, rather than once per ACK.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientId, Lease, ParseClientIdError};
+
+/// Format version written in every file.
+const VERSION: u32 = 1;
+
+/// The on-disk form of a link's leases.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseFile {
+    version: u32,
+    leases: Vec<LeaseRecord>,
+}
+
+/// The on-disk form of one lease. Expiry is whole seconds since the Unix epoch (rounded down).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseRecord {
+    client_id: String,
+    address: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hwaddr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    expires_unix: u64,
+}
+
+/// Why leases could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The link name cannot be a file name.
+    #[error("link name {0:?} cannot name a lease file")]
+    InvalidName(String),
+    /// The lease directory cannot be created.
+    #[error("cannot create lease directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing, syncing or renaming the file failed; the previous file is intact.
+    #[error("cannot write lease file {path}")]
+    Write {
+        /// The lease file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the file failed.
+    #[error("cannot read lease file {path}")]
+    Read {
+        /// The lease file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid JSON of the expected shape (truncated or corrupt). It is left as
+    /// it is.
+    #[error("lease file {path} is corrupt")]
+    Corrupt {
+        /// The lease file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file was written by an incompatible version.
+    #[error("lease file {path} has unsupported version {version}")]
+    Version {
+        /// The lease file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+    },
+    /// An entry holds an invalid client id or hardware address.
+    #[error("lease file {path} has an invalid entry")]
+    Entry {
+        /// The lease file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: ParseClientIdError,
+    },
+}
+
+/// A directory of lease files, one per link, named after the link.
+#[derive(Debug, Clone)]
+pub struct LeaseStore {
+    dir: PathBuf,
+}
+
+impl LeaseStore {
+    /// A store in `dir` (e.g. `/var/lib/rnet/dhcp-leases`), created on first save.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LeaseStore { dir: dir.into() }
+    }
+
+    /// The file holding the leases of `link_name`.
+    pub fn path(&self, link_name: &str) -> Result<PathBuf, StoreError> {
+        let valid = !link_name.is_empty()
+            && link_name.len() <= 255
+            && !link_name.starts_with('.')
+            && !link_name.contains(['/', '\0']);
+        if !valid {
+            return Err(StoreError::InvalidName(link_name.to_owned()));
+        }
+        Ok(self.dir.join(link_name))
+    }
+
+    /// Atomically replaces the lease file of `link_name` with `leases`.
+    pub fn save(&self, link_name: &str, leases: &[Lease]) -> Result<(), StoreError> {
+        let path = self.path(link_name)?;
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::CreateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let file = LeaseFile {
+            version: VERSION,
+            leases: leases.iter().map(to_record).collect(),
+        };
+        let write_err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut json = serde_json::to_vec_pretty(&file).map_err(|e| write_err(e.into()))?;
+        json.push(b'\n');
+        // The temp file is removed on drop if anything below fails.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&format!(".{link_name}."))
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(write_err)?;
+        tmp.write_all(&json).map_err(write_err)?;
+        tmp.as_file().sync_all().map_err(write_err)?;
+        tmp.persist(&path).map_err(|e| write_err(e.error))?;
+        sync_dir(&self.dir).map_err(write_err)
+    }
+
+    /// The unexpired leases of `link_name` at `now`; none if there is no file.
+    pub fn load(&self, link_name: &str, now: SystemTime) -> Result<Vec<Lease>, StoreError> {
+        let path = self.path(link_name)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let file: LeaseFile = match serde_json::from_slice(&bytes) {
+            Ok(f) => f,
+            Err(source) => return Err(StoreError::Corrupt { path, source }),
+        };
+        if file.version != VERSION {
+            return Err(StoreError::Version {
+                path,
+                version: file.version,
+            });
+        }
+        let mut leases = Vec::with_capacity(file.leases.len());
+        for record in file.leases {
+            let lease = from_record(record).map_err(|source| StoreError::Entry {
+                path: path.clone(),
+                source,
+            })?;
+            if !lease.is_expired(now) {
+                leases.push(lease);
+            }
+        }
+        Ok(leases)
+    }
+
+    /// Deletes the lease file of `link_name`; a missing file is not an error.
+    pub fn remove(&self, link_name: &str) -> Result<(), StoreError> {
+        let path = self.path(link_name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Write { path, source }),
+        }
+    }
+}
+
+/// Makes a rename or unlink in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn to_record(lease: &Lease) -> LeaseRecord {
+    LeaseRecord {
+        client_id: lease.client_id.to_string(),
+        address: lease.address,
+        hwaddr: lease.hwaddr.map(|m| ClientId::new(m.to_vec()).to_string()),
+        hostname: lease.hostname.clone(),
+        expires_unix: lease
+            .expires
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+fn from_record(r: LeaseRecord) -> Result<Lease, ParseClientIdError> {
+    let hwaddr = match r.hwaddr {
+        None => None,
+        Some(text) => {
+            let bytes = text.parse::<ClientId>()?;
+            Some(
+                <[u8; 6]>::try_from(bytes.as_bytes())
+                    .map_err(|_| ParseClientIdError(text.clone()))?,
+            )
+        }
+    };
+    Ok(Lease {
+        client_id: r.client_id.parse()?,
+        address: r.address,
+        hwaddr,
+        hostname: r.hostname,
+        expires: SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(r.expires_unix))
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn lease(n: u8, expires: u64) -> Lease {
+        let mut l = Lease::new(
+            ClientId::from_mac([2, 0, 0, 0, 0, n]),
+            Ipv4Addr::new(10, 0, 0, n),
+            t(expires),
+        );
+        l.hostname = Some(format!("host{n}"));
+        l
+    }
+
+    #[test]
+    fn save_and_load_round_trip_minus_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path().join("leases"));
+        let mut odd = lease(3, 2000);
+        odd.client_id = ClientId::new(vec![0xff, 0, 1, 2, 3]);
+        odd.hwaddr = None;
+        odd.hostname = None;
+        let leases = vec![lease(1, 1000), lease(2, 500), odd.clone()];
+        store.save("ve-web", &leases).unwrap();
+        assert_eq!(store.load("ve-web", t(0)).unwrap(), leases);
+        assert_eq!(
+            store.load("ve-web", t(500)).unwrap(),
+            vec![lease(1, 1000), odd]
+        );
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("leases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["ve-web"]);
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_remove_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        assert!(store.load("ve-x", t(0)).unwrap().is_empty());
+        store.save("ve-x", &[lease(1, 10)]).unwrap();
+        store.remove("ve-x").unwrap();
+        store.remove("ve-x").unwrap();
+        assert!(store.load("ve-x", t(0)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        store.save("ve-a", &[lease(1, 1000)]).unwrap();
+        let path = store.path("ve-a").unwrap();
+        let good = fs::read(&path).unwrap();
+
+        // Truncated: a clear error, no panic, the file untouched.
+        fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let err = store.load("ve-a", t(0)).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!("lease file {} is corrupt", path.display())
+        );
+        assert_eq!(fs::read(&path).unwrap(), &good[..good.len() / 2]);
+
+        for garbage in [&b"\xff\xfe"[..], b"{\"version\":1}", b"[]", b""] {
+            fs::write(&path, garbage).unwrap();
+            assert!(matches!(
+                store.load("ve-a", t(0)),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        fs::write(&path, br#"{"version":7,"leases":[]}"#).unwrap();
+        assert!(matches!(
+            store.load("ve-a", t(0)),
+            Err(StoreError::Version { version: 7, .. })
+        ));
+        fs::write(
+            &path,
+            br#"{"version":1,"leases":[{"client_id":"zz","address":"10.0.0.1","expires_unix":9}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            store.load("ve-a", t(0)),
+            Err(StoreError::Entry { .. })
+        ));
+    }
+
+    #[test]
+    fn interrupted_write_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        store.save("ve-a", &[lease(1, 1000)]).unwrap();
+        // A crash between writing the temp file and the rename leaves a torn temp file.
+        fs::write(dir.path().join(".ve-a.XXXX.tmp"), b"{\"version\":1,\"lea").unwrap();
+        assert_eq!(store.load("ve-a", t(0)).unwrap(), vec![lease(1, 1000)]);
+        // A failed save (directory made read-only is not reliable as root: use a file where
+        // the directory should be) reports an error and leaves nothing behind.
+        let blocked = LeaseStore::new(dir.path().join("ve-a"));
+        assert!(matches!(
+            blocked.save("x", &[]),
+            Err(StoreError::CreateDir { .. })
+        ));
+        assert_eq!(store.load("ve-a", t(0)).unwrap(), vec![lease(1, 1000)]);
+    }
+
+    #[test]
+    fn link_names_that_are_not_file_names_are_refused() {
+        let store = LeaseStore::new("/nonexistent");
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\0b"] {
+            let err = store.save(bad, &[]).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidName(_)), "{bad:?}");
+        }
+        assert_eq!(
+            store.path("a/b").unwrap_err().to_string(),
+            "link name \"a/b\" cannot name a lease file"
+        );
+    }
+}
