@@ -6,6 +6,8 @@
 pub mod api;
 
 #[cfg(feature = "daemon")]
+pub mod dhcp_glue;
+#[cfg(feature = "daemon")]
 pub mod firewall;
 #[cfg(feature = "daemon")]
 pub mod hostid;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use nat::NftCli;
 
 use crate::api::{ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec};
+use crate::dhcp_glue::{DhcpLink, DhcpService};
 use crate::firewall::{Firewall, LinkRules};
 use crate::naming::{LinkName, MacKey, MachineId, generate_mac};
 use crate::pool::{Pool, PoolError};
@@ -42,14 +43,18 @@ pub struct Settings {
     pub runtime_dir: PathBuf,
     /// The host's machine id, for MACs.
     pub machine_id: MachineId,
-    /// Ranges the `/28`s are cut from.
+    /// Ranges the link subnets are cut from.
     pub pool_ranges: Vec<Ipv4Network>,
+    /// Prefix length of a `ve-` link's subnet (default [`VETH_PREFIX`]).
+    pub veth_prefix: u8,
     /// DNS servers given to containers.
     pub dns: Vec<Ipv4Addr>,
 }
 
 struct Entry {
     saved: SavedMachine,
+    /// ifindex of the host-side link.
+    index: u32,
     watcher: Option<AbortHandle>,
 }
 
@@ -64,12 +69,34 @@ pub struct Machines {
     settings: Settings,
     rtnl: Rtnl,
     state: StateFile,
+    dhcp: Arc<DhcpService>,
     inner: Mutex<Inner>,
     this: Weak<Machines>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// What the DHCP server of a machine's link hands out.
+fn dhcp_link(m: &Machine, index: u32) -> DhcpLink {
+    DhcpLink {
+        ifname: m.host_ifname.clone(),
+        index,
+        subnet: m.subnet,
+        server: m.host_address,
+        dns: m.dns.clone(),
+        container: parse_mac(&m.container_mac).map(|mac| (mac, m.container_address)),
+    }
 }
 
 /// The firewall contribution of a saved machine.
@@ -88,11 +115,14 @@ impl Machines {
     pub async fn start(settings: Settings, rtnl: Rtnl) -> Result<Arc<Self>, ApiError> {
         let state = StateFile::new(&settings.runtime_dir);
         let saved = state.load().map_err(internal)?;
-        let pool = Pool::new(settings.pool_ranges.clone(), VETH_PREFIX).map_err(internal)?;
+        let pool =
+            Pool::new(settings.pool_ranges.clone(), settings.veth_prefix).map_err(internal)?;
+        let dhcp = DhcpService::start(&settings.runtime_dir.join("leases")).map_err(internal)?;
         let me = Arc::new_cyclic(|this| Machines {
             settings,
             rtnl,
             state,
+            dhcp,
             inner: Mutex::new(Inner {
                 machines: BTreeMap::new(),
                 pool,
@@ -111,18 +141,25 @@ impl Machines {
                 None
             };
             match (pidfd, link) {
-                (Some(pidfd), Some(_)) if inner.pool.reserve(m.subnet).is_ok() => {
+                (Some(pidfd), Some(index)) if inner.pool.reserve(m.subnet).is_ok() => {
                     info!(machine = %m.machine, ifname = %m.host_ifname, "adopted");
+                    if let Err(e) = me.dhcp.add_link(&dhcp_link(m, index)) {
+                        warn!(machine = %m.machine, error = %e, "restarting the DHCP server failed");
+                    }
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
-                    inner
-                        .machines
-                        .insert(m.machine.clone(), Entry { saved: s, watcher });
+                    let entry = Entry {
+                        saved: s.clone(),
+                        index,
+                        watcher,
+                    };
+                    inner.machines.insert(m.machine.clone(), entry);
                 }
                 _ => {
                     info!(machine = %m.machine, ifname = %m.host_ifname, "removing stale attachment");
                     if let Err(e) = me.rtnl.del_link(&m.host_ifname).await {
                         warn!(error = %e, "removing a stale link failed");
                     }
+                    me.dhcp.remove_link(&m.host_ifname, link.unwrap_or(0));
                 }
             }
         }
@@ -219,21 +256,30 @@ impl Machines {
         })?;
         let built = self.build(&req, subnet, netns.as_fd()).await;
         let built = match built {
-            Ok((machine, guard)) => {
-                let rules = link_rules(&machine)
-                    .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
-                let added = match rules {
-                    Ok(r) => inner.firewall.add(&r).await.map_err(internal),
-                    Err(e) => Err(e),
+            Ok((machine, guard, index)) => {
+                let added = match self.dhcp.add_link(&dhcp_link(&machine, index)) {
+                    Ok(()) => {
+                        let rules = link_rules(&machine)
+                            .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
+                        let added = match rules {
+                            Ok(r) => inner.firewall.add(&r).await.map_err(internal),
+                            Err(e) => Err(e),
+                        };
+                        if added.is_err() {
+                            self.dhcp.remove_link(&machine.host_ifname, index);
+                        }
+                        added
+                    }
+                    Err(e) => Err(internal(e)),
                 };
                 added.map(|()| {
                     guard.commit();
-                    machine
+                    (machine, index)
                 })
             }
             Err(e) => Err(e),
         };
-        let machine = match built {
+        let (machine, index) = match built {
             Ok(m) => m,
             Err(e) => {
                 inner.pool.release(subnet);
@@ -248,6 +294,7 @@ impl Machines {
                     machine: machine.clone(),
                     pid_start_time,
                 },
+                index,
                 watcher: None,
             },
         );
@@ -269,7 +316,7 @@ impl Machines {
         req: &AttachRequest,
         subnet: Ipv4Network,
         netns: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<(Machine, LinkGuard), ApiError> {
+    ) -> Result<(Machine, LinkGuard, u32), ApiError> {
         let name = req.machine.as_str();
         let link = LinkName::new("ve-", name);
         let id = self.settings.machine_id;
@@ -315,7 +362,7 @@ impl Machines {
             dns: self.settings.dns.clone(),
             ports: req.ports.clone(),
         };
-        Ok((machine, guard))
+        Ok((machine, guard, index))
     }
 
     /// Removes a machine's networking.
@@ -344,12 +391,18 @@ impl Machines {
             }
             Err(e) => warn!(machine = %name, error = %e, "saved ports are invalid"),
         }
+        self.dhcp.remove_link(&m.host_ifname, entry.index);
         // Best effort: a link that is already gone (the namespace died) is fine.
         if let Err(e) = self.rtnl.del_link(&m.host_ifname).await {
             warn!(machine = %name, error = %e, "deleting the link failed");
         }
         inner.pool.release(m.subnet);
         info!(machine = %name, ifname = %m.host_ifname, "detached");
+    }
+
+    /// Writes what must survive a restart that is not yet on disk (leases).
+    pub fn shutdown(&self) {
+        self.dhcp.flush();
     }
 
     /// All attached machines.

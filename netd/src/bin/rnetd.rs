@@ -28,6 +28,10 @@ struct Args {
     /// Address ranges the container subnets are cut from, in order (repeatable).
     #[arg(long = "pool", value_name = "CIDR")]
     pools: Vec<Ipv4Network>,
+    /// Prefix length of each `ve-` link's subnet (networkd uses /28: 13 clients).
+    #[arg(long, value_name = "BITS", default_value_t = netd::machines::VETH_PREFIX,
+          value_parser = clap::value_parser!(u8).range(8..=30))]
+    veth_prefix: u8,
     /// DNS servers for containers (repeatable); default: the non-loopback nameservers of
     /// /etc/resolv.conf.
     #[arg(long = "dns", value_name = "ADDR")]
@@ -78,6 +82,7 @@ async fn run(args: Args) -> Result<()> {
             args.pools.clone()
         },
         dns,
+        veth_prefix: args.veth_prefix,
     };
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
     let rtnl = Rtnl::connect().context("opening rtnetlink")?;

@@ -1,0 +1,288 @@
+//! Runs the DHCPv4 engine (`dhcp::Server`) on the links rnetd manages: one UDP socket per link
+//! bound to the device, a thin pump of packets and time into the engine, and coalesced atomic
+//! lease-file writes so a busy server does not rewrite a file per packet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
+
+use dhcp::{ClientId, Destination, Inbound, Lease, LeaseStore, LinkConfig, LinkId, Server};
+use ipnetwork::Ipv4Network;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, trace, warn};
+
+/// How long lease changes may wait before they are written: coalesces bursts into one write
+/// per link.
+const FLUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// A DHCP setup step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    /// The socket for a link could not be set up.
+    #[error("starting the DHCP server on {ifname}: {source}")]
+    Socket {
+        /// The link.
+        ifname: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The link's configuration was refused.
+    #[error("configuring the DHCP server on {ifname}: {reason}")]
+    Config {
+        /// The link.
+        ifname: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a link's server hands out.
+#[derive(Debug, Clone)]
+pub struct DhcpLink {
+    /// Link name (also the lease file's name).
+    pub ifname: String,
+    /// ifindex, the engine's link id.
+    pub index: u32,
+    /// The link's subnet.
+    pub subnet: Ipv4Network,
+    /// The server's (host side's) address; also the router.
+    pub server: Ipv4Addr,
+    /// DNS servers handed out.
+    pub dns: Vec<Ipv4Addr>,
+    /// A lease to record for the container the launcher configured (client id 0x01+MAC), so a
+    /// DHCP client inside it later gets the same address.
+    pub container: Option<([u8; 6], Ipv4Addr)>,
+}
+
+struct Shared {
+    server: StdMutex<Server>,
+    store: LeaseStore,
+    names: StdMutex<HashMap<u32, String>>,
+    dirty: Notify,
+}
+
+/// The DHCP servers of all managed links.
+pub struct DhcpService {
+    shared: Arc<Shared>,
+    tasks: StdMutex<HashMap<String, AbortHandle>>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The engine never panics on input (it is fuzzed); if a panic ever poisoned the lock the
+    // state is still consistent enough to keep serving.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl DhcpService {
+    /// A service keeping lease files in `lease_dir`; starts its writer and expiry tasks.
+    pub fn start(lease_dir: &Path) -> io::Result<Arc<Self>> {
+        std::fs::create_dir_all(lease_dir)?;
+        let shared = Arc::new(Shared {
+            server: StdMutex::new(Server::new()),
+            store: LeaseStore::new(lease_dir),
+            names: StdMutex::new(HashMap::new()),
+            dirty: Notify::new(),
+        });
+        tokio::spawn(writer(Arc::clone(&shared)));
+        tokio::spawn(expirer(Arc::clone(&shared)));
+        Ok(Arc::new(Self {
+            shared,
+            tasks: StdMutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Starts serving `link`: loads its saved leases (a restart loses none), records the
+    /// container's lease, opens the socket.
+    pub fn add_link(&self, link: &DhcpLink) -> Result<(), DhcpError> {
+        let id = LinkId(link.index);
+        let cfg_err = |reason: String| DhcpError::Config {
+            ifname: link.ifname.clone(),
+            reason,
+        };
+        let socket = open_socket(&link.ifname).map_err(|source| DhcpError::Socket {
+            ifname: link.ifname.clone(),
+            source,
+        })?;
+        let now = SystemTime::now();
+        {
+            let mut server = lock(&self.shared.server);
+            let mut cfg = LinkConfig::new(link.subnet, link.server);
+            cfg.dns = link.dns.clone();
+            let max = cfg.max_lease_time;
+            server
+                .add_link(id, cfg)
+                .map_err(|e| cfg_err(e.to_string()))?;
+            match self.shared.store.load(&link.ifname, now) {
+                Ok(leases) => {
+                    for l in leases {
+                        if let Err(e) = server.record_lease(id, l, now) {
+                            warn!(ifname = %link.ifname, error = %e, "skipping a saved lease");
+                        }
+                    }
+                }
+                Err(e) => warn!(ifname = %link.ifname, error = %e, "cannot read saved leases"),
+            }
+            if let Some((mac, addr)) = link.container {
+                let client = ClientId::from_mac(mac);
+                let existing = server
+                    .leases(id, now)
+                    .into_iter()
+                    .any(|l| l.client_id == client && l.address == addr);
+                if !existing {
+                    let lease = Lease::new(client, addr, now + max);
+                    server
+                        .record_lease(id, lease, now)
+                        .map_err(|e| cfg_err(e.to_string()))?;
+                }
+            }
+        }
+        lock(&self.shared.names).insert(link.index, link.ifname.clone());
+        self.shared.dirty.notify_one();
+        let task = tokio::spawn(serve(
+            Arc::clone(&self.shared),
+            id,
+            link.ifname.clone(),
+            socket,
+        ));
+        if let Some(old) = lock(&self.tasks).insert(link.ifname.clone(), task.abort_handle()) {
+            old.abort();
+        }
+        debug!(ifname = %link.ifname, subnet = %link.subnet, "DHCP server started");
+        Ok(())
+    }
+
+    /// Stops serving a link and forgets its leases (the subnet goes back to the pool).
+    pub fn remove_link(&self, ifname: &str, index: u32) {
+        if let Some(t) = lock(&self.tasks).remove(ifname) {
+            t.abort();
+        }
+        lock(&self.shared.server).remove_link(LinkId(index));
+        lock(&self.shared.names).remove(&index);
+        if let Err(e) = self.shared.store.remove(ifname) {
+            warn!(ifname, error = %e, "removing the lease file failed");
+        }
+    }
+
+    /// The leases of a link.
+    pub fn leases(&self, index: u32) -> Vec<Lease> {
+        lock(&self.shared.server).leases(LinkId(index), SystemTime::now())
+    }
+
+    /// Writes every link's leases now (on shutdown).
+    pub fn flush(&self) {
+        flush(&self.shared);
+    }
+}
+
+/// A UDP socket on port 67 bound to one device, allowed to broadcast.
+fn open_socket(ifname: &str) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(ifname.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 67)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocket) {
+    let mut buf = vec![0u8; 4096 + 1];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(ifname, error = %e, "DHCP receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(source) = from else {
+            continue;
+        };
+        let handled = {
+            let mut server = lock(&shared.server);
+            server.handle(
+                SystemTime::now(),
+                id,
+                &Inbound {
+                    payload: &buf[..n],
+                    source,
+                },
+            )
+        };
+        if let Some(reason) = handled.dropped {
+            trace!(ifname, ?reason, %source, "dropped a DHCP packet");
+        }
+        for out in &handled.replies {
+            let ip = match out.destination {
+                // A client without an address cannot answer ARP: broadcast on the link (every
+                // client accepts it; RFC 2131 §4.1 allows it).
+                Destination::Broadcast | Destination::Hardware { .. } => Ipv4Addr::BROADCAST,
+                Destination::Unicast(ip) | Destination::Relay(ip) => ip,
+            };
+            let to = SocketAddrV4::new(ip, out.destination.port());
+            if let Err(e) = socket.send_to(&out.payload, to).await {
+                warn!(ifname, error = %e, %to, "DHCP send failed");
+            }
+        }
+        if !handled.changes.is_empty() {
+            debug!(ifname, changes = ?handled.changes, "lease change");
+            shared.dirty.notify_one();
+        }
+    }
+}
+
+/// Writes dirty links' leases, at most once per [`FLUSH_DELAY`] per burst.
+async fn writer(shared: Arc<Shared>) {
+    loop {
+        shared.dirty.notified().await;
+        tokio::time::sleep(FLUSH_DELAY).await;
+        let s = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || flush(&s)).await;
+    }
+}
+
+fn flush(shared: &Shared) {
+    let now = SystemTime::now();
+    let work: Vec<(String, Vec<Lease>)> = {
+        let mut server = lock(&shared.server);
+        let names = lock(&shared.names);
+        server
+            .take_dirty()
+            .into_iter()
+            .filter_map(|id| {
+                names
+                    .get(&id.0)
+                    .map(|n| (n.clone(), server.leases(id, now)))
+            })
+            .collect()
+    };
+    for (name, leases) in work {
+        if let Err(e) = shared.store.save(&name, &leases) {
+            warn!(ifname = %name, error = %e, "saving leases failed");
+        }
+    }
+}
+
+/// Expires leases when they run out.
+async fn expirer(shared: Arc<Shared>) {
+    loop {
+        let next = lock(&shared.server).poll_timeout();
+        let wait = next
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        tokio::time::sleep(wait).await;
+        let expired = lock(&shared.server).expire(SystemTime::now());
+        if !expired.is_empty() {
+            info!(count = expired.len(), "leases expired");
+            shared.dirty.notify_one();
+        }
+    }
+}
