@@ -15,7 +15,9 @@ use dhcproto::v4::MessageType;
 
 use crate::reply::{self, Answer};
 use crate::request::Request;
-use crate::{ConfigError, Counters, DropReason, Lease, LeaseError, LeaseTable, LinkConfig};
+use crate::{
+    ClientId, ConfigError, Counters, DropReason, Lease, LeaseError, LeaseTable, LinkConfig,
+};
 use link::{Action, Link};
 
 /// The daemon's name for a link (its ifindex, say).
@@ -164,6 +166,17 @@ impl Server {
             .get_mut(&link)
             .ok_or(LeaseError::UnknownLink(link))?
             .record(lease, now)
+    }
+
+    /// Drops the lease of `client` on `link` (the daemon removed the client's container);
+    /// returns it.
+    pub fn release_lease(&mut self, link: LinkId, client: &ClientId) -> Option<Lease> {
+        let l = self.links.get_mut(&link)?;
+        let removed = l.table.remove(client);
+        if removed.is_some() {
+            l.dirty = true;
+        }
+        removed
     }
 
     /// Handles one datagram received on `link` at `now`.

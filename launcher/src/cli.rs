@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use netd::api::{self, MachineName, PortSpec};
+use ipnetwork::Ipv4Network;
+use netd::api::{self, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]
@@ -27,6 +28,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage zones (shared bridges `vz-NAME` with a /24, DHCP and masquerade).
+    #[command(subcommand)]
+    Zone(ZoneCommand),
     /// Show one attached machine.
     Status {
         /// The machine.
@@ -34,6 +38,50 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `rnet zone ...`.
+#[derive(Debug, Subcommand)]
+pub enum ZoneCommand {
+    /// Create a zone that stays without members and across restarts.
+    Create {
+        /// Zone name (at most 12 characters).
+        name: ZoneName,
+        /// A fixed subnet (default: a /24 from the pool).
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<Ipv4Network>,
+        /// Do not masquerade the zone's traffic to the outside.
+        #[arg(long)]
+        no_masquerade: bool,
+        /// Do not run a DHCP server on the zone.
+        #[arg(long)]
+        no_dhcp: bool,
+        /// Members cannot reach each other.
+        #[arg(long)]
+        isolated: bool,
+    },
+    /// List zones.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one zone.
+    Show {
+        /// The zone.
+        name: ZoneName,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a zone.
+    Delete {
+        /// The zone.
+        name: ZoneName,
+        /// Detach its members first.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -51,6 +99,14 @@ pub struct RunArgs {
     /// addresses and a default route via the host (implies --private-network).
     #[arg(short = 'n', long = "network-veth")]
     pub network_veth: bool,
+    /// Put the container in zone Z: `vb-NAME` on bridge `vz-Z` (created with the first member),
+    /// a /24 shared by the zone, DHCP and masquerade (implies --network-veth).
+    #[arg(long = "network-zone", value_name = "Z")]
+    pub network_zone: Option<ZoneName>,
+    /// Attach the container to the admin's existing bridge BR: `vb-NAME` on BR, no address,
+    /// DHCP or NAT from rnet (implies --network-veth).
+    #[arg(long = "network-bridge", value_name = "BR")]
+    pub network_bridge: Option<String>,
     /// Publish a host port to the container: `[tcp:|udp:][ADDR:]HOST[:CONT]`, ranges
     /// `8000-8009:9000-9009`, an IPv6 ADDR in brackets (repeatable; needs --network-veth).
     /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.

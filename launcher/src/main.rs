@@ -7,9 +7,9 @@ mod run;
 use std::process::ExitCode;
 
 use clap::Parser;
-use netd::api::{Client, Machine, Request, Response};
+use netd::api::{Client, Machine, Request, Response, Zone, ZoneConfig};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ZoneCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -54,6 +54,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Zone(cmd) => zone(&client, cmd),
         Command::Status { machine, json } => {
             let Response::Status(m) = call(&client, &Request::Status { machine })? else {
                 return Err("rnetd sent an unexpected answer to status".into());
@@ -66,6 +67,90 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
+    match cmd {
+        ZoneCommand::Create {
+            name,
+            subnet,
+            no_masquerade,
+            no_dhcp,
+            isolated,
+        } => {
+            let req = Request::ZoneCreate(ZoneConfig {
+                name,
+                subnet,
+                masquerade: !no_masquerade,
+                dhcp: !no_dhcp,
+                isolated,
+            });
+            let Response::Zone(z) = call(client, &req)? else {
+                return Err("rnetd sent an unexpected answer to zone create".into());
+            };
+            println!(
+                "zone {} created: bridge {}, subnet {}",
+                z.name, z.bridge, z.subnet
+            );
+        }
+        ZoneCommand::List { json } => {
+            let Response::Zones(list) = call(client, &Request::ZoneList)? else {
+                return Err("rnetd sent an unexpected answer to zone list".into());
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print_zones(&list);
+            }
+        }
+        ZoneCommand::Show { name, json } => {
+            let Response::Zone(z) = call(client, &Request::ZoneShow { zone: name })? else {
+                return Err("rnetd sent an unexpected answer to zone show".into());
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&z).unwrap_or_default());
+            } else {
+                print_zones(std::slice::from_ref(&z));
+            }
+        }
+        ZoneCommand::Delete { name, force } => {
+            call(client, &Request::ZoneDelete { zone: name, force })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_zones(list: &[Zone]) {
+    println!(
+        "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24}",
+        "ZONE", "BRIDGE", "SUBNET", "MEMBERS", "LEASES", "KIND", "FLAGS"
+    );
+    for z in list {
+        let mut flags = Vec::new();
+        if z.masquerade {
+            flags.push("masquerade");
+        }
+        if z.dhcp {
+            flags.push("dhcp");
+        }
+        if z.isolated {
+            flags.push("isolated");
+        }
+        println!(
+            "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24}",
+            z.name,
+            z.bridge,
+            z.subnet.to_string(),
+            z.members.len(),
+            z.leases,
+            if z.explicit { "explicit" } else { "implicit" },
+            flags.join(",")
+        );
+    }
+    println!("\n{} zone(s) listed.", list.len());
 }
 
 fn call(client: &Client, req: &Request) -> Result<Response, String> {
@@ -83,8 +168,12 @@ fn print_table(list: &[Machine]) {
             m.machine,
             m.pid,
             m.host_ifname,
-            m.subnet.to_string(),
+            m.subnet
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
             m.container_address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into())
         );
     }
     println!("\n{} machine(s) listed.", list.len());
@@ -101,11 +190,17 @@ fn print_status(m: &Machine) {
         None => println!("    Host link: {}, {}", m.host_ifname, m.host_mac),
     }
     println!("    Container: {}, {}", m.container_ifname, m.container_mac);
-    println!("       Subnet: {}", m.subnet);
-    println!(
-        "      Address: {} via {}",
-        m.container_address, m.host_address
-    );
+    match &m.network {
+        netd::api::NetworkSpec::Veth => {}
+        netd::api::NetworkSpec::Zone(z) => println!("         Zone: {z} (bridge {})", z.bridge()),
+        netd::api::NetworkSpec::Bridge(b) => println!("       Bridge: {b}"),
+    }
+    if let Some(subnet) = m.subnet {
+        println!("       Subnet: {subnet}");
+    }
+    if let (Some(addr), Some(gw)) = (m.container_address, m.host_address) {
+        println!("      Address: {addr} via {gw}");
+    }
     for p in &m.ports {
         println!("         Port: {p}");
     }

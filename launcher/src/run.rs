@@ -39,11 +39,12 @@ struct Plan {
     command: Vec<CString>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Network {
     Host,
     Private,
-    Veth,
+    /// A link attached by rnetd.
+    Attached(NetworkSpec),
 }
 
 impl Plan {
@@ -60,14 +61,29 @@ impl Plan {
             Some(m) => m,
             None => default_machine_name(&args.command[0])?,
         };
-        let network = if args.network_veth {
-            Network::Veth
-        } else if args.private_network {
-            Network::Private
-        } else {
-            Network::Host
+        // nspawn's rules (reference §2.1): bridge and zone exclude each other and imply a veth.
+        let network = match (args.network_zone, args.network_bridge) {
+            (Some(_), Some(_)) => {
+                return Err("--network-bridge and --network-zone are mutually exclusive".into());
+            }
+            (Some(z), None) => Network::Attached(NetworkSpec::Zone(z)),
+            (None, Some(b)) => {
+                if b.is_empty()
+                    || b.len() > 15
+                    || b.contains(['/', ':'])
+                    || b.contains(char::is_whitespace)
+                {
+                    return Err(format!(
+                        "--network-bridge: {b:?} is not a valid interface name"
+                    ));
+                }
+                Network::Attached(NetworkSpec::Bridge(b))
+            }
+            (None, None) if args.network_veth => Network::Attached(NetworkSpec::Veth),
+            (None, None) if args.private_network => Network::Private,
+            (None, None) => Network::Host,
         };
-        if !args.ports.is_empty() && network != Network::Veth {
+        if !args.ports.is_empty() && !matches!(network, Network::Attached(_)) {
             return Err(
                 "--port needs --network-veth (a private network with a link to publish to)".into(),
             );
@@ -109,7 +125,7 @@ pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("a private network needs root (creating namespaces and links)".into());
     }
-    if plan.network == Network::Veth {
+    if matches!(plan.network, Network::Attached(_)) {
         // Fail before forking anything when the daemon is not there.
         client.ping().map_err(|e| e.to_string())?;
     }
@@ -197,18 +213,17 @@ fn configure(machine: Option<&Machine>) -> Result<(), String> {
     let ifname = m.container_ifname.as_str();
     let idx =
         nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("finding {ifname}: {e}"))?;
-    rtnl.add_address(idx, m.container_address, m.subnet.prefix())
-        .map_err(|e| {
-            format!(
-                "adding {}/{} to {ifname}: {e}",
-                m.container_address,
-                m.subnet.prefix()
-            )
-        })?;
+    // On an admin's bridge the admin's DHCP server configures the link: only bring it up.
+    if let (Some(addr), Some(subnet)) = (m.container_address, m.subnet) {
+        rtnl.add_address(idx, addr, subnet.prefix())
+            .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
+    }
     rtnl.set_up(idx)
         .map_err(|e| format!("bringing {ifname} up: {e}"))?;
-    rtnl.add_default_route(idx, m.host_address)
-        .map_err(|e| format!("adding the default route via {}: {e}", m.host_address))?;
+    if let Some(gw) = m.host_address {
+        rtnl.add_default_route(idx, gw)
+            .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -237,15 +252,15 @@ fn parent(
                 "the container process died during setup",
             ));
         }
-        if plan.network != Network::Veth {
+        let Network::Attached(spec) = &plan.network else {
             return Ok(None);
-        }
+        };
         let netns = File::open(format!("/proc/{child}/ns/net"))
             .map_err(|e| format!("opening the container's network namespace: {e}"))?;
         let req = Request::Attach(AttachRequest {
             machine: plan.machine.clone(),
             pid: u32::try_from(child.as_raw()).unwrap_or_default(),
-            network: NetworkSpec::Veth,
+            network: spec.clone(),
             ports: plan.ports.clone(),
         });
         match client.call(&req, Some(netns.as_fd())) {

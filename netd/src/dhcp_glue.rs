@@ -169,6 +169,40 @@ impl DhcpService {
         }
     }
 
+    /// The address of the client with `mac` on a served link: its lease if it has one, else a
+    /// free address picked as the server would (systemd's hash), recorded as its lease so a
+    /// DHCP client in the container later gets the same. `None` when the pool is full.
+    pub fn assign(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        let id = LinkId(index);
+        let now = SystemTime::now();
+        let client = ClientId::from_mac(mac);
+        let mut server = lock(&self.shared.server);
+        let leases = server.leases(id, now);
+        if let Some(l) = leases.iter().find(|l| l.client_id == client) {
+            return Some(l.address);
+        }
+        let cfg = server.config(id)?;
+        let (subnet, me, max) = (cfg.subnet, cfg.server_address, cfg.max_lease_time);
+        let addr = dhcp::pick_address(subnet, client.as_bytes(), |a| {
+            a != me && !leases.iter().any(|l| l.address == a)
+        })?;
+        server
+            .record_lease(id, Lease::new(client, addr, now + max), now)
+            .ok()?;
+        drop(server);
+        self.shared.dirty.notify_one();
+        Some(addr)
+    }
+
+    /// Drops the lease of the client with `mac` on a link (its container is gone).
+    pub fn release(&self, index: u32, mac: [u8; 6]) {
+        let released =
+            lock(&self.shared.server).release_lease(LinkId(index), &ClientId::from_mac(mac));
+        if released.is_some() {
+            self.shared.dirty.notify_one();
+        }
+    }
+
     /// The leases of a link.
     pub fn leases(&self, index: u32) -> Vec<Lease> {
         lock(&self.shared.server).leases(LinkId(index), SystemTime::now())

@@ -25,44 +25,59 @@ pub enum FirewallError {
     Mapping(String),
 }
 
-/// What one machine contributes to the table.
-#[derive(Debug, Clone)]
+/// What one link (a `ve-` link, a zone bridge) or one zone member contributes to the table.
+#[derive(Debug, Clone, Default)]
 pub struct LinkRules {
-    /// Host-side link.
-    pub ifname: String,
-    /// The link's subnet (masqueraded).
-    pub subnet: Ipv4Network,
+    /// A managed host-side link (`ifaces`): `ve-NAME` or `vz-ZONE`; none for a zone member,
+    /// whose traffic passes its zone's bridge.
+    pub ifname: Option<String>,
+    /// A masqueraded subnet.
+    pub subnet: Option<Ipv4Network>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
 }
 
 impl LinkRules {
-    /// Rules for a link whose container has `container` and asked for `ports`.
+    /// Rules for a `ve-` link whose container has `container` and asked for `ports`.
     pub fn new(
         ifname: &str,
         subnet: Ipv4Network,
         container: IpAddr,
         ports: &[PortSpec],
     ) -> Result<Self, FirewallError> {
-        let ports = ports
-            .iter()
-            .map(|p| to_mapping(p, container))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
-            ifname: ifname.to_owned(),
-            subnet,
-            ports,
+            ifname: Some(ifname.to_owned()),
+            subnet: Some(subnet),
+            ports: Self::mappings(container, ports)?,
         })
     }
 
+    /// The mappings of `ports` to `container`.
+    pub fn mappings(
+        container: IpAddr,
+        ports: &[PortSpec],
+    ) -> Result<Vec<PortMapping>, FirewallError> {
+        ports.iter().map(|p| to_mapping(p, container)).collect()
+    }
+
     fn changes(&self, add: bool) -> Result<Vec<Change>, FirewallError> {
-        let ifname = IfName::new(self.ifname.clone())?;
-        let subnet = IpNetwork::V4(self.subnet);
-        let mut out = if add {
-            vec![Change::AddIface(ifname), Change::AddSubnet(subnet)]
-        } else {
-            vec![Change::DelIface(ifname), Change::DelSubnet(subnet)]
-        };
+        let mut out = Vec::new();
+        if let Some(ifname) = &self.ifname {
+            let ifname = IfName::new(ifname.clone())?;
+            out.push(if add {
+                Change::AddIface(ifname)
+            } else {
+                Change::DelIface(ifname)
+            });
+        }
+        if let Some(subnet) = self.subnet {
+            let subnet = IpNetwork::V4(subnet);
+            out.push(if add {
+                Change::AddSubnet(subnet)
+            } else {
+                Change::DelSubnet(subnet)
+            });
+        }
         out.extend(self.ports.iter().cloned().map(if add {
             Change::AddPort
         } else {
@@ -126,14 +141,22 @@ impl<N: AsyncNft> Firewall<N> {
         // Published ports must be reachable from the host's own 127.0.0.1 (systemd #6106):
         // loopback-sourced packets may then leave through this link, where they are
         // masqueraded to the link's address.
-        self.sysctl.set_link(&link.ifname, "route_localnet", "1")?;
+        if let Some(ifname) = &link.ifname {
+            self.sysctl.set_link(ifname, "route_localnet", "1")?;
+        }
         let changes = link.changes(true)?;
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.change(&changes).await
     }
 
     /// Removes a link's elements; removes the whole table when nothing is left.
     pub async fn remove(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
         let changes = link.changes(false)?;
+        if changes.is_empty() {
+            return Ok(());
+        }
         let mut desired = self.installed.clone();
         for c in &changes {
             desired.apply(c);

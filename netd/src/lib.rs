@@ -27,3 +27,5 @@ pub mod server;
 pub mod state;
 #[cfg(feature = "daemon")]
 pub mod sysctl;
+#[cfg(feature = "daemon")]
+pub mod zones;

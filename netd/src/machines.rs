@@ -1,9 +1,9 @@
 //! Attached machines: attach, detach, the pidfd watch that cleans up after a container that
 //! died without saying so, and the restart path that adopts what is still alive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
@@ -17,14 +17,16 @@ use std::time::Duration;
 
 use nat::NftCli;
 
-use crate::api::{ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec};
+use crate::api::{
+    ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, ZoneConfig, ZoneName,
+};
 use crate::dhcp_glue::{DhcpLink, DhcpService};
 use crate::firewall::{Firewall, LinkRules};
 use crate::naming::{LinkName, MacKey, MachineId, generate_mac};
 use crate::pool::{Pool, PoolError};
 use crate::procfs;
 use crate::rtnl::{Rtnl, RtnlError};
-use crate::state::{SavedMachine, StateFile};
+use crate::state::{SavedMachine, SavedZone, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
 
 /// How often the firewall table is checked for changes made from outside.
@@ -36,11 +38,16 @@ pub const CONTAINER_IFNAME: &str = "host0";
 /// Prefix length of a `ve-` link's subnet (networkd's `80-container-ve.network`).
 pub const VETH_PREFIX: u8 = 28;
 
+/// Prefix length of a zone's subnet (networkd's `80-container-vz.network`: 253 clients).
+pub const ZONE_PREFIX: u8 = 24;
+
 /// Daemon settings the machine logic needs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Runtime directory (state file, socket).
     pub runtime_dir: PathBuf,
+    /// State directory (explicit zones).
+    pub state_dir: PathBuf,
     /// The host's machine id, for MACs.
     pub machine_id: MachineId,
     /// Ranges the link subnets are cut from.
@@ -51,30 +58,70 @@ pub struct Settings {
     pub dns: Vec<Ipv4Addr>,
 }
 
-struct Entry {
-    saved: SavedMachine,
+pub(crate) struct Entry {
+    pub(crate) saved: SavedMachine,
     /// ifindex of the host-side link.
-    index: u32,
-    watcher: Option<AbortHandle>,
+    pub(crate) index: u32,
+    pub(crate) watcher: Option<AbortHandle>,
 }
 
-struct Inner {
-    machines: BTreeMap<MachineName, Entry>,
-    pool: Pool,
-    firewall: Firewall<NftCli>,
+/// A zone that exists: its bridge, subnet and members.
+pub(crate) struct ZoneEntry {
+    /// Settings; `subnet` is the subnet in use.
+    pub(crate) config: ZoneConfig,
+    /// ifindex of `vz-ZONE`.
+    pub(crate) index: u32,
+    pub(crate) explicit: bool,
+    pub(crate) members: BTreeSet<MachineName>,
+}
+
+impl ZoneEntry {
+    pub(crate) fn subnet(&self) -> Ipv4Network {
+        self.config.subnet.unwrap_or_else(|| {
+            // Always set for an existing zone; a /32 of nothing otherwise.
+            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).unwrap_or_else(|_| unreachable!())
+        })
+    }
+
+    pub(crate) fn address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet().network()) + 1)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) machines: BTreeMap<MachineName, Entry>,
+    pub(crate) zones: BTreeMap<ZoneName, ZoneEntry>,
+    /// `/28`s (by default) for `ve-` links.
+    pub(crate) pool: Pool,
+    /// `/24`s for zones.
+    pub(crate) zone_pool: Pool,
+    pub(crate) firewall: Firewall<NftCli>,
+}
+
+impl Inner {
+    /// Everything in use on the host plus what either pool handed out.
+    pub(crate) fn taken(&self, in_use: &[Ipv4Network]) -> Vec<Ipv4Network> {
+        in_use
+            .iter()
+            .chain(self.pool.allocated())
+            .chain(self.zone_pool.allocated())
+            .copied()
+            .collect()
+    }
 }
 
 /// The attached machines and what it takes to change them.
 pub struct Machines {
-    settings: Settings,
-    rtnl: Rtnl,
+    pub(crate) settings: Settings,
+    pub(crate) rtnl: Rtnl,
     state: StateFile,
-    dhcp: Arc<DhcpService>,
-    inner: Mutex<Inner>,
+    pub(crate) zone_file: ZoneFile,
+    pub(crate) dhcp: Arc<DhcpService>,
+    pub(crate) inner: Mutex<Inner>,
     this: Weak<Machines>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Internal, e.to_string())
 }
 
@@ -87,26 +134,42 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// What the DHCP server of a machine's link hands out.
-fn dhcp_link(m: &Machine, index: u32) -> DhcpLink {
-    DhcpLink {
+/// What the DHCP server of a `ve-` machine's link hands out (`None` for other kinds).
+fn dhcp_link(m: &Machine, index: u32) -> Option<DhcpLink> {
+    if m.network != NetworkSpec::Veth {
+        return None;
+    }
+    Some(DhcpLink {
         ifname: m.host_ifname.clone(),
         index,
-        subnet: m.subnet,
-        server: m.host_address,
+        subnet: m.subnet?,
+        server: m.host_address?,
         dns: m.dns.clone(),
-        container: parse_mac(&m.container_mac).map(|mac| (mac, m.container_address)),
+        container: parse_mac(&m.container_mac).zip(m.container_address),
+    })
+}
+
+/// The firewall contribution of a machine: a `ve-` link's interface, subnet and ports; a zone
+/// member's ports (its zone has the rest); nothing on an admin's bridge.
+fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> {
+    let Some(addr) = m.container_address else {
+        return Ok(LinkRules::default());
+    };
+    let ip = std::net::IpAddr::V4(addr);
+    match (&m.network, m.subnet) {
+        (NetworkSpec::Veth, Some(subnet)) => LinkRules::new(&m.host_ifname, subnet, ip, &m.ports),
+        _ => Ok(LinkRules {
+            ports: LinkRules::mappings(ip, &m.ports)?,
+            ..LinkRules::default()
+        }),
     }
 }
 
-/// The firewall contribution of a saved machine.
-fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> {
-    LinkRules::new(
-        &m.host_ifname,
-        m.subnet,
-        std::net::IpAddr::V4(m.container_address),
-        &m.ports,
-    )
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Exhausted { .. } => ApiError::new(ErrorKind::PoolExhausted, e.to_string()),
+        other => internal(other),
+    }
 }
 
 impl Machines {
@@ -117,20 +180,28 @@ impl Machines {
         let saved = state.load().map_err(internal)?;
         let pool =
             Pool::new(settings.pool_ranges.clone(), settings.veth_prefix).map_err(internal)?;
+        let zone_pool = Pool::new(settings.pool_ranges.clone(), ZONE_PREFIX).map_err(internal)?;
+        let zone_file = ZoneFile::new(&settings.state_dir);
+        let explicit = zone_file.load().map_err(internal)?;
         let dhcp = DhcpService::start(&settings.runtime_dir.join("leases")).map_err(internal)?;
         let me = Arc::new_cyclic(|this| Machines {
             settings,
             rtnl,
             state,
+            zone_file,
             dhcp,
             inner: Mutex::new(Inner {
                 machines: BTreeMap::new(),
+                zones: BTreeMap::new(),
                 pool,
+                zone_pool,
                 firewall: Firewall::new(NftCli::new(), Sysctl::default(), saved.forward_restore),
             }),
             this: this.clone(),
         });
         let mut inner = me.inner.lock().await;
+        // Zones first: members need their bridge.
+        me.restore_zones(&mut inner, &saved.zones, &explicit).await;
         for s in saved.machines {
             let m = &s.machine;
             let alive = procfs::pid_start_time(m.pid).ok() == Some(s.pid_start_time);
@@ -140,11 +211,25 @@ impl Machines {
             } else {
                 None
             };
+            let zone = match &m.network {
+                NetworkSpec::Zone(z) => Some(z.clone()),
+                _ => None,
+            };
+            let zone_ok = zone.as_ref().is_none_or(|z| inner.zones.contains_key(z));
+            let reserved = match (&m.network, m.subnet) {
+                (NetworkSpec::Veth, Some(net)) => inner.pool.reserve(net).is_ok(),
+                _ => true,
+            };
             match (pidfd, link) {
-                (Some(pidfd), Some(index)) if inner.pool.reserve(m.subnet).is_ok() => {
+                (Some(pidfd), Some(index)) if zone_ok && reserved => {
                     info!(machine = %m.machine, ifname = %m.host_ifname, "adopted");
-                    if let Err(e) = me.dhcp.add_link(&dhcp_link(m, index)) {
+                    if let Some(link) = dhcp_link(m, index)
+                        && let Err(e) = me.dhcp.add_link(&link)
+                    {
                         warn!(machine = %m.machine, error = %e, "restarting the DHCP server failed");
+                    }
+                    if let Some(z) = zone.as_ref().and_then(|z| inner.zones.get_mut(z)) {
+                        z.members.insert(m.machine.clone());
                     }
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
                     let entry = Entry {
@@ -159,14 +244,20 @@ impl Machines {
                     if let Err(e) = me.rtnl.del_link(&m.host_ifname).await {
                         warn!(error = %e, "removing a stale link failed");
                     }
+                    if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
+                        inner.pool.release(net);
+                    }
                     me.dhcp.remove_link(&m.host_ifname, link.unwrap_or(0));
                 }
             }
         }
+        // Implicit zones whose members all went while we were down.
+        me.drop_empty_implicit_zones(&mut inner).await;
         let links: Vec<LinkRules> = inner
             .machines
             .values()
             .filter_map(|e| link_rules(&e.saved.machine).ok())
+            .chain(inner.zones.values().map(crate::zones::zone_rules))
             .collect();
         inner.firewall.adopt(&links).map_err(internal)?;
         match inner.firewall.reconcile().await {
@@ -191,7 +282,7 @@ impl Machines {
                 tick.tick().await;
                 let Some(me) = this.upgrade() else { return };
                 let mut inner = me.inner.lock().await;
-                if inner.machines.is_empty() {
+                if inner.machines.is_empty() && inner.zones.is_empty() {
                     continue;
                 }
                 match inner.firewall.reconcile().await {
@@ -205,10 +296,21 @@ impl Machines {
         });
     }
 
-    fn save(&self, inner: &Inner) -> Result<(), ApiError> {
-        let all = inner.machines.values().map(|e| e.saved.clone()).collect();
-        let restore = inner.firewall.forward_restore().map(str::to_owned);
-        self.state.save(all, restore).map_err(internal)
+    pub(crate) fn save(&self, inner: &Inner) -> Result<(), ApiError> {
+        let state = State {
+            machines: inner.machines.values().map(|e| e.saved.clone()).collect(),
+            zones: inner
+                .zones
+                .values()
+                .map(|z| SavedZone {
+                    config: z.config.clone(),
+                    explicit: z.explicit,
+                })
+                .collect(),
+            forward_restore: inner.firewall.forward_restore().map(str::to_owned),
+            ..State::default()
+        };
+        self.state.save(state).map_err(internal)
     }
 
     /// Builds a `ve-NAME`/`host0` pair for the container whose network namespace is `netns`.
@@ -249,43 +351,15 @@ impl Machines {
             ));
         }
         check_ports(&inner, &req)?;
-        let in_use = self.rtnl.ipv4_in_use().await.map_err(internal)?;
-        let subnet = inner.pool.allocate(&in_use).map_err(|e| match e {
-            PoolError::Exhausted { .. } => ApiError::new(ErrorKind::PoolExhausted, e.to_string()),
-            other => internal(other),
-        })?;
-        let built = self.build(&req, subnet, netns.as_fd()).await;
-        let built = match built {
-            Ok((machine, guard, index)) => {
-                let added = match self.dhcp.add_link(&dhcp_link(&machine, index)) {
-                    Ok(()) => {
-                        let rules = link_rules(&machine)
-                            .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
-                        let added = match rules {
-                            Ok(r) => inner.firewall.add(&r).await.map_err(internal),
-                            Err(e) => Err(e),
-                        };
-                        if added.is_err() {
-                            self.dhcp.remove_link(&machine.host_ifname, index);
-                        }
-                        added
-                    }
-                    Err(e) => Err(internal(e)),
-                };
-                added.map(|()| {
-                    guard.commit();
-                    (machine, index)
-                })
+        let built = match &req.network {
+            NetworkSpec::Veth => self.attach_veth(&mut inner, &req, netns.as_fd()).await,
+            NetworkSpec::Zone(zone) => {
+                self.attach_zone(&mut inner, &req, zone, netns.as_fd())
+                    .await
             }
-            Err(e) => Err(e),
+            NetworkSpec::Bridge(bridge) => self.attach_bridge(&req, bridge, netns.as_fd()).await,
         };
-        let (machine, index) = match built {
-            Ok(m) => m,
-            Err(e) => {
-                inner.pool.release(subnet);
-                return Err(e);
-            }
-        };
+        let (machine, index) = built?;
         let name = req.machine.clone();
         inner.machines.insert(
             name.clone(),
@@ -298,6 +372,11 @@ impl Machines {
                 watcher: None,
             },
         );
+        if let NetworkSpec::Zone(z) = &req.network
+            && let Some(zone) = inner.zones.get_mut(z)
+        {
+            zone.members.insert(name.clone());
+        }
         if let Err(e) = self.save(&inner) {
             self.remove_locked(&mut inner, &name).await;
             return Err(e);
@@ -306,19 +385,171 @@ impl Machines {
         if let Some(entry) = inner.machines.get_mut(&name) {
             entry.watcher = Some(watcher);
         }
-        info!(machine = %name, ifname = %machine.host_ifname, %subnet, "attached");
+        info!(machine = %name, ifname = %machine.host_ifname, "attached");
         Ok(machine)
     }
 
-    /// The link side of attach. The returned guard deletes the link unless committed.
-    async fn build(
+    /// `-n`: a `ve-` link with a subnet of its own, DHCP and masquerade.
+    async fn attach_veth(
+        &self,
+        inner: &mut Inner,
+        req: &AttachRequest,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(Machine, u32), ApiError> {
+        let in_use = self.rtnl.ipv4_in_use().await.map_err(internal)?;
+        let taken = inner.taken(&in_use);
+        let subnet = inner.pool.allocate(&taken).map_err(pool_error)?;
+        let result = async {
+            let (mut machine, guard, index) = self.build_veth(req, "ve-", netns).await?;
+            let host_address = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+            let host_net = Ipv4Network::new(host_address, subnet.prefix()).map_err(internal)?;
+            self.rtnl
+                .add_address(index, host_net)
+                .await
+                .map_err(internal)?;
+            self.rtnl.set_up(index).await.map_err(internal)?;
+            let mac = parse_mac(&machine.container_mac).unwrap_or_default();
+            let client_id = dhcp::client_id_from_mac(mac);
+            let container = dhcp::pick_address(subnet, &client_id, |a| a != host_address)
+                .ok_or_else(|| internal(format!("no container address left in {subnet}")))?;
+            machine.subnet = Some(subnet);
+            machine.host_address = Some(host_address);
+            machine.container_address = Some(container);
+            if let Some(link) = dhcp_link(&machine, index) {
+                self.dhcp.add_link(&link).map_err(internal)?;
+            }
+            let rules = link_rules(&machine)
+                .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
+            let added = match rules {
+                Ok(r) => inner.firewall.add(&r).await.map_err(internal),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = added {
+                self.dhcp.remove_link(&machine.host_ifname, index);
+                return Err(e);
+            }
+            guard.commit();
+            Ok((machine, index))
+        }
+        .await;
+        if result.is_err() {
+            inner.pool.release(subnet);
+        }
+        result
+    }
+
+    /// `--network-zone=Z`: a `vb-` port of bridge `vz-Z`, created with the first member.
+    async fn attach_zone(
+        &self,
+        inner: &mut Inner,
+        req: &AttachRequest,
+        zone: &ZoneName,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(Machine, u32), ApiError> {
+        let created = if inner.zones.contains_key(zone) {
+            false
+        } else {
+            self.create_zone(inner, ZoneConfig::implicit(zone.clone()), false)
+                .await?;
+            true
+        };
+        let result = async {
+            let z = inner
+                .zones
+                .get(zone)
+                .ok_or_else(|| internal(format!("zone {zone} vanished")))?;
+            let (bridge, isolated, serve_dhcp) = (z.index, z.config.isolated, z.config.dhcp);
+            let (subnet, gateway) = (z.subnet(), z.address());
+            let (mut machine, guard, index) = self.build_veth(req, "vb-", netns).await?;
+            self.rtnl
+                .set_master_up(index, bridge)
+                .await
+                .map_err(internal)?;
+            if isolated {
+                self.rtnl.set_port_isolated(index).await.map_err(internal)?;
+            }
+            let mac = parse_mac(&machine.container_mac).unwrap_or_default();
+            let container = if serve_dhcp {
+                self.dhcp.assign(bridge, mac)
+            } else {
+                let used: Vec<Ipv4Addr> = inner
+                    .machines
+                    .values()
+                    .filter(|e| e.saved.machine.network == req.network)
+                    .filter_map(|e| e.saved.machine.container_address)
+                    .collect();
+                dhcp::pick_address(subnet, &dhcp::client_id_from_mac(mac), |a| {
+                    a != gateway && !used.contains(&a)
+                })
+            }
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::PoolExhausted,
+                    format!("zone {zone} is full: no free address left in {subnet}"),
+                )
+            })?;
+            machine.subnet = Some(subnet);
+            machine.host_address = Some(gateway);
+            machine.container_address = Some(container);
+            let rules = link_rules(&machine)
+                .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
+            let added = match rules {
+                Ok(r) => inner.firewall.add(&r).await.map_err(internal),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = added {
+                self.dhcp.release(bridge, mac);
+                return Err(e);
+            }
+            guard.commit();
+            Ok((machine, index))
+        }
+        .await;
+        if result.is_err() && created {
+            self.remove_zone(inner, zone).await;
+        }
+        result
+    }
+
+    /// `--network-bridge=BR`: a `vb-` port of the admin's bridge; nothing else from us.
+    async fn attach_bridge(
         &self,
         req: &AttachRequest,
-        subnet: Ipv4Network,
-        netns: std::os::fd::BorrowedFd<'_>,
+        bridge: &str,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(Machine, u32), ApiError> {
+        let bad = |m: String| ApiError::new(ErrorKind::BadRequest, m);
+        if !req.ports.is_empty() {
+            return Err(bad(
+                "--port is not available with --network-bridge: the admin's bridge gets no address or NAT from rnet".into(),
+            ));
+        }
+        let link = self.rtnl.link(bridge).await.map_err(internal)?;
+        let Some(link) = link else {
+            return Err(bad(format!("bridge {bridge} does not exist")));
+        };
+        if !Rtnl::is_bridge(&link) {
+            return Err(bad(format!("{bridge} is not a bridge")));
+        }
+        let (machine, guard, index) = self.build_veth(req, "vb-", netns).await?;
+        self.rtnl
+            .set_master_up(index, link.header.index)
+            .await
+            .map_err(internal)?;
+        guard.commit();
+        Ok((machine, index))
+    }
+
+    /// Creates `PREFIX-NAME` (shortened like systemd, full name as altname) with `host0` in the
+    /// container, MACs derived like systemd. The guard deletes it unless committed.
+    async fn build_veth(
+        &self,
+        req: &AttachRequest,
+        prefix: &str,
+        netns: BorrowedFd<'_>,
     ) -> Result<(Machine, LinkGuard, u32), ApiError> {
         let name = req.machine.as_str();
-        let link = LinkName::new("ve-", name);
+        let link = LinkName::new(prefix, name);
         let id = self.settings.machine_id;
         let host_mac = generate_mac(id, name, MacKey::Host, 0);
         let container_mac = generate_mac(id, name, MacKey::Container, 0);
@@ -337,28 +568,18 @@ impl Machines {
         if let Some(alt) = &link.altname {
             self.rtnl.add_altname(index, alt).await.map_err(internal)?;
         }
-        let host_address = Ipv4Addr::from(u32::from(subnet.network()) + 1);
-        let host_net = Ipv4Network::new(host_address, subnet.prefix()).map_err(internal)?;
-        self.rtnl
-            .add_address(index, host_net)
-            .await
-            .map_err(internal)?;
-        self.rtnl.set_up(index).await.map_err(internal)?;
-        let client_id = dhcp::client_id_from_mac(container_mac.0);
-        let container_address = dhcp::pick_address(subnet, &client_id, |a| a != host_address)
-            .ok_or_else(|| internal(format!("no container address left in {subnet}")))?;
         let machine = Machine {
             machine: req.machine.clone(),
             pid: req.pid,
-            network: NetworkSpec::Veth,
+            network: req.network.clone(),
             host_ifname: link.ifname,
             host_altname: link.altname,
             container_ifname: CONTAINER_IFNAME.into(),
             host_mac: host_mac.to_string(),
             container_mac: container_mac.to_string(),
-            subnet,
-            host_address,
-            container_address,
+            subnet: None,
+            host_address: None,
+            container_address: None,
             dns: self.settings.dns.clone(),
             ports: req.ports.clone(),
         };
@@ -375,7 +596,7 @@ impl Machines {
         self.save(&inner)
     }
 
-    async fn remove_locked(&self, inner: &mut Inner, name: &MachineName) {
+    pub(crate) async fn remove_locked(&self, inner: &mut Inner, name: &MachineName) {
         let Some(entry) = inner.machines.remove(name) else {
             return;
         };
@@ -391,12 +612,34 @@ impl Machines {
             }
             Err(e) => warn!(machine = %name, error = %e, "saved ports are invalid"),
         }
-        self.dhcp.remove_link(&m.host_ifname, entry.index);
+        if m.network == NetworkSpec::Veth {
+            self.dhcp.remove_link(&m.host_ifname, entry.index);
+        }
         // Best effort: a link that is already gone (the namespace died) is fine.
         if let Err(e) = self.rtnl.del_link(&m.host_ifname).await {
             warn!(machine = %name, error = %e, "deleting the link failed");
         }
-        inner.pool.release(m.subnet);
+        match (&m.network, m.subnet) {
+            (NetworkSpec::Veth, Some(net)) => {
+                inner.pool.release(net);
+            }
+            (NetworkSpec::Zone(z), _) => {
+                let now_empty = match inner.zones.get_mut(z) {
+                    Some(zone) => {
+                        zone.members.remove(name);
+                        if let Some(mac) = parse_mac(&m.container_mac) {
+                            self.dhcp.release(zone.index, mac);
+                        }
+                        zone.members.is_empty() && !zone.explicit
+                    }
+                    None => false,
+                };
+                if now_empty {
+                    self.remove_zone(inner, z).await;
+                }
+            }
+            _ => {}
+        }
         info!(machine = %name, ifname = %m.host_ifname, "detached");
     }
 

@@ -8,9 +8,13 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoBridgePort, InfoKind, LinkInfo};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 use crate::naming::Mac;
 
@@ -140,6 +144,79 @@ impl Rtnl {
             errno: Some(libc::ENODEV),
             reason: "it vanished right after creation".into(),
         })
+    }
+
+    /// `ip link add NAME type bridge`; returns its ifindex.
+    pub async fn add_bridge(&self, name: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("creating bridge", name, &e))?;
+        self.link_index(name).await?.ok_or_else(|| RtnlError {
+            step: "finding new bridge",
+            object: name.to_owned(),
+            errno: Some(libc::ENODEV),
+            reason: "it vanished right after creation".into(),
+        })
+    }
+
+    /// `ip link set dev INDEX master BRIDGE up`.
+    pub async fn set_master_up(&self, index: u32, bridge: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("attaching to bridge", index.to_string(), &e))
+    }
+
+    /// `bridge link set dev INDEX isolated on`: isolated ports cannot talk to each other, only
+    /// to the bridge and non-isolated ports.
+    pub async fn set_port_isolated(&self, index: u32) -> Result<()> {
+        let msg = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::Isolated(true))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("isolating bridge port", index.to_string(), &e))
+    }
+
+    /// Whether the link is a bridge.
+    pub fn is_bridge(msg: &LinkMessage) -> bool {
+        msg.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos
+                .iter()
+                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
+            _ => false,
+        })
+    }
+
+    /// Number of ports of the bridge with ifindex `bridge` (`ip link show master BRIDGE`).
+    pub async fn bridge_ports(&self, bridge: u32) -> Result<usize> {
+        let mut s = self.handle.link().get().execute();
+        let mut n = 0;
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| RtnlError::new("listing", "links", &e))?
+        {
+            if m.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// `ip link property add dev INDEX altname NAME`.

@@ -87,6 +87,13 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
         Request::Detach { machine } => machines.detach(&machine).await.map(|()| Response::Detached),
         Request::List => Ok(Response::Machines(machines.list().await)),
         Request::Status { machine } => machines.status(&machine).await.map(Response::Status),
+        Request::ZoneCreate(config) => machines.zone_create(config).await.map(Response::Zone),
+        Request::ZoneList => Ok(Response::Zones(machines.zone_list().await)),
+        Request::ZoneShow { zone } => machines.zone_show(&zone).await.map(Response::Zone),
+        Request::ZoneDelete { zone, force } => machines
+            .zone_delete(&zone, force)
+            .await
+            .map(|()| Response::ZoneDeleted),
     }
 }
 

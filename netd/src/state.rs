@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::Machine;
+use crate::api::{Machine, ZoneConfig};
 
 /// Version of the state file format.
 const VERSION: u32 = 1;
@@ -27,6 +27,16 @@ pub struct SavedMachine {
     pub pid_start_time: u64,
 }
 
+/// A zone as saved: its settings with the subnet in use filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedZone {
+    /// Settings; `subnet` is the subnet in use.
+    pub config: ZoneConfig,
+    /// Created with `rnet zone create`.
+    pub explicit: bool,
+}
+
 /// The saved state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +45,9 @@ pub struct State {
     pub version: u32,
     /// Attached machines.
     pub machines: Vec<SavedMachine>,
+    /// Zones that exist (explicit ones, and implicit ones with members).
+    #[serde(default)]
+    pub zones: Vec<SavedZone>,
     /// `net.ipv4.ip_forward` as it was before rnetd turned it on, restored when the last
     /// masqueraded link goes.
     #[serde(default)]
@@ -109,18 +122,47 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Saves the state atomically.
-    pub fn save(
-        &self,
-        machines: Vec<SavedMachine>,
-        forward_restore: Option<String>,
-    ) -> Result<(), StateError> {
-        let state = State {
-            version: VERSION,
-            machines,
-            forward_restore,
-        };
+    /// Saves the state atomically (the version is set here).
+    pub fn save(&self, mut state: State) -> Result<(), StateError> {
+        state.version = VERSION;
         let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        write_atomic(&self.path, &body)
+    }
+}
+
+/// The explicitly created zones, in the state directory: they come back after a reboot.
+#[derive(Debug, Clone)]
+pub struct ZoneFile {
+    path: PathBuf,
+}
+
+impl ZoneFile {
+    /// `zones.json` under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join("zones.json"),
+        }
+    }
+
+    /// The saved zones; none when the file does not exist.
+    pub fn load(&self) -> Result<Vec<ZoneConfig>, StateError> {
+        match fs::read(&self.path) {
+            Ok(t) => serde_json::from_slice(&t).map_err(|e| StateError::Parse {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(StateError::Io {
+                step: "reading",
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Saves the zones atomically.
+    pub fn save(&self, zones: &[ZoneConfig]) -> Result<(), StateError> {
+        let body = serde_json::to_vec_pretty(zones).unwrap_or_default();
         write_atomic(&self.path, &body)
     }
 }
@@ -163,9 +205,9 @@ mod tests {
                 container_ifname: "host0".into(),
                 host_mac: "02:00:00:00:00:01".into(),
                 container_mac: "02:00:00:00:00:02".into(),
-                subnet: "192.168.0.0/28".parse().unwrap(),
-                host_address: "192.168.0.1".parse().unwrap(),
-                container_address: "192.168.0.7".parse().unwrap(),
+                subnet: Some("192.168.0.0/28".parse().unwrap()),
+                host_address: Some("192.168.0.1".parse().unwrap()),
+                container_address: Some("192.168.0.7".parse().unwrap()),
                 dns: vec![],
                 ports: vec![],
             },
@@ -178,8 +220,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::new(dir.path());
         assert_eq!(f.load().unwrap(), State::default());
-        f.save(vec![machine("a"), machine("b")], Some("0".into()))
-            .unwrap();
+        f.save(State {
+            machines: vec![machine("a"), machine("b")],
+            forward_restore: Some("0".into()),
+            ..State::default()
+        })
+        .unwrap();
         let s = f.load().unwrap();
         assert_eq!(s.machines, vec![machine("a"), machine("b")]);
         assert_eq!(s.forward_restore.as_deref(), Some("0"));

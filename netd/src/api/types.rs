@@ -26,12 +26,35 @@ pub enum Request {
         /// The machine to show.
         machine: MachineName,
     },
+    /// Create a zone explicitly: it stays when its last member goes, and across restarts.
+    ZoneCreate(ZoneConfig),
+    /// All zones.
+    ZoneList,
+    /// One zone.
+    ZoneShow {
+        /// The zone.
+        zone: ZoneName,
+    },
+    /// Delete a zone; refused while it has members unless `force` (which detaches them).
+    ZoneDelete {
+        /// The zone.
+        zone: ZoneName,
+        /// Detach members first.
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs uid 0).
     pub fn is_change(&self) -> bool {
-        matches!(self, Request::Attach(_) | Request::Detach { .. })
+        matches!(
+            self,
+            Request::Attach(_)
+                | Request::Detach { .. }
+                | Request::ZoneCreate(_)
+                | Request::ZoneDelete { .. }
+        )
     }
 }
 
@@ -57,6 +80,133 @@ pub struct AttachRequest {
 pub enum NetworkSpec {
     /// `--network-veth`: a `ve-NAME` / `host0` pair with a /28 of its own.
     Veth,
+    /// `--network-zone=Z`: `vb-NAME` is a port of bridge `vz-Z` (created with the first
+    /// member), which has a /24, DHCP and masquerade.
+    Zone(ZoneName),
+    /// `--network-bridge=BR`: `vb-NAME` is a port of the admin's existing bridge; no address,
+    /// DHCP or NAT from us.
+    Bridge(String),
+}
+
+/// A zone name: at most 12 characters so that `vz-NAME` is a valid interface name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ZoneName(String);
+
+/// Longest zone name (`vz-` + 12 = 15 characters).
+pub const MAX_ZONE_LEN: usize = 12;
+
+impl ZoneName {
+    /// Validates a zone name: 1 to 12 characters of letters, digits, `-` and `_`.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > MAX_ZONE_LEN {
+            return Err(format!(
+                "zone name {name:?} must be 1 to {MAX_ZONE_LEN} characters (so that vz-{name} fits in an interface name)"
+            ));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "zone name {name:?} contains {c:?}; use letters, digits, '-' and '_'"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The zone's bridge, `vz-NAME`.
+    pub fn bridge(&self) -> String {
+        format!("vz-{}", self.0)
+    }
+}
+
+impl std::fmt::Display for ZoneName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl std::str::FromStr for ZoneName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ZoneName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ZoneName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Settings of a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// The zone's name.
+    pub name: ZoneName,
+    /// A fixed subnet; default: a /24 from the pool.
+    #[serde(default)]
+    pub subnet: Option<Ipv4Network>,
+    /// Masquerade traffic from the zone to the outside.
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Run a DHCP server on the zone's bridge.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+    /// Members cannot reach each other (bridge port isolation).
+    #[serde(default)]
+    pub isolated: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ZoneConfig {
+    /// The defaults for a zone created implicitly by its first member.
+    pub fn implicit(name: ZoneName) -> Self {
+        Self {
+            name,
+            subnet: None,
+            masquerade: true,
+            dhcp: true,
+            isolated: false,
+        }
+    }
+}
+
+/// A zone as `rnet zone list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    /// The zone's name.
+    pub name: ZoneName,
+    /// The bridge, `vz-NAME`.
+    pub bridge: String,
+    /// The zone's subnet.
+    pub subnet: Ipv4Network,
+    /// The bridge's address: the members' gateway and DHCP server.
+    pub address: Ipv4Addr,
+    /// Attached members.
+    pub members: Vec<MachineName>,
+    /// Bound DHCP leases.
+    pub leases: usize,
+    /// Created with `rnet zone create` (kept without members and across restarts).
+    pub explicit: bool,
+    /// Traffic to the outside is masqueraded.
+    pub masquerade: bool,
+    /// A DHCP server runs on the bridge.
+    pub dhcp: bool,
+    /// Members cannot reach each other.
+    pub isolated: bool,
 }
 
 /// A response from `rnetd`.
@@ -71,6 +221,12 @@ pub enum Response {
     Machines(Vec<Machine>),
     /// The answer to `Status`.
     Status(Machine),
+    /// The answer to `ZoneCreate` and `ZoneShow`.
+    Zone(Zone),
+    /// The answer to `ZoneList`.
+    Zones(Vec<Zone>),
+    /// `ZoneDelete` succeeded.
+    ZoneDeleted,
     /// The request failed; nothing was changed.
     Error(ApiError),
 }
@@ -95,12 +251,13 @@ pub struct Machine {
     pub host_mac: String,
     /// MAC address of the container side.
     pub container_mac: String,
-    /// The link's subnet.
-    pub subnet: Ipv4Network,
-    /// The host side's address (first of the subnet); the container's gateway.
-    pub host_address: Ipv4Addr,
-    /// The container's address, chosen as the DHCP server would choose it.
-    pub container_address: Ipv4Addr,
+    /// The link's (or zone's) subnet; none on an admin's bridge.
+    pub subnet: Option<Ipv4Network>,
+    /// The gateway: the host side's address (first of the subnet); none on an admin's bridge.
+    pub host_address: Option<Ipv4Addr>,
+    /// The container's address, chosen as the DHCP server would choose it; none on an admin's
+    /// bridge (the admin's DHCP server gives one).
+    pub container_address: Option<Ipv4Addr>,
     /// DNS servers the container should use (may be empty).
     pub dns: Vec<Ipv4Addr>,
     /// Published ports.

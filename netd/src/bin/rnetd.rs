@@ -75,6 +75,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let settings = Settings {
         runtime_dir: args.runtime_dir.clone(),
+        state_dir: args.state_dir.clone(),
         machine_id,
         pool_ranges: if args.pools.is_empty() {
             netd::pool::default_ranges()
