@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
-use netd::api::{self, MachineName, PortSpec, ZoneName};
+use netd::api::{self, IfPair, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]
@@ -107,6 +107,22 @@ pub struct RunArgs {
     /// DHCP or NAT from rnet (implies --network-veth).
     #[arg(long = "network-bridge", value_name = "BR")]
     pub network_bridge: Option<String>,
+    /// Give the container a macvlan (bridge mode) on host link IF, named mv-IF or NAME
+    /// (repeatable; implies --private-network).
+    #[arg(long = "network-macvlan", value_name = "IF[:NAME]")]
+    pub network_macvlan: Vec<IfPair>,
+    /// Give the container an ipvlan (L2) on host link IF, named iv-IF or NAME (repeatable;
+    /// implies --private-network).
+    #[arg(long = "network-ipvlan", value_name = "IF[:NAME]")]
+    pub network_ipvlan: Vec<IfPair>,
+    /// Move host link IF into the container (renamed NEW), and back with its name when the
+    /// container ends (repeatable; implies --private-network).
+    #[arg(long = "network-interface", value_name = "IF[:NEW]")]
+    pub network_interface: Vec<IfPair>,
+    /// An extra veth pair: HOST on the host, CONT (default HOST) in the container, no address
+    /// from rnet (repeatable; implies --private-network).
+    #[arg(long = "network-veth-extra", value_name = "HOST[:CONT]")]
+    pub network_veth_extra: Vec<IfPair>,
     /// Publish a host port to the container: `[tcp:|udp:][ADDR:]HOST[:CONT]`, ranges
     /// `8000-8009:9000-9009`, an IPv6 ADDR in brackets (repeatable; needs --network-veth).
     /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.

@@ -1,7 +1,6 @@
 //! `rnet`: the container launcher and CLI client of `rnetd`.
 
 mod cli;
-mod netlink;
 mod run;
 
 use std::process::ExitCode;
@@ -167,7 +166,7 @@ fn print_table(list: &[Machine]) {
             "{:<24} {:>8} {:<16} {:<18} {:<16}",
             m.machine,
             m.pid,
-            m.host_ifname,
+            m.host_ifname.as_deref().unwrap_or("-"),
             m.subnet
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -182,16 +181,20 @@ fn print_table(list: &[Machine]) {
 fn print_status(m: &Machine) {
     println!("{}", m.machine);
     println!("          PID: {}", m.pid);
-    match &m.host_altname {
-        Some(alt) => println!(
-            "    Host link: {} (altname {alt}), {}",
-            m.host_ifname, m.host_mac
-        ),
-        None => println!("    Host link: {}, {}", m.host_ifname, m.host_mac),
+    if let (Some(ifname), Some(mac)) = (&m.host_ifname, &m.host_mac) {
+        match &m.host_altname {
+            Some(alt) => println!("    Host link: {ifname} (altname {alt}), {mac}"),
+            None => println!("    Host link: {ifname}, {mac}"),
+        }
     }
-    println!("    Container: {}, {}", m.container_ifname, m.container_mac);
+    if let (Some(ifname), Some(mac)) = (&m.container_ifname, &m.container_mac) {
+        println!("    Container: {ifname}, {mac}");
+    }
+    for l in &m.links {
+        println!("   Extra link: {} ({:?})", l.container_ifname, l.spec);
+    }
     match &m.network {
-        netd::api::NetworkSpec::Veth => {}
+        netd::api::NetworkSpec::Veth | netd::api::NetworkSpec::None => {}
         netd::api::NetworkSpec::Zone(z) => println!("         Zone: {z} (bridge {})", z.bridge()),
         netd::api::NetworkSpec::Bridge(b) => println!("       Bridge: {b}"),
     }

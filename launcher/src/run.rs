@@ -15,8 +15,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use netd::api::{
-    AttachRequest, Client, ClientError, ErrorKind, Machine, MachineName, NetworkSpec, PortSpec,
-    Request,
+    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec,
+    PortSpec, Request,
 };
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use crate::netlink::Rtnl;
+use netd::netlink_sync::Rtnl;
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -36,6 +36,7 @@ struct Plan {
     machine: MachineName,
     network: Network,
     ports: Vec<PortSpec>,
+    links: Vec<ExtraLink>,
     command: Vec<CString>,
 }
 
@@ -80,10 +81,51 @@ impl Plan {
                 Network::Attached(NetworkSpec::Bridge(b))
             }
             (None, None) if args.network_veth => Network::Attached(NetworkSpec::Veth),
-            (None, None) if args.private_network => Network::Private,
             (None, None) => Network::Host,
         };
-        if !args.ports.is_empty() && !matches!(network, Network::Attached(_)) {
+        let mut links = Vec::new();
+        links.extend(
+            args.network_macvlan
+                .into_iter()
+                .map(|p| ExtraLink::Macvlan {
+                    parent: p.first,
+                    name: p.second,
+                }),
+        );
+        links.extend(args.network_ipvlan.into_iter().map(|p| ExtraLink::Ipvlan {
+            parent: p.first,
+            name: p.second,
+        }));
+        links.extend(
+            args.network_interface
+                .into_iter()
+                .map(|p| ExtraLink::Interface {
+                    name: p.first,
+                    rename: p.second,
+                }),
+        );
+        links.extend(
+            args.network_veth_extra
+                .into_iter()
+                .map(|p| ExtraLink::VethExtra {
+                    host: p.first,
+                    container: p.second,
+                }),
+        );
+        // Any extra link implies a private network (reference §2.1).
+        let network = match network {
+            Network::Host if !links.is_empty() => Network::Attached(NetworkSpec::None),
+            Network::Host if args.private_network => Network::Private,
+            other => other,
+        };
+        if !args.ports.is_empty()
+            && !matches!(
+                network,
+                Network::Attached(
+                    NetworkSpec::Veth | NetworkSpec::Zone(_) | NetworkSpec::Bridge(_)
+                )
+            )
+        {
             return Err(
                 "--port needs --network-veth (a private network with a link to publish to)".into(),
             );
@@ -92,6 +134,7 @@ impl Plan {
             machine,
             network,
             ports: args.ports,
+            links,
             command,
         })
     }
@@ -210,7 +253,10 @@ fn configure(machine: Option<&Machine>) -> Result<(), String> {
     rtnl.set_up(lo)
         .map_err(|e| format!("bringing lo up: {e}"))?;
     let Some(m) = machine else { return Ok(()) };
-    let ifname = m.container_ifname.as_str();
+    // Extra links are left as they come (as nspawn does): the payload configures them.
+    let Some(ifname) = m.container_ifname.as_deref() else {
+        return Ok(());
+    };
     let idx =
         nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("finding {ifname}: {e}"))?;
     // On an admin's bridge the admin's DHCP server configures the link: only bring it up.
@@ -262,6 +308,7 @@ fn parent(
             pid: u32::try_from(child.as_raw()).unwrap_or_default(),
             network: spec.clone(),
             ports: plan.ports.clone(),
+            links: plan.links.clone(),
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(netd::api::Response::Attached(m)) => Ok(Some(m)),

@@ -4,9 +4,12 @@
 //! links). The `daemon` feature adds everything else: naming, pools, links, state, the server.
 
 pub mod api;
+pub mod netlink_sync;
 
 #[cfg(feature = "daemon")]
 pub mod dhcp_glue;
+#[cfg(feature = "daemon")]
+pub mod extras;
 #[cfg(feature = "daemon")]
 pub mod firewall;
 #[cfg(feature = "daemon")]
@@ -15,6 +18,8 @@ pub mod hostid;
 pub mod machines;
 #[cfg(feature = "daemon")]
 pub mod naming;
+#[cfg(feature = "daemon")]
+pub mod netns;
 #[cfg(feature = "daemon")]
 pub mod pool;
 #[cfg(feature = "daemon")]

@@ -63,6 +63,9 @@ pub(crate) struct Entry {
     /// ifindex of the host-side link.
     pub(crate) index: u32,
     pub(crate) watcher: Option<AbortHandle>,
+    /// The container's network namespace, held while interfaces moved into it must be moved
+    /// back when it ends.
+    pub(crate) netns: Option<OwnedFd>,
 }
 
 /// A zone that exists: its bridge, subnet and members.
@@ -140,12 +143,16 @@ fn dhcp_link(m: &Machine, index: u32) -> Option<DhcpLink> {
         return None;
     }
     Some(DhcpLink {
-        ifname: m.host_ifname.clone(),
+        ifname: m.host_ifname.clone()?,
         index,
         subnet: m.subnet?,
         server: m.host_address?,
         dns: m.dns.clone(),
-        container: parse_mac(&m.container_mac).zip(m.container_address),
+        container: m
+            .container_mac
+            .as_deref()
+            .and_then(parse_mac)
+            .zip(m.container_address),
     })
 }
 
@@ -157,7 +164,12 @@ fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> 
     };
     let ip = std::net::IpAddr::V4(addr);
     match (&m.network, m.subnet) {
-        (NetworkSpec::Veth, Some(subnet)) => LinkRules::new(&m.host_ifname, subnet, ip, &m.ports),
+        (NetworkSpec::Veth, Some(subnet)) => LinkRules::new(
+            m.host_ifname.as_deref().unwrap_or_default(),
+            subnet,
+            ip,
+            &m.ports,
+        ),
         _ => Ok(LinkRules {
             ports: LinkRules::mappings(ip, &m.ports)?,
             ..LinkRules::default()
@@ -205,7 +217,11 @@ impl Machines {
         for s in saved.machines {
             let m = &s.machine;
             let alive = procfs::pid_start_time(m.pid).ok() == Some(s.pid_start_time);
-            let link = me.rtnl.link_index(&m.host_ifname).await.map_err(internal)?;
+            let link = match &m.host_ifname {
+                Some(ifname) => me.rtnl.link_index(ifname).await.map_err(internal)?,
+                // No primary link: index 0 stands for "nothing to check".
+                None => Some(0),
+            };
             let pidfd = if alive {
                 procfs::pidfd_open(m.pid).ok()
             } else {
@@ -222,7 +238,7 @@ impl Machines {
             };
             match (pidfd, link) {
                 (Some(pidfd), Some(index)) if zone_ok && reserved => {
-                    info!(machine = %m.machine, ifname = %m.host_ifname, "adopted");
+                    info!(machine = %m.machine, ifname = ?m.host_ifname, "adopted");
                     if let Some(link) = dhcp_link(m, index)
                         && let Err(e) = me.dhcp.add_link(&link)
                     {
@@ -232,22 +248,33 @@ impl Machines {
                         z.members.insert(m.machine.clone());
                     }
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
+                    let netns = if crate::extras::needs_netns(&m.links) {
+                        std::fs::File::open(format!("/proc/{}/ns/net", m.pid))
+                            .ok()
+                            .map(OwnedFd::from)
+                    } else {
+                        None
+                    };
                     let entry = Entry {
                         saved: s.clone(),
                         index,
                         watcher,
+                        netns,
                     };
                     inner.machines.insert(m.machine.clone(), entry);
                 }
                 _ => {
-                    info!(machine = %m.machine, ifname = %m.host_ifname, "removing stale attachment");
-                    if let Err(e) = me.rtnl.del_link(&m.host_ifname).await {
-                        warn!(error = %e, "removing a stale link failed");
+                    info!(machine = %m.machine, ifname = ?m.host_ifname, "removing stale attachment");
+                    me.remove_extras(&m.links, None).await;
+                    if let Some(ifname) = &m.host_ifname {
+                        if let Err(e) = me.rtnl.del_link(ifname).await {
+                            warn!(error = %e, "removing a stale link failed");
+                        }
+                        me.dhcp.remove_link(ifname, link.unwrap_or(0));
                     }
                     if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
                         inner.pool.release(net);
                     }
-                    me.dhcp.remove_link(&m.host_ifname, link.unwrap_or(0));
                 }
             }
         }
@@ -351,6 +378,11 @@ impl Machines {
             ));
         }
         check_ports(&inner, &req)?;
+        if req.network == NetworkSpec::None && req.links.is_empty() {
+            return Err(bad("nothing to attach: no veth and no extra links".into()));
+        }
+        // Extra links first: if the primary link then fails, they are undone.
+        let links = self.add_extras(&req, &netns).await?;
         let built = match &req.network {
             NetworkSpec::Veth => self.attach_veth(&mut inner, &req, netns.as_fd()).await,
             NetworkSpec::Zone(zone) => {
@@ -358,8 +390,17 @@ impl Machines {
                     .await
             }
             NetworkSpec::Bridge(bridge) => self.attach_bridge(&req, bridge, netns.as_fd()).await,
+            NetworkSpec::None => Ok((self.bare_machine(&req), 0)),
         };
-        let (machine, index) = built?;
+        let (mut machine, index) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                self.remove_extras(&links, Some(&netns)).await;
+                return Err(e);
+            }
+        };
+        machine.links = links;
+        let netns = crate::extras::needs_netns(&machine.links).then_some(netns);
         let name = req.machine.clone();
         inner.machines.insert(
             name.clone(),
@@ -370,6 +411,7 @@ impl Machines {
                 },
                 index,
                 watcher: None,
+                netns,
             },
         );
         if let NetworkSpec::Zone(z) = &req.network
@@ -385,7 +427,7 @@ impl Machines {
         if let Some(entry) = inner.machines.get_mut(&name) {
             entry.watcher = Some(watcher);
         }
-        info!(machine = %name, ifname = %machine.host_ifname, "attached");
+        info!(machine = %name, ifname = ?machine.host_ifname, links = machine.links.len(), "attached");
         Ok(machine)
     }
 
@@ -408,7 +450,11 @@ impl Machines {
                 .await
                 .map_err(internal)?;
             self.rtnl.set_up(index).await.map_err(internal)?;
-            let mac = parse_mac(&machine.container_mac).unwrap_or_default();
+            let mac = machine
+                .container_mac
+                .as_deref()
+                .and_then(parse_mac)
+                .unwrap_or_default();
             let client_id = dhcp::client_id_from_mac(mac);
             let container = dhcp::pick_address(subnet, &client_id, |a| a != host_address)
                 .ok_or_else(|| internal(format!("no container address left in {subnet}")))?;
@@ -425,7 +471,8 @@ impl Machines {
                 Err(e) => Err(e),
             };
             if let Err(e) = added {
-                self.dhcp.remove_link(&machine.host_ifname, index);
+                self.dhcp
+                    .remove_link(machine.host_ifname.as_deref().unwrap_or_default(), index);
                 return Err(e);
             }
             guard.commit();
@@ -468,7 +515,11 @@ impl Machines {
             if isolated {
                 self.rtnl.set_port_isolated(index).await.map_err(internal)?;
             }
-            let mac = parse_mac(&machine.container_mac).unwrap_or_default();
+            let mac = machine
+                .container_mac
+                .as_deref()
+                .and_then(parse_mac)
+                .unwrap_or_default();
             let container = if serve_dhcp {
                 self.dhcp.assign(bridge, mac)
             } else {
@@ -572,18 +623,39 @@ impl Machines {
             machine: req.machine.clone(),
             pid: req.pid,
             network: req.network.clone(),
-            host_ifname: link.ifname,
+            host_ifname: Some(link.ifname),
             host_altname: link.altname,
-            container_ifname: CONTAINER_IFNAME.into(),
-            host_mac: host_mac.to_string(),
-            container_mac: container_mac.to_string(),
+            container_ifname: Some(CONTAINER_IFNAME.into()),
+            host_mac: Some(host_mac.to_string()),
+            container_mac: Some(container_mac.to_string()),
             subnet: None,
             host_address: None,
             container_address: None,
             dns: self.settings.dns.clone(),
             ports: req.ports.clone(),
+            links: Vec::new(),
         };
         Ok((machine, guard, index))
+    }
+
+    /// A machine with no primary link (only extra links).
+    fn bare_machine(&self, req: &AttachRequest) -> Machine {
+        Machine {
+            machine: req.machine.clone(),
+            pid: req.pid,
+            network: NetworkSpec::None,
+            host_ifname: None,
+            host_altname: None,
+            container_ifname: None,
+            host_mac: None,
+            container_mac: None,
+            subnet: None,
+            host_address: None,
+            container_address: None,
+            dns: Vec::new(),
+            ports: Vec::new(),
+            links: Vec::new(),
+        }
     }
 
     /// Removes a machine's networking.
@@ -612,12 +684,15 @@ impl Machines {
             }
             Err(e) => warn!(machine = %name, error = %e, "saved ports are invalid"),
         }
-        if m.network == NetworkSpec::Veth {
-            self.dhcp.remove_link(&m.host_ifname, entry.index);
-        }
-        // Best effort: a link that is already gone (the namespace died) is fine.
-        if let Err(e) = self.rtnl.del_link(&m.host_ifname).await {
-            warn!(machine = %name, error = %e, "deleting the link failed");
+        self.remove_extras(&m.links, entry.netns.as_ref()).await;
+        if let Some(ifname) = &m.host_ifname {
+            if m.network == NetworkSpec::Veth {
+                self.dhcp.remove_link(ifname, entry.index);
+            }
+            // Best effort: a link that is already gone (the namespace died) is fine.
+            if let Err(e) = self.rtnl.del_link(ifname).await {
+                warn!(machine = %name, error = %e, "deleting the link failed");
+            }
         }
         match (&m.network, m.subnet) {
             (NetworkSpec::Veth, Some(net)) => {
@@ -627,7 +702,7 @@ impl Machines {
                 let now_empty = match inner.zones.get_mut(z) {
                     Some(zone) => {
                         zone.members.remove(name);
-                        if let Some(mac) = parse_mac(&m.container_mac) {
+                        if let Some(mac) = m.container_mac.as_deref().and_then(parse_mac) {
                             self.dhcp.release(zone.index, mac);
                         }
                         zone.members.is_empty() && !zone.explicit
@@ -640,7 +715,7 @@ impl Machines {
             }
             _ => {}
         }
-        info!(machine = %name, ifname = %m.host_ifname, "detached");
+        info!(machine = %name, ifname = ?m.host_ifname, "detached");
     }
 
     /// Writes what must survive a restart that is not yet on disk (leases).

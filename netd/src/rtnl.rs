@@ -10,10 +10,11 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoBridgePort, InfoKind, LinkInfo};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
+    LinkVeth, RouteMessageBuilder,
 };
 
 use crate::naming::Mac;
@@ -217,6 +218,66 @@ impl Rtnl {
             }
         }
         Ok(n)
+    }
+
+    /// `ip link add NAME link PARENT address MAC netns FD type macvlan mode bridge`.
+    pub async fn add_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mac: Mac,
+        netns: BorrowedFd<'_>,
+    ) -> Result<()> {
+        let msg = LinkMacVlan::new(name, parent, MacVlanMode::Bridge)
+            .address(mac.0.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("creating macvlan", name, &e))
+    }
+
+    /// `ip link add NAME link PARENT netns FD type ipvlan mode l2`.
+    pub async fn add_ipvlan(&self, name: &str, parent: u32, netns: BorrowedFd<'_>) -> Result<()> {
+        let msg = LinkIpVlan::new(name, parent, IpVlanMode::L2)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("creating ipvlan", name, &e))
+    }
+
+    /// `ip link set dev INDEX netns FD name NAME`: moves a link into another namespace.
+    pub async fn move_link(&self, index: u32, netns: BorrowedFd<'_>, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .name(name.to_owned())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("moving link", name, &e))
+    }
+
+    /// `ip link set dev INDEX name NAME`.
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(name.to_owned())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new("renaming link to", name, &e))
     }
 
     /// `ip link property add dev INDEX altname NAME`.

@@ -79,6 +79,7 @@ fn main() {
                     pid,
                     network: NetworkSpec::Veth,
                     ports: specs,
+                    links: vec![],
                 });
                 let t = Instant::now();
                 client.call(&req, Some(ns.as_fd())).expect("attach");

@@ -6,11 +6,13 @@
 //!
 //! This module is built with the `client` feature alone (no tokio) so the launcher stays lean.
 
+mod ifpair;
 mod name;
 mod port;
 mod types;
 pub mod wire;
 
+pub use ifpair::{IfPair, valid_ifname};
 pub use name::{MachineName, NameError};
 pub use port::{PortError, PortSpec, Proto};
 pub use types::*;

@@ -72,6 +72,55 @@ pub struct AttachRequest {
     /// Host ports to publish to the container.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Links besides the primary one: macvlan, ipvlan, moved interfaces, extra veths.
+    #[serde(default)]
+    pub links: Vec<ExtraLink>,
+}
+
+/// A link of a container besides the primary veth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExtraLink {
+    /// `--network-macvlan=IF[:NAME]`: a macvlan (bridge mode) on host link `parent`, named
+    /// `mv-IF` (shortened like systemd) unless `name` is given.
+    Macvlan {
+        /// The host link it sits on.
+        parent: String,
+        /// Its name in the container.
+        name: Option<String>,
+    },
+    /// `--network-ipvlan=IF[:NAME]`: an ipvlan (L2) on `parent`, named `iv-IF` by default.
+    Ipvlan {
+        /// The host link it sits on.
+        parent: String,
+        /// Its name in the container.
+        name: Option<String>,
+    },
+    /// `--network-interface=IF[:NEW]`: the host link `name` moved into the container (renamed
+    /// to `rename`), moved back with its name when the container ends.
+    Interface {
+        /// The host link.
+        name: String,
+        /// Its name in the container.
+        rename: Option<String>,
+    },
+    /// `--network-veth-extra=HOST[:CONT]`: an extra veth pair, no address from us.
+    VethExtra {
+        /// The host side's name.
+        host: String,
+        /// The container side's name (default: `host`).
+        container: Option<String>,
+    },
+}
+
+/// What an extra link became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachedLink {
+    /// What was asked for.
+    pub spec: ExtraLink,
+    /// Its name in the container.
+    pub container_ifname: String,
 }
 
 /// The network a container gets.
@@ -86,6 +135,9 @@ pub enum NetworkSpec {
     /// `--network-bridge=BR`: `vb-NAME` is a port of the admin's existing bridge; no address,
     /// DHCP or NAT from us.
     Bridge(String),
+    /// A private network with only extra links (macvlan, ipvlan, moved interfaces, extra
+    /// veths) and no primary veth.
+    None,
 }
 
 /// A zone name: at most 12 characters so that `vz-NAME` is a valid interface name.
@@ -241,16 +293,16 @@ pub struct Machine {
     pub pid: u32,
     /// The network kind.
     pub network: NetworkSpec,
-    /// Host-side interface name (shortened to 15 characters if needed).
-    pub host_ifname: String,
+    /// Host-side interface name (shortened to 15 characters if needed); none without a veth.
+    pub host_ifname: Option<String>,
     /// The full host-side name, set as altname when `host_ifname` had to be shortened.
     pub host_altname: Option<String>,
-    /// Container-side interface name (`host0`).
-    pub container_ifname: String,
+    /// Container-side interface name (`host0`); none without a veth.
+    pub container_ifname: Option<String>,
     /// MAC address of the host side.
-    pub host_mac: String,
+    pub host_mac: Option<String>,
     /// MAC address of the container side.
-    pub container_mac: String,
+    pub container_mac: Option<String>,
     /// The link's (or zone's) subnet; none on an admin's bridge.
     pub subnet: Option<Ipv4Network>,
     /// The gateway: the host side's address (first of the subnet); none on an admin's bridge.
@@ -263,6 +315,9 @@ pub struct Machine {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Extra links.
+    #[serde(default)]
+    pub links: Vec<AttachedLink>,
 }
 
 /// A failed request: a stable kind for programs, a sentence for people.
@@ -315,11 +370,12 @@ mod tests {
             pid: 42,
             network: NetworkSpec::Veth,
             ports: vec![],
+            links: vec![],
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
             text,
-            r#"{"attach":{"machine":"web","pid":42,"network":"veth","ports":[]}}"#
+            r#"{"attach":{"machine":"web","pid":42,"network":"veth","ports":[],"links":[]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
         assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);

@@ -1,16 +1,18 @@
-//! A minimal blocking rtnetlink client for the three things the launcher does inside the
-//! container's namespace: bring a link up, add an address, add a default route. Blocking and
-//! single-threaded on purpose: it runs in the freshly forked child, before exec.
+//! A minimal blocking rtnetlink client for work done *inside* a container's namespace: the
+//! launcher's child brings links up, adds the address and default route before exec; rnetd,
+//! from a thread that entered the namespace, moves interfaces back out. Blocking on purpose:
+//! it runs where no async runtime may (a forked child, a thread that called `setns`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::RawFd;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -73,6 +75,22 @@ impl Rtnl {
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set dev INDEX netns FD name NAME`: moves a link to another namespace, renamed.
+    pub fn move_link(&mut self, index: u32, netns: RawFd, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::NetNsFd(netns));
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link del dev INDEX`.
+    pub fn del_link(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(msg), 0)
     }
 
     /// `ip addr add ADDR/PREFIX dev INDEX`.
