@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "examples/demo.sh: run as root" >&2; exit 1; }
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-cargo build --release --quiet -p rnet-netd -p rnet-launcher --bins
+cargo build --release --quiet -p rnet-netd -p rnet-launcher -p rnet-tests --bins
 BIN=$PWD/target/release
 
 HOST=rnetdemo-host UPLINK=rnetdemo-uplink
@@ -25,7 +25,8 @@ RNETD_PID="" PIDS=()
 cleanup() {
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  wait "${PIDS[@]}" 2>/dev/null
+  # (A bare `wait` would wait for rnetd too.)
+  ((${#PIDS[@]})) && wait "${PIDS[@]}" 2>/dev/null
   [ -n "$RNETD_PID" ] && kill "$RNETD_PID" 2>/dev/null && wait "$RNETD_PID" 2>/dev/null
   ip netns del "$HOST" 2>/dev/null
   ip netns del "$UPLINK" 2>/dev/null
@@ -56,41 +57,77 @@ nsenter --net=/run/netns/$HOST -- "$BIN/rnetd" --runtime-dir "$WORK/run" --state
 RNETD_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/run/rnetd.sock" ] && break; sleep 0.05; done
 
-step "launch two containers with --network-veth"
-for m in web database-primary-01; do
-  nsenter --net=/run/netns/$HOST -- "$BIN/rnet" --runtime-dir "$WORK/run" run -n -M $m -- sleep 300 \
-    >/dev/null 2>&1 &
-  PIDS+=($!)
-done
-for _ in $(seq 100); do [ "$(rnet list --json | grep -c '"machine"')" = 2 ] && break; sleep 0.05; done
+step "an echo server on the uplink (\"the internet\"); it answers with the address it sees"
+nsenter --net=/run/netns/$UPLINK -- "$BIN/netprobe" serve tcp:7000 >/dev/null 2>&1 & PIDS+=($!)
+
+step "launch containers: web (-n, port 8080 published), a long-named one, two in zone backend"
+bg() { nsenter --net=/run/netns/$HOST -- "$BIN/rnet" --runtime-dir "$WORK/run" run "$@" >/dev/null 2>&1 & PIDS+=($!); }
+bg -n -M web -p 8080:80 -p udp:5353:53 -- "$BIN/netprobe" serve tcp:80 udp:53
+bg -n -M database-primary-01 -- sleep 300
+bg --network-zone=backend -M api-1 -- "$BIN/netprobe" serve tcp:80
+bg --network-zone=backend -M api-2 -- sleep 300
+for _ in $(seq 200); do [ "$(rnet list --json | grep -c '"machine"')" = 4 ] && break; sleep 0.05; done
 rnet list
+rnet zone list
 
-step "host side: ve- links (a long name is hashed like systemd, the full name kept as altname)"
-inhost ip -d link show type veth | grep -E '^[0-9]+:|altname|link/ether' | sed 's/^/  /'
-inhost ip -br addr show type veth
+step "host side: ve-/vb- links and the zone bridge (long names hashed like systemd, full name as altname)"
+inhost ip -br link show type veth
+inhost ip -br link show type bridge
+inhost ip -d link show dev ve-databasezi4P | grep -E '^[0-9]+:|altname' | sed 's/^ */  /'
 
-step "status of database-primary-01"
-rnet status database-primary-01
+step "status of web"
+rnet status web
+json() { rnet status "$1" --json | sed -n "s/.*\"$2\": \"\{0,1\}\([^\",]*\).*/\1/p" | head -1; }
+WEB_PID=$(json web pid); WEB_ADDR=$(json web container_address); WEB_GW=$(json web host_address)
+API1_ADDR=$(json api-1 container_address); API2_PID=$(json api-2 pid)
 
-step "inside web: host0, its address and default route"
-WEB_PID=$(rnet status web --json | sed -n 's/.*"pid": \([0-9]*\).*/\1/p')
+step "inside web: host0 configured before the payload started"
 nsenter --net=/proc/$WEB_PID/ns/net -- ip -br addr
 nsenter --net=/proc/$WEB_PID/ns/net -- ip route
 
-step "ping: host -> web, web -> host"
-WEB_ADDR=$(rnet status web --json | sed -n 's/.*"container_address": "\([0-9.]*\)".*/\1/p')
-WEB_GW=$(rnet status web --json | sed -n 's/.*"host_address": "\([0-9.]*\)".*/\1/p')
+step "ping host <-> web"
 inhost ping -c1 -W2 "$WEB_ADDR" | sed -n 2p
 nsenter --net=/proc/$WEB_PID/ns/net -- ping -c1 -W2 "$WEB_GW" | sed -n 2p
 
+step "web -> the internet: masqueraded, the uplink sees the host's address"
+nsenter --net=/proc/$WEB_PID/ns/net -- "$BIN/netprobe" connect tcp 203.0.113.1 7000
+
+step "the internet -> host:8080 (tcp) and :5353 (udp) -> web: web sees the real client"
+nsenter --net=/run/netns/$UPLINK -- "$BIN/netprobe" connect tcp 203.0.113.2 8080
+nsenter --net=/run/netns/$UPLINK -- "$BIN/netprobe" connect udp 203.0.113.2 5353
+step "the host's own 127.0.0.1:8080 -> web (systemd issue #6106, solved)"
+inhost "$BIN/netprobe" connect tcp 127.0.0.1 8080
+
+step "zone backend: api-2 reaches api-1 directly; web (another link) cannot"
+nsenter --net=/proc/$API2_PID/ns/net -- "$BIN/netprobe" connect tcp "$API1_ADDR" 80
+nsenter --net=/proc/$WEB_PID/ns/net -- "$BIN/netprobe" connect tcp "$API1_ADDR" 80 || echo "(refused by the fabric, as it should be)"
+
+if command -v udhcpc >/dev/null; then
+  step "a real DHCP client in a new container gets the address rnet configured (rnetd's DHCP server)"
+  cat > "$WORK/udhcpc.sh" <<'SH'
+#!/bin/sh
+[ "$1" = bound ] && echo "udhcpc got $ip/$mask router $router dns $dns"
+exit 0
+SH
+  chmod +x "$WORK/udhcpc.sh"
+  rnet run -n -M dhcp-demo -- sh -c "echo \"configured: \$(ip -4 -br addr show host0 | awk '{print \$3}')\"; udhcpc -i host0 -n -q -f -t 3 -s $WORK/udhcpc.sh 2>/dev/null"
+fi
+
+step "the firewall: one table, sets and maps; a container costs elements, not rules"
+inhost nft list table inet rnet | sed -n '1,60p'
+
 step "a payload's exit code comes back through rnet"
-set +e; rnet run -n -M short-lived -- sh -c 'echo "hello from $(hostname) at $(ip -4 -br addr show host0 | awk "{print \$3}")"; exit 42'; code=$?; set -e
+set +e; rnet run -n -M short-lived -- sh -c 'exit 42'; code=$?; set -e
 echo "exit code: $code"
 
-step "stop web with SIGTERM: its links disappear"
-kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || echo "rnet exited with $?"
+step "stop everything: links, zone bridge, table and forwarding go with the last container"
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait "${PIDS[@]}" 2>/dev/null || true
+PIDS=()
+for _ in $(seq 100); do [ "$(rnet list --json | grep -c '"machine"')" = 0 ] && break; sleep 0.05; done
 rnet list
-inhost ip -br link show type veth
+inhost ip -br link
+inhost nft list table inet rnet 2>/dev/null || echo "no table inet rnet: nothing of ours left"
 
 step "rnetd log"
 sed 's/^/  /' "$WORK/rnetd.log"

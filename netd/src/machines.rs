@@ -238,7 +238,7 @@ impl Machines {
             };
             match (pidfd, link) {
                 (Some(pidfd), Some(index)) if zone_ok && reserved => {
-                    info!(machine = %m.machine, ifname = ?m.host_ifname, "adopted");
+                    info!(machine = %m.machine, ifname = m.host_ifname.as_deref().unwrap_or("-"), "adopted");
                     if let Some(link) = dhcp_link(m, index)
                         && let Err(e) = me.dhcp.add_link(&link)
                     {
@@ -264,7 +264,7 @@ impl Machines {
                     inner.machines.insert(m.machine.clone(), entry);
                 }
                 _ => {
-                    info!(machine = %m.machine, ifname = ?m.host_ifname, "removing stale attachment");
+                    info!(machine = %m.machine, ifname = m.host_ifname.as_deref().unwrap_or("-"), "removing stale attachment");
                     me.remove_extras(&m.links, None).await;
                     if let Some(ifname) = &m.host_ifname {
                         if let Err(e) = me.rtnl.del_link(ifname).await {
@@ -427,7 +427,7 @@ impl Machines {
         if let Some(entry) = inner.machines.get_mut(&name) {
             entry.watcher = Some(watcher);
         }
-        info!(machine = %name, ifname = ?machine.host_ifname, links = machine.links.len(), "attached");
+        info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
         Ok(machine)
     }
 
@@ -715,7 +715,7 @@ impl Machines {
             }
             _ => {}
         }
-        info!(machine = %name, ifname = ?m.host_ifname, "detached");
+        info!(machine = %name, ifname = m.host_ifname.as_deref().unwrap_or("-"), "detached");
     }
 
     /// Writes what must survive a restart that is not yet on disk (leases).
