@@ -192,7 +192,15 @@ impl Machines {
         let saved = state.load().map_err(internal)?;
         let pool =
             Pool::new(settings.pool_ranges.clone(), settings.veth_prefix).map_err(internal)?;
-        let zone_pool = Pool::new(settings.pool_ranges.clone(), ZONE_PREFIX).map_err(internal)?;
+        // Zones take the ranges large enough for a /24 (a --pool of small ranges still serves
+        // ve- links; zones then need --subnet).
+        let zone_ranges = settings
+            .pool_ranges
+            .iter()
+            .copied()
+            .filter(|r| r.prefix() < ZONE_PREFIX)
+            .collect();
+        let zone_pool = Pool::new(zone_ranges, ZONE_PREFIX).map_err(internal)?;
         let zone_file = ZoneFile::new(&settings.state_dir);
         let explicit = zone_file.load().map_err(internal)?;
         let dhcp = DhcpService::start(&settings.runtime_dir.join("leases")).map_err(internal)?;

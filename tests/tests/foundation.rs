@@ -485,3 +485,36 @@ fn status_and_list_show_machines() {
     let out = rig.wait(l);
     assert_eq!(out.status.code(), Some(130));
 }
+
+#[test]
+fn an_exhausted_pool_is_a_clear_error_and_builds_nothing() {
+    if !privileged("an_exhausted_pool_is_a_clear_error_and_builds_nothing") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd_with(&["--pool", "10.99.0.0/27"]);
+    let a = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "first", "--", "sleep", "60"]),
+    );
+    let b = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "second", "--", "sleep", "60"]),
+    );
+    rig.wait_machine("first");
+    rig.wait_machine("second");
+    let out = output(rig.rnet().args(["run", "-n", "-M", "third", "--", "true"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "rnet: address pool exhausted: no free /28 left in 10.99.0.0/27\n"
+    );
+    assert!(!rig.host_has_link("ve-third"));
+    assert_eq!(rig.machines().len(), 2);
+    // Freeing one makes room again.
+    rig.signal(a, Signal::SIGTERM);
+    rig.wait(a);
+    ok(rig.rnet().args(["run", "-n", "-M", "third", "--", "true"]));
+    rig.signal(b, Signal::SIGTERM);
+    rig.wait(b);
+}

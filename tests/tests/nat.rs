@@ -197,6 +197,15 @@ fn ten_containers_cost_elements_not_rules() {
     assert_eq!(nft_elements(&ten, "masq4"), 10);
     assert_eq!(nft_elements(&ten, "ifaces"), 10);
     assert_eq!(nft_elements(&ten, "ports4_addr"), 10);
+    // One container going takes exactly its elements with it.
+    let first = launchers.remove(0);
+    rig.signal(first, Signal::SIGTERM);
+    rig.wait(first);
+    let nine = rig.nft_table().expect("table with nine containers");
+    assert_eq!(nft_rules(&nine), nft_rules(&one));
+    assert_eq!(nft_elements(&nine, "masq4"), 9);
+    assert_eq!(nft_elements(&nine, "ports4_addr"), 9);
+    assert_eq!(nft_elements(&nine, "ports4_port"), 9);
     for l in launchers {
         rig.signal(l, Signal::SIGTERM);
         rig.wait(l);
