@@ -31,6 +31,11 @@ pub enum Command {
     /// Manage zones (shared bridges `vz-NAME` with a /24, DHCP and masquerade).
     #[command(subcommand)]
     Zone(ZoneCommand),
+    /// Stop a machine (SIGTERM to its payload; its networking goes with it).
+    Stop {
+        /// The machine.
+        machine: MachineName,
+    },
     /// Show one attached machine.
     Status {
         /// The machine.

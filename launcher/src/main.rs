@@ -54,6 +54,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Zone(cmd) => zone(&client, cmd),
+        Command::Stop { machine } => {
+            call(&client, &Request::Stop { machine })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { machine, json } => {
             let Response::Status(m) = call(&client, &Request::Status { machine })? else {
                 return Err("rnetd sent an unexpected answer to status".into());

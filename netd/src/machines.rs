@@ -63,6 +63,8 @@ pub(crate) struct Entry {
     /// ifindex of the host-side link.
     pub(crate) index: u32,
     pub(crate) watcher: Option<AbortHandle>,
+    /// A pidfd of the container's process, to signal it without a pid-reuse race.
+    pub(crate) pidfd: Option<OwnedFd>,
     /// The container's network namespace, held while interfaces moved into it must be moved
     /// back when it ends.
     pub(crate) netns: Option<OwnedFd>,
@@ -255,6 +257,7 @@ impl Machines {
                     if let Some(z) = zone.as_ref().and_then(|z| inner.zones.get_mut(z)) {
                         z.members.insert(m.machine.clone());
                     }
+                    let signal_fd = pidfd.try_clone().ok();
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
                     let netns = if crate::extras::needs_netns(&m.links) {
                         std::fs::File::open(format!("/proc/{}/ns/net", m.pid))
@@ -267,6 +270,7 @@ impl Machines {
                         saved: s.clone(),
                         index,
                         watcher,
+                        pidfd: signal_fd,
                         netns,
                     };
                     inner.machines.insert(m.machine.clone(), entry);
@@ -419,6 +423,7 @@ impl Machines {
                 },
                 index,
                 watcher: None,
+                pidfd: pidfd.try_clone().ok(),
                 netns,
             },
         );
@@ -729,6 +734,19 @@ impl Machines {
     /// Writes what must survive a restart that is not yet on disk (leases).
     pub fn shutdown(&self) {
         self.dhcp.flush();
+    }
+
+    /// Asks a machine to stop: SIGTERM to its process (through its pidfd, so a reused pid is
+    /// never hit). Its launcher forwards nothing and sees the payload end; cleanup follows.
+    pub async fn stop(&self, name: &MachineName) -> Result<(), ApiError> {
+        let inner = self.inner.lock().await;
+        let entry = inner.machines.get(name).ok_or_else(|| not_found(name))?;
+        let fd = entry
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| internal(format!("no handle on the process of {name}")))?;
+        procfs::pidfd_send_signal(fd, libc::SIGTERM)
+            .map_err(|e| internal(format!("signalling {name}: {e}")))
     }
 
     /// All attached machines.

@@ -37,6 +37,25 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `pidfd_send_signal(fd, sig, NULL, 0)`.
+pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, a null siginfo and no flags; no memory is shared.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Device and inode of a namespace file: equal for the same namespace.
 pub fn ns_id(fd: impl AsFd) -> io::Result<(u64, u64)> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;

@@ -69,7 +69,7 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
             format!(
-                "permission denied: only root may attach or detach machines (caller uid {})",
+                "permission denied: only root may change machines or zones (caller uid {})",
                 cred.uid()
             ),
         ));
@@ -85,6 +85,7 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
             machines.attach(a, fd).await.map(Response::Attached)
         }
         Request::Detach { machine } => machines.detach(&machine).await.map(|()| Response::Detached),
+        Request::Stop { machine } => machines.stop(&machine).await.map(|()| Response::Stopping),
         Request::List => Ok(Response::Machines(machines.list().await)),
         Request::Status { machine } => machines.status(&machine).await.map(Response::Status),
         Request::ZoneCreate(config) => machines.zone_create(config).await.map(Response::Zone),

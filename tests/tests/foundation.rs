@@ -329,7 +329,10 @@ fn rnetd_refuses_non_root_and_malformed_requests_without_dying() {
         .arg(&attach)
         .args(["--fd", "/proc/self/ns/net"]));
     assert!(out.contains(r#""kind":"permission_denied""#), "{out}");
-    assert!(out.contains("only root may attach"), "{out}");
+    assert!(
+        out.contains("only root may change machines or zones"),
+        "{out}"
+    );
     // Reading is open to everyone.
     let out = ok(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -517,4 +520,39 @@ fn an_exhausted_pool_is_a_clear_error_and_builds_nothing() {
     ok(rig.rnet().args(["run", "-n", "-M", "third", "--", "true"]));
     rig.signal(b, Signal::SIGTERM);
     rig.wait(b);
+}
+
+#[test]
+fn rnet_stop_ends_a_machine_through_its_pidfd() {
+    if !privileged("rnet_stop_ends_a_machine_through_its_pidfd") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let l = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "stoppable", "--", "sleep", "60"]),
+    );
+    rig.wait_machine("stoppable");
+    // Not for everyone.
+    let out = output(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(rig::bin("rnet"))
+            .arg("--runtime-dir")
+            .arg(rig.runtime_dir())
+            .args(["stop", "stoppable"]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("rnet: permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    ok(rig.rnet().args(["stop", "stoppable"]));
+    let out = rig.wait(l);
+    assert_eq!(out.status.code(), Some(143));
+    assert!(!rig.host_has_link("ve-stoppable"));
+    let out = output(rig.rnet().args(["stop", "stoppable"]));
+    assert_eq!(stderr(&out), "rnet: no machine stoppable is attached\n");
 }

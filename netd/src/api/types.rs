@@ -19,6 +19,11 @@ pub enum Request {
         /// The machine to detach.
         machine: MachineName,
     },
+    /// Ask a machine to stop (SIGTERM to its process).
+    Stop {
+        /// The machine to stop.
+        machine: MachineName,
+    },
     /// All attached machines.
     List,
     /// One attached machine.
@@ -52,6 +57,7 @@ impl Request {
             self,
             Request::Attach(_)
                 | Request::Detach { .. }
+                | Request::Stop { .. }
                 | Request::ZoneCreate(_)
                 | Request::ZoneDelete { .. }
         )
@@ -269,6 +275,8 @@ pub enum Response {
     Attached(Machine),
     /// `Detach` succeeded.
     Detached,
+    /// `Stop` was delivered.
+    Stopping,
     /// The answer to `List`.
     Machines(Vec<Machine>),
     /// The answer to `Status`.
