@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian/Ubuntu packages listed in scripts/packages.txt that are missing.
+# Installs the Debian/Ubuntu packages listed in the given lists (default scripts/packages.txt)
+# that are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' scripts/packages.txt)
+lists=("$@")
+((${#lists[@]})) || lists=(scripts/packages.txt)
+mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "${lists[@]}")
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

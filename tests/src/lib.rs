@@ -238,29 +238,7 @@ impl Rig {
 
     /// Starts rnetd in the host netns and waits for its socket.
     pub fn start_rnetd(&mut self) {
-        assert!(self.rnetd.is_none(), "rnetd already running");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = self
-            .in_host(bin("rnetd"))
-            .arg("--runtime-dir")
-            .arg(self.runtime_dir())
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(["--log", "netd=debug,info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning rnetd");
-        self.rnetd = Some(child);
-        let sock = self.runtime_dir().join("rnetd.sock");
-        let up = wait_until(Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        });
-        assert!(up, "rnetd did not come up; log:\n{}", self.log());
+        self.start_rnetd_with(&[]);
     }
 
     /// Stops rnetd with `signal` and waits for it.
@@ -511,5 +489,53 @@ pub fn sweep() {
                 );
             }
         }
+    }
+}
+
+// Helpers added for the DHCP tests (tests/tests/dhcp.rs) and benchmarks.
+
+impl Rig {
+    /// Like [`Rig::start_rnetd`], with `extra` arguments for rnetd (e.g. `["--dns",
+    /// "192.0.2.53"]`). After a [`Rig::stop_rnetd`], pass them again to restart alike.
+    pub fn start_rnetd_with(&mut self, extra: &[&str]) {
+        assert!(self.rnetd.is_none(), "rnetd already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = self
+            .in_host(bin("rnetd"))
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--log", "netd=debug,info"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning rnetd");
+        self.rnetd = Some(child);
+        let sock = self.runtime_dir().join("rnetd.sock");
+        let up = wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        assert!(up, "rnetd did not come up; log:\n{}", self.log());
+    }
+
+    /// The DHCP leases rnetd saved for link `ifname` (the JSON file
+    /// `RUNTIME_DIR/leases/IFNAME`), or `None` while there is no such file or it cannot be
+    /// parsed.
+    pub fn saved_leases(&self, ifname: &str) -> Option<Vec<Value>> {
+        let text = fs::read_to_string(self.runtime_dir().join("leases").join(ifname)).ok()?;
+        let file: Value = serde_json::from_str(&text).ok()?;
+        file["leases"].as_array().cloned()
+    }
+
+    /// Panics, showing the log, if rnetd's log reports a panic.
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "rnetd panicked; log:\n{log}");
     }
 }
