@@ -160,6 +160,10 @@ pub struct LeaseTable {
     static_by_client: BTreeMap<ClientId, Ipv4Addr>,
     static_by_address: BTreeMap<Ipv4Addr, ClientId>,
     quarantine: BTreeMap<Ipv4Addr, SystemTime>,
+    /// No lease or quarantine stored ends before this: a lower bound of the earliest end, so
+    /// that [`expire`](Self::expire), called for every packet, costs nothing until something
+    /// can have ended (instead of a walk over every lease).
+    earliest_end: Option<SystemTime>,
 }
 
 impl LeaseTable {
@@ -227,6 +231,7 @@ impl LeaseTable {
             self.remove(&stale);
         }
         let previous = self.remove(&lease.client_id);
+        self.note_end(lease.expires);
         self.by_address
             .insert(lease.address, lease.client_id.clone());
         self.by_client.insert(lease.client_id.clone(), lease);
@@ -244,11 +249,19 @@ impl LeaseTable {
 
     /// Keeps `address` from being handed out until `until`.
     pub fn quarantine(&mut self, address: Ipv4Addr, until: SystemTime) {
+        self.note_end(until);
         self.quarantine.insert(address, until);
+    }
+
+    fn note_end(&mut self, end: SystemTime) {
+        self.earliest_end = Some(self.earliest_end.map_or(end, |e| e.min(end)));
     }
 
     /// Removes expired leases (returned, by address) and ended quarantines.
     pub fn expire(&mut self, now: SystemTime) -> Vec<Lease> {
+        if self.earliest_end.is_none_or(|e| e > now) {
+            return Vec::new();
+        }
         self.quarantine.retain(|_, &mut until| until > now);
         let ended: Vec<ClientId> = self
             .by_client
@@ -258,6 +271,7 @@ impl LeaseTable {
             .collect();
         let mut gone: Vec<Lease> = ended.iter().filter_map(|id| self.remove(id)).collect();
         gone.sort_by_key(|l| l.address);
+        self.earliest_end = self.next_expiry();
         gone
     }
 

@@ -141,7 +141,7 @@ impl LeaseStore {
             path: path.clone(),
             source,
         };
-        let mut json = serde_json::to_vec_pretty(&file).map_err(|e| write_err(e.into()))?;
+        let mut json = serde_json::to_vec(&file).map_err(|e| write_err(e.into()))?;
         json.push(b'\n');
         // The temp file is removed on drop if anything below fails.
         let mut tmp = tempfile::Builder::new()

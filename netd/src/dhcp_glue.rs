@@ -1,6 +1,9 @@
 //! Runs the DHCPv4 engine (`dhcp::Server`) on the links rnetd manages: one UDP socket per link
-//! bound to the device, a thin pump of packets and time into the engine, and coalesced atomic
-//! lease-file writes so a busy server does not rewrite a file per packet.
+//! bound to the device, a thin pump of packets and time into the engine, and lease files
+//! written by group commit: a reply that binds or frees a lease (an ACK) is held until a write
+//! that contains the change has reached the disk, and writes run back to back, each taking
+//! every change made meanwhile. So an ACKed lease survives a crash, and a busy server still
+//! writes a file per batch, not per packet (dnsmasq rewrites its file per lease).
 
 use std::collections::HashMap;
 use std::io;
@@ -17,9 +20,15 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, trace, warn};
 
-/// How long lease changes may wait before they are written: coalesces bursts into one write
-/// per link.
-const FLUSH_DELAY: Duration = Duration::from_millis(100);
+/// Receive buffer of a link's socket: bursts queue rather than being dropped.
+const RECV_BUFFER: usize = 4 << 20;
+
+/// A reply waiting for its lease change to be on disk.
+struct Held {
+    socket: Arc<UdpSocket>,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+}
 
 /// A DHCP setup step failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +73,8 @@ struct Shared {
     server: StdMutex<Server>,
     store: LeaseStore,
     names: StdMutex<HashMap<u32, String>>,
+    /// Replies held until the next write is on disk.
+    held: StdMutex<Vec<Held>>,
     dirty: Notify,
 }
 
@@ -87,6 +98,7 @@ impl DhcpService {
             server: StdMutex::new(Server::new()),
             store: LeaseStore::new(lease_dir),
             names: StdMutex::new(HashMap::new()),
+            held: StdMutex::new(Vec::new()),
             dirty: Notify::new(),
         });
         tokio::spawn(writer(Arc::clone(&shared)));
@@ -219,6 +231,8 @@ fn open_socket(ifname: &str) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(RECV_BUFFER);
     s.bind_device(Some(ifname.as_bytes()))?;
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 67)).into())?;
@@ -226,6 +240,7 @@ fn open_socket(ifname: &str) -> io::Result<UdpSocket> {
 }
 
 async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocket) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096 + 1];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -253,32 +268,52 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
         if let Some(reason) = handled.dropped {
             trace!(ifname, ?reason, %source, "dropped a DHCP packet");
         }
-        for out in &handled.replies {
+        let replies = handled.replies.into_iter().map(|out| {
             let ip = match out.destination {
                 // A client without an address cannot answer ARP: broadcast on the link (every
                 // client accepts it; RFC 2131 §4.1 allows it).
                 Destination::Broadcast | Destination::Hardware { .. } => Ipv4Addr::BROADCAST,
                 Destination::Unicast(ip) | Destination::Relay(ip) => ip,
             };
-            let to = SocketAddrV4::new(ip, out.destination.port());
-            if let Err(e) = socket.send_to(&out.payload, to).await {
-                warn!(ifname, error = %e, %to, "DHCP send failed");
+            (SocketAddrV4::new(ip, out.destination.port()), out.payload)
+        });
+        if handled.changes.is_empty() {
+            // OFFERs, NAKs, INFORM answers: nothing to make durable.
+            for (to, payload) in replies {
+                send(&socket, &payload, to).await;
             }
-        }
-        if !handled.changes.is_empty() {
+        } else {
             debug!(ifname, changes = ?handled.changes, "lease change");
+            let held = replies.map(|(to, payload)| Held {
+                socket: Arc::clone(&socket),
+                to,
+                payload,
+            });
+            lock(&shared.held).extend(held);
             shared.dirty.notify_one();
         }
     }
 }
 
-/// Writes dirty links' leases, at most once per [`FLUSH_DELAY`] per burst.
+async fn send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) {
+    if let Err(e) = socket.send_to(payload, to).await {
+        warn!(error = %e, %to, "DHCP send failed");
+    }
+}
+
+/// Group commit: writes the dirty links' leases, then sends the replies held for them. A reply
+/// is held before the writer takes its snapshot, so the write it waits for contains its change;
+/// replies held during a write wait for the next one, which starts at once.
 async fn writer(shared: Arc<Shared>) {
     loop {
         shared.dirty.notified().await;
-        tokio::time::sleep(FLUSH_DELAY).await;
+        let held = std::mem::take(&mut *lock(&shared.held));
         let s = Arc::clone(&shared);
         let _ = tokio::task::spawn_blocking(move || flush(&s)).await;
+        // Sent even if the write failed (logged): the client must not be left unanswered.
+        for h in held {
+            send(&h.socket, &h.payload, h.to).await;
+        }
     }
 }
 
