@@ -296,6 +296,11 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Number of leases stored for `link` (expired ones not yet removed included): O(1).
+    pub fn lease_count(&self, link: LinkId) -> usize {
+        self.links.get(&link).map_or(0, |l| l.table.len())
+    }
+
     /// Links whose leases changed since the last call: save their [`leases`](Self::leases).
     pub fn take_dirty(&mut self) -> Vec<LinkId> {
         self.links

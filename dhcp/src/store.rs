@@ -2,9 +2,13 @@
 //! directory, fsync, rename, fsync of the directory), so that a crash leaves either the old or the
 //! new file, never a torn one. This is the only part of the crate that touches the filesystem.
 //!
-//! Writing is the caller's to coalesce: [`Server::take_dirty`](crate::Server::take_dirty) says
-//! which links changed, and the daemon saves them at most every few hundred milliseconds and on
-//! shutdown, rather than once per ACK.
+//! Beside each snapshot sits a journal, `<link>.journal`: one JSON line per lease change,
+//! appended and fsynced in batches ([`LeaseStore::append`]), so the cost of making a change
+//! durable does not grow with the number of leases (dnsmasq rewrites its whole file per lease).
+//! [`LeaseStore::compact`] folds the journal into a new snapshot. Every journal entry carries the
+//! whole state of one client, so replaying a journal over a snapshot taken after some of its
+//! entries gives the same result: a crash between the snapshot and the journal's truncation is
+//! harmless. A torn last line (a crash mid-append) is ignored.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -38,6 +42,22 @@ struct LeaseRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
     expires_unix: u64,
+}
+
+/// One journal line: the new state of one client's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// The client holds this lease (created or extended).
+    Bind(Lease),
+    /// The client holds no lease any more.
+    Free(ClientId),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum JournalLine {
+    Bind(LeaseRecord),
+    Free(String),
 }
 
 /// Why leases could not be saved or loaded.
@@ -126,6 +146,65 @@ impl LeaseStore {
         Ok(self.dir.join(link_name))
     }
 
+    fn journal_path(&self, link_name: &str) -> Result<PathBuf, StoreError> {
+        let mut p = self.path(link_name)?.into_os_string();
+        p.push(".journal");
+        Ok(PathBuf::from(p))
+    }
+
+    /// Appends `entries` to the journal of `link_name` and makes them durable (one fdatasync
+    /// for the batch).
+    pub fn append(&self, link_name: &str, entries: &[JournalEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let path = self.journal_path(link_name)?;
+        fs::create_dir_all(&self.dir).map_err(|source| StoreError::CreateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut buf = Vec::with_capacity(entries.len() * 128);
+        for e in entries {
+            let line = match e {
+                JournalEntry::Bind(l) => JournalLine::Bind(to_record(l)),
+                JournalEntry::Free(id) => JournalLine::Free(id.to_string()),
+            };
+            // Our own plain records always serialise.
+            serde_json::to_writer(&mut buf, &line).map_err(|e| StoreError::Write {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            buf.push(b'\n');
+        }
+        let write_err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let created = !path.exists();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(write_err)?;
+        f.write_all(&buf).map_err(write_err)?;
+        f.sync_data().map_err(write_err)?;
+        if created {
+            sync_dir(&self.dir).map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `leases` as the new snapshot of `link_name`, then empties its journal.
+    pub fn compact(&self, link_name: &str, leases: &[Lease]) -> Result<(), StoreError> {
+        self.save(link_name, leases)?;
+        let path = self.journal_path(link_name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Write { path, source }),
+        }
+    }
+
     /// Atomically replaces the lease file of `link_name` with `leases`.
     pub fn save(&self, link_name: &str, leases: &[Lease]) -> Result<(), StoreError> {
         let path = self.path(link_name)?;
@@ -160,7 +239,9 @@ impl LeaseStore {
         let path = self.path(link_name)?;
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                br#"{"version":1,"leases":[]}"#.to_vec()
+            }
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         let file: LeaseFile = match serde_json::from_slice(&bytes) {
@@ -173,21 +254,78 @@ impl LeaseStore {
                 version: file.version,
             });
         }
-        let mut leases = Vec::with_capacity(file.leases.len());
+        let mut by_client = std::collections::BTreeMap::new();
         for record in file.leases {
             let lease = from_record(record).map_err(|source| StoreError::Entry {
                 path: path.clone(),
                 source,
             })?;
-            if !lease.is_expired(now) {
-                leases.push(lease);
-            }
+            by_client.insert(lease.client_id.clone(), lease);
         }
+        self.replay(link_name, &mut by_client)?;
+        let mut leases: Vec<Lease> = by_client
+            .into_values()
+            .filter(|l| !l.is_expired(now))
+            .collect();
+        leases.sort_by_key(|l| l.address);
         Ok(leases)
     }
 
-    /// Deletes the lease file of `link_name`; a missing file is not an error.
+    /// Applies the journal of `link_name` to `leases`. A torn last line is ignored.
+    fn replay(
+        &self,
+        link_name: &str,
+        leases: &mut std::collections::BTreeMap<ClientId, Lease>,
+    ) -> Result<(), StoreError> {
+        let path = self.journal_path(link_name)?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in bytes[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let line: JournalLine =
+                serde_json::from_slice(line).map_err(|source| StoreError::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?;
+            match line {
+                JournalLine::Bind(r) => {
+                    let lease = from_record(r).map_err(|source| StoreError::Entry {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    leases.insert(lease.client_id.clone(), lease);
+                }
+                JournalLine::Free(id) => {
+                    let id: ClientId = id.parse().map_err(|source| StoreError::Entry {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    leases.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the lease file and journal of `link_name`; missing files are not an error.
     pub fn remove(&self, link_name: &str) -> Result<(), StoreError> {
+        let journal = self.journal_path(link_name)?;
+        match fs::remove_file(&journal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Write {
+                    path: journal,
+                    source,
+                });
+            }
+        }
         let path = self.path(link_name)?;
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
@@ -346,6 +484,59 @@ mod tests {
             Err(StoreError::CreateDir { .. })
         ));
         assert_eq!(store.load("ve-a", t(0)).unwrap(), vec![lease(1, 1000)]);
+    }
+
+    #[test]
+    fn the_journal_replays_over_the_snapshot_and_a_torn_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        store
+            .save("ve-a", &[lease(1, 1000), lease(2, 1000)])
+            .unwrap();
+        store
+            .append(
+                "ve-a",
+                &[
+                    JournalEntry::Bind(lease(3, 2000)),
+                    JournalEntry::Free(lease(1, 0).client_id),
+                    JournalEntry::Bind(lease(2, 3000)),
+                ],
+            )
+            .unwrap();
+        let got = store.load("ve-a", t(10)).unwrap();
+        assert_eq!(got, vec![lease(2, 3000), lease(3, 2000)]);
+        // A crash mid-append leaves a torn line: it is ignored.
+        let mut j = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("ve-a.journal"))
+            .unwrap();
+        j.write_all(br#"{"bind":{"client_id":"01:"#).unwrap();
+        assert_eq!(store.load("ve-a", t(10)).unwrap(), got);
+        // Compaction folds it into the snapshot; replaying an old journal over a newer snapshot
+        // changes nothing.
+        let old_journal = fs::read(dir.path().join("ve-a.journal")).unwrap();
+        store.compact("ve-a", &got).unwrap();
+        assert!(!dir.path().join("ve-a.journal").exists());
+        assert_eq!(store.load("ve-a", t(10)).unwrap(), got);
+        fs::write(dir.path().join("ve-a.journal"), old_journal).unwrap();
+        assert_eq!(store.load("ve-a", t(10)).unwrap(), got);
+        // A journal without a snapshot is enough; remove takes both.
+        store
+            .append("ve-b", &[JournalEntry::Bind(lease(5, 100))])
+            .unwrap();
+        assert_eq!(store.load("ve-b", t(10)).unwrap(), vec![lease(5, 100)]);
+        store.remove("ve-b").unwrap();
+        assert!(store.load("ve-b", t(10)).unwrap().is_empty());
+        // A corrupt line in the middle is an error, not silently skipped.
+        fs::write(
+            dir.path().join("ve-c.journal"),
+            b"garbage\n{\"free\":\"01:02\"}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            store.load("ve-c", t(10)),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]

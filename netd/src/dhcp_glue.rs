@@ -1,9 +1,10 @@
 //! Runs the DHCPv4 engine (`dhcp::Server`) on the links rnetd manages: one UDP socket per link
 //! bound to the device, a thin pump of packets and time into the engine, and lease files
-//! written by group commit: a reply that binds or frees a lease (an ACK) is held until a write
-//! that contains the change has reached the disk, and writes run back to back, each taking
-//! every change made meanwhile. So an ACKed lease survives a crash, and a busy server still
-//! writes a file per batch, not per packet (dnsmasq rewrites its file per lease).
+//! written by group commit: a reply that binds or frees a lease (an ACK) is held until a journal
+//! append that contains the change has reached the disk, and appends run back to back, each
+//! taking every change made meanwhile. So an ACKed lease survives a crash, the cost of a write
+//! does not grow with the number of leases (dnsmasq rewrites its whole file per lease), and the
+//! journal is folded into a snapshot when it grows past twice the live leases.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,13 +13,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
-use dhcp::{ClientId, Destination, Inbound, Lease, LeaseStore, LinkConfig, LinkId, Server};
+use dhcp::{
+    ClientId, Destination, Inbound, JournalEntry, Lease, LeaseChange, LeaseStore, LinkConfig,
+    LinkId, Server,
+};
 use ipnetwork::Ipv4Network;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, trace, warn};
+
+/// A journal is compacted when it has more entries than this and twice the live leases.
+const COMPACT_MIN: usize = 4096;
 
 /// Receive buffer of a link's socket: bursts queue rather than being dropped.
 const RECV_BUFFER: usize = 4 << 20;
@@ -75,6 +82,11 @@ struct Shared {
     names: StdMutex<HashMap<u32, String>>,
     /// Replies held until the next write is on disk.
     held: StdMutex<Vec<Held>>,
+    /// Journal entries not yet appended, per link, in the order the changes happened (pushed
+    /// under the server lock).
+    pending: StdMutex<HashMap<u32, Vec<JournalEntry>>>,
+    /// Entries in each link's journal file, and the lock that orders file operations.
+    journal_len: StdMutex<HashMap<u32, usize>>,
     dirty: Notify,
 }
 
@@ -99,6 +111,8 @@ impl DhcpService {
             store: LeaseStore::new(lease_dir),
             names: StdMutex::new(HashMap::new()),
             held: StdMutex::new(Vec::new()),
+            pending: StdMutex::new(HashMap::new()),
+            journal_len: StdMutex::new(HashMap::new()),
             dirty: Notify::new(),
         });
         tokio::spawn(writer(Arc::clone(&shared)));
@@ -153,9 +167,18 @@ impl DhcpService {
                         .map_err(|e| cfg_err(e.to_string()))?;
                 }
             }
+            // Start from a fresh snapshot with an empty journal.
+            let mut files = lock(&self.shared.journal_len);
+            if let Err(e) = self
+                .shared
+                .store
+                .compact(&link.ifname, &server.leases(id, now))
+            {
+                warn!(ifname = %link.ifname, error = %e, "saving leases failed");
+            }
+            files.insert(link.index, 0);
         }
         lock(&self.shared.names).insert(link.index, link.ifname.clone());
-        self.shared.dirty.notify_one();
         let task = tokio::spawn(serve(
             Arc::clone(&self.shared),
             id,
@@ -176,6 +199,9 @@ impl DhcpService {
         }
         lock(&self.shared.server).remove_link(LinkId(index));
         lock(&self.shared.names).remove(&index);
+        lock(&self.shared.pending).remove(&index);
+        let mut files = lock(&self.shared.journal_len);
+        files.remove(&index);
         if let Err(e) = self.shared.store.remove(ifname) {
             warn!(ifname, error = %e, "removing the lease file failed");
         }
@@ -198,20 +224,20 @@ impl DhcpService {
         let addr = dhcp::pick_address(subnet, client.as_bytes(), |a| {
             a != me && !leases.iter().any(|l| l.address == a)
         })?;
-        server
-            .record_lease(id, Lease::new(client, addr, now + max), now)
-            .ok()?;
+        let lease = Lease::new(client, addr, now + max);
+        server.record_lease(id, lease.clone(), now).ok()?;
+        self.shared.journal(id, [JournalEntry::Bind(lease)]);
         drop(server);
-        self.shared.dirty.notify_one();
         Some(addr)
     }
 
     /// Drops the lease of the client with `mac` on a link (its container is gone).
     pub fn release(&self, index: u32, mac: [u8; 6]) {
-        let released =
-            lock(&self.shared.server).release_lease(LinkId(index), &ClientId::from_mac(mac));
-        if released.is_some() {
-            self.shared.dirty.notify_one();
+        let client = ClientId::from_mac(mac);
+        let mut server = lock(&self.shared.server);
+        if server.release_lease(LinkId(index), &client).is_some() {
+            self.shared
+                .journal(LinkId(index), [JournalEntry::Free(client)]);
         }
     }
 
@@ -220,10 +246,32 @@ impl DhcpService {
         lock(&self.shared.server).leases(LinkId(index), SystemTime::now())
     }
 
-    /// Writes every link's leases now (on shutdown).
+    /// Writes every pending lease change now (on shutdown).
     pub fn flush(&self) {
         flush(&self.shared);
     }
+}
+
+impl Shared {
+    /// Queues journal entries for `id` and wakes the writer. Call with the server lock held,
+    /// right after the change, so entries keep the order of the changes.
+    fn journal(&self, id: LinkId, entries: impl IntoIterator<Item = JournalEntry>) {
+        lock(&self.pending).entry(id.0).or_default().extend(entries);
+        self.dirty.notify_one();
+    }
+}
+
+/// The journal entries that make lease changes durable. Expiry needs none: expired leases are
+/// dropped when a file is loaded.
+fn entries(changes: &[LeaseChange]) -> impl Iterator<Item = JournalEntry> + '_ {
+    changes.iter().filter_map(|c| match c {
+        LeaseChange::Bound(l) => Some(JournalEntry::Bind(l.clone())),
+        LeaseChange::Released(l) => Some(JournalEntry::Free(l.client_id.clone())),
+        LeaseChange::Declined { lease, .. } => lease
+            .as_ref()
+            .map(|l| JournalEntry::Free(l.client_id.clone())),
+        LeaseChange::Expired(_) => None,
+    })
 }
 
 /// A UDP socket on port 67 bound to one device, allowed to broadcast.
@@ -256,14 +304,18 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
         };
         let handled = {
             let mut server = lock(&shared.server);
-            server.handle(
+            let handled = server.handle(
                 SystemTime::now(),
                 id,
                 &Inbound {
                     payload: &buf[..n],
                     source,
                 },
-            )
+            );
+            if !handled.changes.is_empty() {
+                shared.journal(id, entries(&handled.changes));
+            }
+            handled
         };
         if let Some(reason) = handled.dropped {
             trace!(ifname, ?reason, %source, "dropped a DHCP packet");
@@ -290,7 +342,6 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
                 payload,
             });
             lock(&shared.held).extend(held);
-            shared.dirty.notify_one();
         }
     }
 }
@@ -301,9 +352,10 @@ async fn send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) {
     }
 }
 
-/// Group commit: writes the dirty links' leases, then sends the replies held for them. A reply
-/// is held before the writer takes its snapshot, so the write it waits for contains its change;
-/// replies held during a write wait for the next one, which starts at once.
+/// Group commit: appends the pending journal entries, then sends the replies held for them.
+/// A reply is held after its entries were queued and the writer takes the replies before the
+/// entries, so the append it waits for contains its change; replies held during an append wait
+/// for the next one, which starts at once.
 async fn writer(shared: Arc<Shared>) {
     loop {
         shared.dirty.notified().await;
@@ -317,24 +369,30 @@ async fn writer(shared: Arc<Shared>) {
     }
 }
 
+/// Appends every pending journal entry (one fsync per link) and compacts grown journals.
 fn flush(shared: &Shared) {
-    let now = SystemTime::now();
-    let work: Vec<(String, Vec<Lease>)> = {
-        let mut server = lock(&shared.server);
-        let names = lock(&shared.names);
-        server
-            .take_dirty()
-            .into_iter()
-            .filter_map(|id| {
-                names
-                    .get(&id.0)
-                    .map(|n| (n.clone(), server.leases(id, now)))
-            })
-            .collect()
-    };
-    for (name, leases) in work {
-        if let Err(e) = shared.store.save(&name, &leases) {
-            warn!(ifname = %name, error = %e, "saving leases failed");
+    let pending = std::mem::take(&mut *lock(&shared.pending));
+    // Held across the file operations: a link removed meanwhile cannot get its files back.
+    let mut files = lock(&shared.journal_len);
+    for (index, entries) in pending {
+        let Some(len) = files.get_mut(&index) else {
+            continue; // the link is gone
+        };
+        let Some(name) = lock(&shared.names).get(&index).cloned() else {
+            continue;
+        };
+        if let Err(e) = shared.store.append(&name, &entries) {
+            warn!(ifname = %name, error = %e, "appending to the lease journal failed");
+            continue;
+        }
+        *len += entries.len();
+        let count = lock(&shared.server).lease_count(LinkId(index));
+        if *len > COMPACT_MIN.max(2 * count) {
+            let live = lock(&shared.server).leases(LinkId(index), SystemTime::now());
+            match shared.store.compact(&name, &live) {
+                Ok(()) => *len = 0,
+                Err(e) => warn!(ifname = %name, error = %e, "compacting the lease journal failed"),
+            }
         }
     }
 }
@@ -351,7 +409,6 @@ async fn expirer(shared: Arc<Shared>) {
         let expired = lock(&shared.server).expire(SystemTime::now());
         if !expired.is_empty() {
             info!(count = expired.len(), "leases expired");
-            shared.dirty.notify_one();
         }
     }
 }

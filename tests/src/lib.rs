@@ -524,13 +524,23 @@ impl Rig {
         assert!(up, "rnetd did not come up; log:\n{}", self.log());
     }
 
-    /// The DHCP leases rnetd saved for link `ifname` (the JSON file
-    /// `RUNTIME_DIR/leases/IFNAME`), or `None` while there is no such file or it cannot be
-    /// parsed.
+    /// The DHCP leases rnetd has on disk for link `ifname` (snapshot plus journal under
+    /// `RUNTIME_DIR/leases/`, read with the store rnetd uses), as JSON objects with
+    /// `client_id` and `address`; `None` while they cannot be read.
     pub fn saved_leases(&self, ifname: &str) -> Option<Vec<Value>> {
-        let text = fs::read_to_string(self.runtime_dir().join("leases").join(ifname)).ok()?;
-        let file: Value = serde_json::from_str(&text).ok()?;
-        file["leases"].as_array().cloned()
+        let store = dhcp::LeaseStore::new(self.runtime_dir().join("leases"));
+        let leases = store.load(ifname, std::time::SystemTime::now()).ok()?;
+        Some(
+            leases
+                .into_iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "client_id": l.client_id.to_string(),
+                        "address": l.address.to_string(),
+                    })
+                })
+                .collect(),
+        )
     }
 
     /// Panics, showing the log, if rnetd's log reports a panic.
