@@ -287,61 +287,83 @@ fn open_socket(ifname: &str) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// Most datagrams handled per wakeup: a burst is drained under one lock, not one wakeup and
+/// one lock per packet.
+const BATCH: usize = 64;
+
 async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocket) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096 + 1];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(ifname, error = %e, "DHCP receive failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let SocketAddr::V4(source) = from else {
+        if let Err(e) = socket.readable().await {
+            warn!(ifname, error = %e, "DHCP socket failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
-        };
-        let handled = {
+        }
+        // (destination, payload, durable: wait for the journal)
+        let mut out: Vec<(SocketAddrV4, Vec<u8>, bool)> = Vec::new();
+        {
             let mut server = lock(&shared.server);
-            let handled = server.handle(
-                SystemTime::now(),
-                id,
-                &Inbound {
+            for _ in 0..BATCH {
+                let (n, from) = match socket.try_recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!(ifname, error = %e, "DHCP receive failed");
+                        break;
+                    }
+                };
+                let SocketAddr::V4(source) = from else {
+                    continue;
+                };
+                let inbound = Inbound {
                     payload: &buf[..n],
                     source,
-                },
-            );
-            if !handled.changes.is_empty() {
-                shared.journal(id, entries(&handled.changes));
+                };
+                let handled = server.handle(SystemTime::now(), id, &inbound);
+                if let Some(reason) = handled.dropped {
+                    trace!(ifname, ?reason, %source, "dropped a DHCP packet");
+                }
+                let durable = !handled.changes.is_empty();
+                if durable {
+                    debug!(ifname, changes = ?handled.changes, "lease change");
+                    shared.journal(id, entries(&handled.changes));
+                }
+                out.extend(handled.replies.into_iter().map(|r| {
+                    let ip = match r.destination {
+                        // A client without an address cannot answer ARP: broadcast on the
+                        // link (every client accepts it; RFC 2131 §4.1 allows it).
+                        Destination::Broadcast | Destination::Hardware { .. } => {
+                            Ipv4Addr::BROADCAST
+                        }
+                        Destination::Unicast(ip) | Destination::Relay(ip) => ip,
+                    };
+                    (
+                        SocketAddrV4::new(ip, r.destination.port()),
+                        r.payload,
+                        durable,
+                    )
+                }));
             }
-            handled
-        };
-        if let Some(reason) = handled.dropped {
-            trace!(ifname, ?reason, %source, "dropped a DHCP packet");
         }
-        let replies = handled.replies.into_iter().map(|out| {
-            let ip = match out.destination {
-                // A client without an address cannot answer ARP: broadcast on the link (every
-                // client accepts it; RFC 2131 §4.1 allows it).
-                Destination::Broadcast | Destination::Hardware { .. } => Ipv4Addr::BROADCAST,
-                Destination::Unicast(ip) | Destination::Relay(ip) => ip,
-            };
-            (SocketAddrV4::new(ip, out.destination.port()), out.payload)
-        });
-        if handled.changes.is_empty() {
-            // OFFERs, NAKs, INFORM answers: nothing to make durable.
-            for (to, payload) in replies {
+        let mut held = Vec::new();
+        for (to, payload, durable) in out {
+            if durable {
+                held.push(Held {
+                    socket: Arc::clone(&socket),
+                    to,
+                    payload,
+                });
+            } else {
+                // OFFERs, NAKs, INFORM answers: nothing to make durable.
                 send(&socket, &payload, to).await;
             }
-        } else {
-            debug!(ifname, changes = ?handled.changes, "lease change");
-            let held = replies.map(|(to, payload)| Held {
-                socket: Arc::clone(&socket),
-                to,
-                payload,
-            });
+        }
+        if !held.is_empty() {
             lock(&shared.held).extend(held);
+            // Wake the writer after holding: the round that takes these replies runs after
+            // their journal entries were queued.
+            shared.dirty.notify_one();
         }
     }
 }
