@@ -179,6 +179,12 @@ fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> 
     }
 }
 
+/// Adds a machine's firewall elements (a bad port mapping is the caller's error).
+async fn add_rules(inner: &mut Inner, m: &Machine) -> Result<(), ApiError> {
+    let rules = link_rules(m).map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
+    inner.firewall.add(&rules).await.map_err(internal)
+}
+
 fn pool_error(e: PoolError) -> ApiError {
     match e {
         PoolError::Exhausted { .. } => ApiError::new(ErrorKind::PoolExhausted, e.to_string()),
@@ -477,13 +483,7 @@ impl Machines {
             if let Some(link) = dhcp_link(&machine, index) {
                 self.dhcp.add_link(&link).map_err(internal)?;
             }
-            let rules = link_rules(&machine)
-                .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
-            let added = match rules {
-                Ok(r) => inner.firewall.add(&r).await.map_err(internal),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = added {
+            if let Err(e) = add_rules(inner, &machine).await {
                 self.dhcp
                     .remove_link(machine.host_ifname.as_deref().unwrap_or_default(), index);
                 return Err(e);
@@ -555,13 +555,7 @@ impl Machines {
             machine.subnet = Some(subnet);
             machine.host_address = Some(gateway);
             machine.container_address = Some(container);
-            let rules = link_rules(&machine)
-                .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()));
-            let added = match rules {
-                Ok(r) => inner.firewall.add(&r).await.map_err(internal),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = added {
+            if let Err(e) = add_rules(inner, &machine).await {
                 self.dhcp.release(bridge, mac);
                 return Err(e);
             }

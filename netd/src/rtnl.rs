@@ -70,6 +70,38 @@ impl Rtnl {
         Ok(Self { handle })
     }
 
+    /// `RTM_NEWLINK` with create/exclusive flags.
+    async fn link_add(
+        &self,
+        msg: LinkMessage,
+        step: &'static str,
+        object: impl Into<String>,
+    ) -> Result<()> {
+        let object = object.into();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new(step, object, &e))
+    }
+
+    /// `RTM_SETLINK`.
+    async fn link_set(
+        &self,
+        msg: LinkMessage,
+        step: &'static str,
+        object: impl Into<String>,
+    ) -> Result<()> {
+        let object = object.into();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| RtnlError::new(step, object, &e))
+    }
+
     /// Every IPv4 network in use in this namespace: each address with its prefix and each
     /// route's destination (`ip -4 addr` + `ip -4 route show table all`).
     pub async fn ipv4_in_use(&self) -> Result<Vec<Ipv4Network>> {
@@ -133,12 +165,7 @@ impl Rtnl {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         let object = format!("{host}:{peer}");
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| RtnlError::new("creating veth", &object, &e))?;
+        self.link_add(msg, "creating veth", &object).await?;
         self.link_index(host).await?.ok_or_else(|| RtnlError {
             step: "finding new veth",
             object,
@@ -169,12 +196,8 @@ impl Rtnl {
             .controller(bridge)
             .up()
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.link_set(msg, "attaching to bridge", index.to_string())
             .await
-            .map_err(|e| RtnlError::new("attaching to bridge", index.to_string(), &e))
     }
 
     /// `bridge link set dev INDEX isolated on`: isolated ports cannot talk to each other, only
@@ -232,12 +255,7 @@ impl Rtnl {
             .address(mac.0.to_vec())
             .setns_by_fd(netns.as_raw_fd())
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| RtnlError::new("creating macvlan", name, &e))
+        self.link_add(msg, "creating macvlan", name).await
     }
 
     /// `ip link add NAME link PARENT netns FD type ipvlan mode l2`.
@@ -245,12 +263,7 @@ impl Rtnl {
         let msg = LinkIpVlan::new(name, parent, IpVlanMode::L2)
             .setns_by_fd(netns.as_raw_fd())
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| RtnlError::new("creating ipvlan", name, &e))
+        self.link_add(msg, "creating ipvlan", name).await
     }
 
     /// `ip link set dev INDEX netns FD name NAME`: moves a link into another namespace.
@@ -259,12 +272,7 @@ impl Rtnl {
             .setns_by_fd(netns.as_raw_fd())
             .name(name.to_owned())
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| RtnlError::new("moving link", name, &e))
+        self.link_set(msg, "moving link", name).await
     }
 
     /// `ip link set dev INDEX name NAME`.
@@ -272,12 +280,7 @@ impl Rtnl {
         let msg = LinkUnspec::new_with_index(index)
             .name(name.to_owned())
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| RtnlError::new("renaming link to", name, &e))
+        self.link_set(msg, "renaming link to", name).await
     }
 
     /// `ip link property add dev INDEX altname NAME`.
@@ -304,12 +307,8 @@ impl Rtnl {
     /// `ip link set dev INDEX up`.
     pub async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.link_set(msg, "setting up link", index.to_string())
             .await
-            .map_err(|e| RtnlError::new("setting up link", index.to_string(), &e))
     }
 
     /// The ifindex of the link called `name` (or with that altname), if any.

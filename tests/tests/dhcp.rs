@@ -258,13 +258,14 @@ fn hook(dir: &Path, tag: &str, client: Client, configure: bool) -> String {
     let text = format!(
         r#"#!/bin/sh
 D={dir}
-printf '%s|%s|%s|%s|%s\n' "{kind}" "{ip}" "{mask}" "{routers}" "{dns}" >> "$D/{tag}.events"
 case "{kind}" in
 {bound})
   for s in {dns}; do echo "nameserver $s"; done > "$D/{tag}.resolv.conf"{apply}
   ;;
 {unbound}) {remove} ;;
 esac
+# Recorded last: whoever waits for the event sees the configuration it brought.
+printf '%s|%s|%s|%s|%s\n' "{kind}" "{ip}" "{mask}" "{routers}" "{dns}" >> "$D/{tag}.events"
 exit 0
 "#,
         dir = sh_quote(dir)
