@@ -65,7 +65,8 @@ fn serve(specs: &[String]) {
 
 fn connect(proto: &str, addr: &str, port: &str) {
     let target: SocketAddr = format!("{addr}:{port}").parse().expect("address");
-    let timeout = Duration::from_secs(2);
+    // Generous: under a loaded CI machine a first connection through fresh NAT state can be slow.
+    let timeout = Duration::from_secs(5);
     let answer = match proto {
         "tcp" => TcpStream::connect_timeout(&target, timeout).and_then(|mut s| {
             s.set_read_timeout(Some(timeout))?;
