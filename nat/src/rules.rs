@@ -309,14 +309,23 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
                 masquerade(),
             ],
         ),
+    ]);
+    rules.extend(masquerade_rules("ip", MASQ4));
+    rules.extend(masquerade_rules("ip6", MASQ6));
+    rules
+}
+
+/// The postrouting rules of one family (`ip` with `masq4`, `ip6` with `masq6`).
+fn masquerade_rules(family: &'static str, subnets: &'static str) -> [RuleSpec; 2] {
+    [
         // A container reaching a published port (its own or a neighbour's on the same bridge)
         // would get the reply straight from the target, not through the host's conntrack.
         rule(
             POSTROUTING,
             "hairpin: container to a published port, so replies come back through the host",
             vec![
-                eq(payload("ip", "saddr"), set_ref(MASQ4)),
-                eq(oif(), set_ref(IFACES)),
+                eq(payload(family, "saddr"), set_ref(subnets)),
+                eq(meta(MetaKey::Oifname), set_ref(IFACES)),
                 has_flags(ct("status"), &["dnat"]),
                 masquerade(),
             ],
@@ -325,32 +334,12 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
             POSTROUTING,
             "containers to the outside (not to other containers)",
             vec![
-                eq(payload("ip", "saddr"), set_ref(MASQ4)),
-                ne(payload("ip", "daddr"), set_ref(MASQ4)),
+                eq(payload(family, "saddr"), set_ref(subnets)),
+                ne(payload(family, "daddr"), set_ref(subnets)),
                 masquerade(),
             ],
         ),
-        rule(
-            POSTROUTING,
-            "hairpin: container to a published port, so replies come back through the host",
-            vec![
-                eq(payload("ip6", "saddr"), set_ref(MASQ6)),
-                eq(oif(), set_ref(IFACES)),
-                has_flags(ct("status"), &["dnat"]),
-                masquerade(),
-            ],
-        ),
-        rule(
-            POSTROUTING,
-            "containers to the outside (not to other containers)",
-            vec![
-                eq(payload("ip6", "saddr"), set_ref(MASQ6)),
-                ne(payload("ip6", "daddr"), set_ref(MASQ6)),
-                masquerade(),
-            ],
-        ),
-    ]);
-    rules
+    ]
 }
 
 /// Number of rules in the table, whatever the number of containers.

@@ -147,13 +147,6 @@ impl Machines {
     /// back on the host under its container name and is renamed), macvlans and ipvlans are
     /// deleted inside the namespace. Best effort: every step is tried.
     pub(crate) async fn remove_extras(&self, links: &[AttachedLink], netns: Option<&OwnedFd>) {
-        let host_ns = match std::fs::File::open("/proc/self/ns/net") {
-            Ok(f) => Some(OwnedFd::from(f)),
-            Err(e) => {
-                warn!(error = %e, "cannot open rnetd's own network namespace");
-                None
-            }
-        };
         for l in links.iter().rev() {
             let inside = l.container_ifname.clone();
             match &l.spec {
@@ -177,26 +170,29 @@ impl Machines {
                     }
                 }
                 ExtraLink::Interface { name, .. } => {
-                    let moved = match (netns, &host_ns) {
-                        (Some(ns), Some(host)) => {
-                            let host = host.try_clone().map_err(|e| e.to_string());
+                    let moved = match netns {
+                        Some(ns) => {
                             let original = name.clone();
                             let inside = inside.clone();
-                            match host {
-                                Ok(host) => run_in(ns, move || {
-                                    let idx = nix::net::if_::if_nametoindex(inside.as_str())?;
-                                    netlink_sync::Rtnl::open()?.move_link(
-                                        idx,
-                                        host.as_raw_fd(),
-                                        &original,
-                                    )
-                                })
-                                .await
-                                .map_err(|e| e.to_string()),
-                                Err(e) => Err(e),
-                            }
+                            run_in(ns, move || {
+                                let idx = nix::net::if_::if_nametoindex(inside.as_str())?;
+                                // From inside the container, rnetd's own namespace is that of
+                                // its process (the thread changed namespace, the process did
+                                // not).
+                                let host = std::fs::File::open(format!(
+                                    "/proc/{}/ns/net",
+                                    std::process::id()
+                                ))?;
+                                netlink_sync::Rtnl::open()?.move_link(
+                                    idx,
+                                    host.as_raw_fd(),
+                                    &original,
+                                )
+                            })
+                            .await
+                            .map_err(|e| e.to_string())
                         }
-                        _ => Err("the container's namespace is gone".into()),
+                        None => Err("the container's namespace is gone".into()),
                     };
                     match moved {
                         Ok(()) => info!(ifname = %name, "interface moved back"),
