@@ -5,11 +5,30 @@
 //! taking every change made meanwhile. So an ACKed lease survives a crash, the cost of a write
 //! does not grow with the number of leases (dnsmasq rewrites its whole file per lease), and the
 //! journal is folded into a snapshot when it grows past twice the live leases.
+//!
+//! # Ownership: who may touch what (the one rule of this module)
+//!
+//! - **The engine** — `dhcp::Server`, the journal entries not yet written and the replies held
+//!   for them — sits behind one `std::sync::Mutex` ([`Shared::engine`]). It is held only for
+//!   in-memory work: never across an `.await`, a file operation or netlink, and no other lock is
+//!   taken while it is held. Journal entries and the replies that wait for them are queued in
+//!   the same critical section as the change that made them, so the writer always takes a reply
+//!   together with its entries.
+//! - **The lease files** belong to one thread, `rnetd-leases` (the writer). Nothing else opens
+//!   them: loading a link's saved leases, compaction, removal and the journal appends are jobs
+//!   sent to it over a channel and done in the order sent. The writer takes the engine lock
+//!   only briefly, between file operations.
+//! - **Sockets** are read by one task per link; held replies are sent by one sender task.
+//!
+//! Before this rule the engine, the journal bookkeeping and the pending entries had one lock
+//! each, taken in different orders by the packet path and the writer: DHCP traffic plus an
+//! attach deadlocked the daemon (issue 8).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +39,7 @@ use dhcp::{
 use ipnetwork::Ipv4Network;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, trace, warn};
 
@@ -29,6 +48,10 @@ const COMPACT_MIN: usize = 4096;
 
 /// Receive buffer of a link's socket: bursts queue rather than being dropped.
 const RECV_BUFFER: usize = 4 << 20;
+
+/// Most datagrams handled per wakeup: a burst is drained under one lock, not one wakeup and
+/// one lock per packet.
+const BATCH: usize = 64;
 
 /// A reply waiting for its lease change to be on disk.
 struct Held {
@@ -56,6 +79,9 @@ pub enum DhcpError {
         /// Why.
         reason: String,
     },
+    /// The lease writer is gone (the daemon is shutting down).
+    #[error("the DHCP lease writer has stopped")]
+    WriterGone,
 }
 
 /// What a link's server hands out.
@@ -76,18 +102,61 @@ pub struct DhcpLink {
     pub container: Option<([u8; 6], Ipv4Addr)>,
 }
 
+/// The engine and what waits for the disk: one lock (see the module docs).
+struct Engine {
+    server: Server,
+    /// Journal entries not yet appended, per link, in the order the changes happened.
+    pending: HashMap<u32, Vec<JournalEntry>>,
+    /// Replies held until the append that contains their entries is on disk.
+    held: Vec<Held>,
+}
+
+impl Engine {
+    /// Queues journal entries for `id`, right after the change that made them.
+    fn journal(&mut self, id: LinkId, entries: impl IntoIterator<Item = JournalEntry>) {
+        self.pending.entry(id.0).or_default().extend(entries);
+    }
+}
+
 struct Shared {
-    server: StdMutex<Server>,
-    store: LeaseStore,
-    names: StdMutex<HashMap<u32, String>>,
-    /// Replies held until the next write is on disk.
-    held: StdMutex<Vec<Held>>,
-    /// Journal entries not yet appended, per link, in the order the changes happened (pushed
-    /// under the server lock).
-    pending: StdMutex<HashMap<u32, Vec<JournalEntry>>>,
-    /// Entries in each link's journal file, and the lock that orders file operations.
-    journal_len: StdMutex<HashMap<u32, usize>>,
-    dirty: Notify,
+    engine: StdMutex<Engine>,
+    /// Jobs for the writer thread.
+    writer: std_mpsc::Sender<Job>,
+}
+
+impl Shared {
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        // The engine never panics on input (it is fuzzed); if a panic ever poisoned the lock the
+        // state is still consistent enough to keep serving.
+        self.engine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends a job to the writer thread.
+    fn send(&self, job: Job) -> Result<(), DhcpError> {
+        self.writer.send(job).map_err(|_| DhcpError::WriterGone)
+    }
+}
+
+/// Work for the writer thread, done in the order sent.
+enum Job {
+    /// Journal entries (and maybe held replies) are waiting.
+    Wake,
+    /// Start a link's files: load its saved leases into the engine, record the container's
+    /// lease, write a fresh snapshot.
+    Open {
+        link: DhcpLink,
+        done: oneshot::Sender<Result<(), DhcpError>>,
+    },
+    /// Forget a link's files (the engine already forgot the link).
+    Close {
+        index: u32,
+        ifname: String,
+        done: oneshot::Sender<()>,
+    },
+    /// Answer once everything queued before is on disk.
+    Sync(oneshot::Sender<()>),
 }
 
 /// The DHCP servers of all managed links.
@@ -96,26 +165,31 @@ pub struct DhcpService {
     tasks: StdMutex<HashMap<String, AbortHandle>>,
 }
 
-fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The engine never panics on input (it is fuzzed); if a panic ever poisoned the lock the
-    // state is still consistent enough to keep serving.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl DhcpService {
-    /// A service keeping lease files in `lease_dir`; starts its writer and expiry tasks.
+    /// A service keeping lease files in `lease_dir`; starts its writer thread, its reply sender
+    /// and its expiry task.
     pub fn start(lease_dir: &Path) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(lease_dir)?;
+        let (jobs, rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
-            server: StdMutex::new(Server::new()),
-            store: LeaseStore::new(lease_dir),
-            names: StdMutex::new(HashMap::new()),
-            held: StdMutex::new(Vec::new()),
-            pending: StdMutex::new(HashMap::new()),
-            journal_len: StdMutex::new(HashMap::new()),
-            dirty: Notify::new(),
+            engine: StdMutex::new(Engine {
+                server: Server::new(),
+                pending: HashMap::new(),
+                held: Vec::new(),
+            }),
+            writer: jobs,
         });
-        tokio::spawn(writer(Arc::clone(&shared)));
+        let (replies, replies_rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            store: LeaseStore::new(lease_dir),
+            files: HashMap::new(),
+            replies,
+        };
+        std::thread::Builder::new()
+            .name("rnetd-leases".into())
+            .spawn(move || writer.run(&rx))?;
+        tokio::spawn(sender(replies_rx));
         tokio::spawn(expirer(Arc::clone(&shared)));
         Ok(Arc::new(Self {
             shared,
@@ -123,141 +197,161 @@ impl DhcpService {
         }))
     }
 
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Starts serving `link`: loads its saved leases (a restart loses none), records the
-    /// container's lease, opens the socket.
-    pub fn add_link(&self, link: &DhcpLink) -> Result<(), DhcpError> {
-        let id = LinkId(link.index);
-        let cfg_err = |reason: String| DhcpError::Config {
-            ifname: link.ifname.clone(),
-            reason,
-        };
+    /// container's lease, opens the socket. Returns once the leases are on disk.
+    pub async fn add_link(&self, link: &DhcpLink) -> Result<(), DhcpError> {
         let socket = open_socket(&link.ifname).map_err(|source| DhcpError::Socket {
             ifname: link.ifname.clone(),
             source,
         })?;
-        let now = SystemTime::now();
-        {
-            let mut server = lock(&self.shared.server);
-            let mut cfg = LinkConfig::new(link.subnet, link.server);
-            cfg.dns = link.dns.clone();
-            let max = cfg.max_lease_time;
-            server
-                .add_link(id, cfg)
-                .map_err(|e| cfg_err(e.to_string()))?;
-            match self.shared.store.load(&link.ifname, now) {
-                Ok(leases) => {
-                    for l in leases {
-                        if let Err(e) = server.record_lease(id, l, now) {
-                            warn!(ifname = %link.ifname, error = %e, "skipping a saved lease");
-                        }
-                    }
-                }
-                Err(e) => warn!(ifname = %link.ifname, error = %e, "cannot read saved leases"),
-            }
-            if let Some((mac, addr)) = link.container {
-                let client = ClientId::from_mac(mac);
-                let existing = server
-                    .leases(id, now)
-                    .into_iter()
-                    .any(|l| l.client_id == client && l.address == addr);
-                if !existing {
-                    let lease = Lease::new(client, addr, now + max);
-                    server
-                        .record_lease(id, lease, now)
-                        .map_err(|e| cfg_err(e.to_string()))?;
-                }
-            }
-            // Start from a fresh snapshot with an empty journal.
-            let mut files = lock(&self.shared.journal_len);
-            if let Err(e) = self
-                .shared
-                .store
-                .compact(&link.ifname, &server.leases(id, now))
-            {
-                warn!(ifname = %link.ifname, error = %e, "saving leases failed");
-            }
-            files.insert(link.index, 0);
-        }
-        lock(&self.shared.names).insert(link.index, link.ifname.clone());
+        let (done, opened) = oneshot::channel();
+        self.shared.send(Job::Open {
+            link: link.clone(),
+            done,
+        })?;
+        opened.await.map_err(|_| DhcpError::WriterGone)??;
         let task = tokio::spawn(serve(
             Arc::clone(&self.shared),
-            id,
+            LinkId(link.index),
             link.ifname.clone(),
             socket,
         ));
-        if let Some(old) = lock(&self.tasks).insert(link.ifname.clone(), task.abort_handle()) {
+        if let Some(old) = self
+            .tasks()
+            .insert(link.ifname.clone(), task.abort_handle())
+        {
             old.abort();
         }
         debug!(ifname = %link.ifname, subnet = %link.subnet, "DHCP server started");
         Ok(())
     }
 
-    /// Stops serving a link and forgets its leases (the subnet goes back to the pool).
-    pub fn remove_link(&self, ifname: &str, index: u32) {
-        if let Some(t) = lock(&self.tasks).remove(ifname) {
+    /// Stops serving a link and forgets its leases (the subnet goes back to the pool); returns
+    /// once its lease files are gone.
+    pub async fn remove_link(&self, ifname: &str, index: u32) {
+        if let Some(t) = self.tasks().remove(ifname) {
             t.abort();
         }
-        lock(&self.shared.server).remove_link(LinkId(index));
-        lock(&self.shared.names).remove(&index);
-        lock(&self.shared.pending).remove(&index);
-        let mut files = lock(&self.shared.journal_len);
-        files.remove(&index);
-        if let Err(e) = self.shared.store.remove(ifname) {
-            warn!(ifname, error = %e, "removing the lease file failed");
+        {
+            let mut engine = self.shared.engine();
+            engine.server.remove_link(LinkId(index));
+            engine.pending.remove(&index);
+        }
+        let (done, closed) = oneshot::channel();
+        let job = Job::Close {
+            index,
+            ifname: ifname.to_owned(),
+            done,
+        };
+        if self.shared.send(job).is_ok() {
+            let _ = closed.await;
         }
     }
 
     /// The address of the client with `mac` on a served link: its lease if it has one, else a
     /// free address picked as the server would (systemd's hash), recorded as its lease so a
-    /// DHCP client in the container later gets the same. `None` when the pool is full.
-    pub fn assign(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
+    /// DHCP client in the container later gets the same. Returns once the lease is on disk.
+    /// `None` when the pool is full.
+    pub async fn assign(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        let addr = self.assign_now(index, mac)?;
+        self.sync().await;
+        Some(addr)
+    }
+
+    fn assign_now(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
         let id = LinkId(index);
         let now = SystemTime::now();
         let client = ClientId::from_mac(mac);
-        let mut server = lock(&self.shared.server);
-        let leases = server.leases(id, now);
+        let mut engine = self.shared.engine();
+        let leases = engine.server.leases(id, now);
         if let Some(l) = leases.iter().find(|l| l.client_id == client) {
             return Some(l.address);
         }
-        let cfg = server.config(id)?;
+        let cfg = engine.server.config(id)?;
         let (subnet, me, max) = (cfg.subnet, cfg.server_address, cfg.max_lease_time);
         let addr = dhcp::pick_address(subnet, client.as_bytes(), |a| {
             a != me && !leases.iter().any(|l| l.address == a)
         })?;
         let lease = Lease::new(client, addr, now + max);
-        server.record_lease(id, lease.clone(), now).ok()?;
-        self.shared.journal(id, [JournalEntry::Bind(lease)]);
-        drop(server);
+        engine.server.record_lease(id, lease.clone(), now).ok()?;
+        engine.journal(id, [JournalEntry::Bind(lease)]);
         Some(addr)
+    }
+
+    /// Records that the client with `mac` holds `addr` on a served link, unless it already
+    /// does (an adopted zone member whose lease was not yet on disk when rnetd stopped).
+    /// Returns once it is on disk; false if the address belongs to another client.
+    pub async fn ensure(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr) -> bool {
+        let id = LinkId(index);
+        let now = SystemTime::now();
+        let client = ClientId::from_mac(mac);
+        let recorded = {
+            let mut engine = self.shared.engine();
+            let leases = engine.server.leases(id, now);
+            if leases
+                .iter()
+                .any(|l| l.client_id == client && l.address == addr)
+            {
+                return true;
+            }
+            if leases.iter().any(|l| l.address == addr) {
+                return false;
+            }
+            let Some(max) = engine.server.config(id).map(|c| c.max_lease_time) else {
+                return false;
+            };
+            let lease = Lease::new(client, addr, now + max);
+            let ok = engine.server.record_lease(id, lease.clone(), now).is_ok();
+            if ok {
+                engine.journal(id, [JournalEntry::Bind(lease)]);
+            }
+            ok
+        };
+        if recorded {
+            self.sync().await;
+        }
+        recorded
     }
 
     /// Drops the lease of the client with `mac` on a link (its container is gone).
     pub fn release(&self, index: u32, mac: [u8; 6]) {
         let client = ClientId::from_mac(mac);
-        let mut server = lock(&self.shared.server);
-        if server.release_lease(LinkId(index), &client).is_some() {
-            self.shared
-                .journal(LinkId(index), [JournalEntry::Free(client)]);
+        let freed = {
+            let mut engine = self.shared.engine();
+            let freed = engine
+                .server
+                .release_lease(LinkId(index), &client)
+                .is_some();
+            if freed {
+                engine.journal(LinkId(index), [JournalEntry::Free(client)]);
+            }
+            freed
+        };
+        if freed {
+            let _ = self.shared.send(Job::Wake);
         }
     }
 
     /// The leases of a link.
     pub fn leases(&self, index: u32) -> Vec<Lease> {
-        lock(&self.shared.server).leases(LinkId(index), SystemTime::now())
+        self.shared
+            .engine()
+            .server
+            .leases(LinkId(index), SystemTime::now())
     }
 
-    /// Writes every pending lease change now (on shutdown).
-    pub fn flush(&self) {
-        flush(&self.shared);
-    }
-}
-
-impl Shared {
-    /// Queues journal entries for `id` and wakes the writer. Call with the server lock held,
-    /// right after the change, so entries keep the order of the changes.
-    fn journal(&self, id: LinkId, entries: impl IntoIterator<Item = JournalEntry>) {
-        lock(&self.pending).entry(id.0).or_default().extend(entries);
-        self.dirty.notify_one();
+    /// Waits until every lease change made so far is on disk (also used on shutdown).
+    pub async fn sync(&self) {
+        let (done, synced) = oneshot::channel();
+        if self.shared.send(Job::Sync(done)).is_ok() {
+            let _ = synced.await;
+        }
     }
 }
 
@@ -287,10 +381,17 @@ fn open_socket(ifname: &str) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Most datagrams handled per wakeup: a burst is drained under one lock, not one wakeup and
-/// one lock per packet.
-const BATCH: usize = 64;
+/// Where a reply goes. A client without an address cannot answer ARP: broadcast on the link
+/// (every client accepts it; RFC 2131 §4.1 allows it).
+fn reply_address(r: &dhcp::Outbound) -> SocketAddrV4 {
+    let ip = match r.destination {
+        Destination::Broadcast | Destination::Hardware { .. } => Ipv4Addr::BROADCAST,
+        Destination::Unicast(ip) | Destination::Relay(ip) => ip,
+    };
+    SocketAddrV4::new(ip, r.destination.port())
+}
 
+/// The packet pump of one link.
 async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocket) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096 + 1];
@@ -300,10 +401,12 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        // (destination, payload, durable: wait for the journal)
-        let mut out: Vec<(SocketAddrV4, Vec<u8>, bool)> = Vec::new();
+        // Replies with nothing to make durable (OFFERs, NAKs, INFORM answers).
+        let mut now_out: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
+        // Whether a lease changed: the writer must run even when no reply waits (a RELEASE).
+        let mut changed = false;
         {
-            let mut server = lock(&shared.server);
+            let mut engine = shared.engine();
             for _ in 0..BATCH {
                 let (n, from) = match socket.try_recv_from(&mut buf) {
                     Ok(x) => x,
@@ -320,50 +423,35 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
                     payload: &buf[..n],
                     source,
                 };
-                let handled = server.handle(SystemTime::now(), id, &inbound);
+                let handled = engine.server.handle(SystemTime::now(), id, &inbound);
                 if let Some(reason) = handled.dropped {
                     trace!(ifname, ?reason, %source, "dropped a DHCP packet");
                 }
                 let durable = !handled.changes.is_empty();
                 if durable {
                     debug!(ifname, changes = ?handled.changes, "lease change");
-                    shared.journal(id, entries(&handled.changes));
+                    engine.journal(id, entries(&handled.changes));
+                    changed = true;
                 }
-                out.extend(handled.replies.into_iter().map(|r| {
-                    let ip = match r.destination {
-                        // A client without an address cannot answer ARP: broadcast on the
-                        // link (every client accepts it; RFC 2131 §4.1 allows it).
-                        Destination::Broadcast | Destination::Hardware { .. } => {
-                            Ipv4Addr::BROADCAST
-                        }
-                        Destination::Unicast(ip) | Destination::Relay(ip) => ip,
-                    };
-                    (
-                        SocketAddrV4::new(ip, r.destination.port()),
-                        r.payload,
-                        durable,
-                    )
-                }));
+                for r in handled.replies {
+                    let to = reply_address(&r);
+                    if durable {
+                        engine.held.push(Held {
+                            socket: Arc::clone(&socket),
+                            to,
+                            payload: r.payload,
+                        });
+                    } else {
+                        now_out.push((to, r.payload));
+                    }
+                }
             }
         }
-        let mut held = Vec::new();
-        for (to, payload, durable) in out {
-            if durable {
-                held.push(Held {
-                    socket: Arc::clone(&socket),
-                    to,
-                    payload,
-                });
-            } else {
-                // OFFERs, NAKs, INFORM answers: nothing to make durable.
-                send(&socket, &payload, to).await;
-            }
+        if changed && shared.send(Job::Wake).is_err() {
+            return;
         }
-        if !held.is_empty() {
-            lock(&shared.held).extend(held);
-            // Wake the writer after holding: the round that takes these replies runs after
-            // their journal entries were queued.
-            shared.dirty.notify_one();
+        for (to, payload) in now_out {
+            send(&socket, &payload, to).await;
         }
     }
 }
@@ -374,63 +462,173 @@ async fn send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) {
     }
 }
 
-/// Group commit: appends the pending journal entries, then sends the replies held for them.
-/// A reply is held after its entries were queued and the writer takes the replies before the
-/// entries, so the append it waits for contains its change; replies held during an append wait
-/// for the next one, which starts at once.
-async fn writer(shared: Arc<Shared>) {
-    loop {
-        shared.dirty.notified().await;
-        let held = std::mem::take(&mut *lock(&shared.held));
-        let s = Arc::clone(&shared);
-        let _ = tokio::task::spawn_blocking(move || flush(&s)).await;
-        // Sent even if the write failed (logged): the client must not be left unanswered.
-        for h in held {
-            send(&h.socket, &h.payload, h.to).await;
-        }
-    }
-}
-
-/// Appends every pending journal entry (one fsync per link) and compacts grown journals.
-fn flush(shared: &Shared) {
-    let pending = std::mem::take(&mut *lock(&shared.pending));
-    // Held across the file operations: a link removed meanwhile cannot get its files back.
-    let mut files = lock(&shared.journal_len);
-    for (index, entries) in pending {
-        let Some(len) = files.get_mut(&index) else {
-            continue; // the link is gone
-        };
-        let Some(name) = lock(&shared.names).get(&index).cloned() else {
-            continue;
-        };
-        if let Err(e) = shared.store.append(&name, &entries) {
-            warn!(ifname = %name, error = %e, "appending to the lease journal failed");
-            continue;
-        }
-        *len += entries.len();
-        let count = lock(&shared.server).lease_count(LinkId(index));
-        if *len > COMPACT_MIN.max(2 * count) {
-            let live = lock(&shared.server).leases(LinkId(index), SystemTime::now());
-            match shared.store.compact(&name, &live) {
-                Ok(()) => *len = 0,
-                Err(e) => warn!(ifname = %name, error = %e, "compacting the lease journal failed"),
-            }
-        }
+/// Sends the replies the writer released.
+async fn sender(mut rx: mpsc::UnboundedReceiver<Held>) {
+    while let Some(h) = rx.recv().await {
+        send(&h.socket, &h.payload, h.to).await;
     }
 }
 
 /// Expires leases when they run out.
 async fn expirer(shared: Arc<Shared>) {
     loop {
-        let next = lock(&shared.server).poll_timeout();
+        let next = shared.engine().server.poll_timeout();
         let wait = next
             .and_then(|t| t.duration_since(SystemTime::now()).ok())
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(60));
         tokio::time::sleep(wait).await;
-        let expired = lock(&shared.server).expire(SystemTime::now());
+        let expired = shared.engine().server.expire(SystemTime::now());
         if !expired.is_empty() {
             info!(count = expired.len(), "leases expired");
+        }
+    }
+}
+
+/// A link's lease files, as the writer knows them.
+struct LinkFiles {
+    name: String,
+    /// Entries in its journal file.
+    journal_len: usize,
+}
+
+/// The owner of the lease files (thread `rnetd-leases`).
+struct Writer {
+    shared: Arc<Shared>,
+    store: LeaseStore,
+    files: HashMap<u32, LinkFiles>,
+    replies: mpsc::UnboundedSender<Held>,
+}
+
+impl Writer {
+    /// Does jobs until every sender is gone. Each round takes every job queued, does them in
+    /// order, then appends every pending journal entry (one fsync per link) and releases the
+    /// replies held for them: group commit.
+    fn run(mut self, rx: &std_mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut synced = Vec::new();
+            let mut job = Some(first);
+            while let Some(j) = job {
+                match j {
+                    Job::Wake => {}
+                    Job::Open { link, done } => {
+                        let _ = done.send(self.open(&link));
+                    }
+                    Job::Close {
+                        index,
+                        ifname,
+                        done,
+                    } => {
+                        self.files.remove(&index);
+                        if let Err(e) = self.store.remove(&ifname) {
+                            warn!(ifname, error = %e, "removing the lease file failed");
+                        }
+                        let _ = done.send(());
+                    }
+                    Job::Sync(done) => synced.push(done),
+                }
+                job = rx.try_recv().ok();
+            }
+            self.commit();
+            for done in synced {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Loads a link's saved leases into the engine, records the container's lease, and starts
+    /// its files from a fresh snapshot with an empty journal.
+    fn open(&mut self, link: &DhcpLink) -> Result<(), DhcpError> {
+        let id = LinkId(link.index);
+        let cfg_err = |reason: String| DhcpError::Config {
+            ifname: link.ifname.clone(),
+            reason,
+        };
+        let now = SystemTime::now();
+        let saved = self.store.load(&link.ifname, now).unwrap_or_else(|e| {
+            warn!(ifname = %link.ifname, error = %e, "cannot read saved leases");
+            Vec::new()
+        });
+        let live = {
+            let mut engine = self.shared.engine();
+            let server = &mut engine.server;
+            let mut cfg = LinkConfig::new(link.subnet, link.server);
+            cfg.dns = link.dns.clone();
+            let max = cfg.max_lease_time;
+            server
+                .add_link(id, cfg)
+                .map_err(|e| cfg_err(e.to_string()))?;
+            for l in saved {
+                if let Err(e) = server.record_lease(id, l, now) {
+                    warn!(ifname = %link.ifname, error = %e, "skipping a saved lease");
+                }
+            }
+            if let Some((mac, addr)) = link.container {
+                let client = ClientId::from_mac(mac);
+                let existing = server
+                    .leases(id, now)
+                    .into_iter()
+                    .any(|l| l.client_id == client && l.address == addr);
+                if !existing {
+                    let lease = Lease::new(client, addr, now + max);
+                    if let Err(e) = server.record_lease(id, lease, now) {
+                        server.remove_link(id);
+                        return Err(cfg_err(e.to_string()));
+                    }
+                }
+            }
+            server.leases(id, now)
+        };
+        if let Err(e) = self.store.compact(&link.ifname, &live) {
+            warn!(ifname = %link.ifname, error = %e, "saving leases failed");
+        }
+        self.files.insert(
+            link.index,
+            LinkFiles {
+                name: link.ifname.clone(),
+                journal_len: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends every pending journal entry, compacts grown journals, then releases the replies
+    /// that waited for them (sent even if a write failed, which is logged: a client must not be
+    /// left unanswered).
+    fn commit(&mut self) {
+        let (pending, held) = {
+            let mut engine = self.shared.engine();
+            (
+                std::mem::take(&mut engine.pending),
+                std::mem::take(&mut engine.held),
+            )
+        };
+        for (index, entries) in pending {
+            let Some(files) = self.files.get_mut(&index) else {
+                continue; // the link is gone
+            };
+            if let Err(e) = self.store.append(&files.name, &entries) {
+                warn!(ifname = %files.name, error = %e, "appending to the lease journal failed");
+                continue;
+            }
+            files.journal_len += entries.len();
+            let count = self.shared.engine().server.lease_count(LinkId(index));
+            if files.journal_len > COMPACT_MIN.max(2 * count) {
+                let live = self
+                    .shared
+                    .engine()
+                    .server
+                    .leases(LinkId(index), SystemTime::now());
+                match self.store.compact(&files.name, &live) {
+                    Ok(()) => files.journal_len = 0,
+                    Err(e) => {
+                        warn!(ifname = %files.name, error = %e, "compacting the lease journal failed");
+                    }
+                }
+            }
+        }
+        for h in held {
+            let _ = self.replies.send(h);
         }
     }
 }

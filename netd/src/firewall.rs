@@ -111,6 +111,32 @@ pub struct Firewall<N> {
     present: bool,
     /// `net.ipv4.ip_forward` before we turned it on, to restore when the last link goes.
     forward_restore: Option<String>,
+    /// Counts changes of `installed`: a check made without the lock is applied only if
+    /// nothing changed meanwhile.
+    generation: u64,
+}
+
+/// What a periodic check needs, taken under the firewall's lock and used without it.
+pub struct Probe<N> {
+    /// A handle to run `nft` with.
+    pub nft: N,
+    /// The table as it should be.
+    pub desired: Ruleset,
+    /// The generation the check is valid for.
+    pub generation: u64,
+}
+
+impl<N: AsyncNft> Probe<N> {
+    /// Lists the kernel's table (`nft -j list table inet rnet`) and says whether it differs
+    /// from the desired one. Runs without any lock of the daemon.
+    pub async fn needs_repair(&mut self) -> Result<bool, FirewallError> {
+        let listing = self.nft.list_table_async().await?;
+        let observed = match &listing {
+            Some(l) => Some(nat::observe(l)?),
+            None => None,
+        };
+        Ok(nat::plan(observed.as_ref(), &self.desired).is_some())
+    }
 }
 
 impl<N: AsyncNft> Firewall<N> {
@@ -122,7 +148,26 @@ impl<N: AsyncNft> Firewall<N> {
             installed: Ruleset::new(),
             present: false,
             forward_restore,
+            generation: 0,
         }
+    }
+
+    /// The generation of the desired table (changes with every add, remove or adopt).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What a check of the kernel's table needs, or `None` when we have nothing installed
+    /// (there is nothing to keep in line).
+    pub fn probe(&self) -> Option<Probe<N>>
+    where
+        N: Clone,
+    {
+        (!is_empty(&self.installed)).then(|| Probe {
+            nft: self.nft.clone(),
+            desired: self.installed.clone(),
+            generation: self.generation,
+        })
     }
 
     /// The forwarding value to restore, for the state file.
@@ -167,6 +212,7 @@ impl<N: AsyncNft> Firewall<N> {
                 info!("last fabric link gone; removed table inet rnet");
             }
             self.installed = desired;
+            self.generation += 1;
             self.present = false;
             self.restore_forwarding();
             return Ok(());
@@ -204,6 +250,7 @@ impl<N: AsyncNft> Firewall<N> {
             Err(e) => return Err(e.into()),
         }
         self.installed = desired;
+        self.generation += 1;
         self.present = true;
         Ok(())
     }
@@ -218,6 +265,7 @@ impl<N: AsyncNft> Firewall<N> {
             }
         }
         self.installed = r;
+        self.generation += 1;
         Ok(())
     }
 

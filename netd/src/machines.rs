@@ -100,7 +100,6 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     /// `/24`s for zones.
     pub(crate) zone_pool: Pool,
-    pub(crate) firewall: Firewall<NftCli>,
 }
 
 impl Inner {
@@ -116,6 +115,16 @@ impl Inner {
 }
 
 /// The attached machines and what it takes to change them.
+///
+/// # Locks
+///
+/// Two `tokio::sync::Mutex`es, always taken in this order: `inner` (machines, zones, pools),
+/// then `firewall` (the nft table as we installed it). Both may be held across netlink and `nft`
+/// work of a change (attach, detach, zone create/delete), which must not interleave with
+/// another. Reads (list, status, zone list/show) take only `inner`. The periodic table check
+/// takes only `firewall`, and only to copy what it compares and, rarely, to repair: the
+/// listing runs with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
+/// `std::sync::Mutex` anywhere is held across an `.await` or across file or netlink work.
 pub struct Machines {
     pub(crate) settings: Settings,
     pub(crate) rtnl: Rtnl,
@@ -123,6 +132,7 @@ pub struct Machines {
     pub(crate) zone_file: ZoneFile,
     pub(crate) dhcp: Arc<DhcpService>,
     pub(crate) inner: Mutex<Inner>,
+    pub(crate) firewall: Mutex<Firewall<NftCli>>,
     this: Weak<Machines>,
 }
 
@@ -180,9 +190,9 @@ fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> 
 }
 
 /// Adds a machine's firewall elements (a bad port mapping is the caller's error).
-async fn add_rules(inner: &mut Inner, m: &Machine) -> Result<(), ApiError> {
+async fn add_rules(firewall: &Mutex<Firewall<NftCli>>, m: &Machine) -> Result<(), ApiError> {
     let rules = link_rules(m).map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
-    inner.firewall.add(&rules).await.map_err(internal)
+    firewall.lock().await.add(&rules).await.map_err(internal)
 }
 
 fn pool_error(e: PoolError) -> ApiError {
@@ -223,8 +233,12 @@ impl Machines {
                 zones: BTreeMap::new(),
                 pool,
                 zone_pool,
-                firewall: Firewall::new(NftCli::new(), Sysctl::default(), saved.forward_restore),
             }),
+            firewall: Mutex::new(Firewall::new(
+                NftCli::new(),
+                Sysctl::default(),
+                saved.forward_restore,
+            )),
             this: this.clone(),
         });
         let mut inner = me.inner.lock().await;
@@ -256,7 +270,7 @@ impl Machines {
                 (Some(pidfd), Some(index)) if zone_ok && reserved => {
                     info!(machine = %m.machine, ifname = m.host_ifname.as_deref().unwrap_or("-"), "adopted");
                     if let Some(link) = dhcp_link(m, index)
-                        && let Err(e) = me.dhcp.add_link(&link)
+                        && let Err(e) = me.dhcp.add_link(&link).await
                     {
                         warn!(machine = %m.machine, error = %e, "restarting the DHCP server failed");
                     }
@@ -288,7 +302,7 @@ impl Machines {
                         if let Err(e) = me.rtnl.del_link(ifname).await {
                             warn!(error = %e, "removing a stale link failed");
                         }
-                        me.dhcp.remove_link(ifname, link.unwrap_or(0));
+                        me.dhcp.remove_link(ifname, link.unwrap_or(0)).await;
                     }
                     if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
                         inner.pool.release(net);
@@ -304,13 +318,16 @@ impl Machines {
             .filter_map(|e| link_rules(&e.saved.machine).ok())
             .chain(inner.zones.values().map(crate::zones::zone_rules))
             .collect();
-        inner.firewall.adopt(&links).map_err(internal)?;
-        match inner.firewall.reconcile().await {
-            Ok(true) => info!("firewall table brought in line with the adopted machines"),
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "checking the firewall table failed"),
+        {
+            let mut firewall = me.firewall.lock().await;
+            firewall.adopt(&links).map_err(internal)?;
+            match firewall.reconcile().await {
+                Ok(true) => info!("firewall table brought in line with the adopted machines"),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "checking the firewall table failed"),
+            }
         }
-        me.save(&inner)?;
+        me.save(&inner).await?;
         drop(inner);
         me.spawn_firewall_check();
         Ok(me)
@@ -326,22 +343,40 @@ impl Machines {
             loop {
                 tick.tick().await;
                 let Some(me) = this.upgrade() else { return };
-                let mut inner = me.inner.lock().await;
-                if inner.machines.is_empty() && inner.zones.is_empty() {
+                let Some(mut probe) = me.firewall.lock().await.probe() else {
                     continue;
+                };
+                // Listed and compared with no lock held: requests go on meanwhile.
+                match probe.needs_repair().await {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        warn!(error = %e, "checking the firewall table failed");
+                        continue;
+                    }
                 }
-                match inner.firewall.reconcile().await {
+                let mut firewall = me.firewall.lock().await;
+                if firewall.generation() != probe.generation {
+                    continue; // changed meanwhile: the next check looks again
+                }
+                match firewall.reconcile().await {
                     Ok(true) => {
                         info!("table inet rnet was removed or changed from outside; rebuilt it")
                     }
                     Ok(false) => {}
-                    Err(e) => warn!(error = %e, "checking the firewall table failed"),
+                    Err(e) => warn!(error = %e, "repairing the firewall table failed"),
                 }
             }
         });
     }
 
-    pub(crate) fn save(&self, inner: &Inner) -> Result<(), ApiError> {
+    pub(crate) async fn save(&self, inner: &Inner) -> Result<(), ApiError> {
+        let forward_restore = self
+            .firewall
+            .lock()
+            .await
+            .forward_restore()
+            .map(str::to_owned);
         let state = State {
             machines: inner.machines.values().map(|e| e.saved.clone()).collect(),
             zones: inner
@@ -352,7 +387,7 @@ impl Machines {
                     explicit: z.explicit,
                 })
                 .collect(),
-            forward_restore: inner.firewall.forward_restore().map(str::to_owned),
+            forward_restore,
             ..State::default()
         };
         self.state.save(state).map_err(internal)
@@ -438,7 +473,7 @@ impl Machines {
         {
             zone.members.insert(name.clone());
         }
-        if let Err(e) = self.save(&inner) {
+        if let Err(e) = self.save(&inner).await {
             self.remove_locked(&mut inner, &name).await;
             return Err(e);
         }
@@ -481,11 +516,12 @@ impl Machines {
             machine.host_address = Some(host_address);
             machine.container_address = Some(container);
             if let Some(link) = dhcp_link(&machine, index) {
-                self.dhcp.add_link(&link).map_err(internal)?;
+                self.dhcp.add_link(&link).await.map_err(internal)?;
             }
-            if let Err(e) = add_rules(inner, &machine).await {
+            if let Err(e) = add_rules(&self.firewall, &machine).await {
                 self.dhcp
-                    .remove_link(machine.host_ifname.as_deref().unwrap_or_default(), index);
+                    .remove_link(machine.host_ifname.as_deref().unwrap_or_default(), index)
+                    .await;
                 return Err(e);
             }
             guard.commit();
@@ -534,7 +570,7 @@ impl Machines {
                 .and_then(parse_mac)
                 .unwrap_or_default();
             let container = if serve_dhcp {
-                self.dhcp.assign(bridge, mac)
+                self.dhcp.assign(bridge, mac).await
             } else {
                 let used: Vec<Ipv4Addr> = inner
                     .machines
@@ -555,7 +591,7 @@ impl Machines {
             machine.subnet = Some(subnet);
             machine.host_address = Some(gateway);
             machine.container_address = Some(container);
-            if let Err(e) = add_rules(inner, &machine).await {
+            if let Err(e) = add_rules(&self.firewall, &machine).await {
                 self.dhcp.release(bridge, mac);
                 return Err(e);
             }
@@ -672,7 +708,7 @@ impl Machines {
             return Err(not_found(name));
         }
         self.remove_locked(&mut inner, name).await;
-        self.save(&inner)
+        self.save(&inner).await
     }
 
     pub(crate) async fn remove_locked(&self, inner: &mut Inner, name: &MachineName) {
@@ -685,7 +721,7 @@ impl Machines {
         let m = &entry.saved.machine;
         match link_rules(m) {
             Ok(rules) => {
-                if let Err(e) = inner.firewall.remove(&rules).await {
+                if let Err(e) = self.firewall.lock().await.remove(&rules).await {
                     warn!(machine = %name, error = %e, "removing firewall elements failed");
                 }
             }
@@ -694,7 +730,7 @@ impl Machines {
         self.remove_extras(&m.links, entry.netns.as_ref()).await;
         if let Some(ifname) = &m.host_ifname {
             if m.network == NetworkSpec::Veth {
-                self.dhcp.remove_link(ifname, entry.index);
+                self.dhcp.remove_link(ifname, entry.index).await;
             }
             // Best effort: a link that is already gone (the namespace died) is fine.
             if let Err(e) = self.rtnl.del_link(ifname).await {
@@ -726,8 +762,8 @@ impl Machines {
     }
 
     /// Writes what must survive a restart that is not yet on disk (leases).
-    pub fn shutdown(&self) {
-        self.dhcp.flush();
+    pub async fn shutdown(&self) {
+        self.dhcp.sync().await;
     }
 
     /// Asks a machine to stop: SIGTERM to its process (through its pidfd, so a reused pid is
@@ -790,7 +826,7 @@ impl Machines {
             }
             info!(machine = %name, "container process exited; cleaning up");
             me.remove_locked(&mut inner, &name).await;
-            if let Err(e) = me.save(&inner) {
+            if let Err(e) = me.save(&inner).await {
                 warn!(error = %e, "saving state failed");
             }
         })

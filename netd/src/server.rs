@@ -27,7 +27,7 @@ pub async fn run(machines: Arc<Machines>, listener: UnixListener, shutdown: impl
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down; attached machines keep their networking");
-                machines.shutdown();
+                machines.shutdown().await;
                 return;
             }
             accepted = listener.accept() => match accepted {

@@ -62,7 +62,7 @@ impl Machines {
                 .map_err(|e| ApiError::new(ErrorKind::PoolExhausted, e.to_string()))?,
         };
         config.subnet = Some(subnet);
-        let built = self.build_zone(inner, &config, subnet).await;
+        let built = self.build_zone(&config, subnet).await;
         match built {
             Ok(index) => {
                 info!(zone = %config.name, %bridge, %subnet, explicit, "zone created");
@@ -84,12 +84,7 @@ impl Machines {
         }
     }
 
-    async fn build_zone(
-        &self,
-        inner: &mut Inner,
-        config: &ZoneConfig,
-        subnet: Ipv4Network,
-    ) -> Result<u32, ApiError> {
+    async fn build_zone(&self, config: &ZoneConfig, subnet: Ipv4Network) -> Result<u32, ApiError> {
         let bridge = config.name.bridge();
         let index = self.rtnl.add_bridge(&bridge).await.map_err(internal)?;
         let undo = |e: ApiError| async {
@@ -113,6 +108,7 @@ impl Machines {
                         dns: self.settings.dns.clone(),
                         container: None,
                     })
+                    .await
                     .map_err(internal)?;
             }
             let entry = ZoneEntry {
@@ -124,8 +120,8 @@ impl Machines {
                 explicit: false,
                 members: BTreeSet::new(),
             };
-            if let Err(e) = inner.firewall.add(&zone_rules(&entry)).await {
-                self.dhcp.remove_link(&bridge, index);
+            if let Err(e) = self.firewall.lock().await.add(&zone_rules(&entry)).await {
+                self.dhcp.remove_link(&bridge, index).await;
                 return Err(internal(e));
             }
             Ok(index)
@@ -143,10 +139,10 @@ impl Machines {
             return;
         };
         let bridge = name.bridge();
-        if let Err(e) = inner.firewall.remove(&zone_rules(&z)).await {
+        if let Err(e) = self.firewall.lock().await.remove(&zone_rules(&z)).await {
             warn!(zone = %name, error = %e, "removing the zone's firewall elements failed");
         }
-        self.dhcp.remove_link(&bridge, z.index);
+        self.dhcp.remove_link(&bridge, z.index).await;
         if let Err(e) = self.rtnl.del_link(&bridge).await {
             warn!(zone = %name, error = %e, "deleting the zone bridge failed");
         }
@@ -201,7 +197,7 @@ impl Machines {
                     dns: self.settings.dns.clone(),
                     container: None,
                 };
-                if let Err(e) = self.dhcp.add_link(&link) {
+                if let Err(e) = self.dhcp.add_link(&link).await {
                     warn!(zone = %name, error = %e, "restarting the zone's DHCP server failed");
                 }
             }
@@ -270,7 +266,7 @@ impl Machines {
         let name = config.name.clone();
         self.create_zone(&mut inner, config, true).await?;
         self.save_zone_file(&inner);
-        self.save(&inner)?;
+        self.save(&inner).await?;
         inner
             .zones
             .get(&name)
@@ -324,7 +320,7 @@ impl Machines {
                 self.save_zone_file(&inner);
             }
         }
-        self.save(&inner)
+        self.save(&inner).await
     }
 }
 

@@ -549,3 +549,115 @@ impl Rig {
         assert!(!log.contains("panicked"), "rnetd panicked; log:\n{log}");
     }
 }
+
+// Helpers for the reliability tests (tests/tests/stress.rs, tests/tests/crash.rs).
+
+/// The thread stacks of process `pid`: user-space backtraces from gdb when it is installed,
+/// and always each thread's name, state, kernel wait channel and kernel stack. Printed when a
+/// test sees the daemon stall, so the failure shows where it hangs.
+pub fn dump_stacks(pid: u32) -> String {
+    let mut out = format!("--- threads of pid {pid} ---\n");
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+            let state = read("status")
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("")
+                .to_owned();
+            out += &format!(
+                "tid {} ({}) {} wchan={}\n{}",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                state,
+                read("wchan"),
+                read("stack")
+            );
+        }
+    }
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output()
+    {
+        Ok(o) => out += &String::from_utf8_lossy(&o.stdout),
+        Err(e) => out += &format!("(no gdb backtraces: {e})\n"),
+    }
+    out
+}
+
+/// A field of `/proc/PID/status` in KiB (e.g. `VmHWM`, the peak RSS).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The names of the links in a netns (`ip -j link` run through `cmd`) that rnet owns:
+/// `ve-`, `vb-`, `vz-` prefixes.
+pub fn our_links(links: &Value) -> Vec<String> {
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| ["ve-", "vb-", "vz-"].iter().any(|p| n.starts_with(p)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Percentile `p` (0..=100) of `values` (sorted in place); zero for none.
+pub fn percentile(values: &mut [Duration], p: usize) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    values.sort();
+    values[(values.len() - 1) * p / 100]
+}
+
+impl Rig {
+    /// A client of this rig's rnetd (as the launcher uses), called from the test process.
+    pub fn client(&self) -> netd::api::Client {
+        netd::api::Client::new(&self.runtime_dir())
+    }
+
+    /// The rnet links (`ve-`, `vb-`, `vz-`) in the host netns.
+    pub fn host_links(&self) -> Vec<String> {
+        our_links(&self.host_ip(&["link", "show"]))
+    }
+
+    /// Waits until rnetd has no machine, no link and no table left; panics with what remains.
+    pub fn assert_all_gone(&self) {
+        let gone = wait_until(Duration::from_secs(20), || {
+            self.machines().is_empty() && self.host_links().is_empty() && self.nft_table().is_none()
+        });
+        assert!(
+            gone,
+            "left behind: machines {:?}, links {:?}, table {}; rnetd log tail:\n{}",
+            self.machines()
+                .iter()
+                .map(|m| m["machine"].to_string())
+                .collect::<Vec<_>>(),
+            self.host_links(),
+            self.nft_table().is_some(),
+            tail(&self.log(), 60)
+        );
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
