@@ -276,6 +276,15 @@ impl Machines {
                     }
                     if let Some(z) = zone.as_ref().and_then(|z| inner.zones.get_mut(z)) {
                         z.members.insert(m.machine.clone());
+                        // Its lease may not have reached the disk before rnetd stopped.
+                        if let (true, Some(mac), Some(addr)) = (
+                            z.config.dhcp,
+                            m.container_mac.as_deref().and_then(parse_mac),
+                            m.container_address,
+                        ) && !me.dhcp.ensure(z.index, mac, addr).await
+                        {
+                            warn!(machine = %m.machine, %addr, "its zone address is leased to another client");
+                        }
                     }
                     let signal_fd = pidfd.try_clone().ok();
                     let watcher = Some(me.watch(m.machine.clone(), pidfd));
@@ -307,11 +316,18 @@ impl Machines {
                     if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
                         inner.pool.release(net);
                     }
+                    if let (Some(z), Some(mac)) = (
+                        zone.as_ref().and_then(|z| inner.zones.get(z)),
+                        m.container_mac.as_deref().and_then(parse_mac),
+                    ) {
+                        me.dhcp.release(z.index, mac);
+                    }
                 }
             }
         }
         // Implicit zones whose members all went while we were down.
         me.drop_empty_implicit_zones(&mut inner).await;
+        me.remove_unexplained_links(&inner).await;
         let links: Vec<LinkRules> = inner
             .machines
             .values()
@@ -331,6 +347,41 @@ impl Machines {
         drop(inner);
         me.spawn_firewall_check();
         Ok(me)
+    }
+
+    /// Deletes the links of ours (in [`crate::rtnl::LINK_GROUP`]) that no adopted machine or
+    /// zone explains: left by a crash between creating them and saving the state.
+    async fn remove_unexplained_links(&self, inner: &Inner) {
+        let explained: BTreeSet<String> = inner
+            .machines
+            .values()
+            .flat_map(|e| {
+                let m = &e.saved.machine;
+                m.host_ifname
+                    .iter()
+                    .cloned()
+                    .chain(m.links.iter().filter_map(|l| match &l.spec {
+                        crate::api::ExtraLink::VethExtra { host, .. } => Some(host.clone()),
+                        _ => None,
+                    }))
+            })
+            .chain(inner.zones.keys().map(ZoneName::bridge))
+            .collect();
+        let marked = match self.rtnl.marked_links().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "listing links to find stale ones failed");
+                return;
+            }
+        };
+        for name in marked.into_iter().filter(|n| !explained.contains(n)) {
+            match self.rtnl.del_link(&name).await {
+                Ok(()) => {
+                    info!(ifname = %name, "removed a link of ours that no saved state explains")
+                }
+                Err(e) => warn!(ifname = %name, error = %e, "removing a stale link failed"),
+            }
+        }
     }
 
     /// Checks the firewall table periodically and rebuilds it when it was removed or changed

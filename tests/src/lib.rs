@@ -661,3 +661,30 @@ pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Kills every process in the network namespace of process `pid` (a container ending as a
+/// whole: its payload and whatever it started), and waits until none is left.
+pub fn kill_container(pid: u64) {
+    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
+        return;
+    };
+    let members = || -> Vec<i32> {
+        fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| fs::read_link(format!("/proc/{p}/ns/net")).ok().as_ref() == Some(&ns))
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), || {
+        let left = members();
+        for p in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        left.is_empty()
+    });
+}
