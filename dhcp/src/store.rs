@@ -11,9 +11,10 @@
 //! harmless. A torn last line (a crash mid-append) is ignored.
 //!
 //! Addresses quarantined after a DECLINE are saved the same way (snapshot field `quarantined`,
-//! journal line `quarantine`), so a restart does not hand a declined address out again; ended
-//! quarantines are dropped on load, and the engine applies its limit again when they are
-//! restored, so a journal that outgrew the limit loads within it.
+//! journal lines `quarantine` and `unquarantine`, the latter for a quarantine released early
+//! to stay within the link's limit), so a restart does not hand a declined address out again;
+//! ended quarantines are dropped on load, and the engine applies its limit again when they are
+//! restored.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -76,6 +77,8 @@ pub enum JournalEntry {
         /// When its quarantine ends.
         until: SystemTime,
     },
+    /// `address` is quarantined no more (released early for the link's limit).
+    Unquarantine(Ipv4Addr),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,6 +87,7 @@ enum JournalLine {
     Bind(LeaseRecord),
     Free(String),
     Quarantine(QuarantineRecord),
+    Unquarantine(Ipv4Addr),
 }
 
 /// What a link has saved: its unexpired leases and quarantines.
@@ -209,6 +213,7 @@ impl LeaseStore {
                         until_unix: unix_secs(*until),
                     })
                 }
+                JournalEntry::Unquarantine(address) => JournalLine::Unquarantine(*address),
             };
             // Our own plain records always serialise.
             serde_json::to_writer(&mut buf, &line).map_err(|e| StoreError::Write {
@@ -374,6 +379,9 @@ impl LeaseStore {
                 }
                 JournalLine::Quarantine(q) => {
                     quarantined.insert(q.address, from_unix(q.until_unix));
+                }
+                JournalLine::Unquarantine(address) => {
+                    quarantined.remove(&address);
                 }
             }
         }
@@ -654,6 +662,11 @@ mod tests {
                         address: Ipv4Addr::new(10, 0, 0, 7),
                         until: t(800),
                     },
+                    JournalEntry::Quarantine {
+                        address: Ipv4Addr::new(10, 0, 0, 10),
+                        until: t(800),
+                    },
+                    JournalEntry::Unquarantine(Ipv4Addr::new(10, 0, 0, 10)),
                 ],
             )
             .unwrap();

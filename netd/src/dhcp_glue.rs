@@ -349,8 +349,7 @@ impl DhcpService {
 }
 
 /// The journal entries that make lease changes durable. Expiry needs none: expired leases and
-/// quarantines are dropped when a file is loaded. A quarantine released early to stay within
-/// the link's limit needs none either: the limit is applied again when quarantines are loaded.
+/// quarantines are dropped when a file is loaded.
 fn entries(changes: &[LeaseChange]) -> impl Iterator<Item = JournalEntry> + '_ {
     changes.iter().flat_map(|c| match c {
         LeaseChange::Bound(l) => vec![JournalEntry::Bind(l.clone())],
@@ -359,10 +358,11 @@ fn entries(changes: &[LeaseChange]) -> impl Iterator<Item = JournalEntry> + '_ {
             address,
             until,
             lease,
-            ..
+            released,
         } => lease
             .iter()
             .map(|l| JournalEntry::Free(l.client_id.clone()))
+            .chain(released.map(JournalEntry::Unquarantine))
             .chain([JournalEntry::Quarantine {
                 address: *address,
                 until: *until,
