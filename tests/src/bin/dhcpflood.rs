@@ -48,7 +48,7 @@ fn main() {
         if socket.send_to(&buf, (server, 67)).is_ok() {
             sent += 1;
         }
-        if sent % 100 == 0 {
+        if sent.is_multiple_of(100) {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
