@@ -42,6 +42,9 @@ pub enum DropReason {
     StaticConflict,
     /// No free address in the pool.
     PoolExhausted,
+    /// A new client the daemon did not record, while such clients hold their whole share of
+    /// the pool ([`LinkConfig::foreign_lease_limit`](crate::LinkConfig::foreign_lease_limit)).
+    LeaseLimit,
     /// A RELEASE for an address the client does not hold.
     NoLease,
     /// The reply could not be encoded (should not happen).
@@ -50,7 +53,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order (the index used by [`Counters`]).
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::UnknownLink,
         DropReason::Truncated,
         DropReason::TooLarge,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::AddressUnavailable,
         DropReason::StaticConflict,
         DropReason::PoolExhausted,
+        DropReason::LeaseLimit,
         DropReason::NoLease,
         DropReason::EncodeFailed,
     ];
@@ -90,6 +94,7 @@ impl DropReason {
             DropReason::AddressUnavailable => "address_unavailable",
             DropReason::StaticConflict => "static_conflict",
             DropReason::PoolExhausted => "pool_exhausted",
+            DropReason::LeaseLimit => "lease_limit",
             DropReason::NoLease => "no_lease",
             DropReason::EncodeFailed => "encode_failed",
         }

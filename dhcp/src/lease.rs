@@ -1,10 +1,13 @@
 //! The lease table of one link (pure): bound leases by client id and by address, static leases,
 //! and addresses quarantined after a DECLINE.
 //!
-//! As in systemd (reference §3.5), an OFFER is not a reservation: only ACKed leases are here.
-//! Expired leases are ignored by every lookup and removed by [`LeaseTable::expire`].
+//! As in systemd (reference §3.5), an OFFER is not a reservation: only ACKed leases are here,
+//! so a flood of DISCOVERs takes no address. Expired leases are ignored by every lookup and
+//! removed by [`LeaseTable::expire`]. The table counts the leases the daemon recorded for its
+//! containers ([`Lease::container`]) apart from the others, and keeps quarantines ordered by
+//! their end, so that the per-link bounds cost O(log n) per packet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -96,6 +99,11 @@ pub struct Lease {
     pub hostname: Option<String>,
     /// When the lease ends; it is expired at and after this instant.
     pub expires: SystemTime,
+    /// Recorded by the daemon for a container it configured, not obtained over DHCP by a
+    /// client it does not know. Such leases count against no limit, keep the flag when their
+    /// client renews them, and a DHCP client sending another (non-Ethernet) client id from the
+    /// same hardware address is given this lease.
+    pub container: bool,
 }
 
 impl Lease {
@@ -107,6 +115,7 @@ impl Lease {
             address,
             hostname: None,
             expires,
+            container: false,
         }
     }
 
@@ -160,6 +169,10 @@ pub struct LeaseTable {
     static_by_client: BTreeMap<ClientId, Ipv4Addr>,
     static_by_address: BTreeMap<Ipv4Addr, ClientId>,
     quarantine: BTreeMap<Ipv4Addr, SystemTime>,
+    /// The quarantines again, by end: the one to release first when the limit is reached.
+    quarantine_by_end: BTreeSet<(SystemTime, Ipv4Addr)>,
+    /// Stored leases with [`Lease::container`] set.
+    containers: usize,
     /// No lease or quarantine stored ends before this: a lower bound of the earliest end, so
     /// that [`expire`](Self::expire), called for every packet, costs nothing until something
     /// can have ended (instead of a walk over every lease).
@@ -232,6 +245,7 @@ impl LeaseTable {
         }
         let previous = self.remove(&lease.client_id);
         self.note_end(lease.expires);
+        self.containers += usize::from(lease.container);
         self.by_address
             .insert(lease.address, lease.client_id.clone());
         self.by_client.insert(lease.client_id.clone(), lease);
@@ -244,13 +258,46 @@ impl LeaseTable {
         if self.by_address.get(&lease.address) == Some(client_id) {
             self.by_address.remove(&lease.address);
         }
+        self.containers -= usize::from(lease.container);
         Some(lease)
     }
 
-    /// Keeps `address` from being handed out until `until`.
-    pub fn quarantine(&mut self, address: Ipv4Addr, until: SystemTime) {
+    /// Keeps `address` from being handed out until `until`, with at most `limit` addresses
+    /// quarantined (at least one): beyond it the quarantine that ends first is released and
+    /// returned.
+    pub fn quarantine(
+        &mut self,
+        address: Ipv4Addr,
+        until: SystemTime,
+        limit: usize,
+    ) -> Option<Ipv4Addr> {
+        if let Some(old) = self.quarantine.insert(address, until) {
+            self.quarantine_by_end.remove(&(old, address));
+        }
+        self.quarantine_by_end.insert((until, address));
         self.note_end(until);
-        self.quarantine.insert(address, until);
+        if self.quarantine.len() <= limit.max(1) {
+            return None;
+        }
+        let (_, first) = self.quarantine_by_end.pop_first()?;
+        self.quarantine.remove(&first);
+        Some(first)
+    }
+
+    /// The quarantined addresses and when each quarantine ends (ended ones not yet removed
+    /// included), by address.
+    pub fn quarantined(&self) -> impl Iterator<Item = (Ipv4Addr, SystemTime)> + '_ {
+        self.quarantine.iter().map(|(&a, &t)| (a, t))
+    }
+
+    /// Number of quarantined addresses (ended ones not yet removed included).
+    pub fn quarantine_len(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Number of stored leases the daemon did not record for a container.
+    pub fn foreign_len(&self) -> usize {
+        self.by_client.len() - self.containers
     }
 
     fn note_end(&mut self, end: SystemTime) {
@@ -262,7 +309,12 @@ impl LeaseTable {
         if self.earliest_end.is_none_or(|e| e > now) {
             return Vec::new();
         }
-        self.quarantine.retain(|_, &mut until| until > now);
+        while let Some(&(until, address)) = self.quarantine_by_end.first()
+            && until <= now
+        {
+            self.quarantine_by_end.pop_first();
+            self.quarantine.remove(&address);
+        }
         let ended: Vec<ClientId> = self
             .by_client
             .values()
@@ -316,6 +368,7 @@ mod tests {
             hwaddr: Some([2, 0, 0, 0, 0, id]),
             hostname: None,
             expires: t(expires),
+            container: false,
         }
     }
 
@@ -365,7 +418,7 @@ mod tests {
         let mut table = LeaseTable::new();
         table.bind(lease(1, 5, 100), t(0)).unwrap();
         table.bind(lease(2, 6, 300), t(0)).unwrap();
-        table.quarantine(Ipv4Addr::new(10, 0, 0, 7), t(200));
+        table.quarantine(Ipv4Addr::new(10, 0, 0, 7), t(200), 10);
         assert_eq!(table.next_expiry(), Some(t(100)));
         assert!(table.is_quarantined(Ipv4Addr::new(10, 0, 0, 7), t(199)));
         assert_eq!(table.expire(t(100)), vec![lease(1, 5, 100)]);
@@ -376,6 +429,48 @@ mod tests {
         assert_eq!(table.expire(t(300)).len(), 1);
         assert!(table.is_empty());
         assert_eq!(table.next_expiry(), None);
+    }
+
+    #[test]
+    fn quarantines_are_bounded_and_the_first_to_end_goes_first() {
+        let mut table = LeaseTable::new();
+        let a = |x| Ipv4Addr::new(10, 0, 0, x);
+        assert_eq!(table.quarantine(a(1), t(300), 2), None);
+        assert_eq!(table.quarantine(a(2), t(100), 2), None);
+        // Re-quarantining an address moves its end, it does not count twice.
+        assert_eq!(table.quarantine(a(2), t(200), 2), None);
+        assert_eq!(table.quarantine_len(), 2);
+        assert_eq!(table.quarantine(a(3), t(400), 2), Some(a(2)));
+        assert_eq!(
+            table.quarantined().collect::<Vec<_>>(),
+            vec![(a(1), t(300)), (a(3), t(400))]
+        );
+        assert!(!table.is_quarantined(a(2), t(0)));
+        // Expiry releases by end, and keeps both indexes in step.
+        table.expire(t(300));
+        assert_eq!(
+            table.quarantined().collect::<Vec<_>>(),
+            vec![(a(3), t(400))]
+        );
+        assert_eq!(table.quarantine(a(4), t(500), 2), None);
+        assert_eq!(table.quarantine_len(), 2);
+    }
+
+    #[test]
+    fn container_leases_are_counted_apart() {
+        let mut table = LeaseTable::new();
+        let mut c = lease(1, 5, 100);
+        c.container = true;
+        table.bind(c.clone(), t(0)).unwrap();
+        table.bind(lease(2, 6, 100), t(0)).unwrap();
+        assert_eq!((table.len(), table.foreign_len()), (2, 1));
+        // Rebinding the container's lease without the flag makes it foreign.
+        table.bind(lease(1, 5, 100), t(0)).unwrap();
+        assert_eq!(table.foreign_len(), 2);
+        table.bind(c, t(0)).unwrap();
+        assert_eq!(table.foreign_len(), 1);
+        assert_eq!(table.expire(t(100)).len(), 2);
+        assert_eq!((table.len(), table.foreign_len()), (0, 0));
     }
 
     #[test]

@@ -20,4 +20,4 @@ pub use counters::{Counters, DropReason};
 pub use lease::{ClientId, Lease, LeaseError, LeaseTable, ParseClientIdError};
 pub use pick::{client_id_from_mac, client_id_hash, pick_address, pick_address_in};
 pub use server::{Destination, Handled, Inbound, LeaseChange, LinkId, Outbound, Server};
-pub use store::{JournalEntry, LeaseStore, StoreError};
+pub use store::{JournalEntry, LeaseStore, Saved, StoreError};

@@ -87,8 +87,12 @@ pub enum LeaseChange {
     Declined {
         /// The quarantined address.
         address: Ipv4Addr,
+        /// When its quarantine ends.
+        until: SystemTime,
         /// The client's lease that was dropped.
         lease: Option<Lease>,
+        /// The quarantine released early to stay within the link's limit, if any.
+        released: Option<Ipv4Addr>,
     },
     /// A lease ran out.
     Expired(Lease),
@@ -137,6 +141,12 @@ impl Server {
                 let kept = new.record(lease.clone(), SystemTime::UNIX_EPOCH).is_ok();
                 new.dirty |= !kept;
             }
+            let limit = new.config.quarantine_limit() as usize;
+            for (address, until) in old.table.quarantined() {
+                if new.config.in_pool(address) && !new.config.is_reserved(address) {
+                    new.table.quarantine(address, until, limit);
+                }
+            }
             new.dirty |= old.dirty;
         }
         self.links.insert(link, new);
@@ -153,10 +163,54 @@ impl Server {
         self.links.get(&link).map(|l| &l.config)
     }
 
-    /// Records a lease the daemon made itself (e.g. the address it configured in a container,
-    /// `Lease::new(ClientId::from_mac(mac), address, expires)`), or one loaded from the store.
-    /// The address may lie outside the pool but must be a free host address of the subnet.
+    /// Records a lease the daemon made itself for a container (e.g. the address it configured
+    /// in it, `Lease::new(ClientId::from_mac(mac), address, expires)`), marked
+    /// [`container`](Lease::container): it counts against no limit. The address may lie
+    /// outside the pool but must be a free host address of the subnet.
     pub fn record_lease(
+        &mut self,
+        link: LinkId,
+        mut lease: Lease,
+        now: SystemTime,
+    ) -> Result<(), LeaseError> {
+        lease.container = true;
+        self.restore_lease(link, lease, now)
+    }
+
+    /// The address of the container with `mac` on `link`: the lease of client id `0x01` + MAC
+    /// if it has one (`None` in the second field), else a free address picked by the hash of
+    /// that client id over the subnet (not quarantined, nobody's lease or static address),
+    /// recorded as a container lease until `now` plus the maximum lease time (returned to be
+    /// saved). `None` for an unknown link or a full subnet. The DHCP clients the daemon did not
+    /// record leave at least the link's reserve free, so this succeeds after any flood while
+    /// the containers fit in the reserve.
+    pub fn assign(
+        &mut self,
+        link: LinkId,
+        mac: [u8; 6],
+        now: SystemTime,
+    ) -> Option<(Ipv4Addr, Option<Lease>)> {
+        let l = self.links.get_mut(&link)?;
+        let client = ClientId::from_mac(mac);
+        if let Some(lease) = l.table.lease(&client, now) {
+            return Some((lease.address, None));
+        }
+        let cfg = &l.config;
+        let address = crate::pick_address(cfg.subnet, client.as_bytes(), |a| {
+            !cfg.is_reserved(a)
+                && l.table.holder(a, now).is_none()
+                && l.table.static_owner(a).is_none()
+                && !l.table.is_quarantined(a, now)
+        })?;
+        let expires = now.checked_add(cfg.max_lease_time).unwrap_or(now);
+        let mut lease = Lease::new(client, address, expires);
+        lease.container = true;
+        l.record(lease.clone(), now).ok()?;
+        Some((address, Some(lease)))
+    }
+
+    /// Records a lease loaded from the store, as it was saved (container or not).
+    pub fn restore_lease(
         &mut self,
         link: LinkId,
         lease: Lease,
@@ -166,6 +220,38 @@ impl Server {
             .get_mut(&link)
             .ok_or(LeaseError::UnknownLink(link))?
             .record(lease, now)
+    }
+
+    /// Quarantines `address` on `link` until `until` (loaded from the store), within the
+    /// link's limit; false for an unknown link or an address that is not in the pool.
+    pub fn restore_quarantine(
+        &mut self,
+        link: LinkId,
+        address: Ipv4Addr,
+        until: SystemTime,
+    ) -> bool {
+        let Some(l) = self.links.get_mut(&link) else {
+            return false;
+        };
+        if l.config.is_reserved(address) || !l.config.in_pool(address) {
+            return false;
+        }
+        let limit = l.config.quarantine_limit() as usize;
+        l.table.quarantine(address, until, limit);
+        true
+    }
+
+    /// The addresses of `link` quarantined at `now` and when each quarantine ends, by address.
+    pub fn quarantined(&self, link: LinkId, now: SystemTime) -> Vec<(Ipv4Addr, SystemTime)> {
+        self.links
+            .get(&link)
+            .map(|l| {
+                l.table
+                    .quarantined()
+                    .filter(|&(_, until)| until > now)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Drops the lease of `client` on `link` (the daemon removed the client's container);
@@ -193,7 +279,7 @@ impl Server {
             self.counters.expired = self.counters.expired.saturating_add(1);
             out.changes.push(LeaseChange::Expired(lease));
         }
-        let req = match Request::parse(inbound.payload) {
+        let mut req = match Request::parse(inbound.payload) {
             Ok(req) => req,
             Err(reason) => {
                 self.counters.count(reason);
@@ -201,6 +287,7 @@ impl Server {
                 return out;
             }
         };
+        l.resolve(&mut req, now);
         let action = match req.kind {
             MessageType::Discover => l.discover(&req, now),
             MessageType::Request => l.request(&req, now),

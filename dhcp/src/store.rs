@@ -9,7 +9,14 @@
 //! whole state of one client, so replaying a journal over a snapshot taken after some of its
 //! entries gives the same result: a crash between the snapshot and the journal's truncation is
 //! harmless. A torn last line (a crash mid-append) is ignored.
+//!
+//! Addresses quarantined after a DECLINE are saved the same way (snapshot field `quarantined`,
+//! journal lines `quarantine` and `unquarantine`, the latter for a quarantine released early
+//! to stay within the link's limit), so a restart does not hand a declined address out again;
+//! ended quarantines are dropped on load, and the engine applies its limit again when they are
+//! restored.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -29,6 +36,16 @@ const VERSION: u32 = 1;
 struct LeaseFile {
     version: u32,
     leases: Vec<LeaseRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quarantined: Vec<QuarantineRecord>,
+}
+
+/// The on-disk form of one quarantined address; its end in whole seconds since the Unix epoch.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineRecord {
+    address: Ipv4Addr,
+    until_unix: u64,
 }
 
 /// The on-disk form of one lease. Expiry is whole seconds since the Unix epoch (rounded down).
@@ -42,15 +59,26 @@ struct LeaseRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
     expires_unix: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    container: bool,
 }
 
-/// One journal line: the new state of one client's lease.
+/// One journal line: the new state of one client's lease, or a new quarantine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JournalEntry {
     /// The client holds this lease (created or extended).
     Bind(Lease),
     /// The client holds no lease any more.
     Free(ClientId),
+    /// `address` is quarantined until `until` (a DECLINE).
+    Quarantine {
+        /// The declined address.
+        address: Ipv4Addr,
+        /// When its quarantine ends.
+        until: SystemTime,
+    },
+    /// `address` is quarantined no more (released early for the link's limit).
+    Unquarantine(Ipv4Addr),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +86,17 @@ pub enum JournalEntry {
 enum JournalLine {
     Bind(LeaseRecord),
     Free(String),
+    Quarantine(QuarantineRecord),
+    Unquarantine(Ipv4Addr),
+}
+
+/// What a link has saved: its unexpired leases and quarantines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// Leases, by address.
+    pub leases: Vec<Lease>,
+    /// Quarantined addresses and the end of each quarantine, by address.
+    pub quarantined: Vec<(Ipv4Addr, SystemTime)>,
 }
 
 /// Why leases could not be saved or loaded.
@@ -168,6 +207,13 @@ impl LeaseStore {
             let line = match e {
                 JournalEntry::Bind(l) => JournalLine::Bind(to_record(l)),
                 JournalEntry::Free(id) => JournalLine::Free(id.to_string()),
+                JournalEntry::Quarantine { address, until } => {
+                    JournalLine::Quarantine(QuarantineRecord {
+                        address: *address,
+                        until_unix: unix_secs(*until),
+                    })
+                }
+                JournalEntry::Unquarantine(address) => JournalLine::Unquarantine(*address),
             };
             // Our own plain records always serialise.
             serde_json::to_writer(&mut buf, &line).map_err(|e| StoreError::Write {
@@ -194,9 +240,9 @@ impl LeaseStore {
         Ok(())
     }
 
-    /// Writes `leases` as the new snapshot of `link_name`, then empties its journal.
-    pub fn compact(&self, link_name: &str, leases: &[Lease]) -> Result<(), StoreError> {
-        self.save(link_name, leases)?;
+    /// Writes `saved` as the new snapshot of `link_name`, then empties its journal.
+    pub fn compact(&self, link_name: &str, saved: &Saved) -> Result<(), StoreError> {
+        self.save(link_name, saved)?;
         let path = self.journal_path(link_name)?;
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
@@ -205,8 +251,8 @@ impl LeaseStore {
         }
     }
 
-    /// Atomically replaces the lease file of `link_name` with `leases`.
-    pub fn save(&self, link_name: &str, leases: &[Lease]) -> Result<(), StoreError> {
+    /// Atomically replaces the lease file of `link_name` with `saved`.
+    pub fn save(&self, link_name: &str, saved: &Saved) -> Result<(), StoreError> {
         let path = self.path(link_name)?;
         fs::create_dir_all(&self.dir).map_err(|source| StoreError::CreateDir {
             path: self.dir.clone(),
@@ -214,7 +260,15 @@ impl LeaseStore {
         })?;
         let file = LeaseFile {
             version: VERSION,
-            leases: leases.iter().map(to_record).collect(),
+            leases: saved.leases.iter().map(to_record).collect(),
+            quarantined: saved
+                .quarantined
+                .iter()
+                .map(|&(address, until)| QuarantineRecord {
+                    address,
+                    until_unix: unix_secs(until),
+                })
+                .collect(),
         };
         let write_err = |source| StoreError::Write {
             path: path.clone(),
@@ -236,6 +290,11 @@ impl LeaseStore {
 
     /// The unexpired leases of `link_name` at `now`; none if there is no file.
     pub fn load(&self, link_name: &str, now: SystemTime) -> Result<Vec<Lease>, StoreError> {
+        self.load_saved(link_name, now).map(|s| s.leases)
+    }
+
+    /// The unexpired leases and quarantines of `link_name` at `now`; none if there is no file.
+    pub fn load_saved(&self, link_name: &str, now: SystemTime) -> Result<Saved, StoreError> {
         let path = self.path(link_name)?;
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -254,7 +313,7 @@ impl LeaseStore {
                 version: file.version,
             });
         }
-        let mut by_client = std::collections::BTreeMap::new();
+        let mut by_client = BTreeMap::new();
         for record in file.leases {
             let lease = from_record(record).map_err(|source| StoreError::Entry {
                 path: path.clone(),
@@ -262,20 +321,30 @@ impl LeaseStore {
             })?;
             by_client.insert(lease.client_id.clone(), lease);
         }
-        self.replay(link_name, &mut by_client)?;
+        let mut quarantined: BTreeMap<Ipv4Addr, SystemTime> = file
+            .quarantined
+            .into_iter()
+            .map(|q| (q.address, from_unix(q.until_unix)))
+            .collect();
+        self.replay(link_name, &mut by_client, &mut quarantined)?;
         let mut leases: Vec<Lease> = by_client
             .into_values()
             .filter(|l| !l.is_expired(now))
             .collect();
         leases.sort_by_key(|l| l.address);
-        Ok(leases)
+        Ok(Saved {
+            leases,
+            quarantined: quarantined.into_iter().filter(|&(_, t)| t > now).collect(),
+        })
     }
 
-    /// Applies the journal of `link_name` to `leases`. A torn last line is ignored.
+    /// Applies the journal of `link_name` to `leases` and `quarantined`. A torn last line is
+    /// ignored.
     fn replay(
         &self,
         link_name: &str,
-        leases: &mut std::collections::BTreeMap<ClientId, Lease>,
+        leases: &mut BTreeMap<ClientId, Lease>,
+        quarantined: &mut BTreeMap<Ipv4Addr, SystemTime>,
     ) -> Result<(), StoreError> {
         let path = self.journal_path(link_name)?;
         let bytes = match fs::read(&path) {
@@ -307,6 +376,12 @@ impl LeaseStore {
                         source,
                     })?;
                     leases.remove(&id);
+                }
+                JournalLine::Quarantine(q) => {
+                    quarantined.insert(q.address, from_unix(q.until_unix));
+                }
+                JournalLine::Unquarantine(address) => {
+                    quarantined.remove(&address);
                 }
             }
         }
@@ -346,11 +421,21 @@ fn to_record(lease: &Lease) -> LeaseRecord {
         address: lease.address,
         hwaddr: lease.hwaddr.map(|m| ClientId::new(m.to_vec()).to_string()),
         hostname: lease.hostname.clone(),
-        expires_unix: lease
-            .expires
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        expires_unix: unix_secs(lease.expires),
+        container: lease.container,
     }
+}
+
+/// Whole seconds since the Unix epoch, rounded down (0 before it).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn from_unix(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn from_record(r: LeaseRecord) -> Result<Lease, ParseClientIdError> {
@@ -369,9 +454,8 @@ fn from_record(r: LeaseRecord) -> Result<Lease, ParseClientIdError> {
         address: r.address,
         hwaddr,
         hostname: r.hostname,
-        expires: SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_secs(r.expires_unix))
-            .unwrap_or(SystemTime::UNIX_EPOCH),
+        expires: from_unix(r.expires_unix),
+        container: r.container,
     })
 }
 
@@ -381,6 +465,13 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn only(leases: &[Lease]) -> Saved {
+        Saved {
+            leases: leases.to_vec(),
+            quarantined: Vec::new(),
+        }
     }
 
     fn lease(n: u8, expires: u64) -> Lease {
@@ -402,7 +493,7 @@ mod tests {
         odd.hwaddr = None;
         odd.hostname = None;
         let leases = vec![lease(1, 1000), lease(2, 500), odd.clone()];
-        store.save("ve-web", &leases).unwrap();
+        store.save("ve-web", &only(&leases)).unwrap();
         assert_eq!(store.load("ve-web", t(0)).unwrap(), leases);
         assert_eq!(
             store.load("ve-web", t(500)).unwrap(),
@@ -421,7 +512,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LeaseStore::new(dir.path());
         assert!(store.load("ve-x", t(0)).unwrap().is_empty());
-        store.save("ve-x", &[lease(1, 10)]).unwrap();
+        store.save("ve-x", &only(&[lease(1, 10)])).unwrap();
         store.remove("ve-x").unwrap();
         store.remove("ve-x").unwrap();
         assert!(store.load("ve-x", t(0)).unwrap().is_empty());
@@ -431,7 +522,7 @@ mod tests {
     fn corrupt_file_is_an_error_and_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = LeaseStore::new(dir.path());
-        store.save("ve-a", &[lease(1, 1000)]).unwrap();
+        store.save("ve-a", &only(&[lease(1, 1000)])).unwrap();
         let path = store.path("ve-a").unwrap();
         let good = fs::read(&path).unwrap();
 
@@ -472,7 +563,7 @@ mod tests {
     fn interrupted_write_keeps_the_previous_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = LeaseStore::new(dir.path());
-        store.save("ve-a", &[lease(1, 1000)]).unwrap();
+        store.save("ve-a", &only(&[lease(1, 1000)])).unwrap();
         // A crash between writing the temp file and the rename leaves a torn temp file.
         fs::write(dir.path().join(".ve-a.XXXX.tmp"), b"{\"version\":1,\"lea").unwrap();
         assert_eq!(store.load("ve-a", t(0)).unwrap(), vec![lease(1, 1000)]);
@@ -480,7 +571,7 @@ mod tests {
         // the directory should be) reports an error and leaves nothing behind.
         let blocked = LeaseStore::new(dir.path().join("ve-a"));
         assert!(matches!(
-            blocked.save("x", &[]),
+            blocked.save("x", &only(&[])),
             Err(StoreError::CreateDir { .. })
         ));
         assert_eq!(store.load("ve-a", t(0)).unwrap(), vec![lease(1, 1000)]);
@@ -491,7 +582,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LeaseStore::new(dir.path());
         store
-            .save("ve-a", &[lease(1, 1000), lease(2, 1000)])
+            .save("ve-a", &only(&[lease(1, 1000), lease(2, 1000)]))
             .unwrap();
         store
             .append(
@@ -515,7 +606,7 @@ mod tests {
         // Compaction folds it into the snapshot; replaying an old journal over a newer snapshot
         // changes nothing.
         let old_journal = fs::read(dir.path().join("ve-a.journal")).unwrap();
-        store.compact("ve-a", &got).unwrap();
+        store.compact("ve-a", &only(&got)).unwrap();
         assert!(!dir.path().join("ve-a.journal").exists());
         assert_eq!(store.load("ve-a", t(10)).unwrap(), got);
         fs::write(dir.path().join("ve-a.journal"), old_journal).unwrap();
@@ -540,10 +631,64 @@ mod tests {
     }
 
     #[test]
+    fn quarantines_and_container_flags_are_saved_and_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        let mut c = lease(1, 1000);
+        c.container = true;
+        let q = |n: u8, until| (Ipv4Addr::new(10, 0, 0, n), t(until));
+        let saved = Saved {
+            leases: vec![c.clone(), lease(2, 1000)],
+            quarantined: vec![q(7, 100), q(8, 600)],
+        };
+        store.save("ve-a", &saved).unwrap();
+        assert_eq!(store.load_saved("ve-a", t(0)).unwrap(), saved);
+        let text = fs::read_to_string(store.path("ve-a").unwrap()).unwrap();
+        assert!(text.contains(r#""container":true"#), "{text}");
+        assert!(
+            text.contains(r#""quarantined":[{"address":"10.0.0.7","until_unix":100}"#),
+            "{text}"
+        );
+        // Journaled quarantines replay over the snapshot; ended ones are dropped on load.
+        store
+            .append(
+                "ve-a",
+                &[
+                    JournalEntry::Quarantine {
+                        address: Ipv4Addr::new(10, 0, 0, 9),
+                        until: t(700),
+                    },
+                    JournalEntry::Quarantine {
+                        address: Ipv4Addr::new(10, 0, 0, 7),
+                        until: t(800),
+                    },
+                    JournalEntry::Quarantine {
+                        address: Ipv4Addr::new(10, 0, 0, 10),
+                        until: t(800),
+                    },
+                    JournalEntry::Unquarantine(Ipv4Addr::new(10, 0, 0, 10)),
+                ],
+            )
+            .unwrap();
+        let got = store.load_saved("ve-a", t(650)).unwrap();
+        assert_eq!(got.quarantined, vec![q(7, 800), q(9, 700)]);
+        assert_eq!(got.leases, vec![c, lease(2, 1000)]);
+        // A file of the previous format (no quarantines, no flags) still loads.
+        fs::remove_file(dir.path().join("ve-a.journal")).unwrap();
+        fs::write(
+            store.path("ve-a").unwrap(),
+            br#"{"version":1,"leases":[{"client_id":"01:02","address":"10.0.0.3","expires_unix":9}]}"#,
+        )
+        .unwrap();
+        let old = store.load_saved("ve-a", t(0)).unwrap();
+        assert!(!old.leases[0].container && old.quarantined.is_empty());
+    }
+
+    #[test]
     fn link_names_that_are_not_file_names_are_refused() {
         let store = LeaseStore::new("/nonexistent");
         for bad in ["", ".", "..", ".hidden", "a/b", "a\0b"] {
-            let err = store.save(bad, &[]).unwrap_err();
+            let err = store.save(bad, &only(&[])).unwrap_err();
             assert!(matches!(err, StoreError::InvalidName(_)), "{bad:?}");
         }
         assert_eq!(

@@ -688,3 +688,28 @@ pub fn kill_container(pid: u64) {
         left.is_empty()
     });
 }
+
+// Helpers for the DHCP flood tests (tests/tests/dhcp_flood.rs).
+
+impl Rig {
+    /// The addresses rnetd has saved as quarantined (DECLINEd) for link `ifname`, read with the
+    /// store rnetd uses; `None` while they cannot be read.
+    pub fn saved_quarantines(&self, ifname: &str) -> Option<Vec<String>> {
+        let store = dhcp::LeaseStore::new(self.runtime_dir().join("leases"));
+        let saved = store
+            .load_saved(ifname, std::time::SystemTime::now())
+            .ok()?;
+        Some(
+            saved
+                .quarantined
+                .into_iter()
+                .map(|(a, _)| a.to_string())
+                .collect(),
+        )
+    }
+}
+
+/// The flood tool (`tests/src/bin/dhcpflood.rs`).
+pub fn dhcpflood() -> PathBuf {
+    bin("dhcpflood")
+}

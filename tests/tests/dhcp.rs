@@ -535,6 +535,40 @@ fn dhcpcd_gets_the_container_address() {
     assert_resolv(&c, "dhcpcd");
 }
 
+/// dhcpcd with `--duid=ll` sends a DUID-based client id (type 255, IAID, DUID-LL), as networkd
+/// does: it is still the container, known by its hardware address, and gets the address rnetd
+/// configured, under the container's own lease (the address cannot change because of the
+/// container's DHCP client).
+#[test]
+fn dhcpcd_with_a_duid_gets_the_container_address() {
+    let Some(mut w) = World::new("dhcpcd_with_a_duid_gets_the_container_address") else {
+        return;
+    };
+    let dir = w.prepare("duid");
+    let hook = hook(&dir, "dhcpcd", Client::Isc, false);
+    let body = dhcpcd_body(&hook, 20)
+        .replace("dhcpcd -f /dev/null", "dhcpcd --duid=ll -f /dev/null")
+        + "cp /var/lib/dhcpcd/duid \"$C/duid\" || exit 23\nmark bound\nawait checked\n";
+    let c = w.container("duid", true, &body);
+    w.go(&c, "start");
+    w.reached(&c, "bound");
+    // One lease on the link, the container's, on its address.
+    let want = container_address(&c);
+    w.await_saved(&c, &mac_client_id(&c), Some(&want));
+    let ifname = c.machine["host_ifname"].as_str().unwrap();
+    let saved = w.rig.saved_leases(ifname).unwrap();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    w.go(&c, "checked");
+    w.finish(&c);
+
+    let duid = fs::read_to_string(c.dir.join("duid")).unwrap_or_default();
+    assert!(!duid.trim().is_empty(), "dhcpcd made no DUID{}", w.show(&c));
+    let got = leases(&c, "dhcpcd", &["BOUND", "RENEW", "REBIND", "REBOOT"]);
+    assert_eq!(got.len(), 1, "{got:?}{}", w.show(&c));
+    assert_told(&c, &got[0], &want);
+    assert_configured(&c, "bound", &want);
+}
+
 #[test]
 fn a_declined_address_is_quarantined_and_the_client_gets_another() {
     let test = "a_declined_address_is_quarantined_and_the_client_gets_another";

@@ -52,6 +52,34 @@ impl Link {
         Ok(())
     }
 
+    /// A DHCP client in a container the daemon configured may send a client id of its own
+    /// (dhcpcd's or networkd's DUID-based one, type 255): it is still the container, known by
+    /// its hardware address, and gets the container's lease, so its address does not change.
+    /// Only a client id that names no hardware address and holds nothing is taken over: a
+    /// type-1 id names an Ethernet address and is a client of its own, whatever `chaddr` says.
+    pub(super) fn resolve(&self, req: &mut Request, now: SystemTime) {
+        let Some(mac) = req.mac else { return };
+        let own = ClientId::from_mac(mac);
+        if req.client_id == own
+            || req.client_id.as_bytes().first() == Some(&1)
+            || self.table.lease(&req.client_id, now).is_some()
+            || self.table.static_address(&req.client_id).is_some()
+        {
+            return;
+        }
+        if self.table.lease(&own, now).is_some_and(|l| l.container) {
+            req.client_id = own;
+        }
+    }
+
+    /// Whether `client` is new and the clients the daemon did not record already hold their
+    /// share of the pool. A client holding a lease or a static address is never refused.
+    fn over_limit(&self, client: &ClientId, now: SystemTime) -> bool {
+        self.table.static_address(client).is_none()
+            && self.table.lease(client, now).is_none()
+            && self.table.foreign_len() >= self.config.foreign_lease_limit() as usize
+    }
+
     /// Whether `client` may be given `address` now (RFC 2131 §4.3.2 checks, systemd's rules).
     fn check(
         &self,
@@ -78,6 +106,14 @@ impl Link {
         if self.table.static_owner(address).is_some() {
             return Err(DropReason::AddressUnavailable);
         }
+        // The daemon chose a container's address (and filters on it): its DHCP client
+        // cannot move it.
+        if let Some(own) = self.table.lease(client, now)
+            && own.container
+            && own.address != address
+        {
+            return Err(DropReason::AddressUnavailable);
+        }
         match self.table.holder(address, now) {
             Some(holder) if holder == client => return Ok(()),
             Some(_) => return Err(DropReason::AddressUnavailable),
@@ -85,6 +121,9 @@ impl Link {
         }
         if self.table.is_quarantined(address, now) || !cfg.in_pool(address) {
             return Err(DropReason::AddressUnavailable);
+        }
+        if self.over_limit(client, now) {
+            return Err(DropReason::LeaseLimit);
         }
         Ok(())
     }
@@ -103,13 +142,17 @@ impl Link {
         }
         let cfg = &self.config;
         let (offset, size) = cfg.pool();
-        crate::pick_address_in(cfg.subnet, offset, size, client.as_bytes(), |a| {
+        let address = crate::pick_address_in(cfg.subnet, offset, size, client.as_bytes(), |a| {
             !cfg.is_reserved(a)
                 && self.table.static_owner(a).is_none()
                 && self.table.holder(a, now).is_none()
                 && !self.table.is_quarantined(a, now)
         })
-        .ok_or(DropReason::PoolExhausted)
+        .ok_or(DropReason::PoolExhausted)?;
+        if self.over_limit(client, now) {
+            return Err(DropReason::LeaseLimit);
+        }
+        Ok(address)
     }
 
     fn lease_secs(&self, req: &Request) -> u32 {
@@ -128,7 +171,12 @@ impl Link {
         secs: u32,
         now: SystemTime,
     ) -> Result<Lease, DropReason> {
+        let container = self
+            .table
+            .lease(&req.client_id, now)
+            .is_some_and(|l| l.container);
         let lease = Lease {
+            container,
             client_id: req.client_id.clone(),
             address,
             hwaddr: req.mac,
@@ -236,7 +284,9 @@ impl Link {
         if !self.config.subnet.contains(address) {
             return Action::Drop(DropReason::OutsideSubnet);
         }
-        if self.config.is_reserved(address) {
+        // Only pool addresses are ever offered, so only they can be declined: the quarantine
+        // limit is spent on nothing else.
+        if self.config.is_reserved(address) || !self.config.in_pool(address) {
             return Action::Drop(DropReason::AddressUnavailable);
         }
         // A client may not evict another client's lease by declining its address.
@@ -253,8 +303,14 @@ impl Link {
         let until = now
             .checked_add(self.config.decline_quarantine)
             .unwrap_or(now);
-        self.table.quarantine(address, until);
-        Action::Done(LeaseChange::Declined { address, lease })
+        let limit = self.config.quarantine_limit() as usize;
+        let released = self.table.quarantine(address, until, limit);
+        Action::Done(LeaseChange::Declined {
+            address,
+            until,
+            lease,
+            released,
+        })
     }
 
     pub(super) fn inform(&self, req: &Request) -> Action {

@@ -1,5 +1,6 @@
 //! Engine tests on a virtual clock, with packets built by `dhcproto`'s encoder.
 
+mod bounds;
 mod malformed;
 mod messages;
 mod props;

@@ -197,7 +197,7 @@ fn decline_quarantines_the_address_until_it_expires() {
     let h = send(&mut s, at(1), &decline);
     assert!(h.replies.is_empty());
     assert!(
-        matches!(&h.changes[..], [LeaseChange::Declined { address, lease: Some(l) }]
+        matches!(&h.changes[..], [LeaseChange::Declined { address, lease: Some(l), .. }]
         if *address == a && l.address == a)
     );
     assert!(s.leases(LINK, at(1)).is_empty());
@@ -292,7 +292,10 @@ fn inform_gets_configuration_without_a_lease() {
 
 #[test]
 fn a_28_serves_13_clients_then_the_pool_is_exhausted() {
-    let mut s = server();
+    // No share kept for containers: the whole pool goes to DHCP clients.
+    let mut cfg = config();
+    cfg.container_reserve_permille = 0;
+    let mut s = server_with(cfg);
     let mut got: Vec<Ipv4Addr> = (1..=13).map(|n| bind(&mut s, at(0), mac(n))).collect();
     got.sort();
     got.dedup();
@@ -322,6 +325,7 @@ fn a_28_serves_13_clients_then_the_pool_is_exhausted() {
 fn static_lease_is_reserved_for_its_client() {
     let mut cfg = config();
     cfg.static_leases = vec![StaticLease::mac(mac(1), ip(30))];
+    cfg.container_reserve_permille = 0;
     let mut s = server_with(cfg);
     assert_eq!(
         reply(&send(&mut s, at(0), &msg(MessageType::Discover, mac(1)))).yiaddr(),
@@ -399,9 +403,11 @@ fn expiry_is_reported_and_persisted() {
 fn recorded_lease_is_honoured() {
     let mut s = server();
     // The daemon configured 192.168.10.20 in a container with MAC mac(1).
-    let lease = Lease::new(ClientId::from_mac(mac(1)), ip(20), at(3600));
+    let mut lease = Lease::new(ClientId::from_mac(mac(1)), ip(20), at(3600));
     assert_eq!(lease.hwaddr, Some(mac(1)));
     s.record_lease(LINK, lease.clone(), at(0)).unwrap();
+    // Recorded by the daemon: a container's lease.
+    lease.container = true;
     assert_eq!(s.leases(LINK, at(0)), vec![lease]);
     assert_eq!(s.take_dirty(), vec![LINK]);
     assert_eq!(
