@@ -317,9 +317,15 @@ fn rnetd_killed_at_random_moments_recovers_every_time() {
         if let Err(e) = check_leases(&rig, &ack_log, "ve-load") {
             panic!("seed {seed}, iteration {it} ({what}): {e}");
         }
+        let (web, member) = (port_answers(&rig, 8080), reaches_uplink(member_pid));
         assert!(
-            port_answers(&rig, 8080) && reaches_uplink(member_pid),
-            "seed {seed}, iteration {it} ({what}): live containers lost their traffic"
+            web && member,
+            "seed {seed}, iteration {it} ({what}): live containers lost their traffic (published \
+             port {web}, member to uplink {member}); table:\n{}\nrnetd log:\n{}",
+            output(rig.in_host("nft").args(["list", "ruleset"]))
+                .stdout
+                .escape_ascii(),
+            tail(&rig.log(), 40)
         );
     }
     rig.assert_no_panic();
