@@ -661,3 +661,8 @@ pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Path of the hostile-container tool (`hostile sniff IFACE FILE`, `hostile udp SRC DST PORT`).
+pub fn hostile() -> PathBuf {
+    bin("hostile")
+}
