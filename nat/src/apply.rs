@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
+use nftables::types::NfFamily;
 
 use crate::error::{Error, Result};
 use crate::names::TABLE;
@@ -18,21 +19,29 @@ use crate::names::TABLE;
 #[cfg(any(test, feature = "testing"))]
 pub use crate::fake::FakeNft;
 
-/// `nft` arguments (after `-j`) that list our table.
-const LIST_TABLE: [&str; 4] = ["list", "table", "inet", TABLE];
+/// Our tables, as `nft list table` names their family, in listing order.
+const FAMILIES: [&str; 2] = ["inet", "bridge"];
 /// `nft` arguments (after `-j`) that list every table, to tell "no table" from a failure.
 const LIST_TABLES: [&str; 2] = ["list", "tables"];
-/// Step name of [`Nft::list_table`] in errors.
-const LISTING: &str = "listing table inet rnet";
 
-/// Applies batches to the kernel's nftables and lists table `inet rnet`. The only code that
-/// touches nftables; `FakeNft` stands in for it in tests (STYLE.md principle 3).
+/// `nft` arguments (after `-j`) that list our table of `family`.
+fn list_args(family: &'static str) -> [&'static str; 4] {
+    ["list", "table", family, TABLE]
+}
+
+/// Step name of listing our table of `family`, in errors.
+fn listing(family: &str) -> String {
+    format!("listing table {family} {TABLE}")
+}
+
+/// Applies batches to the kernel's nftables and lists tables `inet rnet` and `bridge rnet`. The
+/// only code that touches nftables; `FakeNft` stands in for it in tests (STYLE.md principle 3).
 pub trait Nft {
     /// Applies `batch` atomically: all of it or, on error, nothing (`nft -j -f -`).
     fn apply(&mut self, batch: &Nftables<'_>) -> Result<()>;
 
-    /// Lists table `inet rnet` (`nft -j list table inet rnet`); `None` if it does not exist,
-    /// e.g. after `nft flush ruleset`.
+    /// Lists table `inet rnet` then table `bridge rnet` (`nft -j list table ...`), as one
+    /// listing; `None` if neither exists, e.g. after `nft flush ruleset`.
     fn list_table(&mut self) -> Result<Option<Nftables<'static>>>;
 }
 
@@ -87,14 +96,54 @@ impl NftCli {
     /// What to make of a failed `list table`, given the outcome of `list tables`.
     fn missing_or(
         &self,
+        family: &str,
         failure: NftablesError,
         tables: Result<String, NftablesError>,
     ) -> Result<Option<Nftables<'static>>> {
         match tables {
-            Ok(json) if !lists_our_table(&json) => Ok(None),
-            _ => Err(nft_error(failure, self.program_name(), LISTING.to_owned())),
+            Ok(json) if !lists_our_table(&json, family) => Ok(None),
+            _ => Err(nft_error(failure, self.program_name(), listing(family))),
         }
     }
+
+    /// Our table of `family`, or `None` if it does not exist.
+    fn list_one(&self, family: &'static str) -> Result<Option<Nftables<'static>>> {
+        match helper::get_current_ruleset_raw(Some(&self.program), &list_args(family)) {
+            Ok(json) => parse_listing(&json, &self.program_name(), family).map(Some),
+            Err(failure @ NftablesError::NftFailed { .. }) => {
+                let tables = helper::get_current_ruleset_raw(Some(&self.program), &LIST_TABLES);
+                self.missing_or(family, failure, tables)
+            }
+            Err(e) => Err(nft_error(e, self.program_name(), listing(family))),
+        }
+    }
+
+    /// Async [`NftCli::list_one`].
+    async fn list_one_async(&self, family: &'static str) -> Result<Option<Nftables<'static>>> {
+        let args = list_args(family);
+        match helper::get_current_ruleset_raw_async(Some(&self.program), &args).await {
+            Ok(json) => parse_listing(&json, &self.program_name(), family).map(Some),
+            Err(failure @ NftablesError::NftFailed { .. }) => {
+                let tables =
+                    helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_TABLES).await;
+                self.missing_or(family, failure, tables)
+            }
+            Err(e) => Err(nft_error(e, self.program_name(), listing(family))),
+        }
+    }
+}
+
+/// One listing of the tables that exist, in [`FAMILIES`] order; `None` if none does.
+fn merge(listings: Vec<Option<Nftables<'static>>>) -> Option<Nftables<'static>> {
+    let mut objects = Vec::new();
+    let mut any = false;
+    for listing in listings.into_iter().flatten() {
+        any = true;
+        objects.extend(listing.objects.iter().cloned());
+    }
+    any.then(|| Nftables {
+        objects: objects.into(),
+    })
 }
 
 /// `nft` arguments that read a JSON batch from stdin.
@@ -127,14 +176,11 @@ impl Nft for NftCli {
     }
 
     fn list_table(&mut self) -> Result<Option<Nftables<'static>>> {
-        match helper::get_current_ruleset_raw(Some(&self.program), &LIST_TABLE) {
-            Ok(json) => parse_listing(&json, &self.program_name()).map(Some),
-            Err(failure @ NftablesError::NftFailed { .. }) => {
-                let tables = helper::get_current_ruleset_raw(Some(&self.program), &LIST_TABLES);
-                self.missing_or(failure, tables)
-            }
-            Err(e) => Err(nft_error(e, self.program_name(), LISTING.to_owned())),
-        }
+        let listings = FAMILIES
+            .into_iter()
+            .map(|family| self.list_one(family))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(merge(listings))
     }
 }
 
@@ -163,15 +209,11 @@ impl AsyncNft for NftCli {
     }
 
     async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {
-        match helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_TABLE).await {
-            Ok(json) => parse_listing(&json, &self.program_name()).map(Some),
-            Err(failure @ NftablesError::NftFailed { .. }) => {
-                let tables =
-                    helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_TABLES).await;
-                self.missing_or(failure, tables)
-            }
-            Err(e) => Err(nft_error(e, self.program_name(), LISTING.to_owned())),
+        let mut listings = Vec::new();
+        for family in FAMILIES {
+            listings.push(self.list_one_async(family).await?);
         }
+        Ok(merge(listings))
     }
 }
 
@@ -206,15 +248,15 @@ fn check(output: Output, written: io::Result<()>, program: &str, step: String) -
     })
 }
 
-/// True if a `nft -j list tables` output lists `inet rnet`.
-fn lists_our_table(json: &str) -> bool {
+/// True if a `nft -j list tables` output lists our table of `family`.
+fn lists_our_table(json: &str, family: &str) -> bool {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
         return true; // unreadable: do not claim the table is missing
     };
     let objects = value["nftables"].as_array().cloned().unwrap_or_default();
     objects.iter().any(|o| {
         let t = &o["table"];
-        t["family"] == "inet" && t["name"] == TABLE
+        t["family"] == family && t["name"] == TABLE
     })
 }
 
@@ -223,10 +265,10 @@ fn lists_our_table(json: &str) -> bool {
 /// nft 1.0.x prints the value type of a map with concatenated values as one string
 /// (`"map": "ipv4_addr . inet_service"`), which the `nftables` crate (0.6) cannot read; it is
 /// turned into the array form nft accepts on input before deserializing.
-pub(crate) fn parse_listing(json: &str, program: &str) -> Result<Nftables<'static>> {
+pub(crate) fn parse_listing(json: &str, program: &str, family: &str) -> Result<Nftables<'static>> {
     let unreadable = |detail: String| Error::Output {
         program: program.to_owned(),
-        step: LISTING.to_owned(),
+        step: listing(family),
         detail,
     };
     let mut value: serde_json::Value =
@@ -248,11 +290,13 @@ fn applying(batch: &Nftables<'_>) -> String {
     format!("applying {}", summarize(batch))
 }
 
-/// A short description of a batch: `table inet rnet (8 sets and maps, 6 chains, 23 rules)`, or
-/// the element commands per set: `add element ports4 x2, delete element ports4 x2`.
+/// A short description of a batch: `tables inet rnet, bridge rnet (16 sets and maps, 7 chains,
+/// 34 rules)`, or the element commands per set: `add element ports4 x2, delete element ports4
+/// x2`.
 pub fn summarize(batch: &Nftables<'_>) -> String {
     // The last table command wins: `add; delete; add` creates, `add; delete` deletes.
     let mut table_verb = None;
+    let mut tables: Vec<String> = Vec::new();
     let (mut sets, mut chains, mut rules) = (0, 0, 0);
     // Element commands, consecutive ones on the same set with the same verb merged.
     let mut elements: Vec<(&str, &str, usize)> = Vec::new();
@@ -271,7 +315,13 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
             }
         };
         match obj {
-            NfListObject::Table(_) => table_verb = Some(verb),
+            NfListObject::Table(t) => {
+                table_verb = Some(verb);
+                let name = format!("{} {}", family_name(t.family), t.name);
+                if !tables.contains(&name) {
+                    tables.push(name);
+                }
+            }
             NfListObject::Set(_) | NfListObject::Map(_) => sets += 1,
             NfListObject::Chain(_) => chains += 1,
             NfListObject::Rule(_) => rules += 1,
@@ -282,17 +332,21 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
             _ => other += 1,
         }
     }
+    let tables = match tables.len() {
+        1 => format!("table {}", tables[0]),
+        _ => format!("tables {}", tables.join(", ")),
+    };
     let mut parts = Vec::new();
     if table_verb == Some("add") {
         parts.push(format!(
-            "table inet {TABLE} ({sets} sets and maps, {chains} chains, {rules} rules)"
+            "{tables} ({sets} sets and maps, {chains} chains, {rules} rules)"
         ));
     } else if sets + chains + rules > 0 {
         parts.push(format!(
             "{sets} sets and maps, {chains} chains, {rules} rules"
         ));
     } else if table_verb == Some("delete") {
-        parts.push(format!("the deletion of table inet {TABLE}"));
+        parts.push(format!("the deletion of {tables}"));
     }
     for (verb, set, count) in &elements {
         parts.push(format!("{verb} element {set} x{count}"));
@@ -304,6 +358,18 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
         "an empty batch".to_owned()
     } else {
         parts.join(", ")
+    }
+}
+
+/// How `nft` spells a family.
+fn family_name(family: NfFamily) -> &'static str {
+    match family {
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        NfFamily::INet => "inet",
+        NfFamily::ARP => "arp",
+        NfFamily::Bridge => "bridge",
+        NfFamily::NetDev => "netdev",
     }
 }
 
@@ -344,13 +410,13 @@ mod tests {
         assert_eq!(
             summarize(&render_table(&Ruleset::new())),
             format!(
-                "table inet rnet (12 sets and maps, 6 chains, {} rules)",
+                "tables inet rnet, bridge rnet (16 sets and maps, 7 chains, {} rules)",
                 crate::rule_count()
             )
         );
         assert_eq!(
             summarize(&render_delete_table()),
-            "the deletion of table inet rnet"
+            "the deletion of tables inet rnet, bridge rnet"
         );
         let ve = IfName::new("ve-a").unwrap();
         let batch = render_changes(&[Change::DelIface(ve.clone()), Change::AddIface(ve)]);
@@ -373,9 +439,9 @@ mod tests {
                      "map": "ipv4_addr . inet_service",
                      "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["10.0.0.2", 80]}]]}}
         ]}"#;
-        let parsed = parse_listing(json, "nft").unwrap();
+        let parsed = parse_listing(json, "nft", "inet").unwrap();
         assert_eq!(parsed.objects.len(), 3);
-        let err = parse_listing("{", "nft").unwrap_err();
+        let err = parse_listing("{", "nft", "inet").unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("could not read the output of nft for listing table inet rnet"),
@@ -388,8 +454,9 @@ mod tests {
         let json = r#"{"nftables": [{"metainfo": {}},
             {"table": {"family": "ip", "name": "rnet", "handle": 1}},
             {"table": {"family": "inet", "name": "filter", "handle": 2}}]}"#;
-        assert!(!lists_our_table(json));
+        assert!(!lists_our_table(json, "inet"));
         let json = r#"{"nftables": [{"table": {"family": "inet", "name": "rnet", "handle": 3}}]}"#;
-        assert!(lists_our_table(json));
+        assert!(lists_our_table(json, "inet"));
+        assert!(!lists_our_table(json, "bridge"));
     }
 }

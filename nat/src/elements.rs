@@ -9,9 +9,10 @@ use ipnetwork::IpNetwork;
 use nftables::batch::Batch;
 use nftables::expr::Expression;
 use nftables::schema::{Element, NfListObject, Nftables};
+use nftables::types::NfFamily;
 
 use crate::expr::{concat, number, prefix, string};
-use crate::model::{Change, IfName, PortMapping, Ruleset, canonical};
+use crate::model::{Change, GuardedPort, IfName, PortMapping, Ruleset, canonical};
 use crate::names::*;
 
 /// The set a subnet goes to: `masq4` or `masq6`.
@@ -33,6 +34,46 @@ pub(crate) fn iface_elem(name: &IfName) -> Expression<'static> {
 /// `"vz-a" . "vz-b"`.
 pub(crate) fn pair_elem(from: &IfName, to: &IfName) -> Expression<'static> {
     concat(vec![string(from.as_str()), string(to.as_str())])
+}
+
+/// `"vb-web" . 02:00:5e:10:00:01`.
+pub(crate) fn port_mac_elem(port: &GuardedPort) -> Expression<'static> {
+    concat(vec![
+        string(port.ifname.as_str()),
+        string(port.mac.to_string()),
+    ])
+}
+
+/// `"vb-web" . 10.0.0.2`, for a port with an address.
+pub(crate) fn port_addr_elem(port: &GuardedPort) -> Option<Expression<'static>> {
+    let addr = port.addr?;
+    Some(concat(vec![
+        string(port.ifname.as_str()),
+        string(addr.to_string()),
+    ]))
+}
+
+/// The elements of a guarded port, set by set, in [`BRIDGE_SETS`] order (`zone_ports` and
+/// `port_addrs` only for a port with an address).
+fn guard_elems(port: &GuardedPort) -> Vec<(&'static str, Expression<'static>)> {
+    let mut out = vec![
+        (PORTS, iface_elem(&port.ifname)),
+        (PORT_MACS, port_mac_elem(port)),
+    ];
+    if let Some(addr) = port_addr_elem(port) {
+        out.push((ZONE_PORTS, iface_elem(&port.ifname)));
+        out.push((PORT_ADDRS, addr));
+    }
+    out
+}
+
+/// The family of the table a set belongs to.
+pub(crate) fn family_of(set: &str) -> NfFamily {
+    if BRIDGE_SETS.contains(&set) {
+        BRIDGE_FAMILY
+    } else {
+        FAMILY
+    }
 }
 
 /// The maps a port mapping goes to: `ports4_*`, `bound4_*`, `ports6_*` or `bound6_*`.
@@ -103,6 +144,17 @@ pub(crate) fn initial(set: &str, ruleset: &Ruleset) -> Vec<Expression<'static>> 
                 .collect();
             pairs.into_iter().map(|(a, b)| pair_elem(a, b)).collect()
         }
+        PORTS | PORT_MACS | ZONE_PORTS | PORT_ADDRS => {
+            // Ports come sorted by name, so the elements of one name are adjacent.
+            let mut elems: Vec<_> = ruleset
+                .guarded()
+                .flat_map(guard_elems)
+                .filter(|(s, _)| *s == set)
+                .map(|(_, e)| e)
+                .collect();
+            elems.dedup();
+            elems
+        }
         _ => ruleset
             .ports()
             .flat_map(|m| {
@@ -121,7 +173,7 @@ pub(crate) fn initial(set: &str, ruleset: &Ruleset) -> Vec<Expression<'static>> 
 
 fn element(set: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
     NfListObject::Element(Element {
-        family: FAMILY,
+        family: family_of(set),
         table: Cow::Borrowed(TABLE),
         name: Cow::Borrowed(set),
         elem: Cow::Owned(elem),
@@ -180,6 +232,16 @@ fn render_into(batch: &mut Batch<'static>, change: &Change) {
             let keys = port_keys(mapping);
             add_then_delete(batch, maps.addr, addr_elems(mapping), keys.clone());
             add_then_delete(batch, maps.port, port_elems(mapping), keys);
+        }
+        Change::GuardPort(port) => {
+            for (set, elem) in guard_elems(port) {
+                add(batch, set, vec![elem]);
+            }
+        }
+        Change::UnguardPort(port) => {
+            for (set, elem) in guard_elems(port).into_iter().rev() {
+                add_then_delete(batch, set, vec![elem.clone()], vec![elem]);
+            }
         }
     }
 }
@@ -305,6 +367,52 @@ mod tests {
         assert_eq!(
             out[1]["delete"]["element"]["elem"],
             json!([{"prefix": {"addr": "fd00::", "len": 64}}])
+        );
+    }
+
+    #[test]
+    fn a_guarded_port_goes_to_the_bridge_table() {
+        let zone = GuardedPort {
+            ifname: ve("vb-a"),
+            mac: "02:00:00:00:00:0a".parse().unwrap(),
+            addr: Some("10.1.0.2".parse().unwrap()),
+        };
+        let elem = |name: &str, e: serde_json::Value| {
+            json!({"add": {"element": {"family": "bridge", "table": "rnet", "name": name,
+                "elem": [e]}}})
+        };
+        assert_eq!(
+            json(&[Change::GuardPort(zone.clone())]),
+            json!([
+                elem("ports", json!("vb-a")),
+                elem(
+                    "port_macs",
+                    json!({"concat": ["vb-a", "02:00:00:00:00:0a"]})
+                ),
+                elem("zone_ports", json!("vb-a")),
+                elem("port_addrs", json!({"concat": ["vb-a", "10.1.0.2"]})),
+            ])
+        );
+        // A port of an admin's bridge: its MAC only.
+        let admin = GuardedPort { addr: None, ..zone };
+        let out = json(&[Change::UnguardPort(admin)]);
+        let names: Vec<_> = out
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let (verb, body) = c.as_object().unwrap().iter().next().unwrap();
+                format!("{verb} {}", body["element"]["name"].as_str().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "add port_macs",
+                "delete port_macs",
+                "add ports",
+                "delete ports"
+            ]
         );
     }
 

@@ -37,6 +37,13 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A MAC address that is not six hexadecimal bytes separated by `:`.
+    #[error("invalid MAC address {text:?}")]
+    InvalidMac {
+        /// The rejected text.
+        text: String,
+    },
+
     /// The `nft` program could not be started, or talking to it failed.
     #[error("could not run {program} for {step}")]
     Run {

@@ -72,6 +72,20 @@ pub(crate) fn fib_daddr_type() -> Expression<'static> {
     }))
 }
 
+/// `fib saddr . iif oif`: the interface a reply to the source would leave through, if that is
+/// the packet's input interface (`missing`, i.e. false, otherwise): a reverse-path check.
+pub(crate) fn fib_saddr_iif_oif() -> Expression<'static> {
+    Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Oif,
+        flags: HashSet::from([FibFlag::Saddr, FibFlag::Iif]),
+    }))
+}
+
+/// `missing` (a `fib` result that does not exist).
+pub(crate) fn missing() -> Expression<'static> {
+    Expression::Boolean(false)
+}
+
 fn matches(
     op: Operator,
     left: Expression<'static>,

@@ -6,16 +6,17 @@ use std::collections::VecDeque;
 
 use nftables::expr::Expression;
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
+use nftables::types::NfFamily;
 
 use crate::apply::{AsyncNft, Nft, summarize};
 use crate::error::{Error, Result};
-use crate::names::{FAMILY, TABLE};
+use crate::names::{BRIDGE_FAMILY, FAMILY, TABLE};
 
 /// Program name the fake reports in errors.
 const PROGRAM: &str = "fake nft";
 
-/// A recording [`Nft`]: keeps every batch, and simulates our table (sets, maps with their
-/// elements, chains, rules) with nft's rules for element commands, so flows can be asserted on
+/// A recording [`Nft`]: keeps every batch, and simulates our tables `inet rnet` and `bridge rnet`
+/// (sets, maps with their elements, chains, rules) with nft's rules for element commands, so flows can be asserted on
 /// both the batches sent and the resulting state.
 ///
 /// Simulated like nft: batches are atomic; `add` of an existing identical element is a no-op;
@@ -28,8 +29,33 @@ pub struct FakeNft {
     pub batches: Vec<Nftables<'static>>,
     /// Number of `list_table` calls.
     pub lists: usize,
-    table: Option<FakeTable>,
+    /// Our tables that exist, by family.
+    tables: Tables,
     refusals: VecDeque<String>,
+}
+
+/// `inet rnet` and `bridge rnet`, each present or not.
+#[derive(Clone, Debug, Default)]
+struct Tables {
+    inet: Option<FakeTable>,
+    bridge: Option<FakeTable>,
+}
+
+impl Tables {
+    fn slot(&mut self, family: NfFamily) -> Option<&mut Option<FakeTable>> {
+        match family {
+            FAMILY => Some(&mut self.inet),
+            BRIDGE_FAMILY => Some(&mut self.bridge),
+            _ => None,
+        }
+    }
+
+    /// The existing tables with their family, in listing order.
+    fn existing(&self) -> impl Iterator<Item = (NfFamily, &FakeTable)> {
+        [(FAMILY, &self.inet), (BRIDGE_FAMILY, &self.bridge)]
+            .into_iter()
+            .filter_map(|(f, t)| t.as_ref().map(|t| (f, t)))
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -48,12 +74,22 @@ impl FakeNft {
 
     /// True while table `inet rnet` exists.
     pub fn table_exists(&self) -> bool {
-        self.table.is_some()
+        self.tables.inet.is_some()
     }
 
-    /// Simulates `nft flush ruleset` by someone else: the table is gone.
+    /// True while table `bridge rnet` exists.
+    pub fn bridge_table_exists(&self) -> bool {
+        self.tables.bridge.is_some()
+    }
+
+    /// Simulates `nft flush ruleset` by someone else: the tables are gone.
     pub fn flush_ruleset(&mut self) {
-        self.table = None;
+        self.tables = Tables::default();
+    }
+
+    /// Simulates `nft delete table bridge rnet` by someone else.
+    pub fn delete_bridge_table(&mut self) {
+        self.tables.bridge = None;
     }
 
     /// Makes the next `apply` fail with this stderr, without changing anything.
@@ -61,18 +97,19 @@ impl FakeNft {
         self.refusals.push_back(stderr.into());
     }
 
-    /// The elements of a set or map (`[key, value]` lists for maps); empty if it does not exist.
+    /// The elements of a set or map of either table (`[key, value]` lists for maps); empty if it
+    /// does not exist.
     pub fn elements(&self, set: &str) -> Vec<Expression<'static>> {
-        self.table
-            .as_ref()
-            .and_then(|t| t.sets.iter().find(|(def, _)| set_name(def) == set))
+        self.tables
+            .existing()
+            .find_map(|(_, t)| t.sets.iter().find(|(def, _)| set_name(def) == set))
             .map(|(_, elems)| elems.clone())
             .unwrap_or_default()
     }
 
-    /// Number of rules in the table (0 without a table).
+    /// Number of rules in both tables (0 without tables).
     pub fn rule_count(&self) -> usize {
-        self.table.as_ref().map_or(0, |t| t.rules.len())
+        self.tables.existing().map(|(_, t)| t.rules.len()).sum()
     }
 
     /// The last batch passed to `apply`.
@@ -94,38 +131,46 @@ impl FakeNft {
         if let Some(stderr) = self.refusals.pop_front() {
             return Err(Self::refused(batch, stderr));
         }
-        let mut table = self.table.clone();
+        let mut tables = self.tables.clone();
         for object in owned.objects.iter() {
-            step(&mut table, object).map_err(|stderr| Self::refused(batch, stderr))?;
+            step(&mut tables, object).map_err(|stderr| Self::refused(batch, stderr))?;
         }
-        self.table = table;
+        self.tables = tables;
         Ok(())
     }
 
     fn listing(&mut self) -> Option<Nftables<'static>> {
         self.lists += 1;
-        let table = self.table.as_ref()?;
-        let mut objects = vec![NfObject::ListObject(NfListObject::Table(our_table()))];
-        for (def, elems) in &table.sets {
-            let mut def = def.clone();
-            let elem = (!elems.is_empty()).then(|| Cow::Owned(elems.clone()));
-            match &mut def {
-                NfListObject::Set(s) => s.elem = elem,
-                NfListObject::Map(m) => m.elem = elem,
-                _ => {}
-            }
-            objects.push(NfObject::ListObject(def));
+        let mut objects = Vec::new();
+        for (family, table) in self.tables.existing() {
+            objects.extend(table_listing(family, table));
         }
-        for chain in &table.chains {
-            objects.push(NfObject::ListObject(NfListObject::Chain(chain.clone())));
-        }
-        for rule in &table.rules {
-            objects.push(NfObject::ListObject(NfListObject::Rule(rule.clone())));
-        }
-        Some(Nftables {
+        (!objects.is_empty()).then(|| Nftables {
             objects: Cow::Owned(objects),
         })
     }
+}
+
+/// What `nft -j list table` prints for one table (without metainfo).
+fn table_listing(family: NfFamily, table: &FakeTable) -> Vec<NfObject<'static>> {
+    let mut objects = vec![NfObject::ListObject(NfListObject::Table(our_table(family)))];
+    for (def, elems) in &table.sets {
+        let mut def = def.clone();
+        let elem = (!elems.is_empty()).then(|| Cow::Owned(elems.clone()));
+        match &mut def {
+            NfListObject::Set(s) => s.elem = elem,
+            NfListObject::Map(m) => m.elem = elem,
+            _ => {}
+        }
+        objects.push(NfObject::ListObject(def));
+    }
+    for chain in &table.chains {
+        objects.push(NfObject::ListObject(NfListObject::Chain(chain.clone())));
+    }
+    for rule in &table.rules {
+        objects.push(NfObject::ListObject(NfListObject::Rule(rule.clone())));
+    }
+    objects
 }
 
 impl Nft for FakeNft {
@@ -148,9 +193,9 @@ impl AsyncNft for FakeNft {
     }
 }
 
-fn our_table() -> Table<'static> {
+fn our_table(family: NfFamily) -> Table<'static> {
     Table {
-        family: FAMILY,
+        family,
         name: Cow::Borrowed(TABLE),
         handle: None,
     }
@@ -181,18 +226,39 @@ fn key<'e>(elem: &'e Expression<'static>) -> &'e Expression<'static> {
 const ENOENT: &str = "Error: Could not process rule: No such file or directory";
 const EEXIST: &str = "Error: Could not process rule: File exists";
 
-/// Applies one command to the simulated table; `Err(stderr)` like nft's on failure.
-fn step(table: &mut Option<FakeTable>, object: &NfObject<'static>) -> Result<(), String> {
+/// The family and table name an object belongs to.
+fn owner<'o>(obj: &'o NfListObject<'_>) -> Option<(NfFamily, &'o str)> {
+    match obj {
+        NfListObject::Table(t) => Some((t.family, &t.name)),
+        NfListObject::Set(s) => Some((s.family, &s.table)),
+        NfListObject::Map(m) => Some((m.family, &m.table)),
+        NfListObject::Chain(c) => Some((c.family, &c.table)),
+        NfListObject::Rule(r) => Some((r.family, &r.table)),
+        NfListObject::Element(e) => Some((e.family, &e.table)),
+        _ => None,
+    }
+}
+
+/// Applies one command to the simulated tables; `Err(stderr)` like nft's on failure.
+fn step(tables: &mut Tables, object: &NfObject<'static>) -> Result<(), String> {
     let NfObject::CmdObject(cmd) = object else {
         return Err("Error: fake nft only takes commands".to_owned());
     };
-    let ours = |family, name: &str| family == FAMILY && name == TABLE;
+    let obj = match cmd {
+        NfCmd::Add(obj) | NfCmd::Delete(obj) => obj,
+        other => return Err(format!("Error: fake nft does not simulate {other:?}")),
+    };
+    let table = match owner(obj) {
+        Some((family, name)) if name == TABLE => tables.slot(family),
+        _ => None,
+    }
+    .ok_or_else(|| format!("Error: fake nft only simulates tables inet and bridge {TABLE}"))?;
     match cmd {
-        NfCmd::Add(NfListObject::Table(t)) if ours(t.family, &t.name) => {
+        NfCmd::Add(NfListObject::Table(_)) => {
             table.get_or_insert_with(FakeTable::default);
             Ok(())
         }
-        NfCmd::Delete(NfListObject::Table(t)) if ours(t.family, &t.name) => {
+        NfCmd::Delete(NfListObject::Table(_)) => {
             table.take().map(|_| ()).ok_or_else(|| ENOENT.to_owned())
         }
         NfCmd::Add(obj) => {
@@ -352,6 +418,32 @@ mod tests {
         assert_eq!(observed.ruleset, desired);
         assert_eq!(nft.lists, 4);
         assert_eq!(nft.batches.len(), 5);
+    }
+
+    #[test]
+    fn a_missing_bridge_table_is_rebuilt_with_its_ports() {
+        let port = crate::GuardedPort {
+            ifname: IfName::new("vb-a").unwrap(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            addr: Some("10.1.0.2".parse().unwrap()),
+        };
+        let desired = Ruleset::new().with(Change::GuardPort(port));
+        let mut nft = FakeNft::new();
+        nft.apply(&render_table(&desired)).unwrap();
+        assert!(nft.table_exists() && nft.bridge_table_exists());
+        assert_eq!(nft.elements("port_addrs").len(), 1);
+        let observed = observe(&nft.list_table().unwrap().unwrap()).unwrap();
+        assert!(observed.intact);
+        assert_eq!(observed.ruleset, desired);
+
+        nft.delete_bridge_table();
+        let observed = observe(&nft.list_table().unwrap().unwrap()).unwrap();
+        assert!(!observed.intact);
+        nft.apply(&plan(Some(&observed), &desired).unwrap())
+            .unwrap();
+        assert!(nft.bridge_table_exists());
+        assert_eq!(nft.elements("port_macs").len(), 1);
+        assert_eq!(nft.rule_count(), rule_count());
     }
 
     #[test]

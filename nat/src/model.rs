@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
@@ -303,6 +304,55 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// An Ethernet address (nft `ether_addr`), written `02:00:5e:10:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = Error;
+
+    /// Six hexadecimal bytes separated by `:`.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || Error::InvalidMac {
+            text: text.to_owned(),
+        };
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        match parts.next() {
+            Some(_) => Err(bad()),
+            None => Ok(Self(mac)),
+        }
+    }
+}
+
+/// A container's `vb-*` port of a bridge, held to its container's identity (table
+/// `bridge rnet`): frames from the port must carry `mac`; with `addr` (a zone member, whose
+/// address we assign) they must also carry that IPv4 address (or 0.0.0.0 to ask for a DHCP
+/// lease), and the container may not answer DHCP or send router advertisements.
+///
+/// Without `addr` (a port of an admin's bridge, whose address the admin's DHCP server gives) only
+/// the MAC address is checked.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuardedPort {
+    /// The host side of the container's veth: `vb-NAME`.
+    pub ifname: IfName,
+    /// The container side's MAC address.
+    pub mac: MacAddr,
+    /// The container's IPv4 address, when we assign it.
+    pub addr: Option<Ipv4Addr>,
+}
+
 /// One per-container edit of the table: always a set or map element change, never a rule.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Change {
@@ -326,9 +376,16 @@ pub enum Change {
     /// Withdraw a published port or port range. Refused by nft (`File exists`) if the host port
     /// is currently mapped to a *different* container: we never delete another owner's element.
     DelPort(PortMapping),
+    /// Hold a bridge port to its container's MAC (and address): table `bridge rnet`. A name is
+    /// guarded once: to guard it with another MAC or address, unguard it first (the sets are
+    /// keyed by name and value, so two identities of one port would both pass).
+    GuardPort(GuardedPort),
+    /// Forget a guarded port, given as it was added.
+    UnguardPort(GuardedPort),
 }
 
-/// The full desired content of table `inet rnet`: subnets, links, pairs and published ports.
+/// The full desired content of tables `inet rnet` (subnets, links, pairs and published ports) and
+/// `bridge rnet` (guarded ports).
 ///
 /// Rendered whole by [`crate::rules::render_table`]; kept in step with the kernel by
 /// [`Ruleset::apply`] and [`crate::elements::render_changes`] for each [`Change`].
@@ -338,6 +395,7 @@ pub struct Ruleset {
     ifaces: BTreeSet<IfName>,
     allowed_pairs: BTreeSet<(IfName, IfName)>,
     ports: BTreeSet<PortMapping>,
+    guarded: BTreeSet<GuardedPort>,
 }
 
 impl Ruleset {
@@ -366,6 +424,20 @@ impl Ruleset {
         self.ports.iter()
     }
 
+    /// Guarded bridge ports.
+    pub fn guarded(&self) -> impl Iterator<Item = &GuardedPort> + '_ {
+        self.guarded.iter()
+    }
+
+    /// True when there is nothing in either table: no subnet, link, port or guarded port.
+    pub fn is_empty(&self) -> bool {
+        self.subnets.is_empty()
+            && self.ifaces.is_empty()
+            && self.allowed_pairs.is_empty()
+            && self.ports.is_empty()
+            && self.guarded.is_empty()
+    }
+
     /// A published mapping that `mapping` cannot coexist with (same protocol, host address and an
     /// overlapping host port): nft would refuse `mapping` with `File exists`.
     pub fn port_conflict(&self, mapping: &PortMapping) -> Option<&PortMapping> {
@@ -387,6 +459,8 @@ impl Ruleset {
             Change::DelPair(a, b) => self.allowed_pairs.remove(&(a.clone(), b.clone())),
             Change::AddPort(map) => self.ports.insert(map.clone()),
             Change::DelPort(map) => self.ports.remove(map),
+            Change::GuardPort(port) => self.guarded.insert(port.clone()),
+            Change::UnguardPort(port) => self.guarded.remove(port),
         }
     }
 
@@ -400,6 +474,12 @@ impl Ruleset {
     /// so that a port moving to another container is deleted before it is added again.
     pub fn changes_to(&self, desired: &Ruleset) -> Vec<Change> {
         let mut out = Vec::new();
+        out.extend(
+            self.guarded
+                .difference(&desired.guarded)
+                .cloned()
+                .map(Change::UnguardPort),
+        );
         out.extend(
             self.ports
                 .difference(&desired.ports)
@@ -450,6 +530,13 @@ impl Ruleset {
                 .cloned()
                 .map(Change::AddPort),
         );
+        out.extend(
+            desired
+                .guarded
+                .difference(&self.guarded)
+                .cloned()
+                .map(Change::GuardPort),
+        );
         out
     }
 }
@@ -481,6 +568,23 @@ mod tests {
         );
         for bad in ["", ".", "..", "a/b", "a b", "a:b", "a\0b"] {
             assert!(IfName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn mac_addresses_read_and_print() {
+        let mac: MacAddr = "02:0A:ff:00:10:01".parse().unwrap();
+        assert_eq!(mac, MacAddr([2, 10, 255, 0, 16, 1]));
+        assert_eq!(mac.to_string(), "02:0a:ff:00:10:01");
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:0:0:0:0:0",
+            "zz:00:00:00:00:00",
+        ] {
+            let err = bad.parse::<MacAddr>().unwrap_err();
+            assert_eq!(err.to_string(), format!("invalid MAC address {bad:?}"));
         }
     }
 
@@ -607,15 +711,16 @@ mod tests {
 /// proptest strategies for the model, shared by the crate's tests.
 #[cfg(test)]
 pub(crate) mod strategies {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     use ipnetwork::IpNetwork;
     use proptest::prelude::*;
 
     use super::*;
 
-    /// Changes over 4 containers: subnets (v4 and v6), links, pairs, and udp ports 8000-8005
-    /// (single or ranges, every address or bound to one (127.0.0.1, fd00:ff::1)).
+    /// Changes over 4 containers: subnets (v4 and v6), links, pairs, udp ports 8000-8005
+    /// (single or ranges, every address or bound to one (127.0.0.1, fd00:ff::1)), and guarded
+    /// bridge ports (with or without an address).
     pub(crate) fn arb_change() -> impl Strategy<Value = Change> {
         let name = (0u8..4).prop_map(|n| IfName::new(format!("ve-c{n}")).unwrap());
         let net = (0u8..4, any::<bool>()).prop_map(|(n, six)| {
@@ -644,7 +749,15 @@ pub(crate) mod strategies {
                 PortMapping::new(Proto::Udp, host, range, addr, 80).unwrap()
             },
         );
+        // One identity per name, as the daemon guards a port (even ones are zone members).
+        let guarded = (0u8..4).prop_map(|n| GuardedPort {
+            ifname: IfName::new(format!("vb-c{n}")).unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, n]),
+            addr: (n % 2 == 0).then(|| Ipv4Addr::new(10, 1, 0, 2 + n)),
+        });
         prop_oneof![
+            guarded.clone().prop_map(Change::GuardPort),
+            guarded.prop_map(Change::UnguardPort),
             net.clone().prop_map(Change::AddSubnet),
             net.prop_map(Change::DelSubnet),
             name.clone().prop_map(Change::AddIface),

@@ -1,6 +1,7 @@
 //! Names of the objects in our table: the one place that spells them.
 //!
-//! Everything rnet owns in nftables lives in one table, `inet rnet` (DESIGN.md §6). An `inet`
+//! What rnet owns in nftables lives in table `inet rnet` (DESIGN.md §6), plus table `bridge rnet`
+//! for the frames a bridge forwards between its ports (anti-spoofing on `vb-*` ports). An `inet`
 //! table sees IPv4 and IPv6, so one table, one set of chains and one rule count serve both
 //! families; the per-family parts are the sets and maps below.
 
@@ -144,3 +145,35 @@ pub const PRIO_DSTNAT: i32 = -100;
 pub const PRIO_FILTER: i32 = 0;
 /// Chain priority `srcnat` (100).
 pub const PRIO_SRCNAT: i32 = 100;
+
+// The bridge table. An `inet` table never sees frames that a bridge forwards between two of its
+// ports, so what a zone member may send to the other members is decided in a `bridge` table of
+// the same name, created, listed, repaired and removed with `inet rnet`.
+
+/// Family of our second table: `bridge` (frames entering a bridge from one of its ports).
+pub const BRIDGE_FAMILY: NfFamily = NfFamily::Bridge;
+
+/// Set `ports { type ifname }`: the `vb-*` ports of our containers (zones and admin bridges),
+/// whose frames must carry the container's MAC address.
+pub const PORTS: &str = "ports";
+/// Set `port_macs { type ifname . ether_addr }`: each port with its container's MAC address.
+pub const PORT_MACS: &str = "port_macs";
+/// Set `zone_ports { type ifname }`: the ports whose IPv4 address we assign (zone members), held
+/// to that address, with no DHCP server or router advertisement of their own.
+pub const ZONE_PORTS: &str = "zone_ports";
+/// Set `port_addrs { type ifname . ipv4_addr }`: each zone port with its container's address.
+pub const PORT_ADDRS: &str = "port_addrs";
+
+/// Every set of table `bridge rnet`, in the order they are created and listed.
+pub const BRIDGE_SETS: [&str; 4] = [PORTS, PORT_MACS, ZONE_PORTS, PORT_ADDRS];
+
+/// Chain `prerouting` of table `bridge rnet` (filter, hook prerouting, priority filter): every
+/// frame that enters a bridge from a port, whether the bridge forwards it to another port or
+/// delivers it to the host.
+pub const BRIDGE_PREROUTING: &str = "prerouting";
+
+/// Every chain of table `bridge rnet`.
+pub const BRIDGE_CHAINS: [&str; 1] = [BRIDGE_PREROUTING];
+
+/// Chain priority `filter` of the bridge family (-200).
+pub const PRIO_BRIDGE_FILTER: i32 = -200;

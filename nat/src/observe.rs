@@ -1,8 +1,8 @@
 //! Reading a listing of our table back ([`observe`]) and planning what brings it to the desired
 //! state ([`plan`]): the reconcile path after a daemon restart or someone else's `nft` command.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 use nftables::expr::{Expression, NamedExpression};
@@ -11,30 +11,33 @@ use nftables::types::NfChainPolicy;
 
 use crate::elements::render_changes;
 use crate::error::{Error, Result};
-use crate::model::{Change, IfName, PortMapping, PortRange, Proto, Ruleset};
+use crate::model::{Change, GuardedPort, IfName, MacAddr, PortMapping, PortRange, Proto, Ruleset};
 use crate::names::*;
 use crate::rules::{chain_specs, render_table, rule_objects};
 
-/// What a listing of table `inet rnet` holds.
+/// What a listing of tables `inet rnet` and `bridge rnet` holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     /// The elements, read back into the model. Port ranges come back as one mapping per port.
     pub ruleset: Ruleset,
-    /// True if the sets, maps, chains and rules are exactly those [`render_table`] creates, and
-    /// each link in `ifaces` (and only those) is paired with itself in `allowed_pairs`. When
-    /// false, only re-creating the table repairs it.
+    /// True if the sets, maps, chains and rules of both tables are exactly those
+    /// [`render_table`] creates, each link in `ifaces` (and only those) is paired with itself in
+    /// `allowed_pairs`, and the four sets of the bridge table agree on their ports. When false,
+    /// only re-creating the tables repairs them.
     pub intact: bool,
     /// Number of rules listed.
     pub rules: usize,
 }
 
-/// Reads a listing (`nft -j list table inet rnet`, as [`crate::Nft::list_table`] returns it).
+/// Reads a listing (`nft -j list table inet rnet` followed by `nft -j list table bridge rnet`, as
+/// [`crate::Nft::list_table`] returns it).
 ///
 /// Fails on an element that is not one of ours (e.g. a protocol other than tcp/udp).
 pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
     let mut ruleset = Ruleset::new();
     let mut self_pairs = Vec::new();
     let mut ports = PortHalves::new();
+    let mut guards = GuardParts::default();
     let mut layout_ok = true;
     let mut sets_seen = Vec::new();
     let mut chains_seen = Vec::new();
@@ -54,13 +57,19 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
             layout_ok &= same_definition(object, &expected_sets);
             sets_seen.push(name.to_string());
             for elem in elems.unwrap_or_default() {
-                read_element(name, elem, &mut ruleset, &mut self_pairs, &mut ports)?;
+                if BRIDGE_SETS.contains(&name.as_ref()) {
+                    guards.read(name, elem)?;
+                } else {
+                    read_element(name, elem, &mut ruleset, &mut self_pairs, &mut ports)?;
+                }
             }
             continue;
         }
         match object {
             NfListObject::Chain(chain) => {
-                let expected = chain_specs().into_iter().find(|c| c.name == chain.name);
+                let expected = chain_specs()
+                    .into_iter()
+                    .find(|c| c.family == chain.family && c.name == chain.name);
                 layout_ok &= expected.is_some_and(|c| {
                     chain._type == Some(c.kind)
                         && chain.hook == Some(c.hook)
@@ -90,10 +99,14 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
         }
     }
 
+    let guards_ok = guards.assemble(&mut ruleset);
     let expected_rules = rule_objects();
     let rules_ok = rules.len() == expected_rules.len()
         && rules.iter().zip(&expected_rules).all(|(have, want)| {
-            have.chain == want.chain && have.expr == want.expr && have.comment == want.comment
+            have.family == want.family
+                && have.chain == want.chain
+                && have.expr == want.expr
+                && have.comment == want.comment
         });
     self_pairs.sort();
     let pairs_ok = self_pairs.iter().eq(ruleset.ifaces()); // both sorted
@@ -101,8 +114,15 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
         && rules_ok
         && pairs_ok
         && ports_ok
-        && sets_seen.iter().map(String::as_str).eq(SETS)
-        && chains_seen.iter().map(String::as_str).eq(CHAINS);
+        && guards_ok
+        && sets_seen
+            .iter()
+            .map(String::as_str)
+            .eq(SETS.into_iter().chain(BRIDGE_SETS))
+        && chains_seen
+            .iter()
+            .map(String::as_str)
+            .eq(CHAINS.into_iter().chain(BRIDGE_CHAINS));
     Ok(Observed {
         ruleset,
         intact,
@@ -152,10 +172,14 @@ fn same_definition(object: &NfListObject<'_>, table: &Nftables<'_>) -> bool {
         };
         match (object, want) {
             (NfListObject::Set(have), NfListObject::Set(want)) => {
-                have.name == want.name && have.set_type == want.set_type && have.flags == want.flags
+                have.family == want.family
+                    && have.name == want.name
+                    && have.set_type == want.set_type
+                    && have.flags == want.flags
             }
             (NfListObject::Map(have), NfListObject::Map(want)) => {
-                have.name == want.name
+                have.family == want.family
+                    && have.name == want.name
                     && have.set_type == want.set_type
                     && have.map == want.map
                     && have.flags == want.flags
@@ -177,6 +201,73 @@ type PortKey = (bool, Option<IpAddr>, Proto, u16);
 
 /// Container address and port of each published port, read from the two maps of its kind.
 type PortHalves = BTreeMap<PortKey, (Option<IpAddr>, Option<u16>)>;
+
+/// The elements of the four sets of table `bridge rnet`, before they are put together into
+/// [`GuardedPort`]s.
+#[derive(Default)]
+struct GuardParts {
+    ports: BTreeSet<IfName>,
+    macs: BTreeSet<(IfName, MacAddr)>,
+    zone_ports: BTreeSet<IfName>,
+    addrs: BTreeSet<(IfName, Ipv4Addr)>,
+}
+
+impl GuardParts {
+    fn read(&mut self, set: &str, elem: &Expression<'_>) -> Result<()> {
+        let bad = || unexpected(set, elem);
+        match set {
+            PORTS => {
+                self.ports.insert(ifname(elem).ok_or_else(bad)?);
+            }
+            ZONE_PORTS => {
+                self.zone_ports.insert(ifname(elem).ok_or_else(bad)?);
+            }
+            _ => {
+                let [name, value] = parts(elem).ok_or_else(bad)? else {
+                    return Err(bad());
+                };
+                let name = ifname(name).ok_or_else(bad)?;
+                if set == PORT_MACS {
+                    let mac = text(value).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                    self.macs.insert((name, mac));
+                } else {
+                    let addr = text(value).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+                    self.addrs.insert((name, addr));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the guarded ports to `ruleset`; false if the sets disagree (a port without its MAC,
+    /// an address without its zone port, ...), which only re-creating the table repairs.
+    fn assemble(self, ruleset: &mut Ruleset) -> bool {
+        let mac_names: BTreeSet<&IfName> = self.macs.iter().map(|(n, _)| n).collect();
+        let addr_names: BTreeSet<&IfName> = self.addrs.iter().map(|(n, _)| n).collect();
+        let consistent = mac_names.iter().copied().eq(self.ports.iter())
+            && addr_names.iter().copied().eq(self.zone_ports.iter())
+            && self.zone_ports.is_subset(&self.ports);
+        for (name, mac) in &self.macs {
+            let addrs: Vec<Option<Ipv4Addr>> = if self.zone_ports.contains(name) {
+                self.addrs
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, a)| Some(*a))
+                    .collect()
+            } else {
+                vec![None]
+            };
+            for addr in addrs {
+                ruleset.apply(&Change::GuardPort(GuardedPort {
+                    ifname: name.clone(),
+                    mac: *mac,
+                    addr,
+                }));
+            }
+        }
+        consistent
+    }
+}
 
 fn read_element(
     set: &str,

@@ -14,18 +14,20 @@ use nftables::schema::{
     Chain, Map, NfListObject, Nftables, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::Statement;
-use nftables::types::{NfChainPolicy, NfChainType, NfHook};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::elements;
 use crate::expr::{
-    accept, concat, ct, dnat_maps, drop, eq, fib_daddr_type, has_flags, masquerade, meta, ne,
-    number, payload, prefix, set_ref, string,
+    accept, concat, ct, dnat_maps, drop, eq, fib_daddr_type, fib_saddr_iif_oif, has_flags,
+    masquerade, meta, missing, ne, number, payload, prefix, set_ref, string,
 };
 use crate::model::Ruleset;
 use crate::names::*;
 
 /// One set or map of the table.
 pub(crate) struct SetSpec {
+    /// Family of its table: `inet` or `bridge`.
+    pub family: NfFamily,
     /// Set name ([`crate::names`]).
     pub name: &'static str,
     /// Key type.
@@ -34,15 +36,16 @@ pub(crate) struct SetSpec {
     pub data: Option<&'static [SetType]>,
     /// `flags interval` (subnets).
     pub interval: bool,
-    /// Shown by `nft list table inet rnet`.
+    /// Shown by `nft list table`.
     pub comment: &'static str,
 }
 
-/// The sets and maps, in [`SETS`] order.
+/// The sets and maps, in [`SETS`] then [`BRIDGE_SETS`] order.
 pub(crate) fn set_specs() -> Vec<SetSpec> {
-    use SetType::{Ifname, InetProto, InetService, Ipv4Addr, Ipv6Addr};
+    use SetType::{EtherAddr, Ifname, InetProto, InetService, Ipv4Addr, Ipv6Addr};
     let mut specs = vec![
         SetSpec {
+            family: FAMILY,
             name: MASQ4,
             key: &[Ipv4Addr],
             data: None,
@@ -50,6 +53,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             comment: "container subnets: masqueraded when leaving the fabric",
         },
         SetSpec {
+            family: FAMILY,
             name: MASQ6,
             key: &[Ipv6Addr],
             data: None,
@@ -57,6 +61,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             comment: "container subnets: masqueraded when leaving the fabric",
         },
         SetSpec {
+            family: FAMILY,
             name: IFACES,
             key: &[Ifname],
             data: None,
@@ -64,6 +69,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             comment: "host-side links of the fabric (ve-*, vz-*)",
         },
         SetSpec {
+            family: FAMILY,
             name: ALLOWED_PAIRS,
             key: &[Ifname, Ifname],
             data: None,
@@ -92,6 +98,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             ),
         };
         specs.push(SetSpec {
+            family: FAMILY,
             name: maps.addr,
             key,
             data: Some(if maps.ipv4 { &[Ipv4Addr] } else { &[Ipv6Addr] }),
@@ -99,6 +106,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             comment: addr_comment,
         });
         specs.push(SetSpec {
+            family: FAMILY,
             name: maps.port,
             key,
             data: Some(&[InetService]),
@@ -106,11 +114,43 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             comment: port_comment,
         });
     }
+    let bridge_set = |name, key, comment| SetSpec {
+        family: BRIDGE_FAMILY,
+        name,
+        key,
+        data: None,
+        interval: false,
+        comment,
+    };
+    specs.extend([
+        bridge_set(
+            PORTS,
+            &[Ifname],
+            "vb-* ports of our containers (zones, admin bridges): MAC checked",
+        ),
+        bridge_set(
+            PORT_MACS,
+            &[Ifname, EtherAddr],
+            "port . the MAC address of its container",
+        ),
+        bridge_set(
+            ZONE_PORTS,
+            &[Ifname],
+            "ports whose address we assign (zone members): address checked",
+        ),
+        bridge_set(
+            PORT_ADDRS,
+            &[Ifname, Ipv4Addr],
+            "zone port . the IPv4 address of its container",
+        ),
+    ]);
     specs
 }
 
 /// One base chain.
 pub(crate) struct ChainSpec {
+    /// Family of its table.
+    pub family: NfFamily,
     /// Chain name ([`crate::names`]).
     pub name: &'static str,
     /// `filter` or `nat`.
@@ -121,11 +161,12 @@ pub(crate) struct ChainSpec {
     pub prio: i32,
 }
 
-/// The chains, in [`CHAINS`] order. All have policy accept: we only decide for our own links and
-/// never for the host's other traffic.
-pub(crate) fn chain_specs() -> [ChainSpec; 6] {
+/// The chains, in [`CHAINS`] then [`BRIDGE_CHAINS`] order. All have policy accept: we only
+/// decide for our own links and ports, never for the host's other traffic.
+pub(crate) fn chain_specs() -> [ChainSpec; 7] {
     use NfChainType::{Filter, NAT};
     let chain = |name, kind, hook, prio| ChainSpec {
+        family: FAMILY,
         name,
         kind,
         hook,
@@ -138,11 +179,20 @@ pub(crate) fn chain_specs() -> [ChainSpec; 6] {
         chain(FORWARD, Filter, NfHook::Forward, PRIO_FILTER),
         chain(OUTPUT, NAT, NfHook::Output, PRIO_DSTNAT),
         chain(POSTROUTING, NAT, NfHook::Postrouting, PRIO_SRCNAT),
+        ChainSpec {
+            family: BRIDGE_FAMILY,
+            name: BRIDGE_PREROUTING,
+            kind: Filter,
+            hook: NfHook::Prerouting,
+            prio: PRIO_BRIDGE_FILTER,
+        },
     ]
 }
 
 /// One rule: its chain, its statements and the comment `nft list` shows after it.
 pub(crate) struct RuleSpec {
+    /// Family of its table.
+    pub family: NfFamily,
     /// Chain name.
     pub chain: &'static str,
     /// Statements, as `nft -j list` prints them.
@@ -153,6 +203,7 @@ pub(crate) struct RuleSpec {
 
 fn rule(chain: &'static str, comment: &'static str, expr: Vec<Statement<'static>>) -> RuleSpec {
     RuleSpec {
+        family: FAMILY,
         chain,
         expr,
         comment,
@@ -221,6 +272,19 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
             vec![
                 eq(iif(), set_ref(IFACES)),
                 eq(payload("ip", "daddr"), prefix("127.0.0.0", 8)),
+                drop(),
+            ],
+        ),
+        // A container may only send from addresses routed back through its own link (or its
+        // zone's bridge): not another container's, not the host's, not a random one. 0.0.0.0 is
+        // a DHCP client asking for its lease. IPv4 only: we give containers no IPv6 address.
+        rule(
+            PREROUTING_RAW,
+            "spoofed source: a reply would not go back out of the link it came in on",
+            vec![
+                eq(iif(), set_ref(IFACES)),
+                ne(payload("ip", "saddr"), string("0.0.0.0")),
+                eq(fib_saddr_iif_oif(), missing()),
                 drop(),
             ],
         ),
@@ -312,7 +376,93 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
     ]);
     rules.extend(masquerade_rules("ip", MASQ4));
     rules.extend(masquerade_rules("ip6", MASQ6));
+    rules.extend(bridge_rules());
     rules
+}
+
+/// The rules of table `bridge rnet`: what a container may send into a bridge through its port.
+fn bridge_rules() -> Vec<RuleSpec> {
+    let iif = || meta(MetaKey::Iifname);
+    let rule = |comment, expr| RuleSpec {
+        family: BRIDGE_FAMILY,
+        chain: BRIDGE_PREROUTING,
+        expr,
+        comment,
+    };
+    vec![
+        rule(
+            "frames from a port carry its container's MAC address",
+            vec![
+                eq(iif(), set_ref(PORTS)),
+                ne(
+                    concat(vec![iif(), payload("ether", "saddr")]),
+                    set_ref(PORT_MACS),
+                ),
+                drop(),
+            ],
+        ),
+        rule(
+            "not a zone port: left to the host's other rules",
+            vec![ne(iif(), set_ref(ZONE_PORTS)), accept()],
+        ),
+        rule(
+            "no DHCP server in a zone member (rnetd is the zone's server)",
+            vec![eq(payload("udp", "sport"), number(67)), drop()],
+        ),
+        rule(
+            "no DHCPv6 server in a zone member",
+            vec![eq(payload("udp", "sport"), number(547)), drop()],
+        ),
+        rule(
+            "no IPv6 router advertisement from a zone member",
+            vec![
+                eq(payload("icmpv6", "type"), string("nd-router-advert")),
+                drop(),
+            ],
+        ),
+        rule(
+            "DHCP client without an address yet",
+            vec![
+                eq(payload("ip", "saddr"), string("0.0.0.0")),
+                eq(payload("udp", "dport"), number(67)),
+                accept(),
+            ],
+        ),
+        rule(
+            "IPv4 from a zone member carries its own address",
+            vec![
+                ne(
+                    concat(vec![iif(), payload("ip", "saddr")]),
+                    set_ref(PORT_ADDRS),
+                ),
+                drop(),
+            ],
+        ),
+        rule(
+            "ARP from a zone member carries its own MAC address",
+            vec![
+                ne(
+                    concat(vec![iif(), payload("arp", "saddr ether")]),
+                    set_ref(PORT_MACS),
+                ),
+                drop(),
+            ],
+        ),
+        rule(
+            "ARP probe (duplicate address detection)",
+            vec![eq(payload("arp", "saddr ip"), string("0.0.0.0")), accept()],
+        ),
+        rule(
+            "ARP from a zone member claims only its own address (no poisoning)",
+            vec![
+                ne(
+                    concat(vec![iif(), payload("arp", "saddr ip")]),
+                    set_ref(PORT_ADDRS),
+                ),
+                drop(),
+            ],
+        ),
+    ]
 }
 
 /// The postrouting rules of one family (`ip` with `masq4`, `ip6` with `masq6`).
@@ -347,9 +497,12 @@ pub fn rule_count() -> usize {
     rule_specs().len()
 }
 
-fn table() -> Table<'static> {
+/// Our two tables: `inet rnet` and `bridge rnet`.
+const FAMILIES: [NfFamily; 2] = [FAMILY, BRIDGE_FAMILY];
+
+fn table(family: NfFamily) -> Table<'static> {
     Table {
-        family: FAMILY,
+        family,
         name: Cow::Borrowed(TABLE),
         handle: None,
     }
@@ -368,7 +521,7 @@ fn set_object(spec: &SetSpec, elem: Vec<Expression<'static>>) -> NfListObject<'s
     let comment = Some(Cow::Borrowed(spec.comment));
     match spec.data {
         None => NfListObject::Set(Box::new(Set {
-            family: FAMILY,
+            family: spec.family,
             table: Cow::Borrowed(TABLE),
             name: Cow::Borrowed(spec.name),
             handle: None,
@@ -382,7 +535,7 @@ fn set_object(spec: &SetSpec, elem: Vec<Expression<'static>>) -> NfListObject<'s
             comment,
         })),
         Some(data) => NfListObject::Map(Box::new(Map {
-            family: FAMILY,
+            family: spec.family,
             table: Cow::Borrowed(TABLE),
             name: Cow::Borrowed(spec.name),
             handle: None,
@@ -401,7 +554,7 @@ fn set_object(spec: &SetSpec, elem: Vec<Expression<'static>>) -> NfListObject<'s
 
 fn chain_object(spec: &ChainSpec) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
-        family: FAMILY,
+        family: spec.family,
         table: Cow::Borrowed(TABLE),
         name: Cow::Borrowed(spec.name),
         newname: None,
@@ -416,7 +569,7 @@ fn chain_object(spec: &ChainSpec) -> NfListObject<'static> {
 
 fn rule_object(spec: RuleSpec) -> Rule<'static> {
     Rule {
-        family: FAMILY,
+        family: spec.family,
         table: Cow::Borrowed(TABLE),
         chain: Cow::Borrowed(spec.chain),
         expr: Cow::Owned(spec.expr),
@@ -426,18 +579,20 @@ fn rule_object(spec: RuleSpec) -> Rule<'static> {
     }
 }
 
-/// The whole table for `ruleset`, as one atomic batch: `add table; delete table; add table;` then
-/// sets and maps with their elements, chains and rules.
+/// Both tables for `ruleset`, as one atomic batch: `add table; delete table; add table;` for
+/// `inet rnet` and for `bridge rnet`, then sets and maps with their elements, chains and rules.
 ///
-/// Idempotent and convergent: applying it replaces whatever `inet rnet` holds (or creates it after
-/// `nft flush ruleset`) without ever failing because the table exists or not, and without a moment
-/// where the table is missing. Conntrack entries, and so established connections, survive.
+/// Idempotent and convergent: applying it replaces whatever the tables hold (or creates them
+/// after `nft flush ruleset`) without ever failing because a table exists or not, and without a
+/// moment where a table is missing. Conntrack entries, and so established connections, survive.
 /// Equivalent to `nft -f` of the listing in the crate docs.
 pub fn render_table(ruleset: &Ruleset) -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.add(NfListObject::Table(table()));
+    for family in FAMILIES {
+        batch.add(NfListObject::Table(table(family)));
+        batch.delete(NfListObject::Table(table(family)));
+        batch.add(NfListObject::Table(table(family)));
+    }
     for spec in set_specs() {
         batch.add(set_object(&spec, elements::initial(spec.name, ruleset)));
     }
@@ -450,13 +605,15 @@ pub fn render_table(ruleset: &Ruleset) -> Nftables<'static> {
     batch.to_nftables()
 }
 
-/// Removes table `inet rnet` with everything in it: `add table; delete table` in one batch, so it
-/// succeeds whether or not the table exists (`nft delete table inet rnet` alone would fail with
-/// ENOENT).
+/// Removes tables `inet rnet` and `bridge rnet` with everything in them: `add table; delete
+/// table` for each in one batch, so it succeeds whether or not they exist (`nft delete table inet
+/// rnet` alone would fail with ENOENT).
 pub fn render_delete_table() -> Nftables<'static> {
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
+    for family in FAMILIES {
+        batch.add(NfListObject::Table(table(family)));
+        batch.delete(NfListObject::Table(table(family)));
+    }
     batch.to_nftables()
 }
 
@@ -508,14 +665,19 @@ mod tests {
         matches!(o, NfListObject::Rule(_))
     }
 
-    /// The JSON of the `add rule` commands of `chain`.
+    /// The JSON of the `add rule` commands of `chain` in table `inet rnet`.
     fn chain_rules(chain: &str) -> Vec<Value> {
+        family_rules("inet", chain)
+    }
+
+    /// The JSON of the `add rule` commands of `chain` in our table of `family`.
+    fn family_rules(family: &str, chain: &str) -> Vec<Value> {
         let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
         batch["nftables"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|o| o["add"]["rule"]["chain"] == chain)
+            .filter(|o| o["add"]["rule"]["chain"] == chain && o["add"]["rule"]["family"] == family)
             .map(|o| o["add"]["rule"]["expr"].clone())
             .collect()
     }
@@ -526,9 +688,9 @@ mod tests {
         let ten = render_table(&ruleset(0..10));
         assert_eq!(count(&one, is_rule), count(&ten, is_rule));
         assert_eq!(count(&ten, is_rule), rule_count());
-        assert_eq!(rule_count(), 23);
+        assert_eq!(rule_count(), 34);
         let chains = |o: &NfListObject<'_>| matches!(o, NfListObject::Chain(_));
-        assert_eq!(count(&ten, chains), CHAINS.len());
+        assert_eq!(count(&ten, chains), CHAINS.len() + BRIDGE_CHAINS.len());
     }
 
     #[test]
@@ -540,10 +702,20 @@ mod tests {
                 backward.apply(&c);
             }
         }
-        let a = serde_json::to_string(&render_table(&forward)).unwrap();
-        let b = serde_json::to_string(&render_table(&backward)).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a, serde_json::to_string(&render_table(&forward)).unwrap());
+        // Compared as values: the flags of a `fib` expression are a set, serialized in any order.
+        assert_eq!(render_table(&forward), render_table(&backward));
+        let elements = |rs: &Ruleset| {
+            let batch = serde_json::to_value(render_table(rs)).unwrap();
+            let sets: Vec<_> = batch["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["add"].get("set").is_some() || o["add"].get("map").is_some())
+                .cloned()
+                .collect();
+            serde_json::to_string(&sets).unwrap()
+        };
+        assert_eq!(elements(&forward), elements(&backward));
     }
 
     #[test]
@@ -551,12 +723,19 @@ mod tests {
         let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
         let objects = batch["nftables"].as_array().unwrap();
         let table = json!({"family": "inet", "name": "rnet"});
+        let bridge = json!({"family": "bridge", "name": "rnet"});
         assert_eq!(objects[0], json!({"add": {"table": table}}));
         assert_eq!(objects[1], json!({"delete": {"table": table}}));
         assert_eq!(objects[2], json!({"add": {"table": table}}));
+        assert_eq!(objects[3], json!({"add": {"table": bridge}}));
+        assert_eq!(objects[4], json!({"delete": {"table": bridge}}));
+        assert_eq!(objects[5], json!({"add": {"table": bridge}}));
         assert_eq!(
             serde_json::to_value(render_delete_table()).unwrap(),
-            json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]})
+            json!({"nftables": [
+                {"add": {"table": table}}, {"delete": {"table": table}},
+                {"add": {"table": bridge}}, {"delete": {"table": bridge}},
+            ]})
         );
     }
 
@@ -710,6 +889,66 @@ mod tests {
     }
 
     #[test]
+    fn spoofed_sources_from_our_links_are_dropped_before_conntrack() {
+        let rules = chain_rules(PREROUTING_RAW);
+        assert_eq!(rules.len(), 2);
+        let mut rp = rules[1].clone();
+        // fib flags are a set: any order.
+        let flags = rp[2]["match"]["left"]["fib"]["flags"].take();
+        let mut flags: Vec<_> = flags.as_array().unwrap().clone();
+        flags.sort_by_key(|f| f.to_string());
+        assert_eq!(flags, vec![json!("iif"), json!("saddr")]);
+        assert_eq!(
+            rp,
+            json!([
+                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "@ifaces", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                           "right": "0.0.0.0", "op": "!="}},
+                {"match": {"left": {"fib": {"result": "oif", "flags": null}},
+                           "right": false, "op": "=="}},
+                {"drop": null}
+            ])
+        );
+    }
+
+    #[test]
+    fn bridge_ports_are_held_to_their_container() {
+        let rules = family_rules("bridge", BRIDGE_PREROUTING);
+        assert_eq!(rules.len(), 10);
+        let iif = json!({"meta": {"key": "iifname"}});
+        let drop = json!({"drop": null});
+        // First the MAC of every port, then only zone ports go on.
+        assert_eq!(
+            rules[0],
+            json!([
+                {"match": {"left": iif, "right": "@ports", "op": "=="}},
+                {"match": {"left": {"concat": [iif, {"payload": {"protocol": "ether", "field": "saddr"}}]},
+                           "right": "@port_macs", "op": "!="}},
+                drop
+            ])
+        );
+        assert_eq!(
+            rules[1],
+            json!([{"match": {"left": iif, "right": "@zone_ports", "op": "!="}}, {"accept": null}])
+        );
+        // DHCP servers are dropped before DHCP clients (0.0.0.0) are let through.
+        let sport = |n: u16| {
+            json!([{"match": {"left": {"payload": {"protocol": "udp", "field": "sport"}},
+                                               "right": n, "op": "=="}}, drop])
+        };
+        assert_eq!(rules[2], sport(67));
+        assert_eq!(rules[3], sport(547));
+        assert_eq!(rules[5][2], json!({"accept": null}));
+        let held = |proto: &str, field: &str, set: &str| {
+            json!([{"match": {"left": {"concat": [iif, {"payload": {"protocol": proto, "field": field}}]},
+                              "right": set, "op": "!="}}, drop])
+        };
+        assert_eq!(rules[6], held("ip", "saddr", "@port_addrs"));
+        assert_eq!(rules[7], held("arp", "saddr ether", "@port_macs"));
+        assert_eq!(rules[9], held("arp", "saddr ip", "@port_addrs"));
+    }
+
+    #[test]
     fn chains_are_base_chains_with_policy_accept() {
         let batch = serde_json::to_value(render_table(&Ruleset::new())).unwrap();
         let chains: Vec<_> = batch["nftables"]
@@ -734,6 +973,7 @@ mod tests {
             ("forward", "filter", "forward", 0),
             ("output", "nat", "output", -100),
             ("postrouting", "nat", "postrouting", 100),
+            ("prerouting", "filter", "prerouting", -200),
         ];
         assert_eq!(chains.len(), want.len());
         for (have, want) in chains.iter().zip(want) {

@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::{enter_private_netns, nft_program, sh, thread_netns};
 use nat::{
-    AsyncNft, Change, Error, IfName, Nft, NftCli, PortMapping, PortRange, Proto, Ruleset, observe,
-    plan, render_change, render_changes, render_delete_table, render_table, rule_count,
+    AsyncNft, Change, Error, GuardedPort, IfName, MacAddr, Nft, NftCli, PortMapping, PortRange,
+    Proto, Ruleset, observe, plan, render_change, render_changes, render_delete_table,
+    render_table, rule_count,
 };
 
 fn nft() -> NftCli {
@@ -20,8 +21,9 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
-/// Everything container `n` (0-based) adds: its /28, its `ve-` link, tcp port 8000+n to 80, and
-/// for every third one a udp range, a port bound to 127.0.0.1 and an IPv6 port.
+/// Everything container `n` (0-based) adds: its /28, its `ve-` link, tcp port 8000+n to 80, a
+/// guarded bridge port `vb-cN` (with an address for even `n`, as a zone member), and for every
+/// third one a udp range, a port bound to 127.0.0.1 and an IPv6 port.
 fn container(n: u8) -> Vec<Change> {
     let subnet = format!("10.0.{n}.0/28").parse().unwrap();
     let addr = v4(10, 0, n, 2);
@@ -32,6 +34,11 @@ fn container(n: u8) -> Vec<Change> {
         Change::AddPort(
             PortMapping::new(Proto::Tcp, None, PortRange::single(port).unwrap(), addr, 80).unwrap(),
         ),
+        Change::GuardPort(GuardedPort {
+            ifname: IfName::new(format!("vb-c{n}")).unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, n]),
+            addr: n.is_multiple_of(2).then(|| Ipv4Addr::new(10, 1, 0, 2 + n)),
+        }),
     ];
     if n.is_multiple_of(3) {
         let range = PortRange::new(9000 + u16::from(n) * 10, 9002 + u16::from(n) * 10).unwrap();
@@ -122,8 +129,8 @@ fn table_with_three_containers_lists_back() {
         ));
     nft.apply(&render_table(&rs)).unwrap();
 
-    let text = sh("nft list table inet rnet");
-    println!("nft list table inet rnet, 3 containers:\n{text}");
+    let text = sh("nft list table inet rnet; nft list table bridge rnet");
+    println!("nft list table inet rnet; nft list table bridge rnet, 3 containers:\n{text}");
     // nft wraps long element lists: compare with whitespace collapsed.
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for line in [
@@ -189,6 +196,7 @@ fn ten_containers_change_elements_not_rules() {
                 Change::AddSubnet(x) => Change::DelSubnet(x),
                 Change::AddIface(x) => Change::DelIface(x),
                 Change::AddPort(x) => Change::DelPort(x),
+                Change::GuardPort(x) => Change::UnguardPort(x),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -300,6 +308,22 @@ fn reconcile_repairs_a_flushed_or_damaged_table() {
     );
     nft.apply(&fix).unwrap();
     assert_eq!(listed(&mut nft).ruleset, split(&rs));
+
+    // Someone deletes the bridge table only: the tables are re-created together.
+    sh("nft delete table bridge rnet");
+    let damaged = listed(&mut nft);
+    assert!(!damaged.intact);
+    nft.apply(&plan(Some(&damaged), &rs).unwrap()).unwrap();
+    assert!(listed(&mut nft).intact);
+
+    // Someone deletes a guarded port's MAC: the sets disagree, the tables are re-created.
+    sh("nft delete element bridge rnet port_macs '{ \"vb-c0\" . 02:00:00:00:00:00 }'");
+    let damaged = listed(&mut nft);
+    assert!(!damaged.intact);
+    nft.apply(&plan(Some(&damaged), &rs).unwrap()).unwrap();
+    let repaired = listed(&mut nft);
+    assert!(repaired.intact);
+    assert_eq!(repaired.ruleset, split(&rs));
 }
 
 #[test]
@@ -336,7 +360,7 @@ fn missing_nft_is_a_clear_error() {
     let err = nft.apply(&render_delete_table()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "could not run /nonexistent/nft for applying the deletion of table inet rnet"
+        "could not run /nonexistent/nft for applying the deletion of tables inet rnet, bridge rnet"
     );
     let err = nft.list_table().unwrap_err();
     assert_eq!(

@@ -1,11 +1,11 @@
-//! The daemon's side of the nftables layer: keeps table `inet rnet` equal to the machines we
-//! have, one atomic batch per change, rebuilds it when someone removes it from outside, and
-//! removes it (and restores `net.ipv4.ip_forward`) when the last machine goes.
+//! The daemon's side of the nftables layer: keeps tables `inet rnet` and `bridge rnet` equal to
+//! the machines we have, one atomic batch per change, rebuilds them when someone removes them from
+//! outside, and removes them (and restores `net.ipv4.ip_forward`) when the last machine goes.
 
 use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use nat::{AsyncNft, Change, IfName, PortMapping, PortRange, Ruleset};
+use nat::{AsyncNft, Change, GuardedPort, IfName, PortMapping, PortRange, Ruleset};
 use tracing::{info, warn};
 
 use crate::api::{PortSpec, Proto};
@@ -25,7 +25,7 @@ pub enum FirewallError {
     Mapping(String),
 }
 
-/// What one link (a `ve-` link, a zone bridge) or one zone member contributes to the table.
+/// What one link (a `ve-` link, a zone bridge) or one bridge port contributes to the tables.
 #[derive(Debug, Clone, Default)]
 pub struct LinkRules {
     /// A managed host-side link (`ifaces`): `ve-NAME` or `vz-ZONE`; none for a zone member,
@@ -35,6 +35,9 @@ pub struct LinkRules {
     pub subnet: Option<Ipv4Network>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
+    /// A `vb-` port (zone member, admin's bridge) held to its container's MAC address, and for a
+    /// zone member to its address (table `bridge rnet`).
+    pub guard: Option<GuardedPort>,
 }
 
 impl LinkRules {
@@ -49,6 +52,7 @@ impl LinkRules {
             ifname: Some(ifname.to_owned()),
             subnet: Some(subnet),
             ports: Self::mappings(container, ports)?,
+            guard: None,
         })
     }
 
@@ -83,7 +87,18 @@ impl LinkRules {
         } else {
             Change::DelPort
         }));
+        out.extend(self.guard.iter().cloned().map(if add {
+            Change::GuardPort
+        } else {
+            Change::UnguardPort
+        }));
         Ok(out)
+    }
+
+    /// True if these rules route or NAT anything (and so need `net.ipv4.ip_forward`); a guarded
+    /// port of an admin's bridge alone does not.
+    fn forwards(&self) -> bool {
+        self.ifname.is_some() || self.subnet.is_some() || !self.ports.is_empty()
     }
 }
 
@@ -95,10 +110,6 @@ fn to_mapping(p: &PortSpec, container: IpAddr) -> Result<PortMapping, FirewallEr
     let range = PortRange::new(p.host_first, p.host_last)?;
     PortMapping::new(proto, p.host_address, range, container, p.container_port)
         .map_err(|e| FirewallError::Mapping(e.to_string()))
-}
-
-fn is_empty(r: &Ruleset) -> bool {
-    r.ifaces().next().is_none() && r.subnets().next().is_none() && r.ports().next().is_none()
 }
 
 /// The firewall state of the daemon.
@@ -163,7 +174,7 @@ impl<N: AsyncNft> Firewall<N> {
     where
         N: Clone,
     {
-        (!is_empty(&self.installed)).then(|| Probe {
+        (!self.installed.is_empty()).then(|| Probe {
             nft: self.nft.clone(),
             desired: self.installed.clone(),
             generation: self.generation,
@@ -175,10 +186,10 @@ impl<N: AsyncNft> Firewall<N> {
         self.forward_restore.as_deref()
     }
 
-    /// Adds a link's masquerade, interface and ports in one atomic batch. On error nothing is
-    /// changed.
+    /// Adds a link's masquerade, interface, ports and guarded port in one atomic batch. On error
+    /// nothing is changed.
     pub async fn add(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
-        if self.forward_restore.is_none() {
+        if self.forward_restore.is_none() && link.forwards() {
             let old = self.sysctl.set("net.ipv4.ip_forward", "1")?;
             info!(previous = %old, "enabled net.ipv4.ip_forward");
             self.forward_restore = Some(old);
@@ -196,7 +207,7 @@ impl<N: AsyncNft> Firewall<N> {
         self.change(&changes).await
     }
 
-    /// Removes a link's elements; removes the whole table when nothing is left.
+    /// Removes a link's elements; removes the tables when nothing is left.
     pub async fn remove(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
         let changes = link.changes(false)?;
         if changes.is_empty() {
@@ -206,10 +217,10 @@ impl<N: AsyncNft> Firewall<N> {
         for c in &changes {
             desired.apply(c);
         }
-        if is_empty(&desired) {
+        if desired.is_empty() {
             if self.present {
                 self.nft.apply_async(&nat::render_delete_table()).await?;
-                info!("last fabric link gone; removed table inet rnet");
+                info!("last fabric link gone; removed tables inet rnet and bridge rnet");
             }
             self.installed = desired;
             self.generation += 1;
@@ -244,7 +255,7 @@ impl<N: AsyncNft> Firewall<N> {
             Err(e) if self.present => {
                 // The table may have been removed from outside: rebuild it whole with the
                 // change included (atomic), or fail if that fails too.
-                warn!(error = %e, "element change refused; rebuilding table inet rnet");
+                warn!(error = %e, "element change refused; rebuilding tables inet and bridge rnet");
                 self.nft.apply_async(&nat::render_table(&desired)).await?;
             }
             Err(e) => return Err(e.into()),
@@ -274,11 +285,11 @@ impl<N: AsyncNft> Firewall<N> {
     /// to repair anything.
     pub async fn reconcile(&mut self) -> Result<bool, FirewallError> {
         let listing = self.nft.list_table_async().await?;
-        if is_empty(&self.installed) {
+        if self.installed.is_empty() {
             self.present = false;
             if listing.is_some() {
                 self.nft.apply_async(&nat::render_delete_table()).await?;
-                info!("removed a stale table inet rnet");
+                info!("removed stale tables inet rnet and bridge rnet");
             }
             self.restore_forwarding();
             return Ok(listing.is_some());
@@ -357,6 +368,36 @@ mod tests {
         assert_eq!(fw.forward_restore(), None);
     }
 
+    fn port(name: &str, addr: Option<&str>) -> LinkRules {
+        LinkRules {
+            guard: Some(GuardedPort {
+                ifname: IfName::new(name).unwrap(),
+                mac: "02:00:00:00:00:01".parse().unwrap(),
+                addr: addr.map(|a| a.parse().unwrap()),
+            }),
+            ..LinkRules::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guarded_port_of_an_admin_bridge_does_not_turn_on_forwarding() {
+        let (_dir, sys) = sysctl();
+        let mut fw = Firewall::new(FakeNft::new(), sys.clone(), None);
+        let admin = port("vb-adm", None);
+        fw.add(&admin).await.unwrap();
+        assert_eq!(sys.get("net.ipv4.ip_forward").unwrap(), "0");
+        assert_eq!(fw.forward_restore(), None);
+        assert!(fw.nft.bridge_table_exists());
+        assert_eq!(fw.nft.elements("ports").len(), 1);
+        assert_eq!(fw.nft.elements("zone_ports").len(), 0);
+        let member = port("vb-m", Some("192.168.5.7"));
+        fw.add(&member).await.unwrap();
+        assert_eq!(fw.nft.elements("port_addrs").len(), 1);
+        fw.remove(&admin).await.unwrap();
+        fw.remove(&member).await.unwrap();
+        assert!(!fw.nft.table_exists() && !fw.nft.bridge_table_exists());
+    }
+
     #[tokio::test]
     async fn a_flushed_table_is_rebuilt_with_all_elements() {
         let (_dir, sys) = sysctl();
@@ -364,10 +405,16 @@ mod tests {
         fw.add(&link("ve-a", "192.168.0.0/28", &["8080:80"]))
             .await
             .unwrap();
+        fw.add(&port("vb-m", Some("192.168.5.7"))).await.unwrap();
         assert!(!fw.reconcile().await.unwrap());
         fw.nft.flush_ruleset();
         assert!(fw.reconcile().await.unwrap());
         assert!(fw.nft.table_exists());
+        assert_eq!(fw.nft.elements("port_macs").len(), 1);
+        // The bridge table alone removed from outside is noticed too.
+        fw.nft.delete_bridge_table();
+        assert!(fw.reconcile().await.unwrap());
+        assert_eq!(fw.nft.elements("port_addrs").len(), 1);
         // A change after an unnoticed flush rebuilds the table too.
         fw.nft.flush_ruleset();
         fw.add(&link("ve-b", "192.168.0.16/28", &[])).await.unwrap();

@@ -169,10 +169,28 @@ fn dhcp_link(m: &Machine, index: u32) -> Option<DhcpLink> {
 }
 
 /// The firewall contribution of a machine: a `ve-` link's interface, subnet and ports; a zone
-/// member's ports (its zone has the rest); nothing on an admin's bridge.
+/// member's ports and its `vb-` port held to its MAC and address (its zone has the rest); on an
+/// admin's bridge, its `vb-` port held to its MAC only.
 fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> {
+    let guard = |addr| -> Result<Option<nat::GuardedPort>, crate::firewall::FirewallError> {
+        let (Some(ifname), Some(mac)) = (&m.host_ifname, &m.container_mac) else {
+            return Ok(None);
+        };
+        Ok(Some(nat::GuardedPort {
+            ifname: nat::IfName::new(ifname.clone())?,
+            mac: mac.parse()?,
+            addr,
+        }))
+    };
     let Some(addr) = m.container_address else {
-        return Ok(LinkRules::default());
+        let guard = match m.network {
+            NetworkSpec::Bridge(_) => guard(None)?,
+            _ => None,
+        };
+        return Ok(LinkRules {
+            guard,
+            ..LinkRules::default()
+        });
     };
     let ip = std::net::IpAddr::V4(addr);
     match (&m.network, m.subnet) {
@@ -182,6 +200,11 @@ fn link_rules(m: &Machine) -> Result<LinkRules, crate::firewall::FirewallError> 
             ip,
             &m.ports,
         ),
+        (NetworkSpec::Zone(_), _) => Ok(LinkRules {
+            ports: LinkRules::mappings(ip, &m.ports)?,
+            guard: guard(Some(addr))?,
+            ..LinkRules::default()
+        }),
         _ => Ok(LinkRules {
             ports: LinkRules::mappings(ip, &m.ports)?,
             ..LinkRules::default()
@@ -677,10 +700,21 @@ impl Machines {
             return Err(bad(format!("{bridge} is not a bridge")));
         }
         let (machine, guard, index) = self.build_veth(req, "vb-", netns).await?;
-        self.rtnl
+        // Before the port joins the bridge: no frame with another MAC gets through.
+        add_rules(&self.firewall, &machine).await?;
+        if let Err(e) = self
+            .rtnl
             .set_master_up(index, link.header.index)
             .await
-            .map_err(internal)?;
+            .map_err(internal)
+        {
+            if let Ok(rules) = link_rules(&machine)
+                && let Err(e) = self.firewall.lock().await.remove(&rules).await
+            {
+                warn!(machine = %machine.machine, error = %e, "removing firewall elements failed");
+            }
+            return Err(e);
+        }
         guard.commit();
         Ok((machine, index))
     }

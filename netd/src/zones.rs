@@ -21,7 +21,7 @@ pub(crate) fn zone_rules(z: &ZoneEntry) -> LinkRules {
     LinkRules {
         ifname: Some(z.config.name.bridge()),
         subnet: z.config.masquerade.then(|| z.subnet()),
-        ports: Vec::new(),
+        ..LinkRules::default()
     }
 }
 

@@ -713,3 +713,8 @@ impl Rig {
 pub fn dhcpflood() -> PathBuf {
     bin("dhcpflood")
 }
+
+/// Path of the hostile-container tool (`hostile sniff IFACE FILE`, `hostile udp SRC DST PORT`).
+pub fn hostile() -> PathBuf {
+    bin("hostile")
+}
