@@ -127,7 +127,14 @@ mod tests {
 
     #[test]
     fn accepts_what_the_kernel_accepts() {
-        for n in ["eth0", "enp0s31f6", "br-lan.10", "x", "a-b_c@d", &"x".repeat(15)] {
+        for n in [
+            "eth0",
+            "enp0s31f6",
+            "br-lan.10",
+            "x",
+            "a-b_c@d",
+            &"x".repeat(15),
+        ] {
             assert_eq!(valid_ifname(n), Ok(()), "{n}");
         }
     }

@@ -309,7 +309,9 @@ mod tests {
             let json = format!(
                 r#"{{"proto":"tcp","host_address":{host_address},"host_first":{first},"host_last":{last},"container_port":{cont}}}"#
             );
-            let err = serde_json::from_str::<PortSpec>(&json).unwrap_err().to_string();
+            let err = serde_json::from_str::<PortSpec>(&json)
+                .unwrap_err()
+                .to_string();
             err.split(" at line ").next().unwrap().to_owned()
         };
         assert_eq!(

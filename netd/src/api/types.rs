@@ -647,8 +647,8 @@ mod tests {
 
     #[test]
     fn zone_subnets_are_checked_when_decoded() {
-        let z = serde_json::from_str::<ZoneConfig>(r#"{"name":"lab","subnet":"10.7.0.0/24"}"#)
-            .unwrap();
+        let z =
+            serde_json::from_str::<ZoneConfig>(r#"{"name":"lab","subnet":"10.7.0.0/24"}"#).unwrap();
         assert_eq!(z.subnet, Some("10.7.0.0/24".parse().unwrap()));
         assert!(z.masquerade && z.dhcp && !z.isolated);
         let cases = [
@@ -656,7 +656,10 @@ mod tests {
                 "10.7.0.0/31",
                 "zone subnet 10.7.0.0/31: the prefix must be /8 to /30",
             ),
-            ("0.0.0.0/0", "zone subnet 0.0.0.0/0: the prefix must be /8 to /30"),
+            (
+                "0.0.0.0/0",
+                "zone subnet 0.0.0.0/0: the prefix must be /8 to /30",
+            ),
             (
                 "127.0.0.0/24",
                 "zone subnet 127.0.0.0/24: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)",
