@@ -474,6 +474,7 @@ impl Machines {
         let pid = req.pid;
         // The namespace must be the pid's own, and not ours: attaching the host's namespace
         // would put host0 on the host.
+        procfs::check_netns(&netns).map_err(|e| bad(e.to_string()))?;
         let ns =
             procfs::ns_id(&netns).map_err(|e| bad(format!("cannot inspect the passed fd: {e}")))?;
         let pid_ns = procfs::pid_netns_id(pid).map_err(|e| {

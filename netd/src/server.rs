@@ -16,8 +16,16 @@ use crate::api::wire::{self, FrameError};
 use crate::api::{ApiError, ErrorKind, Request, Response};
 use crate::machines::Machines;
 
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its whole request; a connection that is idle (or sends
+/// half a frame) longer is answered with an error and closed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client may take to read the answer: one that never reads cannot pin a task.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (e.g. `EMFILE` when out of fds): the pending connection stays
+/// queued, so retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves requests on `listener` until `shutdown` completes. Connections in progress are
 /// abandoned at shutdown; the networking of attached machines stays in place.
@@ -36,8 +44,8 @@ pub async fn run(machines: Arc<Machines>, listener: UnixListener, shutdown: impl
                     tokio::spawn(async move { serve(machines, stream).await });
                 }
                 Err(e) => {
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    warn!(error = %e, "accepting a connection failed; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
         }
@@ -49,8 +57,11 @@ async fn serve(machines: Arc<Machines>, mut stream: UnixStream) {
         Ok(r) => r,
         Err(e) => Response::Error(e),
     };
-    if let Err(e) = stream.write_all(&wire::encode(&response)).await {
-        debug!(error = %e, "client went away before the answer");
+    let frame = wire::encode(&response);
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "client went away before the answer"),
+        Err(_) => debug!("client did not read the answer in time; closing"),
     }
 }
 
@@ -60,7 +71,15 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("SO_PEERCRED failed: {e}")))?;
     let (body, fd) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(stream))
         .await
-        .map_err(|_| ApiError::new(ErrorKind::BadRequest, "timed out waiting for the request"))?
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "timed out waiting for the request ({} s)",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            )
+        })?
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
     let req: Request =
         wire::decode(&body).map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;

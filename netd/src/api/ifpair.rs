@@ -1,24 +1,70 @@
-//! `IF[:NAME]` arguments (`--network-macvlan`, `--network-ipvlan`, `--network-interface`,
-//! `--network-veth-extra`), with interface names checked like the kernel does.
+//! Interface names, checked once for every path they come in by: `IF[:NAME]` arguments
+//! (`--network-macvlan`, `--network-ipvlan`, `--network-interface`, `--network-veth-extra`),
+//! and the names in a decoded request (extra links, `--network-bridge`).
 
 use std::str::FromStr;
 
-/// Checks an interface name as the kernel's `dev_valid_name()` (and systemd's
-/// `ifname_valid()`): 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
-pub fn valid_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "interface name {name:?} must be 1 to 15 characters"
-        ));
+/// Longest interface name (`IFNAMSIZ` - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// Why an interface name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IfNameError {
+    /// The name is empty.
+    #[error("interface name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_IFNAME`] bytes.
+    #[error("interface name {name:?} is {len} bytes long; at most {MAX_IFNAME} are allowed")]
+    TooLong {
+        /// The refused name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// `.` or `..`.
+    #[error("interface name {name:?} is not allowed (it names a directory in /sys/class/net)")]
+    Reserved {
+        /// The refused name.
+        name: String,
+    },
+    /// A character the kernel or `ip` cannot take.
+    #[error(
+        "interface name {name:?} contains {ch:?}; use printable ASCII other than '/', ':', '%' and spaces"
+    )]
+    BadChar {
+        /// The refused name.
+        name: String,
+        /// The first offending character.
+        ch: char,
+    },
+}
+
+/// Checks an interface name as the kernel's `dev_valid_name()` and systemd's `ifname_valid()`
+/// do: 1 to 15 bytes, not `.` or `..`, printable ASCII without `/`, `:` (alias syntax), `%`
+/// (the kernel would expand `%d` into a number of its choosing) or spaces.
+pub fn valid_ifname(name: &str) -> Result<(), IfNameError> {
+    if name.is_empty() {
+        return Err(IfNameError::Empty);
+    }
+    if name.len() > MAX_IFNAME {
+        return Err(IfNameError::TooLong {
+            name: name.to_owned(),
+            len: name.len(),
+        });
     }
     if name == "." || name == ".." {
-        return Err(format!("interface name {name:?} is not allowed"));
+        return Err(IfNameError::Reserved {
+            name: name.to_owned(),
+        });
     }
-    if let Some(c) = name
+    if let Some(ch) = name
         .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | ':' | '%'))
     {
-        return Err(format!("interface name {name:?} contains {c:?}"));
+        return Err(IfNameError::BadChar {
+            name: name.to_owned(),
+            ch,
+        });
     }
     Ok(())
 }
@@ -40,9 +86,9 @@ impl FromStr for IfPair {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
         };
-        valid_ifname(first)?;
+        valid_ifname(first).map_err(|e| e.to_string())?;
         if let Some(b) = second {
-            valid_ifname(b)?;
+            valid_ifname(b).map_err(|e| e.to_string())?;
         }
         Ok(Self {
             first: first.to_owned(),
@@ -66,7 +112,7 @@ mod tests {
         assert_eq!(p.second, None);
         assert_eq!(
             "eth1:".parse::<IfPair>().unwrap_err(),
-            r#"interface name "" must be 1 to 15 characters"#
+            "interface name is empty"
         );
         assert!(
             "a:b:c"
@@ -77,5 +123,60 @@ mod tests {
         assert!("averyveryverylongname".parse::<IfPair>().is_err());
         assert!("a b".parse::<IfPair>().is_err());
         assert!("..".parse::<IfPair>().is_err());
+    }
+
+    #[test]
+    fn accepts_what_the_kernel_accepts() {
+        for n in [
+            "eth0",
+            "enp0s31f6",
+            "br-lan.10",
+            "x",
+            "a-b_c@d",
+            &"x".repeat(15),
+        ] {
+            assert_eq!(valid_ifname(n), Ok(()), "{n}");
+        }
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_line() {
+        let e = |n: &str| valid_ifname(n).unwrap_err().to_string();
+        assert_eq!(e(""), "interface name is empty");
+        assert_eq!(
+            e("sixteen-chars-xx"),
+            r#"interface name "sixteen-chars-xx" is 16 bytes long; at most 15 are allowed"#
+        );
+        // Bytes, not characters: the kernel counts bytes.
+        assert_eq!(
+            e("ééééééééé"),
+            r#"interface name "ééééééééé" is 18 bytes long; at most 15 are allowed"#
+        );
+        for reserved in [".", ".."] {
+            assert_eq!(
+                e(reserved),
+                format!(
+                    "interface name {reserved:?} is not allowed (it names a directory in /sys/class/net)"
+                )
+            );
+        }
+        let tail = "use printable ASCII other than '/', ':', '%' and spaces";
+        for (name, ch) in [
+            ("a/b", "'/'"),
+            ("eth0:1", "':'"),
+            ("veth%d", "'%'"),
+            ("a b", "' '"),
+            ("a\tb", r"'\t'"),
+            ("a\nb", r"'\n'"),
+            ("a\0b", r"'\0'"),
+            ("a\u{7f}", r"'\u{7f}'"),
+            ("é", "'é'"),
+        ] {
+            assert_eq!(
+                e(name),
+                format!("interface name {name:?} contains {ch}; {tail}"),
+                "{name:?}"
+            );
+        }
     }
 }

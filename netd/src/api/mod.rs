@@ -12,7 +12,7 @@ mod port;
 mod types;
 pub mod wire;
 
-pub use ifpair::{IfPair, valid_ifname};
+pub use ifpair::{IfNameError, IfPair, MAX_IFNAME, valid_ifname};
 pub use name::{MachineName, NameError};
 pub use port::{PortError, PortSpec, Proto};
 pub use types::*;

@@ -27,8 +27,9 @@ impl fmt::Display for Proto {
 }
 
 /// A published port or port range, as asked for (the container address is the daemon's to fill).
+/// A decoded spec is checked like a parsed one ([`PortSpec::check`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPortSpec")]
 pub struct PortSpec {
     /// Protocol.
     pub proto: Proto,
@@ -40,6 +41,36 @@ pub struct PortSpec {
     pub host_last: u16,
     /// Container port the first host port maps to.
     pub container_port: u16,
+}
+
+/// [`PortSpec`] as it arrives, before it is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortSpec {
+    proto: Proto,
+    host_address: Option<IpAddr>,
+    host_first: u16,
+    host_last: u16,
+    container_port: u16,
+}
+
+impl TryFrom<RawPortSpec> for PortSpec {
+    type Error = PortError;
+
+    fn try_from(raw: RawPortSpec) -> Result<Self, PortError> {
+        let spec = PortSpec {
+            proto: raw.proto,
+            host_address: raw.host_address,
+            host_first: raw.host_first,
+            host_last: raw.host_last,
+            container_port: raw.container_port,
+        };
+        spec.check().map_err(|reason| PortError {
+            spec: spec.raw_text(),
+            reason,
+        })?;
+        Ok(spec)
+    }
 }
 
 /// Why a `--port` value was refused.
@@ -124,21 +155,55 @@ impl FromStr for PortSpec {
                 c0
             }
         };
-        if u32::from(container_port) + u32::from(host.1 - host.0) > 65535 {
-            return Err(err("container range runs past 65535".into()));
-        }
-        if host_address.is_some_and(|a| a.is_unspecified() || a.is_multicast()) {
-            return Err(err(
-                "leave the address out to publish on every local address".into(),
-            ));
-        }
-        Ok(PortSpec {
+        let parsed = PortSpec {
             proto,
             host_address,
             host_first: host.0,
             host_last: host.1,
             container_port,
-        })
+        };
+        parsed.check().map_err(err)?;
+        Ok(parsed)
+    }
+}
+
+impl PortSpec {
+    /// Checks what parsing and decoding both must hold: no port 0, a forward host range, a
+    /// container range within 65535, and a specific host address (not `0.0.0.0`, `::` or
+    /// multicast; leaving it out means every local address).
+    pub fn check(&self) -> Result<(), String> {
+        if self.host_first == 0 || self.container_port == 0 {
+            return Err("port 0 is not a port".into());
+        }
+        if self.host_first > self.host_last {
+            return Err(format!(
+                "range {}-{} runs backwards",
+                self.host_first, self.host_last
+            ));
+        }
+        if u32::from(self.container_port) + u32::from(self.host_last - self.host_first) > 65535 {
+            return Err("container range runs past 65535".into());
+        }
+        if self
+            .host_address
+            .is_some_and(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return Err("leave the address out to publish on every local address".into());
+        }
+        Ok(())
+    }
+
+    /// The fields as text without any arithmetic, for errors about specs that are not valid.
+    fn raw_text(&self) -> String {
+        let addr = match self.host_address {
+            Some(IpAddr::V6(a)) => format!("[{a}]:"),
+            Some(IpAddr::V4(a)) => format!("{a}:"),
+            None => String::new(),
+        };
+        format!(
+            "{}:{addr}{}-{}:{}",
+            self.proto, self.host_first, self.host_last, self.container_port
+        )
     }
 }
 
@@ -231,6 +296,55 @@ mod tests {
         assert!(e("0.0.0.0:80").contains("leave the address out"));
         assert!(e("[::1:80").contains("[ADDR]:PORT"));
         assert!(e("sctp:80").contains(r#""sctp" is not a port number"#));
+    }
+
+    #[test]
+    fn decoding_checks_like_parsing() {
+        let ok = r#"{"proto":"udp","host_address":"127.0.0.1","host_first":53,"host_last":53,"container_port":5353}"#;
+        assert_eq!(
+            serde_json::from_str::<PortSpec>(ok).unwrap().to_string(),
+            "udp:127.0.0.1:53:5353"
+        );
+        let e = |host_address: &str, first: u16, last: u16, cont: u16| {
+            let json = format!(
+                r#"{{"proto":"tcp","host_address":{host_address},"host_first":{first},"host_last":{last},"container_port":{cont}}}"#
+            );
+            let err = serde_json::from_str::<PortSpec>(&json)
+                .unwrap_err()
+                .to_string();
+            err.split(" at line ").next().unwrap().to_owned()
+        };
+        assert_eq!(
+            e("null", 0, 0, 80),
+            r#"invalid port mapping "tcp:0-0:80": port 0 is not a port"#
+        );
+        assert_eq!(
+            e("null", 80, 80, 0),
+            r#"invalid port mapping "tcp:80-80:0": port 0 is not a port"#
+        );
+        assert_eq!(
+            e("null", 90, 80, 80),
+            r#"invalid port mapping "tcp:90-80:80": range 90-80 runs backwards"#
+        );
+        assert_eq!(
+            e("null", 1, 65535, 2),
+            r#"invalid port mapping "tcp:1-65535:2": container range runs past 65535"#
+        );
+        assert_eq!(
+            e(r#""::""#, 80, 80, 80),
+            r#"invalid port mapping "tcp:[::]:80-80:80": leave the address out to publish on every local address"#
+        );
+        assert_eq!(
+            e(r#""224.0.0.1""#, 80, 80, 80),
+            r#"invalid port mapping "tcp:224.0.0.1:80-80:80": leave the address out to publish on every local address"#
+        );
+        let extra = r#"{"proto":"tcp","host_address":null,"host_first":1,"host_last":1,"container_port":1,"x":0}"#;
+        assert!(
+            serde_json::from_str::<PortSpec>(extra)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `x`")
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::{MachineName, PortSpec};
+use super::{IfNameError, MachineName, PortSpec, valid_ifname};
 
 /// A request to `rnetd`. Changing requests need uid 0; `List` and `Status` are open to all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,9 +83,10 @@ pub struct AttachRequest {
     pub links: Vec<ExtraLink>,
 }
 
-/// A link of a container besides the primary veth.
+/// A link of a container besides the primary veth. Every name is checked with
+/// [`valid_ifname`] when the link is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", try_from = "RawExtraLink")]
 pub enum ExtraLink {
     /// `--network-macvlan=IF[:NAME]`: a macvlan (bridge mode) on host link `parent`, named
     /// `mv-IF` (shortened like systemd) unless `name` is given.
@@ -119,6 +120,75 @@ pub enum ExtraLink {
     },
 }
 
+/// An interface name in a request that [`valid_ifname`] refused, and which one it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct BadIfName {
+    /// The name's role, e.g. "macvlan parent".
+    pub what: &'static str,
+    /// Why it was refused.
+    pub reason: IfNameError,
+}
+
+fn check_ifname(what: &'static str, name: &str) -> Result<(), BadIfName> {
+    valid_ifname(name).map_err(|reason| BadIfName { what, reason })
+}
+
+fn check_opt_ifname(what: &'static str, name: Option<&String>) -> Result<(), BadIfName> {
+    name.map_or(Ok(()), |n| check_ifname(what, n))
+}
+
+/// [`ExtraLink`] as it arrives, before its names are checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawExtraLink {
+    Macvlan {
+        parent: String,
+        name: Option<String>,
+    },
+    Ipvlan {
+        parent: String,
+        name: Option<String>,
+    },
+    Interface {
+        name: String,
+        rename: Option<String>,
+    },
+    VethExtra {
+        host: String,
+        container: Option<String>,
+    },
+}
+
+impl TryFrom<RawExtraLink> for ExtraLink {
+    type Error = BadIfName;
+
+    fn try_from(raw: RawExtraLink) -> Result<Self, BadIfName> {
+        Ok(match raw {
+            RawExtraLink::Macvlan { parent, name } => {
+                check_ifname("macvlan parent", &parent)?;
+                check_opt_ifname("macvlan name", name.as_ref())?;
+                ExtraLink::Macvlan { parent, name }
+            }
+            RawExtraLink::Ipvlan { parent, name } => {
+                check_ifname("ipvlan parent", &parent)?;
+                check_opt_ifname("ipvlan name", name.as_ref())?;
+                ExtraLink::Ipvlan { parent, name }
+            }
+            RawExtraLink::Interface { name, rename } => {
+                check_ifname("moved interface", &name)?;
+                check_opt_ifname("moved interface's new name", rename.as_ref())?;
+                ExtraLink::Interface { name, rename }
+            }
+            RawExtraLink::VethExtra { host, container } => {
+                check_ifname("extra veth host side", &host)?;
+                check_opt_ifname("extra veth container side", container.as_ref())?;
+                ExtraLink::VethExtra { host, container }
+            }
+        })
+    }
+}
+
 /// What an extra link became.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,9 +199,10 @@ pub struct AttachedLink {
     pub container_ifname: String,
 }
 
-/// The network a container gets.
+/// The network a container gets. A bridge's name is checked with [`valid_ifname`] when the
+/// spec is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", try_from = "RawNetworkSpec")]
 pub enum NetworkSpec {
     /// `--network-veth`: a `ve-NAME` / `host0` pair with a /28 of its own.
     Veth,
@@ -144,6 +215,32 @@ pub enum NetworkSpec {
     /// A private network with only extra links (macvlan, ipvlan, moved interfaces, extra
     /// veths) and no primary veth.
     None,
+}
+
+/// [`NetworkSpec`] as it arrives, before a bridge's name is checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawNetworkSpec {
+    Veth,
+    Zone(ZoneName),
+    Bridge(String),
+    None,
+}
+
+impl TryFrom<RawNetworkSpec> for NetworkSpec {
+    type Error = BadIfName;
+
+    fn try_from(raw: RawNetworkSpec) -> Result<Self, BadIfName> {
+        Ok(match raw {
+            RawNetworkSpec::Veth => NetworkSpec::Veth,
+            RawNetworkSpec::Zone(z) => NetworkSpec::Zone(z),
+            RawNetworkSpec::Bridge(b) => {
+                check_ifname("bridge", &b)?;
+                NetworkSpec::Bridge(b)
+            }
+            RawNetworkSpec::None => NetworkSpec::None,
+        })
+    }
 }
 
 /// A zone name: at most 12 characters so that `vz-NAME` is a valid interface name.
@@ -204,9 +301,10 @@ impl<'de> Deserialize<'de> for ZoneName {
     }
 }
 
-/// Settings of a zone.
+/// Settings of a zone. A fixed subnet is checked with [`ZoneConfig::check_subnet`] when the
+/// config is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawZoneConfig")]
 pub struct ZoneConfig {
     /// The zone's name.
     pub name: ZoneName,
@@ -228,7 +326,68 @@ fn yes() -> bool {
     true
 }
 
+/// [`ZoneConfig`] as it arrives, before its subnet is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZoneConfig {
+    name: ZoneName,
+    #[serde(default)]
+    subnet: Option<Ipv4Network>,
+    #[serde(default = "yes")]
+    masquerade: bool,
+    #[serde(default = "yes")]
+    dhcp: bool,
+    #[serde(default)]
+    isolated: bool,
+}
+
+impl TryFrom<RawZoneConfig> for ZoneConfig {
+    type Error = String;
+
+    fn try_from(raw: RawZoneConfig) -> Result<Self, String> {
+        if let Some(net) = raw.subnet {
+            ZoneConfig::check_subnet(net)?;
+        }
+        Ok(Self {
+            name: raw.name,
+            subnet: raw.subnet,
+            masquerade: raw.masquerade,
+            dhcp: raw.dhcp,
+            isolated: raw.isolated,
+        })
+    }
+}
+
+/// Shortest prefix of a zone's fixed subnet (as for `--veth-prefix`).
+pub const MIN_ZONE_PREFIX: u8 = 8;
+
+/// Longest prefix of a zone's fixed subnet: a /30 holds the bridge and one member.
+pub const MAX_ZONE_PREFIX: u8 = 30;
+
 impl ZoneConfig {
+    /// Checks a fixed zone subnet: a prefix from /8 to /30, in unicast space that is neither
+    /// loopback, link-local, multicast nor reserved.
+    pub fn check_subnet(net: Ipv4Network) -> Result<(), String> {
+        let prefix = net.prefix();
+        if !(MIN_ZONE_PREFIX..=MAX_ZONE_PREFIX).contains(&prefix) {
+            return Err(format!(
+                "zone subnet {net}: the prefix must be /{MIN_ZONE_PREFIX} to /{MAX_ZONE_PREFIX}"
+            ));
+        }
+        let first = net.network();
+        let special = first.octets()[0] == 0
+            || first.is_loopback()
+            || first.is_link_local()
+            || first.is_multicast()
+            || first.octets()[0] >= 240;
+        if special {
+            return Err(format!(
+                "zone subnet {net}: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The defaults for a zone created implicitly by its first member.
     pub fn implicit(name: ZoneName) -> Self {
         Self {
@@ -397,5 +556,133 @@ mod tests {
         let bad = r#"{"detach":{"machine":"-web"}}"#;
         assert!(serde_json::from_str::<Request>(bad).is_err());
         assert!(serde_json::from_str::<Request>(r#""reboot""#).is_err());
+    }
+
+    /// The error serde_json reports for `json` as a `T`, without its position suffix.
+    fn refusal<T: serde::de::DeserializeOwned + std::fmt::Debug>(json: &str) -> String {
+        let err = serde_json::from_str::<T>(json).unwrap_err().to_string();
+        err.split(" at line ").next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn extra_link_names_are_checked_when_decoded() {
+        let ok = r#"{"macvlan":{"parent":"eth0","name":"wan"}}"#;
+        assert_eq!(
+            serde_json::from_str::<ExtraLink>(ok).unwrap(),
+            ExtraLink::Macvlan {
+                parent: "eth0".into(),
+                name: Some("wan".into())
+            }
+        );
+        let ok = r#"{"veth_extra":{"host":"vx-a"}}"#;
+        assert!(serde_json::from_str::<ExtraLink>(ok).is_ok());
+        let chars = "use printable ASCII other than '/', ':', '%' and spaces";
+        let cases = [
+            (
+                r#"{"macvlan":{"parent":"a/b"}}"#,
+                format!(r#"macvlan parent: interface name "a/b" contains '/'; {chars}"#),
+            ),
+            (
+                r#"{"macvlan":{"parent":"eth0","name":""}}"#,
+                "macvlan name: interface name is empty".to_owned(),
+            ),
+            (
+                r#"{"ipvlan":{"parent":"sixteen-chars-xx"}}"#,
+                r#"ipvlan parent: interface name "sixteen-chars-xx" is 16 bytes long; at most 15 are allowed"#.to_owned(),
+            ),
+            (
+                r#"{"ipvlan":{"parent":"eth0","name":"a\u0000b"}}"#,
+                format!(r#"ipvlan name: interface name "a\0b" contains '\0'; {chars}"#),
+            ),
+            (
+                r#"{"interface":{"name":".."}}"#,
+                r#"moved interface: interface name ".." is not allowed (it names a directory in /sys/class/net)"#.to_owned(),
+            ),
+            (
+                r#"{"interface":{"name":"eth1","rename":"wan 1"}}"#,
+                format!(r#"moved interface's new name: interface name "wan 1" contains ' '; {chars}"#),
+            ),
+            (
+                r#"{"veth_extra":{"host":"vx:1"}}"#,
+                format!(r#"extra veth host side: interface name "vx:1" contains ':'; {chars}"#),
+            ),
+            (
+                r#"{"veth_extra":{"host":"vx","container":"eth%d"}}"#,
+                format!(r#"extra veth container side: interface name "eth%d" contains '%'; {chars}"#),
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_eq!(refusal::<ExtraLink>(json), expected, "{json}");
+        }
+        assert!(
+            refusal::<ExtraLink>(r#"{"macvlan":{"parent":"eth0","mode":"vepa"}}"#)
+                .contains("unknown field `mode`")
+        );
+    }
+
+    #[test]
+    fn bridge_names_are_checked_when_decoded() {
+        assert_eq!(
+            serde_json::from_str::<NetworkSpec>(r#"{"bridge":"br0"}"#).unwrap(),
+            NetworkSpec::Bridge("br0".into())
+        );
+        assert_eq!(
+            refusal::<NetworkSpec>(r#"{"bridge":"."}"#),
+            r#"bridge: interface name "." is not allowed (it names a directory in /sys/class/net)"#
+        );
+        assert_eq!(
+            refusal::<NetworkSpec>(r#"{"bridge":"br/../x"}"#),
+            r#"bridge: interface name "br/../x" contains '/'; use printable ASCII other than '/', ':', '%' and spaces"#
+        );
+        // Through a whole request too.
+        let req = r#"{"attach":{"machine":"m","pid":1,"network":{"bridge":""}}}"#;
+        assert_eq!(refusal::<Request>(req), "bridge: interface name is empty");
+        let req = r#"{"attach":{"machine":"m","pid":1,"network":"none","links":[{"macvlan":{"parent":"e/0"}}]}}"#;
+        assert!(refusal::<Request>(req).starts_with("macvlan parent: interface name \"e/0\""));
+        for unit in ["veth", "none"] {
+            assert!(serde_json::from_str::<NetworkSpec>(&format!("{unit:?}")).is_ok());
+        }
+        assert!(serde_json::from_str::<NetworkSpec>(r#"{"zone":"lab"}"#).is_ok());
+    }
+
+    #[test]
+    fn zone_subnets_are_checked_when_decoded() {
+        let z =
+            serde_json::from_str::<ZoneConfig>(r#"{"name":"lab","subnet":"10.7.0.0/24"}"#).unwrap();
+        assert_eq!(z.subnet, Some("10.7.0.0/24".parse().unwrap()));
+        assert!(z.masquerade && z.dhcp && !z.isolated);
+        let cases = [
+            (
+                "10.7.0.0/31",
+                "zone subnet 10.7.0.0/31: the prefix must be /8 to /30",
+            ),
+            (
+                "0.0.0.0/0",
+                "zone subnet 0.0.0.0/0: the prefix must be /8 to /30",
+            ),
+            (
+                "127.0.0.0/24",
+                "zone subnet 127.0.0.0/24: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)",
+            ),
+            (
+                "169.254.3.0/24",
+                "zone subnet 169.254.3.0/24: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)",
+            ),
+            (
+                "224.1.0.0/16",
+                "zone subnet 224.1.0.0/16: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)",
+            ),
+            (
+                "250.0.0.0/8",
+                "zone subnet 250.0.0.0/8: not a unicast range a zone can use (0/8, loopback, link-local, multicast and 240/4 are refused)",
+            ),
+        ];
+        for (subnet, expected) in cases {
+            let json = format!(r#"{{"name":"lab","subnet":"{subnet}"}}"#);
+            assert_eq!(refusal::<ZoneConfig>(&json), expected, "{subnet}");
+        }
+        assert!(
+            refusal::<ZoneConfig>(r#"{"name":"lab","vlan":3}"#).contains("unknown field `vlan`")
+        );
     }
 }

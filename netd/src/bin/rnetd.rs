@@ -13,7 +13,7 @@ use netd::machines::{Machines, Settings};
 use netd::rtnl::Rtnl;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{debug, info, warn};
 
 /// The rnet network daemon: owns the host side of container networking.
 #[derive(Debug, Parser)]
@@ -53,6 +53,7 @@ fn main() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("rnetd must run as root (it creates links and firewall rules)");
     }
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,6 +103,20 @@ async fn run(args: Args) -> Result<()> {
     netd::server::run(machines, listener, shutdown).await;
     let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: every client connection, netns fd and
+/// pidfd is an fd, and the usual soft limit of 1024 is too low for many clients at once.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => debug!(limit = soft, "open-file limit already at its maximum"),
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// Binds the socket, refusing to steal it from a running daemon and replacing a stale one.
