@@ -189,10 +189,8 @@ impl<N: AsyncNft> Firewall<N> {
     /// Adds a link's masquerade, interface, ports and guarded port in one atomic batch. On error
     /// nothing is changed.
     pub async fn add(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
-        if self.forward_restore.is_none() && link.forwards() {
-            let old = self.sysctl.set("net.ipv4.ip_forward", "1")?;
-            info!(previous = %old, "enabled net.ipv4.ip_forward");
-            self.forward_restore = Some(old);
+        if link.forwards() {
+            self.ensure_forwarding()?;
         }
         // Published ports must be reachable from the host's own 127.0.0.1 (systemd #6106):
         // loopback-sourced packets may then leave through this link, where they are
@@ -229,6 +227,25 @@ impl<N: AsyncNft> Firewall<N> {
             return Ok(());
         }
         self.change(&changes).await
+    }
+
+    /// Turns `net.ipv4.ip_forward` on, remembering the value to restore the first time; also
+    /// turns it back on if it was switched off since (a restart after a crash must not leave
+    /// adopted containers without forwarding).
+    fn ensure_forwarding(&mut self) -> Result<(), FirewallError> {
+        match &self.forward_restore {
+            None => {
+                let old = self.sysctl.set("net.ipv4.ip_forward", "1")?;
+                info!(previous = %old, "enabled net.ipv4.ip_forward");
+                self.forward_restore = Some(old);
+            }
+            Some(_) if self.sysctl.get("net.ipv4.ip_forward")? != "1" => {
+                self.sysctl.set("net.ipv4.ip_forward", "1")?;
+                warn!("net.ipv4.ip_forward was off with containers attached; turned it on again");
+            }
+            Some(_) => {}
+        }
+        Ok(())
     }
 
     fn restore_forwarding(&mut self) {
@@ -293,6 +310,12 @@ impl<N: AsyncNft> Firewall<N> {
             }
             self.restore_forwarding();
             return Ok(listing.is_some());
+        }
+        if self.installed.ifaces().next().is_some()
+            || self.installed.subnets().next().is_some()
+            || self.installed.ports().next().is_some()
+        {
+            self.ensure_forwarding()?;
         }
         let observed = match &listing {
             Some(l) => Some(nat::observe(l)?),

@@ -265,6 +265,23 @@ impl Machines {
             this: this.clone(),
         });
         let mut inner = me.inner.lock().await;
+        // The table as the saved state says it is, so that removing what went stale below
+        // subtracts from it (and cannot mistake the first removal for the last link going);
+        // once adoption is done, the table is set to what was adopted and reconciled.
+        let saved_rules: Vec<LinkRules> = saved
+            .machines
+            .iter()
+            .filter_map(|s| link_rules(&s.machine).ok())
+            .chain(
+                saved
+                    .zones
+                    .iter()
+                    .map(|z| crate::zones::config_rules(&z.config)),
+            )
+            .collect();
+        if let Err(e) = me.firewall.lock().await.adopt(&saved_rules) {
+            warn!(error = %e, "the saved state has firewall rules that cannot be used");
+        }
         // Zones first: members need their bridge.
         me.restore_zones(&mut inner, &saved.zones, &explicit).await;
         for s in saved.machines {

@@ -18,9 +18,14 @@ use crate::state::SavedZone;
 
 /// The firewall contribution of a zone: its bridge and, when masqueraded, its subnet.
 pub(crate) fn zone_rules(z: &ZoneEntry) -> LinkRules {
+    config_rules(&z.config)
+}
+
+/// The firewall contribution of a zone with settings `config` (its subnet set).
+pub(crate) fn config_rules(config: &ZoneConfig) -> LinkRules {
     LinkRules {
-        ifname: Some(z.config.name.bridge()),
-        subnet: z.config.masquerade.then(|| z.subnet()),
+        ifname: Some(config.name.bridge()),
+        subnet: config.subnet.filter(|_| config.masquerade),
         ..LinkRules::default()
     }
 }

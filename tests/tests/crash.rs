@@ -220,6 +220,8 @@ fn rnetd_killed_at_random_moments_recovers_every_time() {
     let mut explicit = false;
     let mut outage_checks = 0;
     for it in 0..iterations {
+        // Let the DHCP client work for a while, so kills land among its exchanges.
+        std::thread::sleep(Duration::from_millis(100 + rng.below(200)));
         let op = rng.below(6);
         let name = format!("x{it}");
         let port = format!("{}:80", 9000 + it);
@@ -314,8 +316,9 @@ fn rnetd_killed_at_random_moments_recovers_every_time() {
             describe(&seen),
             tail(&rig.log(), 50)
         );
-        if let Err(e) = check_leases(&rig, &ack_log, "ve-load") {
-            panic!("seed {seed}, iteration {it} ({what}): {e}");
+        match check_leases(&rig, &ack_log, "ve-load") {
+            Ok(n) => eprintln!("iteration {it}: {what}, killed after {delay:?}; {n} ACKs so far"),
+            Err(e) => panic!("seed {seed}, iteration {it} ({what}): {e}"),
         }
         let (web, member) = (port_answers(&rig, 8080), reaches_uplink(member_pid));
         assert!(

@@ -32,7 +32,7 @@ fn main() {
         .expect("LOG");
     let socket = UdpSocket::bind(SocketAddrV4::new(local, 67)).expect("bind port 67");
     socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut xid = u32::from(seed) << 24;
     println!("READY");
@@ -73,7 +73,7 @@ fn main() {
                 }
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
