@@ -205,7 +205,7 @@ fn rnetd_killed_at_random_moments_recovers_every_time() {
     let load = rig.wait_machine("load");
     let load_pid = load["pid"].as_u64().unwrap();
     let ack_log = tmp.path().join("acks");
-    rig.spawn_ready(&mut in_pid_netns(load_pid, rig::bin("dhcpcheck")).args([
+    rig.spawn_ready(in_pid_netns(load_pid, rig::bin("dhcpcheck")).args([
         load["container_address"].as_str().unwrap(),
         load["host_address"].as_str().unwrap(),
         "8",
