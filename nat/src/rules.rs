@@ -406,12 +406,20 @@ fn bridge_rules() -> Vec<RuleSpec> {
             vec![ne(iif(), set_ref(ZONE_PORTS)), accept()],
         ),
         rule(
-            "no DHCP server in a zone member (rnetd is the zone's server)",
-            vec![eq(payload("udp", "sport"), number(67)), drop()],
+            "no DHCP server in a zone member (rnetd is the zone's server); relays may send",
+            vec![
+                eq(payload("udp", "sport"), number(67)),
+                eq(payload("udp", "dport"), number(68)),
+                drop(),
+            ],
         ),
         rule(
             "no DHCPv6 server in a zone member",
-            vec![eq(payload("udp", "sport"), number(547)), drop()],
+            vec![
+                eq(payload("udp", "sport"), number(547)),
+                eq(payload("udp", "dport"), number(546)),
+                drop(),
+            ],
         ),
         rule(
             "no IPv6 router advertisement from a zone member",
@@ -931,13 +939,16 @@ mod tests {
             rules[1],
             json!([{"match": {"left": iif, "right": "@zone_ports", "op": "!="}}, {"accept": null}])
         );
-        // DHCP servers are dropped before DHCP clients (0.0.0.0) are let through.
-        let sport = |n: u16| {
+        // DHCP servers' answers to clients are dropped before DHCP clients (0.0.0.0) are let
+        // through; a relay (server port to server port) is not a server.
+        let server = |from: u16, to: u16| {
             json!([{"match": {"left": {"payload": {"protocol": "udp", "field": "sport"}},
-                                               "right": n, "op": "=="}}, drop])
+                              "right": from, "op": "=="}},
+                   {"match": {"left": {"payload": {"protocol": "udp", "field": "dport"}},
+                              "right": to, "op": "=="}}, drop])
         };
-        assert_eq!(rules[2], sport(67));
-        assert_eq!(rules[3], sport(547));
+        assert_eq!(rules[2], server(67, 68));
+        assert_eq!(rules[3], server(547, 546));
         assert_eq!(rules[5][2], json!({"accept": null}));
         let held = |proto: &str, field: &str, set: &str| {
             json!([{"match": {"left": {"concat": [iif, {"payload": {"protocol": proto, "field": field}}]},
