@@ -190,10 +190,28 @@ impl Server {
         mac: [u8; 6],
         now: SystemTime,
     ) -> Option<(Ipv4Addr, Option<Lease>)> {
+        let client = ClientId::from_mac(mac);
+        let (address, held) = self.pick(link, mac, now)?;
+        if held {
+            return Some((address, None));
+        }
         let l = self.links.get_mut(&link)?;
+        let cfg = &l.config;
+        let expires = now.checked_add(cfg.max_lease_time).unwrap_or(now);
+        let mut lease = Lease::new(client, address, expires);
+        lease.container = true;
+        l.record(lease.clone(), now).ok()?;
+        Some((address, Some(lease)))
+    }
+
+    /// What [`assign`](Self::assign) would give the container with `mac`, without recording
+    /// it: its lease (`true`: it holds it already) or the free address systemd's hash picks,
+    /// skipping reserved, leased, static and quarantined addresses.
+    pub fn pick(&self, link: LinkId, mac: [u8; 6], now: SystemTime) -> Option<(Ipv4Addr, bool)> {
+        let l = self.links.get(&link)?;
         let client = ClientId::from_mac(mac);
         if let Some(lease) = l.table.lease(&client, now) {
-            return Some((lease.address, None));
+            return Some((lease.address, true));
         }
         let cfg = &l.config;
         let address = crate::pick_address(cfg.subnet, client.as_bytes(), |a| {
@@ -202,11 +220,7 @@ impl Server {
                 && l.table.static_owner(a).is_none()
                 && !l.table.is_quarantined(a, now)
         })?;
-        let expires = now.checked_add(cfg.max_lease_time).unwrap_or(now);
-        let mut lease = Lease::new(client, address, expires);
-        lease.container = true;
-        l.record(lease.clone(), now).ok()?;
-        Some((address, Some(lease)))
+        Some((address, false))
     }
 
     /// Records a lease loaded from the store, as it was saved (container or not).

@@ -264,6 +264,15 @@ impl DhcpService {
         Some(addr)
     }
 
+    /// The address [`assign`](Self::assign) would give `mac` now, recording nothing.
+    pub fn pick(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
+        self.shared
+            .engine()
+            .server
+            .pick(LinkId(index), mac, SystemTime::now())
+            .map(|(addr, _)| addr)
+    }
+
     fn assign_now(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
         let id = LinkId(index);
         let mut engine = self.shared.engine();

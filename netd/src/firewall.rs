@@ -26,7 +26,7 @@ pub enum FirewallError {
 }
 
 /// What one link (a `ve-` link, a zone bridge) or one bridge port contributes to the tables.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkRules {
     /// A managed host-side link (`ifaces`): `ve-NAME` or `vz-ZONE`; none for a zone member,
     /// whose traffic passes its zone's bridge.

@@ -9,8 +9,6 @@ pub mod netlink_sync;
 #[cfg(feature = "daemon")]
 pub mod dhcp_glue;
 #[cfg(feature = "daemon")]
-pub mod extras;
-#[cfg(feature = "daemon")]
 pub mod firewall;
 #[cfg(feature = "daemon")]
 pub mod hostid;
@@ -32,5 +30,3 @@ pub mod server;
 pub mod state;
 #[cfg(feature = "daemon")]
 pub mod sysctl;
-#[cfg(feature = "daemon")]
-pub mod zones;

@@ -157,6 +157,21 @@ impl Pool {
         None
     }
 
+    /// The subnet [`allocate`](Self::allocate) would hand out now, without handing it out
+    /// (for a plan; [`take`](Self::take) then hands it out).
+    pub fn peek(&self, in_use: &[Ipv4Network]) -> Result<Ipv4Network, PoolError> {
+        self.clone().allocate(in_use)
+    }
+
+    /// Hands out `net`, a subnet [`peek`](Self::peek) proposed: as `allocate` would have.
+    pub fn take(&mut self, net: Ipv4Network) -> Result<(), PoolError> {
+        self.reserve(net)?;
+        if let Some(i) = self.ranges.iter().position(|r| overlaps(*r, net)) {
+            self.cursor = Some((i, u32::from(net.network())));
+        }
+        Ok(())
+    }
+
     /// Marks `net` as handed out (restoring saved state).
     pub fn reserve(&mut self, net: Ipv4Network) -> Result<(), PoolError> {
         if self.allocated.contains(&net) {

@@ -1,22 +1,21 @@
 //! Links besides the primary veth: macvlan and ipvlan links created inside the container,
 //! host interfaces moved in (and back out, with their names, when the container ends — also
 //! when its launcher was SIGKILLed: rnetd holds the container's namespace for that), and extra
-//! veth pairs. Behaviour as nspawn's (reference §2.6, §2.7).
+//! veth pairs. Behaviour as systemd-nspawn's `--network-macvlan=`, `--network-ipvlan=`,
+//! `--network-interface=` and `--network-veth-extra=` (systemd-nspawn(1)).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use tracing::{info, warn};
 
-use crate::api::{ApiError, AttachRequest, AttachedLink, ErrorKind, ExtraLink};
-use crate::machines::{Machines, internal};
+use crate::api::{ApiError, AttachedLink, ErrorKind, ExtraLink, MachineName};
 use crate::naming::{MacKey, generate_mac, shorten_ifname};
 use crate::netlink_sync;
 use crate::netns::run_in;
 use crate::rtnl::RtnlError;
 
-fn bad(msg: String) -> ApiError {
-    ApiError::new(ErrorKind::BadRequest, msg)
-}
+use super::system::{Links, System};
+use super::{Machines, bad, internal};
 
 /// Whether a machine's extras need its namespace held (to move interfaces back).
 pub(crate) fn needs_netns(links: &[AttachedLink]) -> bool {
@@ -25,27 +24,29 @@ pub(crate) fn needs_netns(links: &[AttachedLink]) -> bool {
         .any(|l| matches!(l.spec, ExtraLink::Interface { .. }))
 }
 
-impl Machines {
+impl<S: System> Machines<S> {
     async fn host_index(&self, name: &str) -> Result<u32, ApiError> {
-        self.rtnl
-            .link_index(name)
+        self.links
+            .lookup(name)
             .await
             .map_err(internal)?
+            .map(|(index, _)| index)
             .ok_or_else(|| bad(format!("host link {name} does not exist")))
     }
 
-    /// Creates the extra links of `req` in the container's namespace `netns`. On error, the
-    /// ones already made are undone.
+    /// Creates the extra links `specs` of machine `machine` in the container's namespace
+    /// `netns`. On error, the ones already made are undone.
     pub(crate) async fn add_extras(
         &self,
-        req: &AttachRequest,
+        machine: &MachineName,
+        specs: &[ExtraLink],
         netns: &OwnedFd,
     ) -> Result<Vec<AttachedLink>, ApiError> {
         let mut made: Vec<AttachedLink> = Vec::new();
         let (mut macvlans, mut extras) = (0u64, 0u64);
-        for spec in &req.links {
+        for spec in specs {
             let result = self
-                .add_extra(req, spec, netns, &mut macvlans, &mut extras)
+                .add_extra(machine, spec, netns, &mut macvlans, &mut extras)
                 .await;
             match result {
                 Ok(name) => made.push(AttachedLink {
@@ -53,7 +54,9 @@ impl Machines {
                     container_ifname: name,
                 }),
                 Err(e) => {
-                    self.remove_extras(&made, Some(netns)).await;
+                    for failure in self.remove_extras(&made, Some(netns)).await {
+                        warn!(%machine, %failure, "undoing an extra link failed");
+                    }
                     return Err(e);
                 }
             }
@@ -63,13 +66,13 @@ impl Machines {
 
     async fn add_extra(
         &self,
-        req: &AttachRequest,
+        machine: &MachineName,
         spec: &ExtraLink,
         netns: &OwnedFd,
         macvlans: &mut u64,
         extras: &mut u64,
     ) -> Result<String, ApiError> {
-        let machine = req.machine.as_str();
+        let machine = machine.as_str();
         let id = self.settings.machine_id;
         let exists = |what: &str, name: &str, e: RtnlError| {
             if e.errno == Some(libc::EEXIST) {
@@ -89,7 +92,7 @@ impl Machines {
                     .unwrap_or_else(|| shorten_ifname(&format!("mv-{parent}")));
                 let mac = generate_mac(id, machine, MacKey::Macvlan, *macvlans);
                 *macvlans += 1;
-                self.rtnl
+                self.links
                     .add_macvlan(&ifname, parent_index, mac, netns.as_fd())
                     .await
                     .map_err(|e| exists("macvlan", &ifname, e))?;
@@ -101,7 +104,7 @@ impl Machines {
                     .clone()
                     .unwrap_or_else(|| shorten_ifname(&format!("iv-{parent}")));
                 match self
-                    .rtnl
+                    .links
                     .add_ipvlan(&ifname, parent_index, netns.as_fd())
                     .await
                 {
@@ -121,7 +124,7 @@ impl Machines {
                 }
                 let index = self.host_index(name).await?;
                 let inside = rename.clone().unwrap_or_else(|| name.clone());
-                self.rtnl
+                self.links
                     .move_link(index, netns.as_fd(), &inside)
                     .await
                     .map_err(|e| exists("moving", name, e))?;
@@ -133,7 +136,7 @@ impl Machines {
                 let host_mac = generate_mac(id, machine, MacKey::VethExtraHost, *extras);
                 let cont_mac = generate_mac(id, machine, MacKey::VethExtraContainer, *extras);
                 *extras += 1;
-                self.rtnl
+                self.links
                     .add_veth(host, host_mac, &inside, cont_mac, netns.as_fd())
                     .await
                     .map_err(|e| exists("extra veth", host, e))?;
@@ -146,13 +149,19 @@ impl Machines {
     /// their names (from inside `netns` while it lives; once it is gone a physical interface is
     /// back on the host under its container name and is renamed), macvlans and ipvlans are
     /// deleted inside the namespace. Best effort: every step is tried.
-    pub(crate) async fn remove_extras(&self, links: &[AttachedLink], netns: Option<&OwnedFd>) {
+    /// Returns what failed, each as one line naming the link.
+    pub(crate) async fn remove_extras(
+        &self,
+        links: &[AttachedLink],
+        netns: Option<&OwnedFd>,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
         for l in links.iter().rev() {
             let inside = l.container_ifname.clone();
             match &l.spec {
                 ExtraLink::VethExtra { host, .. } => {
-                    if let Err(e) = self.rtnl.del_link(host).await {
-                        warn!(ifname = %host, error = %e, "deleting an extra veth failed");
+                    if let Err(e) = self.links.del_link(host).await {
+                        failed.push(format!("deleting extra veth {host}: {e}"));
                     }
                 }
                 ExtraLink::Macvlan { .. } | ExtraLink::Ipvlan { .. } => {
@@ -165,7 +174,10 @@ impl Machines {
                         })
                         .await;
                         if let Err(e) = r {
-                            warn!(ifname = %l.container_ifname, error = %e, "deleting failed");
+                            failed.push(format!(
+                                "deleting {} in the container: {e}",
+                                l.container_ifname
+                            ));
                         }
                     }
                 }
@@ -196,25 +208,34 @@ impl Machines {
                     };
                     match moved {
                         Ok(()) => info!(ifname = %name, "interface moved back"),
-                        Err(why) => self.rename_back(name, &l.container_ifname, &why).await,
+                        Err(why) => {
+                            if let Err(e) = self.rename_back(name, &l.container_ifname, &why).await
+                            {
+                                failed.push(e);
+                            }
+                        }
                     }
                 }
             }
         }
+        failed
     }
 
     /// A physical interface whose namespace died is back on the host under its container
     /// name: give it its own name again.
-    async fn rename_back(&self, original: &str, inside: &str, why: &str) {
+    async fn rename_back(&self, original: &str, inside: &str, why: &str) -> Result<(), String> {
         if original == inside {
-            return;
+            return Ok(());
         }
-        match self.rtnl.link_index(inside).await {
-            Ok(Some(idx)) => match self.rtnl.rename(idx, original).await {
-                Ok(()) => info!(ifname = %original, "interface renamed back"),
-                Err(e) => warn!(ifname = %original, error = %e, "renaming back failed"),
+        match self.links.lookup(inside).await {
+            Ok(Some((idx, _))) => match self.links.rename(idx, original).await {
+                Ok(()) => {
+                    info!(ifname = %original, "interface renamed back");
+                    Ok(())
+                }
+                Err(e) => Err(format!("renaming {inside} back to {original}: {e}")),
             },
-            _ => warn!(ifname = %original, %why, "interface could not be moved back"),
+            _ => Err(format!("moving interface {original} back: {why}")),
         }
     }
 }

@@ -1,0 +1,244 @@
+//! Applying plans: [`Machines::apply`] runs [`Step`]s in order with one undo list, undone in
+//! reverse when a step fails; [`Machines::remove`] runs [`Removal`]s, every one of them, and
+//! returns every failure (a link or element that is already gone counts as removed).
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+use tracing::warn;
+
+use crate::api::{ApiError, AttachedLink, ErrorKind, MachineName};
+use crate::rtnl::RtnlError;
+
+use super::plan::{Removal, Step};
+use super::system::{Leases, Links, System};
+use super::{Machines, internal};
+
+/// What applying steps built so far: ifindexes by name, the extra links made, and how to undo.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// ifindexes of the links made or known, by name.
+    pub indexes: BTreeMap<String, u32>,
+    /// Extra links made.
+    pub extras: Vec<AttachedLink>,
+    /// How to undo what was done, in the order done.
+    pub undo: Vec<Removal>,
+}
+
+impl Applied {
+    /// Starts with links whose ifindex is known (an existing zone's bridge).
+    pub fn knowing(known: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self {
+            indexes: known.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    fn index(&self, ifname: &str) -> Result<u32, ApiError> {
+        self.indexes
+            .get(ifname)
+            .copied()
+            .ok_or_else(|| internal(format!("link {ifname} is not known to the plan")))
+    }
+}
+
+/// "interface X already exists" for EEXIST, naming the interface.
+fn link_error(e: RtnlError, ifname: &str) -> ApiError {
+    if e.errno == Some(libc::EEXIST) {
+        ApiError::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "interface {ifname} already exists on the host; is another container using this name?"
+            ),
+        )
+    } else {
+        internal(e)
+    }
+}
+
+impl<S: System> Machines<S> {
+    /// Runs `steps` in order for machine `machine` (whose namespace is `netns`, if it has
+    /// one). When a step fails, what was done is undone in reverse and the step's error is
+    /// returned (with what could not be undone, if anything).
+    pub(super) async fn apply(
+        &self,
+        machine: Option<&MachineName>,
+        steps: &[Step],
+        netns: Option<&OwnedFd>,
+        done: &mut Applied,
+    ) -> Result<(), ApiError> {
+        for step in steps {
+            if let Err(e) = self.step(machine, step, netns, done).await {
+                let undo = std::mem::take(&mut done.undo);
+                let failed = self.remove(undo.into_iter().rev(), netns).await;
+                if failed.is_empty() {
+                    return Err(e);
+                }
+                for f in &failed {
+                    warn!(failure = %f, "undoing a half-done change failed");
+                }
+                return Err(ApiError::new(
+                    e.kind,
+                    format!(
+                        "{}; undoing it also failed: {}",
+                        e.message,
+                        failed.join("; ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(
+        &self,
+        machine: Option<&MachineName>,
+        step: &Step,
+        netns: Option<&OwnedFd>,
+        done: &mut Applied,
+    ) -> Result<(), ApiError> {
+        let netns_of = || {
+            netns.ok_or_else(|| internal("the plan needs the container's namespace but has none"))
+        };
+        match step {
+            Step::AddExtras(specs) => {
+                let machine =
+                    machine.ok_or_else(|| internal("extra links need a machine to belong to"))?;
+                let made = self.add_extras(machine, specs, netns_of()?).await?;
+                done.extras.extend(made.iter().cloned());
+                done.undo.push(Removal::Extras(made));
+            }
+            Step::AddVeth {
+                ifname,
+                altname,
+                host_mac,
+                peer,
+                peer_mac,
+            } => {
+                let index = self
+                    .links
+                    .add_veth(ifname, *host_mac, peer, *peer_mac, netns_of()?.as_fd())
+                    .await
+                    .map_err(|e| link_error(e, ifname))?;
+                done.indexes.insert(ifname.clone(), index);
+                done.undo.push(Removal::DelLink(ifname.clone()));
+                if let Some(alt) = altname {
+                    self.links.add_altname(index, alt).await.map_err(internal)?;
+                }
+            }
+            Step::AddBridge { ifname } => {
+                let index = self
+                    .links
+                    .add_bridge(ifname)
+                    .await
+                    .map_err(|e| link_error(e, ifname))?;
+                done.indexes.insert(ifname.clone(), index);
+                done.undo.push(Removal::DelLink(ifname.clone()));
+            }
+            Step::AddAddress { ifname, net } => {
+                let index = done.index(ifname)?;
+                self.links
+                    .add_address(index, *net)
+                    .await
+                    .map_err(internal)?;
+            }
+            Step::SetUp { ifname } => {
+                self.links
+                    .set_up(done.index(ifname)?)
+                    .await
+                    .map_err(internal)?;
+            }
+            Step::JoinBridge {
+                ifname,
+                bridge,
+                isolated,
+            } => {
+                let index = done.index(ifname)?;
+                let bridge_index = match done.indexes.get(bridge) {
+                    Some(i) => *i,
+                    None => self
+                        .links
+                        .lookup(bridge)
+                        .await
+                        .map_err(internal)?
+                        .map(|(i, _)| i)
+                        .ok_or_else(|| internal(format!("bridge {bridge} vanished")))?,
+                };
+                self.links
+                    .set_master_up(index, bridge_index)
+                    .await
+                    .map_err(internal)?;
+                if *isolated {
+                    self.links
+                        .set_port_isolated(index)
+                        .await
+                        .map_err(internal)?;
+                }
+            }
+            Step::Serve(plan) => {
+                let index = done.index(&plan.ifname)?;
+                self.leases
+                    .serve(&plan.link(index))
+                    .await
+                    .map_err(internal)?;
+                done.undo.push(Removal::StopServing {
+                    ifname: plan.ifname.clone(),
+                    index,
+                });
+            }
+            Step::RecordLease { bridge, mac, addr } => {
+                let index = done.index(bridge)?;
+                if !self.leases.record(index, *mac, *addr).await {
+                    return Err(ApiError::new(
+                        ErrorKind::PoolExhausted,
+                        format!(
+                            "address {addr} on {bridge} was leased to another client meanwhile; try again"
+                        ),
+                    ));
+                }
+                done.undo.push(Removal::Release { index, mac: *mac });
+            }
+            Step::AddRules(rules) => {
+                self.firewall
+                    .lock()
+                    .await
+                    .add(rules)
+                    .await
+                    .map_err(internal)?;
+                done.undo.push(Removal::Rules(rules.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every removal, whatever fails; returns the failures, one line each.
+    pub(super) async fn remove(
+        &self,
+        removals: impl IntoIterator<Item = Removal>,
+        netns: Option<&OwnedFd>,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        for r in removals {
+            match r {
+                Removal::Rules(rules) => {
+                    if let Err(e) = self.firewall.lock().await.remove(&rules).await {
+                        failed.push(format!("removing firewall elements: {e}"));
+                    }
+                }
+                Removal::Extras(links) => {
+                    failed.extend(self.remove_extras(&links, netns).await);
+                }
+                Removal::StopServing { ifname, index } => {
+                    self.leases.stop(&ifname, index).await;
+                }
+                Removal::Release { index, mac } => self.leases.release(index, mac),
+                Removal::DelLink(ifname) => {
+                    if let Err(e) = self.links.del_link(&ifname).await {
+                        failed.push(format!("deleting link {ifname}: {e}"));
+                    }
+                }
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,659 @@
+//! Attached machines and zones: the daemon's requests (attach, detach, stop, list, status,
+//! zone create/list/show/delete), the pidfd watch that cleans up after a container that died
+//! without saying so, the restart path that adopts what is still alive, and the periodic
+//! firewall check.
+//!
+//! Every change is observe → plan → apply: what the kernel has is read first, a pure planner
+//! (`plan.rs`, on the [`Registry`](registry::Registry)) decides everything, and `apply.rs`
+//! executes the plan with one undo list; teardown runs every removal and reports every failure.
+//! The host is reached only through the seams of `system.rs`, so the same logic runs on fakes
+//! in unit tests.
+//!
+//! # Locks
+//!
+//! Two `tokio::sync::Mutex`es, always taken in this order: `registry` (machines, zones, pools),
+//! then `firewall` (the nft tables as we installed them). Both may be held across netlink and
+//! `nft` work of a change (attach, detach, zone create/delete), which must not interleave with
+//! another. Reads (list, status, zone list/show) take only `registry`. The periodic table check
+//! takes only `firewall`, and only to copy what it compares and, rarely, to repair: the listing
+//! runs with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
+//! `std::sync::Mutex` anywhere is held across an `.await` or across file or netlink work.
+
+mod apply;
+mod extras;
+pub mod plan;
+pub mod registry;
+mod restore;
+pub mod system;
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+use tokio::task::AbortHandle;
+use tracing::{info, warn};
+
+use crate::api::{
+    ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, Zone, ZoneConfig,
+    ZoneName,
+};
+use crate::dhcp_glue::DhcpService;
+use crate::firewall::Firewall;
+use crate::naming::MachineId;
+use crate::pool::Pool;
+use crate::rtnl::Rtnl;
+use crate::state::{SavedMachine, StateFile, ZoneFile};
+use crate::sysctl::Sysctl;
+
+use apply::Applied;
+use plan::{AttachObserved, parse_mac, plan_zone_removal};
+use registry::{Entry, Registry};
+use system::{Host, HostProcs, Leases, Links, Procs, System};
+
+/// How often the firewall table is checked for changes made from outside.
+const FIREWALL_CHECK: Duration = Duration::from_secs(2);
+
+/// Name of the container end of the primary veth (fixed, as in nspawn).
+pub const CONTAINER_IFNAME: &str = "host0";
+
+/// Prefix length of a `ve-` link's subnet (networkd's `80-container-ve.network`).
+pub const VETH_PREFIX: u8 = 28;
+
+/// Prefix length of a zone's subnet (networkd's `80-container-vz.network`: 253 clients).
+pub const ZONE_PREFIX: u8 = 24;
+
+/// Daemon settings the machine logic needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Runtime directory (state file, socket).
+    pub runtime_dir: PathBuf,
+    /// State directory (explicit zones).
+    pub state_dir: PathBuf,
+    /// The host's machine id, for MACs.
+    pub machine_id: MachineId,
+    /// Ranges the link subnets are cut from.
+    pub pool_ranges: Vec<Ipv4Network>,
+    /// Prefix length of a `ve-` link's subnet (default [`VETH_PREFIX`]).
+    pub veth_prefix: u8,
+    /// DNS servers given to containers.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// An internal error (the daemon's side failed), with its cause's text.
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Internal, e.to_string())
+}
+
+/// A refused request.
+pub(crate) fn bad(msg: String) -> ApiError {
+    ApiError::new(ErrorKind::BadRequest, msg)
+}
+
+fn not_found(name: &MachineName) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no machine {name} is attached"),
+    )
+}
+
+fn zone_not_found(name: &ZoneName) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no zone {name}"))
+}
+
+/// The attached machines and zones, and what it takes to change them.
+pub struct Machines<S: System = Host> {
+    settings: Settings,
+    links: S::Links,
+    procs: S::Procs,
+    leases: S::Leases,
+    state: StateFile,
+    zone_file: ZoneFile,
+    registry: Mutex<Registry>,
+    firewall: Mutex<Firewall<S::Nft>>,
+    this: Weak<Self>,
+}
+
+impl Machines<Host> {
+    /// The daemon's machines on the real host: loads the saved state and reconciles it with
+    /// the kernel (see [`Machines::start_with`]).
+    pub async fn start(settings: Settings, rtnl: Rtnl) -> Result<Arc<Self>, ApiError> {
+        let leases = DhcpService::start(&settings.runtime_dir.join("leases")).map_err(|e| {
+            internal(format!(
+                "starting the DHCP service in {}: {e}",
+                settings.runtime_dir.join("leases").display()
+            ))
+        })?;
+        Self::start_with(
+            settings,
+            rtnl,
+            HostProcs,
+            leases,
+            nat::NftCli::new(),
+            Sysctl::default(),
+        )
+        .await
+    }
+}
+
+impl<S: System> Machines<S> {
+    /// Loads the saved state and reconciles it with what is observed: machines whose process
+    /// still runs and whose link still exists are adopted (and watched again), the rest are
+    /// removed, as are links of ours that no state explains; then the firewall check starts.
+    pub async fn start_with(
+        settings: Settings,
+        links: S::Links,
+        procs: S::Procs,
+        leases: S::Leases,
+        nft: S::Nft,
+        sysctl: Sysctl,
+    ) -> Result<Arc<Self>, ApiError> {
+        let state = StateFile::new(&settings.runtime_dir);
+        let saved = state.load().map_err(internal)?;
+        let pool = Pool::new(settings.pool_ranges.clone(), settings.veth_prefix)
+            .map_err(|e| internal(format!("--pool/--veth-prefix: {e}")))?;
+        // Zones take the ranges large enough for a /24 (a --pool of small ranges still serves
+        // ve- links; zones then need --subnet).
+        let zone_ranges = settings
+            .pool_ranges
+            .iter()
+            .copied()
+            .filter(|r| r.prefix() < ZONE_PREFIX)
+            .collect();
+        let zone_pool =
+            Pool::new(zone_ranges, ZONE_PREFIX).map_err(|e| internal(format!("--pool: {e}")))?;
+        let zone_file = ZoneFile::new(&settings.state_dir);
+        let explicit = zone_file.load().map_err(internal)?;
+        let me = Arc::new_cyclic(|this| Machines {
+            settings,
+            links,
+            procs,
+            leases,
+            state,
+            zone_file,
+            registry: Mutex::new(Registry::new(pool, zone_pool)),
+            firewall: Mutex::new(Firewall::new(nft, sysctl, saved.forward_restore.clone())),
+            this: this.clone(),
+        });
+        me.restore(saved, explicit).await?;
+        me.spawn_firewall_check();
+        Ok(me)
+    }
+
+    /// Checks the firewall tables periodically and rebuilds them when they were removed or
+    /// changed from outside (e.g. `nft flush ruleset`).
+    fn spawn_firewall_check(&self) {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FIREWALL_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = this.upgrade() else { return };
+                let Some(mut probe) = me.firewall.lock().await.probe() else {
+                    continue;
+                };
+                // Listed and compared with no lock held: requests go on meanwhile.
+                match probe.needs_repair().await {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        warn!(error = %e, "checking the firewall table failed");
+                        continue;
+                    }
+                }
+                let mut firewall = me.firewall.lock().await;
+                if firewall.generation() != probe.generation {
+                    continue; // changed meanwhile: the next check looks again
+                }
+                match firewall.reconcile().await {
+                    Ok(true) => {
+                        info!("table inet rnet was removed or changed from outside; rebuilt it")
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "repairing the firewall table failed"),
+                }
+            }
+        });
+    }
+
+    /// Writes the state file (atomically).
+    async fn save(&self, registry: &Registry) -> Result<(), ApiError> {
+        let forward_restore = self
+            .firewall
+            .lock()
+            .await
+            .forward_restore()
+            .map(str::to_owned);
+        self.state
+            .save(registry.state(forward_restore))
+            .map_err(internal)
+    }
+
+    /// Writes the explicit zones' file.
+    fn save_zone_file(&self, registry: &Registry) {
+        if let Err(e) = self.zone_file.save(&registry.explicit_zones()) {
+            warn!(error = %e, "saving the explicit zones failed");
+        }
+    }
+
+    /// Checks the passed namespace: a network namespace, the pid's own, not ours.
+    fn check_netns(&self, pid: u32, netns: &OwnedFd) -> Result<(), ApiError> {
+        self.procs
+            .check_netns(netns.as_fd())
+            .map_err(|e| bad(e.to_string()))?;
+        let ns = self
+            .procs
+            .ns_id(netns.as_fd())
+            .map_err(|e| bad(format!("cannot inspect the passed fd: {e}")))?;
+        let pid_ns = self.procs.pid_netns_id(pid).map_err(|e| {
+            bad(format!(
+                "cannot read the network namespace of pid {pid}: {e}"
+            ))
+        })?;
+        if ns != pid_ns {
+            return Err(bad(format!(
+                "the passed fd is not the network namespace of pid {pid}"
+            )));
+        }
+        // Attaching the host's namespace would put host0 on the host.
+        if self.procs.own_netns_id().ok() == Some(ns) {
+            return Err(bad(
+                "the passed network namespace is rnetd's own; a container needs a private one"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What an attach planner needs to have looked at.
+    async fn observe_attach(
+        &self,
+        registry: &Registry,
+        req: &AttachRequest,
+    ) -> Result<AttachObserved, ApiError> {
+        let mut seen = AttachObserved::default();
+        let needs_pool = match &req.network {
+            NetworkSpec::Veth => true,
+            NetworkSpec::Zone(z) => !registry.zones.contains_key(z),
+            _ => false,
+        };
+        if needs_pool {
+            seen.in_use = self.links.ipv4_in_use().await.map_err(internal)?;
+        }
+        match &req.network {
+            NetworkSpec::Bridge(b) => {
+                seen.bridge = self.links.lookup(b).await.map_err(internal)?;
+            }
+            NetworkSpec::Zone(z) => match registry.zones.get(z) {
+                None => {
+                    seen.bridge = self.links.lookup(&z.bridge()).await.map_err(internal)?;
+                }
+                Some(zone) if zone.config.dhcp => {
+                    let mac = crate::naming::generate_mac(
+                        self.settings.machine_id,
+                        req.machine.as_str(),
+                        crate::naming::MacKey::Container,
+                        0,
+                    );
+                    seen.zone_address = self.leases.pick(zone.index, mac.0);
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        Ok(seen)
+    }
+
+    /// Gives a container networking: veth, zone port, bridge port and/or extra links, as
+    /// `req` asks, for the container whose network namespace is `netns`. On any error nothing
+    /// is left behind.
+    pub async fn attach(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
+        let pid = req.pid;
+        self.check_netns(pid, &netns)?;
+        let pid_start_time = self
+            .procs
+            .start_time(pid)
+            .map_err(|e| bad(format!("process {pid} does not exist: {e}")))?;
+        let pidfd = self
+            .procs
+            .pidfd(pid)
+            .map_err(|e| bad(format!("cannot watch process {pid}: {e}")))?;
+
+        let mut registry = self.registry.lock().await;
+        let seen = self.observe_attach(&registry, &req).await?;
+        let plan = registry.plan_attach(&self.settings, &req, &seen)?;
+        registry.reserve(&plan)?;
+        // A zone created for its first member comes first.
+        let mut known = Vec::new();
+        if let Some(zone) = &plan.new_zone {
+            let mut done = Applied::default();
+            if let Err(e) = self.apply(None, &zone.steps, None, &mut done).await {
+                registry.unreserve(&plan);
+                return Err(e);
+            }
+            let bridge = zone.config.name.bridge();
+            let index = done.indexes.get(&bridge).copied().unwrap_or_default();
+            info!(zone = %zone.config.name, %bridge, subnet = ?zone.config.subnet, "zone created");
+            registry.commit_zone(zone.clone(), index);
+            known.push((bridge, index));
+        } else if let NetworkSpec::Zone(z) = &req.network
+            && let Some(zone) = registry.zones.get(z)
+        {
+            known.push((z.bridge(), zone.index));
+        }
+        let mut done = Applied::knowing(known);
+        if let Err(e) = self
+            .apply(Some(&req.machine), &plan.steps, Some(&netns), &mut done)
+            .await
+        {
+            if let Some(zone) = &plan.new_zone {
+                self.remove_zone(&mut registry, &zone.config.name).await;
+            }
+            if let Some(net) = plan.subnet {
+                registry.pool.release(net);
+            }
+            return Err(e);
+        }
+        let mut machine = plan.machine;
+        machine.links = done.extras;
+        let index = machine
+            .host_ifname
+            .as_ref()
+            .and_then(|n| done.indexes.get(n))
+            .copied()
+            .unwrap_or_default();
+        let netns = extras::needs_netns(&machine.links).then_some(netns);
+        let name = req.machine.clone();
+        registry.commit_machine(
+            machine.clone(),
+            Entry {
+                saved: SavedMachine {
+                    machine: machine.clone(),
+                    pid_start_time,
+                },
+                index,
+                watcher: None,
+                pidfd: pidfd.try_clone().ok(),
+                netns,
+                teardown_errors: Vec::new(),
+            },
+        );
+        if let Err(e) = self.save(&registry).await {
+            let _ = self.remove_machine(&mut registry, &name).await;
+            return Err(e);
+        }
+        let watcher = self.watch(name.clone(), pidfd);
+        if let Some(entry) = registry.machines.get_mut(&name) {
+            entry.watcher = Some(watcher);
+        }
+        info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
+        Ok(machine)
+    }
+
+    /// Removes a machine's networking. When a step fails the others still run; the machine
+    /// then stays listed with what failed, and the answer says it.
+    pub async fn detach(&self, name: &MachineName) -> Result<(), ApiError> {
+        let mut registry = self.registry.lock().await;
+        if !registry.machines.contains_key(name) {
+            return Err(not_found(name));
+        }
+        let result = self.remove_machine(&mut registry, name).await;
+        self.save(&registry).await?;
+        result
+    }
+
+    /// Tears a machine down (see [`Machines::detach`]) and, when it was the last member of an
+    /// implicit zone, the zone.
+    async fn remove_machine(
+        &self,
+        registry: &mut Registry,
+        name: &MachineName,
+    ) -> Result<(), ApiError> {
+        let Some((removals, empty_zone)) = registry.plan_detach(name) else {
+            return Ok(());
+        };
+        if let Some(entry) = registry.machines.get_mut(name)
+            && let Some(w) = entry.watcher.take()
+        {
+            w.abort();
+        }
+        let netns = registry.machines.get_mut(name).and_then(|e| e.netns.take());
+        let failed = self.remove(removals, netns.as_ref()).await;
+        if !failed.is_empty() {
+            for f in &failed {
+                warn!(machine = %name, failure = %f, "teardown step failed");
+            }
+            if let Some(entry) = registry.machines.get_mut(name) {
+                entry.teardown_errors = failed.clone();
+                entry.netns = netns;
+            }
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                format!(
+                    "detaching {name}: {} step(s) failed: {}; it stays listed until a detach succeeds",
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            ));
+        }
+        let entry = registry.forget_machine(name);
+        if let Some(z) = empty_zone {
+            self.remove_zone(registry, &z).await;
+        }
+        info!(machine = %name, ifname = entry.as_ref().and_then(|e| e.saved.machine.host_ifname.as_deref()).unwrap_or("-"), "detached");
+        Ok(())
+    }
+
+    /// Removes a zone's firewall elements, DHCP server and bridge; forgets it (failures are
+    /// logged: a zone without members has nothing left to show them on).
+    async fn remove_zone(&self, registry: &mut Registry, name: &ZoneName) {
+        let Some(zone) = registry.zones.get(name) else {
+            return;
+        };
+        let explicit = zone.explicit;
+        let failed = self.remove(plan_zone_removal(zone), None).await;
+        for f in &failed {
+            warn!(zone = %name, failure = %f, "removing the zone failed in part");
+        }
+        registry.forget_zone(name);
+        if explicit {
+            self.save_zone_file(registry);
+        }
+        info!(zone = %name, bridge = %name.bridge(), "zone removed");
+    }
+
+    /// Writes what must survive a restart that is not yet on disk (leases).
+    pub async fn shutdown(&self) {
+        self.leases.sync().await;
+    }
+
+    /// Asks a machine to stop: SIGTERM to its process (through its pidfd, so a reused pid is
+    /// never hit). Its launcher forwards nothing and sees the payload end; cleanup follows.
+    pub async fn stop(&self, name: &MachineName) -> Result<(), ApiError> {
+        let registry = self.registry.lock().await;
+        let entry = registry.machines.get(name).ok_or_else(|| not_found(name))?;
+        let fd = entry
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| internal(format!("no handle on the process of {name}")))?;
+        self.procs
+            .signal(fd, libc::SIGTERM)
+            .map_err(|e| internal(format!("signalling {name}: {e}")))
+    }
+
+    /// All attached machines.
+    pub async fn list(&self) -> Vec<Machine> {
+        let registry = self.registry.lock().await;
+        registry
+            .machines
+            .values()
+            .map(|e| e.saved.machine.clone())
+            .collect()
+    }
+
+    /// One attached machine.
+    pub async fn status(&self, name: &MachineName) -> Result<Machine, ApiError> {
+        let registry = self.registry.lock().await;
+        registry
+            .machines
+            .get(name)
+            .map(|e| e.saved.machine.clone())
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Watches `pidfd`; when the process exits the machine is detached.
+    fn watch(&self, name: MachineName, pidfd: OwnedFd) -> AbortHandle {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
+            // fd stays open and is the same for the AsyncFd's whole life.
+            match unsafe { AsyncFd::register(pidfd) } {
+                Ok(fd) => {
+                    let _ = fd.readable().await;
+                }
+                Err(e) => {
+                    let (_, e) = e.into_parts();
+                    warn!(machine = %name, error = %e, "cannot watch the container's pidfd");
+                    return;
+                }
+            }
+            let Some(me) = this.upgrade() else { return };
+            let mut registry = me.registry.lock().await;
+            // Our own abort handle is in the entry: take it out so removal does not abort us
+            // half-way.
+            match registry.machines.get_mut(&name) {
+                Some(e) => e.watcher = None,
+                None => return,
+            }
+            info!(machine = %name, "container process exited; cleaning up");
+            // Failures are logged and kept on the machine by remove_machine.
+            let _ = me.remove_machine(&mut registry, &name).await;
+            if let Err(e) = me.save(&registry).await {
+                warn!(error = %e, "saving state failed");
+            }
+        })
+        .abort_handle()
+    }
+
+    /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
+    pub async fn zone_create(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
+        let mut registry = self.registry.lock().await;
+        if registry.zones.contains_key(&config.name) {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                format!("zone {} already exists", config.name),
+            ));
+        }
+        let name = config.name.clone();
+        self.create_zone(&mut registry, config, true).await?;
+        self.save_zone_file(&registry);
+        self.save(&registry).await?;
+        registry
+            .zones
+            .get(&name)
+            .map(|z| z.info(self.leases.lease_count(z.index)))
+            .ok_or_else(|| internal("zone vanished"))
+    }
+
+    /// Plans and builds a zone (nothing is left behind on error).
+    async fn create_zone(
+        &self,
+        registry: &mut Registry,
+        config: ZoneConfig,
+        explicit: bool,
+    ) -> Result<(), ApiError> {
+        let mut seen = AttachObserved {
+            bridge: self
+                .links
+                .lookup(&config.name.bridge())
+                .await
+                .map_err(internal)?,
+            ..AttachObserved::default()
+        };
+        if config.subnet.is_none() || seen.bridge.is_none() {
+            seen.in_use = self.links.ipv4_in_use().await.map_err(internal)?;
+        }
+        let plan = registry.plan_zone(&self.settings, config, explicit, &seen)?;
+        registry.reserve_zone(&plan)?;
+        let mut done = Applied::default();
+        if let Err(e) = self.apply(None, &plan.steps, None, &mut done).await {
+            registry.unreserve_zone(&plan);
+            return Err(e);
+        }
+        let bridge = plan.config.name.bridge();
+        let index = done.indexes.get(&bridge).copied().unwrap_or_default();
+        info!(zone = %plan.config.name, %bridge, subnet = ?plan.config.subnet, explicit, "zone created");
+        registry.commit_zone(plan, index);
+        Ok(())
+    }
+
+    /// `rnet zone list`.
+    pub async fn zone_list(&self) -> Vec<Zone> {
+        let registry = self.registry.lock().await;
+        registry
+            .zones
+            .values()
+            .map(|z| z.info(self.leases.lease_count(z.index)))
+            .collect()
+    }
+
+    /// `rnet zone show`.
+    pub async fn zone_show(&self, name: &ZoneName) -> Result<Zone, ApiError> {
+        let registry = self.registry.lock().await;
+        registry
+            .zones
+            .get(name)
+            .map(|z| z.info(self.leases.lease_count(z.index)))
+            .ok_or_else(|| zone_not_found(name))
+    }
+
+    /// `rnet zone delete [--force]`.
+    pub async fn zone_delete(&self, name: &ZoneName, force: bool) -> Result<(), ApiError> {
+        let mut registry = self.registry.lock().await;
+        let members: Vec<MachineName> = match registry.zones.get(name) {
+            Some(z) => z.members.iter().cloned().collect(),
+            None => return Err(zone_not_found(name)),
+        };
+        if !members.is_empty() && !force {
+            let list: Vec<String> = members.iter().map(ToString::to_string).collect();
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "zone {name} has {} member(s) ({}); stop them first or use --force",
+                    members.len(),
+                    list.join(", ")
+                ),
+            ));
+        }
+        let mut failed = Vec::new();
+        for m in &members {
+            if let Err(e) = self.remove_machine(&mut registry, m).await {
+                failed.push(e.message);
+            }
+        }
+        if failed.is_empty() && registry.zones.contains_key(name) {
+            // Deleting it is what was asked, explicit or not.
+            self.remove_zone(&mut registry, name).await;
+            self.save_zone_file(&registry);
+        }
+        self.save(&registry).await?;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Internal,
+                format!("deleting zone {name}: {}", failed.join("; ")),
+            ))
+        }
+    }
+}
+
+/// The MAC of a machine's container end, parsed.
+fn container_mac(m: &Machine) -> Option<[u8; 6]> {
+    m.container_mac.as_deref().and_then(parse_mac)
+}

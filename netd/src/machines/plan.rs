@@ -1,0 +1,651 @@
+//! Planning: what an attach, a detach or a zone builds or removes, decided from the request,
+//! the registry and what was observed beforehand — no kernel, no clock, no `/proc`. The plan is
+//! a list of [`Step`]s (or [`Removal`]s) that `apply` executes; everything here is unit-tested
+//! as plain data.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+
+use crate::api::{
+    ApiError, AttachRequest, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec, ZoneConfig,
+    ZoneName,
+};
+use crate::dhcp_glue::DhcpLink;
+use crate::firewall::{FirewallError, LinkRules};
+use crate::naming::{LinkName, Mac, MacKey, generate_mac};
+
+use super::registry::{Registry, ZoneEntry};
+use super::{CONTAINER_IFNAME, Settings, ZONE_PREFIX, bad, internal};
+
+/// The gateway (host side) of a link or zone subnet: its first address. The one place that
+/// says so.
+pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// One step of building something; `apply` runs them in order and undoes the done ones, in
+/// reverse, when one fails.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Extra links in the container (macvlan, ipvlan, moved interfaces, extra veths), in the
+    /// request's order. Undo: remove them.
+    AddExtras(Vec<ExtraLink>),
+    /// `ip link add IFNAME type veth peer name PEER netns CONTAINER` (+ altname). Undo: delete.
+    AddVeth {
+        /// Host end.
+        ifname: String,
+        /// Full name kept as altname when `ifname` is shortened.
+        altname: Option<String>,
+        /// Host end's MAC.
+        host_mac: Mac,
+        /// Container end.
+        peer: String,
+        /// Container end's MAC.
+        peer_mac: Mac,
+    },
+    /// `ip link add IFNAME type bridge`. Undo: delete.
+    AddBridge {
+        /// The bridge.
+        ifname: String,
+    },
+    /// `ip addr add NET dev IFNAME` (undone with the link).
+    AddAddress {
+        /// The link.
+        ifname: String,
+        /// Address and prefix.
+        net: Ipv4Network,
+    },
+    /// `ip link set IFNAME up` (undone with the link).
+    SetUp {
+        /// The link.
+        ifname: String,
+    },
+    /// `ip link set IFNAME master BRIDGE up` (+ port isolation); undone with the link.
+    JoinBridge {
+        /// The port.
+        ifname: String,
+        /// The bridge.
+        bridge: String,
+        /// Bridge port isolation.
+        isolated: bool,
+    },
+    /// Start the DHCP server on a link. Undo: stop it.
+    Serve(DhcpPlan),
+    /// Record a container's lease on a zone bridge. Undo: release it.
+    RecordLease {
+        /// The zone bridge.
+        bridge: String,
+        /// The container's MAC.
+        mac: [u8; 6],
+        /// Its address.
+        addr: Ipv4Addr,
+    },
+    /// Add firewall elements (one atomic batch). Undo: remove them.
+    AddRules(LinkRules),
+}
+
+/// What a link's DHCP server hands out; its ifindex is known only once the link exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhcpPlan {
+    /// The link.
+    pub ifname: String,
+    /// Its subnet.
+    pub subnet: Ipv4Network,
+    /// The server's address, also the router.
+    pub server: Ipv4Addr,
+    /// DNS servers handed out.
+    pub dns: Vec<Ipv4Addr>,
+    /// The container's lease to record (MAC, address).
+    pub container: Option<([u8; 6], Ipv4Addr)>,
+}
+
+impl DhcpPlan {
+    /// The service's view, with the link's ifindex.
+    pub fn link(&self, index: u32) -> DhcpLink {
+        DhcpLink {
+            ifname: self.ifname.clone(),
+            index,
+            subnet: self.subnet,
+            server: self.server,
+            dns: self.dns.clone(),
+            container: self.container,
+        }
+    }
+}
+
+/// One thing to remove; `apply` tries every one and collects what failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Removal {
+    /// Firewall elements.
+    Rules(LinkRules),
+    /// A machine's extra links.
+    Extras(Vec<crate::api::AttachedLink>),
+    /// A link's DHCP server and lease files.
+    StopServing {
+        /// The link.
+        ifname: String,
+        /// Its ifindex.
+        index: u32,
+    },
+    /// A container's lease on a zone bridge.
+    Release {
+        /// The bridge's ifindex.
+        index: u32,
+        /// The container's MAC.
+        mac: [u8; 6],
+    },
+    /// A link (a link already gone counts as removed).
+    DelLink(String),
+}
+
+/// Everything an attach will do, decided before anything is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachPlan {
+    /// The answer (extra links are filled in as they are made).
+    pub machine: Machine,
+    /// A zone created for this member first (its first member).
+    pub new_zone: Option<ZonePlan>,
+    /// The `ve-` subnet taken from the pool.
+    pub subnet: Option<Ipv4Network>,
+    /// The container's firewall contribution.
+    pub rules: LinkRules,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// A zone to create: its settings (subnet chosen) and steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZonePlan {
+    /// The zone's settings, its subnet set.
+    pub config: ZoneConfig,
+    /// Kept when its last member goes.
+    pub explicit: bool,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// What was looked at before planning an attach (reads only, no lock of the kernel's).
+#[derive(Debug, Clone, Default)]
+pub struct AttachObserved {
+    /// Networks in use on the host (addresses and routes).
+    pub in_use: Vec<Ipv4Network>,
+    /// `--network-bridge=BR`: BR's ifindex and whether it is a bridge; for a new zone, whether
+    /// `vz-ZONE` already exists (it must not).
+    pub bridge: Option<(u32, bool)>,
+    /// For a member of an existing zone with DHCP: the address its server would give the
+    /// container's MAC.
+    pub zone_address: Option<Ipv4Addr>,
+}
+
+/// The MACs and names of a machine's primary link (`PREFIX-NAME`/`host0`), as systemd derives
+/// them.
+fn primary_link(settings: &Settings, req: &AttachRequest, prefix: &str) -> (LinkName, Mac, Mac) {
+    let name = req.machine.as_str();
+    let id = settings.machine_id;
+    (
+        LinkName::new(prefix, name),
+        generate_mac(id, name, MacKey::Host, 0),
+        generate_mac(id, name, MacKey::Container, 0),
+    )
+}
+
+/// The machine as answered, before addresses.
+fn machine(
+    req: &AttachRequest,
+    settings: &Settings,
+    link: Option<(&LinkName, Mac, Mac)>,
+) -> Machine {
+    Machine {
+        machine: req.machine.clone(),
+        pid: req.pid,
+        network: req.network.clone(),
+        host_ifname: link.map(|l| l.0.ifname.clone()),
+        host_altname: link.and_then(|l| l.0.altname.clone()),
+        container_ifname: link.map(|_| CONTAINER_IFNAME.to_owned()),
+        host_mac: link.map(|l| l.1.to_string()),
+        container_mac: link.map(|l| l.2.to_string()),
+        subnet: None,
+        host_address: None,
+        container_address: None,
+        dns: if link.is_some() {
+            settings.dns.clone()
+        } else {
+            Vec::new()
+        },
+        ports: req.ports.clone(),
+        links: Vec::new(),
+    }
+}
+
+fn rules(m: &Machine) -> Result<LinkRules, ApiError> {
+    link_rules(m).map_err(|e| bad(e.to_string()))
+}
+
+/// The firewall contribution of a machine: a `ve-` link's interface, subnet and ports; a zone
+/// member's ports and its `vb-` port held to its MAC and address (its zone has the rest); on an
+/// admin's bridge, its `vb-` port held to its MAC only.
+pub fn link_rules(m: &Machine) -> Result<LinkRules, FirewallError> {
+    let guard = |addr| -> Result<Option<nat::GuardedPort>, FirewallError> {
+        let (Some(ifname), Some(mac)) = (&m.host_ifname, &m.container_mac) else {
+            return Ok(None);
+        };
+        Ok(Some(nat::GuardedPort {
+            ifname: nat::IfName::new(ifname.clone())?,
+            mac: mac.parse()?,
+            addr,
+        }))
+    };
+    let Some(addr) = m.container_address else {
+        let guard = match m.network {
+            NetworkSpec::Bridge(_) => guard(None)?,
+            _ => None,
+        };
+        return Ok(LinkRules {
+            guard,
+            ..LinkRules::default()
+        });
+    };
+    let ip = IpAddr::V4(addr);
+    match (&m.network, m.subnet) {
+        (NetworkSpec::Veth, Some(subnet)) => LinkRules::new(
+            m.host_ifname.as_deref().unwrap_or_default(),
+            subnet,
+            ip,
+            &m.ports,
+        ),
+        (NetworkSpec::Zone(_), _) => Ok(LinkRules {
+            ports: LinkRules::mappings(ip, &m.ports)?,
+            guard: guard(Some(addr))?,
+            ..LinkRules::default()
+        }),
+        _ => Ok(LinkRules {
+            ports: LinkRules::mappings(ip, &m.ports)?,
+            ..LinkRules::default()
+        }),
+    }
+}
+
+/// The firewall contribution of a zone: its bridge and, when masqueraded, its subnet.
+pub fn zone_rules(config: &ZoneConfig) -> LinkRules {
+    LinkRules {
+        ifname: Some(config.name.bridge()),
+        subnet: config.subnet.filter(|_| config.masquerade),
+        ..LinkRules::default()
+    }
+}
+
+/// Parses a MAC as the API writes it (`aa:bb:cc:dd:ee:ff`).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The DHCP server of a `ve-` machine's link (`None` for other kinds).
+pub fn veth_dhcp(m: &Machine) -> Option<DhcpPlan> {
+    if m.network != NetworkSpec::Veth {
+        return None;
+    }
+    Some(DhcpPlan {
+        ifname: m.host_ifname.clone()?,
+        subnet: m.subnet?,
+        server: m.host_address?,
+        dns: m.dns.clone(),
+        container: m
+            .container_mac
+            .as_deref()
+            .and_then(parse_mac)
+            .zip(m.container_address),
+    })
+}
+
+impl Registry {
+    /// Plans an attach: names, MACs, subnet, container address, firewall elements, DHCP link
+    /// and the steps that build them. Refusals (name taken, port taken, pool or zone full, no
+    /// such bridge) come from here, before anything is built.
+    pub fn plan_attach(
+        &self,
+        settings: &Settings,
+        req: &AttachRequest,
+        seen: &AttachObserved,
+    ) -> Result<AttachPlan, ApiError> {
+        if self.machines.contains_key(&req.machine) {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                format!("machine {} is already running", req.machine),
+            ));
+        }
+        self.check_ports(req)?;
+        if req.network == NetworkSpec::None && req.links.is_empty() {
+            return Err(bad("nothing to attach: no veth and no extra links".into()));
+        }
+        let mut steps = Vec::new();
+        if !req.links.is_empty() {
+            // Extra links first: if the primary link then fails, they are undone.
+            steps.push(Step::AddExtras(req.links.clone()));
+        }
+        let mut plan = match &req.network {
+            NetworkSpec::None => AttachPlan {
+                machine: machine(req, settings, None),
+                new_zone: None,
+                subnet: None,
+                rules: LinkRules::default(),
+                steps,
+            },
+            NetworkSpec::Veth => self.plan_veth(settings, req, seen, steps)?,
+            NetworkSpec::Zone(zone) => self.plan_member(settings, req, zone, seen, steps)?,
+            NetworkSpec::Bridge(bridge) => plan_bridge_port(settings, req, bridge, seen, steps)?,
+        };
+        plan.rules = rules(&plan.machine)?;
+        if plan.rules != LinkRules::default() {
+            // Before a port joins a bridge (and before anything is served): no frame with
+            // another MAC or address gets through, not even for a moment.
+            let at = plan
+                .steps
+                .iter()
+                .position(|s| matches!(s, Step::JoinBridge { .. } | Step::Serve(_)))
+                .unwrap_or(plan.steps.len());
+            plan.steps.insert(at, Step::AddRules(plan.rules.clone()));
+        }
+        Ok(plan)
+    }
+
+    /// `-n`: a `ve-` link with a subnet of its own, its DHCP server and masquerade.
+    fn plan_veth(
+        &self,
+        settings: &Settings,
+        req: &AttachRequest,
+        seen: &AttachObserved,
+        mut steps: Vec<Step>,
+    ) -> Result<AttachPlan, ApiError> {
+        let subnet = self
+            .pool
+            .peek(&self.taken(&seen.in_use))
+            .map_err(pool_error)?;
+        let (link, host_mac, peer_mac) = primary_link(settings, req, "ve-");
+        let host_address = gateway(subnet);
+        let client_id = dhcp::client_id_from_mac(peer_mac.0);
+        let container = dhcp::pick_address(subnet, &client_id, |a| a != host_address)
+            .ok_or_else(|| internal(format!("no container address left in {subnet}")))?;
+        let mut m = machine(req, settings, Some((&link, host_mac, peer_mac)));
+        m.subnet = Some(subnet);
+        m.host_address = Some(host_address);
+        m.container_address = Some(container);
+        steps.push(veth_step(&link, host_mac, peer_mac));
+        steps.push(Step::AddAddress {
+            ifname: link.ifname.clone(),
+            net: Ipv4Network::new(host_address, subnet.prefix()).map_err(internal)?,
+        });
+        steps.push(Step::SetUp {
+            ifname: link.ifname.clone(),
+        });
+        if let Some(dhcp) = veth_dhcp(&m) {
+            steps.push(Step::Serve(dhcp));
+        }
+        Ok(AttachPlan {
+            machine: m,
+            new_zone: None,
+            subnet: Some(subnet),
+            rules: LinkRules::default(),
+            steps,
+        })
+    }
+
+    /// `--network-zone=Z`: a `vb-` port of `vz-Z`, the zone created first if it is new.
+    fn plan_member(
+        &self,
+        settings: &Settings,
+        req: &AttachRequest,
+        zone: &ZoneName,
+        seen: &AttachObserved,
+        mut steps: Vec<Step>,
+    ) -> Result<AttachPlan, ApiError> {
+        let (new_zone, config) = match self.zones.get(zone) {
+            Some(z) => (None, z.config.clone()),
+            None => {
+                let plan =
+                    self.plan_zone(settings, ZoneConfig::implicit(zone.clone()), false, seen)?;
+                let config = plan.config.clone();
+                (Some(plan), config)
+            }
+        };
+        let subnet = config
+            .subnet
+            .ok_or_else(|| internal(format!("zone {zone} has no subnet")))?;
+        let gw = gateway(subnet);
+        let (link, host_mac, peer_mac) = primary_link(settings, req, "vb-");
+        let client_id = dhcp::client_id_from_mac(peer_mac.0);
+        let address = match (config.dhcp, new_zone.is_some()) {
+            // An existing zone's server knows its leases: the address it would give.
+            (true, false) => seen.zone_address,
+            // Otherwise the zone's own members are all there is.
+            _ => {
+                let used: Vec<Ipv4Addr> = self
+                    .machines
+                    .values()
+                    .filter(|e| e.saved.machine.network == req.network)
+                    .filter_map(|e| e.saved.machine.container_address)
+                    .collect();
+                dhcp::pick_address(subnet, &client_id, |a| a != gw && !used.contains(&a))
+            }
+        }
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::PoolExhausted,
+                format!("zone {zone} is full: no free address left in {subnet}"),
+            )
+        })?;
+        let mut m = machine(req, settings, Some((&link, host_mac, peer_mac)));
+        m.subnet = Some(subnet);
+        m.host_address = Some(gw);
+        m.container_address = Some(address);
+        steps.push(veth_step(&link, host_mac, peer_mac));
+        if config.dhcp {
+            steps.push(Step::RecordLease {
+                bridge: zone.bridge(),
+                mac: peer_mac.0,
+                addr: address,
+            });
+        }
+        steps.push(Step::JoinBridge {
+            ifname: link.ifname.clone(),
+            bridge: zone.bridge(),
+            isolated: config.isolated,
+        });
+        Ok(AttachPlan {
+            machine: m,
+            new_zone,
+            subnet: None,
+            rules: LinkRules::default(),
+            steps,
+        })
+    }
+
+    /// Plans zone `config.name`: its subnet (fixed or from the zone pool), bridge, address,
+    /// DHCP server and firewall elements.
+    pub fn plan_zone(
+        &self,
+        settings: &Settings,
+        mut config: ZoneConfig,
+        explicit: bool,
+        seen: &AttachObserved,
+    ) -> Result<ZonePlan, ApiError> {
+        let bridge = config.name.bridge();
+        if seen.bridge.is_some() {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                format!("interface {bridge} already exists on the host"),
+            ));
+        }
+        let taken = self.taken(&seen.in_use);
+        let subnet = match config.subnet {
+            Some(net) => {
+                let net = Ipv4Network::new(net.network(), net.prefix()).map_err(internal)?;
+                if net.prefix() > 30 {
+                    return Err(bad(format!("subnet {net} is too small for a zone")));
+                }
+                if let Some(t) = taken
+                    .iter()
+                    .find(|t| t.prefix() > 0 && crate::pool::overlaps(**t, net))
+                {
+                    return Err(bad(format!("subnet {net} overlaps {t}, which is in use")));
+                }
+                net
+            }
+            None => self.zone_pool.peek(&taken).map_err(|e| {
+                ApiError::new(
+                    ErrorKind::PoolExhausted,
+                    format!("no subnet left for zone {}: {e}", config.name),
+                )
+            })?,
+        };
+        debug_assert!(subnet.prefix() <= ZONE_PREFIX || config.subnet.is_some());
+        config.subnet = Some(subnet);
+        let gw = gateway(subnet);
+        let mut steps = vec![
+            Step::AddBridge {
+                ifname: bridge.clone(),
+            },
+            Step::AddAddress {
+                ifname: bridge.clone(),
+                net: Ipv4Network::new(gw, subnet.prefix()).map_err(internal)?,
+            },
+            Step::SetUp {
+                ifname: bridge.clone(),
+            },
+        ];
+        if config.dhcp {
+            steps.push(Step::Serve(DhcpPlan {
+                ifname: bridge,
+                subnet,
+                server: gw,
+                dns: settings.dns.clone(),
+                container: None,
+            }));
+        }
+        steps.push(Step::AddRules(zone_rules(&config)));
+        Ok(ZonePlan {
+            config,
+            explicit,
+            steps,
+        })
+    }
+
+    /// Plans the removal of a machine: firewall elements, extra links, DHCP server, link,
+    /// zone lease; and, when it was the last member of an implicit zone, the zone to remove.
+    pub fn plan_detach(&self, name: &MachineName) -> Option<(Vec<Removal>, Option<ZoneName>)> {
+        let entry = self.machines.get(name)?;
+        let m = &entry.saved.machine;
+        let zone = match &m.network {
+            NetworkSpec::Zone(z) => self.zones.get(z),
+            _ => None,
+        };
+        let empty_zone = zone
+            .filter(|z| !z.explicit && z.members.len() == 1 && z.members.contains(name))
+            .map(|z| z.config.name.clone());
+        Some((machine_removals(m, entry.index, zone), empty_zone))
+    }
+}
+
+/// What removing machine `m` (host link `index`, member of `zone`) takes.
+pub fn machine_removals(m: &Machine, index: u32, zone: Option<&ZoneEntry>) -> Vec<Removal> {
+    let mut out = Vec::new();
+    if let Ok(r) = link_rules(m)
+        && r != LinkRules::default()
+    {
+        out.push(Removal::Rules(r));
+    }
+    if !m.links.is_empty() {
+        out.push(Removal::Extras(m.links.clone()));
+    }
+    if let Some(ifname) = &m.host_ifname {
+        if m.network == NetworkSpec::Veth {
+            out.push(Removal::StopServing {
+                ifname: ifname.clone(),
+                index,
+            });
+        }
+        out.push(Removal::DelLink(ifname.clone()));
+    }
+    if let Some(zone) = zone
+        && zone.config.dhcp
+        && let Some(mac) = m.container_mac.as_deref().and_then(parse_mac)
+    {
+        out.push(Removal::Release {
+            index: zone.index,
+            mac,
+        });
+    }
+    out
+}
+
+/// Plans the removal of a zone: its firewall elements, DHCP server and bridge.
+pub fn plan_zone_removal(zone: &ZoneEntry) -> Vec<Removal> {
+    let bridge = zone.config.name.bridge();
+    let mut out = vec![Removal::Rules(zone_rules(&zone.config))];
+    if zone.config.dhcp {
+        out.push(Removal::StopServing {
+            ifname: bridge.clone(),
+            index: zone.index,
+        });
+    }
+    out.push(Removal::DelLink(bridge));
+    out
+}
+
+/// `--network-bridge=BR`: a `vb-` port of the admin's bridge; nothing else from us.
+fn plan_bridge_port(
+    settings: &Settings,
+    req: &AttachRequest,
+    bridge: &str,
+    seen: &AttachObserved,
+    mut steps: Vec<Step>,
+) -> Result<AttachPlan, ApiError> {
+    if !req.ports.is_empty() {
+        return Err(bad(
+            "--port is not available with --network-bridge: the admin's bridge gets no address or NAT from rnet".into(),
+        ));
+    }
+    match seen.bridge {
+        None => return Err(bad(format!("bridge {bridge} does not exist"))),
+        Some((_, false)) => return Err(bad(format!("{bridge} is not a bridge"))),
+        Some((_, true)) => {}
+    }
+    let (link, host_mac, peer_mac) = primary_link(settings, req, "vb-");
+    steps.push(veth_step(&link, host_mac, peer_mac));
+    steps.push(Step::JoinBridge {
+        ifname: link.ifname.clone(),
+        bridge: bridge.to_owned(),
+        isolated: false,
+    });
+    Ok(AttachPlan {
+        machine: machine(req, settings, Some((&link, host_mac, peer_mac))),
+        new_zone: None,
+        subnet: None,
+        rules: LinkRules::default(),
+        steps,
+    })
+}
+
+fn veth_step(link: &LinkName, host_mac: Mac, peer_mac: Mac) -> Step {
+    Step::AddVeth {
+        ifname: link.ifname.clone(),
+        altname: link.altname.clone(),
+        host_mac,
+        peer: CONTAINER_IFNAME.to_owned(),
+        peer_mac,
+    }
+}
+
+fn pool_error(e: crate::pool::PoolError) -> ApiError {
+    match e {
+        crate::pool::PoolError::Exhausted { .. } => {
+            ApiError::new(ErrorKind::PoolExhausted, e.to_string())
+        }
+        other => internal(other),
+    }
+}
