@@ -202,7 +202,12 @@ impl<N: AsyncNft> Firewall<N> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.change(&changes).await
+        let result = self.change(&changes).await;
+        if result.is_err() && self.installed.is_empty() {
+            // The first link was refused: nothing of ours needs forwarding.
+            self.restore_forwarding();
+        }
+        result
     }
 
     /// Removes a link's elements; removes the tables when nothing is left.

@@ -1,0 +1,543 @@
+//! The machine logic on the fakes: every rollback path, EEXIST, port conflicts, zone
+//! lifecycles, teardown failures, adoption and the pidfd watch. No root, no kernel.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+
+use crate::api::{
+    AttachRequest, ErrorKind, MachineName, NetworkSpec, PortSpec, ZoneConfig, ZoneName,
+};
+use crate::naming::MachineId;
+use crate::sysctl::Sysctl;
+
+use super::fake::{Fake, FakeLeases, FakeLinks, FakeProcs, SharedNft};
+use super::plan::{AttachObserved, Step};
+use super::restore::{RestartObserved, plan_restart};
+use super::system::Leases;
+use super::{Machines, Settings};
+
+struct World {
+    dir: tempfile::TempDir,
+    links: FakeLinks,
+    procs: FakeProcs,
+    leases: FakeLeases,
+    nft: SharedNft,
+    m: Arc<Machines<Fake>>,
+}
+
+fn settings(dir: &std::path::Path) -> Settings {
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    Settings {
+        runtime_dir: dir.join("run"),
+        state_dir: dir.join("state"),
+        machine_id: MachineId([7; 16]),
+        pool_ranges: vec!["192.168.0.0/16".parse().unwrap()],
+        veth_prefix: 28,
+        dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+    }
+}
+
+fn sysctl_root(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("sys");
+    std::fs::create_dir_all(root.join("net/ipv4/conf")).unwrap();
+    if !root.join("net/ipv4/ip_forward").exists() {
+        std::fs::write(root.join("net/ipv4/ip_forward"), "0").unwrap();
+    }
+    root
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let root = sysctl_root(dir.path());
+    let links = FakeLinks::new(root);
+    let (procs, leases, nft) = (
+        FakeProcs::default(),
+        FakeLeases::default(),
+        SharedNft::default(),
+    );
+    let m = start(&dir, &links, &procs, &leases, &nft).await;
+    World {
+        dir,
+        links,
+        procs,
+        leases,
+        nft,
+        m,
+    }
+}
+
+async fn start(
+    dir: &tempfile::TempDir,
+    links: &FakeLinks,
+    procs: &FakeProcs,
+    leases: &FakeLeases,
+    nft: &SharedNft,
+) -> Arc<Machines<Fake>> {
+    Machines::<Fake>::start_with(
+        settings(dir.path()),
+        links.clone(),
+        procs.clone(),
+        leases.clone(),
+        nft.clone(),
+        Sysctl::new(sysctl_root(dir.path())),
+    )
+    .await
+    .unwrap()
+}
+
+impl World {
+    /// rnetd restarts (its processes and the host's links stay).
+    async fn restart(&mut self) {
+        self.m = start(&self.dir, &self.links, &self.procs, &self.leases, &self.nft).await;
+    }
+
+    async fn attach(
+        &self,
+        name: &str,
+        pid: u32,
+        network: NetworkSpec,
+        ports: &[&str],
+    ) -> Result<crate::api::Machine, crate::api::ApiError> {
+        let netns = self.procs.spawn(pid, u64::from(pid) * 10);
+        self.m.attach(req(name, pid, network, ports), netns).await
+    }
+
+    fn forwarding(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sys/net/ipv4/ip_forward")).unwrap()
+    }
+}
+
+fn req(name: &str, pid: u32, network: NetworkSpec, ports: &[&str]) -> AttachRequest {
+    AttachRequest {
+        machine: MachineName::new(name).unwrap(),
+        pid,
+        network,
+        ports: ports
+            .iter()
+            .map(|p| PortSpec::from_str(p).unwrap())
+            .collect(),
+        links: Vec::new(),
+    }
+}
+
+fn zone(name: &str) -> NetworkSpec {
+    NetworkSpec::Zone(ZoneName::new(name).unwrap())
+}
+
+#[tokio::test]
+async fn a_veth_attach_builds_link_address_rules_and_dhcp_in_that_order() {
+    let w = world().await;
+    let m = w
+        .attach("web", 100, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    assert_eq!(m.host_ifname.as_deref(), Some("ve-web"));
+    assert_eq!(m.subnet, Some("192.168.0.0/28".parse().unwrap()));
+    assert_eq!(m.host_address, Some(Ipv4Addr::new(192, 168, 0, 1)));
+    let link = w.links.link("ve-web").unwrap();
+    assert!(link.up && link.marked);
+    assert_eq!(
+        link.addrs,
+        vec!["192.168.0.1/28".parse::<Ipv4Network>().unwrap()]
+    );
+    let calls: Vec<String> = w
+        .links
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            !c.starts_with("lookup") && !c.starts_with("ipv4_in_use") && !c.starts_with("marked")
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        ["add_veth ve-web", "add_address 192.168.0.1/28", "set_up 1"]
+    );
+    assert_eq!(w.leases.served(), ["ve-web"]);
+    assert!(w.nft.get().table_exists());
+    assert_eq!(w.forwarding(), "1");
+    assert_eq!(w.m.list().await.len(), 1);
+}
+
+#[tokio::test]
+async fn planning_is_pure_and_puts_the_guard_before_the_port_joins() {
+    let w = world().await;
+    let registry = w.m.registry.lock().await;
+    let r = req("db", 1, zone("lab"), &[]);
+    let seen = AttachObserved::default();
+    let a = registry.plan_attach(&w.m.settings, &r, &seen).unwrap();
+    let b = registry.plan_attach(&w.m.settings, &r, &seen).unwrap();
+    assert_eq!(a, b, "the same inputs give the same plan");
+    assert!(
+        w.links
+            .calls()
+            .iter()
+            .all(|c| c.starts_with("marked") || c.starts_with("lookup")),
+        "planning touched the kernel: {:?}",
+        w.links.calls()
+    );
+    let zone = a
+        .new_zone
+        .as_ref()
+        .expect("the zone is created with its first member");
+    assert!(matches!(zone.steps[0], Step::AddBridge { .. }));
+    let rules = a
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::AddRules(_)))
+        .unwrap();
+    let join = a
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::JoinBridge { .. }))
+        .unwrap();
+    assert!(rules < join, "{:?}", a.steps);
+    assert!(a.machine.container_address.is_some());
+}
+
+/// Every failing step of a veth attach leaves nothing: no link, no server, no table, the
+/// subnet free again.
+#[tokio::test]
+async fn every_failed_step_of_an_attach_is_undone() {
+    for op in ["add_veth", "add_altname", "add_address", "set_up"] {
+        let w = world().await;
+        w.links.fail_next(op, libc::EIO);
+        // A 16+ character name is shortened, so the altname step runs too.
+        let err = w
+            .attach("averyveryverylongname", 5, NetworkSpec::Veth, &["8080:80"])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal, "{op}: {err:?}");
+        assert!(
+            w.links.names().is_empty(),
+            "{op}: left {:?}",
+            w.links.names()
+        );
+        assert!(w.leases.served().is_empty(), "{op}");
+        assert!(!w.nft.get().table_exists(), "{op}");
+        assert!(w.m.list().await.is_empty(), "{op}");
+        // The subnet went back to the pool.
+        assert!(
+            w.m.registry.lock().await.pool.allocated().is_empty(),
+            "{op}"
+        );
+        w.attach("next", 6, NetworkSpec::Veth, &[]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_refused_dhcp_server_or_firewall_batch_is_undone() {
+    let w = world().await;
+    w.leases.fail_next_serve();
+    assert!(w.attach("a", 1, NetworkSpec::Veth, &[]).await.is_err());
+    assert!(w.links.names().is_empty());
+    assert!(
+        !w.nft.get().table_exists(),
+        "the rules added before the server must go"
+    );
+    w.nft
+        .get()
+        .refuse_next("Error: Could not process rule: No buffer space available");
+    w.nft.get().refuse_next("Error: again");
+    assert!(w.attach("b", 2, NetworkSpec::Veth, &[]).await.is_err());
+    assert!(w.links.names().is_empty());
+    assert!(w.leases.served().is_empty());
+    assert_eq!(
+        w.forwarding(),
+        "0",
+        "forwarding restored after the only link's undo"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_interface_is_named_and_left_alone() {
+    let w = world().await;
+    w.links.put("ve-web", false, false);
+    let err = w
+        .attach("web", 1, NetworkSpec::Veth, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists);
+    assert_eq!(
+        err.message,
+        "interface ve-web already exists on the host; is another container using this name?"
+    );
+    assert!(
+        w.links.link("ve-web").is_some(),
+        "someone else's link was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_port_is_refused_before_anything_is_built() {
+    let w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    let before = w.links.calls().len();
+    let err = w.attach("b", 2, zone("z"), &["8080:81"]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists);
+    assert!(
+        err.message.contains("already published by machine a"),
+        "{}",
+        err.message
+    );
+    let built: Vec<String> = w.links.calls()[before..]
+        .iter()
+        .filter(|c| c.starts_with("add"))
+        .cloned()
+        .collect();
+    assert!(built.is_empty(), "{built:?}");
+    let dup = w
+        .attach("c", 3, NetworkSpec::Veth, &["9000:80", "9000:81"])
+        .await
+        .unwrap_err();
+    assert_eq!(dup.kind, ErrorKind::BadRequest);
+}
+
+#[tokio::test]
+async fn a_zone_comes_with_its_first_member_and_goes_with_its_last() {
+    let w = world().await;
+    let a = w.attach("a", 1, zone("lab"), &[]).await.unwrap();
+    let b = w.attach("b", 2, zone("lab"), &[]).await.unwrap();
+    assert_ne!(a.container_address, b.container_address);
+    let bridge = w.links.link("vz-lab").unwrap();
+    assert!(bridge.bridge && bridge.up);
+    assert_eq!(w.links.link("vb-a").unwrap().master, Some(bridge.index));
+    assert_eq!(w.leases.lease_count(bridge.index), 2);
+    w.m.detach(&MachineName::new("a").unwrap()).await.unwrap();
+    assert!(w.links.link("vz-lab").is_some(), "the zone still has b");
+    assert_eq!(w.leases.lease_count(bridge.index), 1, "a's lease released");
+    w.m.detach(&MachineName::new("b").unwrap()).await.unwrap();
+    assert!(w.links.link("vz-lab").is_none());
+    assert!(w.leases.served().is_empty());
+    assert!(!w.nft.get().table_exists());
+    assert!(w.m.zone_list().await.is_empty());
+    // An explicit zone stays without members.
+    let cfg = ZoneConfig::implicit(ZoneName::new("keep").unwrap());
+    w.m.zone_create(cfg).await.unwrap();
+    w.attach("c", 3, zone("keep"), &[]).await.unwrap();
+    w.m.detach(&MachineName::new("c").unwrap()).await.unwrap();
+    assert!(w.links.link("vz-keep").is_some());
+    let refused =
+        w.m.zone_create(ZoneConfig::implicit(ZoneName::new("keep").unwrap()))
+            .await;
+    assert_eq!(refused.unwrap_err().kind, ErrorKind::AlreadyExists);
+}
+
+#[tokio::test]
+async fn a_first_member_that_fails_takes_its_new_zone_with_it() {
+    let w = world().await;
+    w.links.fail_next("set_master_up", libc::EIO);
+    assert!(w.attach("a", 1, zone("lab"), &[]).await.is_err());
+    assert!(w.links.names().is_empty(), "left {:?}", w.links.names());
+    assert!(w.leases.served().is_empty());
+    assert!(w.m.zone_list().await.is_empty());
+    assert!(!w.nft.get().table_exists());
+    // The zone's subnet went back to the pool.
+    assert!(w.m.registry.lock().await.zone_pool.allocated().is_empty());
+    w.attach("b", 2, zone("lab"), &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_address_leased_meanwhile_fails_the_attach_cleanly() {
+    let w = world().await;
+    w.attach("a", 1, zone("lab"), &[]).await.unwrap();
+    // A DHCP client takes the address planned for b between the look and the lease.
+    w.leases.steal_next_record();
+    let err = w.attach("b", 2, zone("lab"), &[]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::PoolExhausted);
+    assert!(
+        err.message
+            .contains("was leased to another client meanwhile"),
+        "{}",
+        err.message
+    );
+    assert!(w.links.link("vb-b").is_none(), "b's port was left");
+    assert!(
+        w.links.link("vz-lab").is_some(),
+        "a's zone went with b's failure"
+    );
+    assert_eq!(w.m.list().await.len(), 1);
+    // Trying again works.
+    w.attach("b", 2, zone("lab"), &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_teardown_is_reported_and_the_machine_stays_until_it_succeeds() {
+    let w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    w.links.fail_next("del_link", libc::EBUSY);
+    let name = MachineName::new("a").unwrap();
+    let err = w.m.detach(&name).await.unwrap_err();
+    assert!(
+        err.message
+            .starts_with("detaching a: 1 step(s) failed: deleting link ve-a"),
+        "{}",
+        err.message
+    );
+    assert_eq!(w.m.list().await.len(), 1, "a failed teardown stays visible");
+    assert_eq!(
+        w.m.registry.lock().await.machines[&name]
+            .teardown_errors
+            .len(),
+        1
+    );
+    w.m.detach(&name).await.unwrap();
+    assert!(w.m.list().await.is_empty());
+    assert!(w.links.names().is_empty());
+}
+
+#[tokio::test]
+async fn a_container_that_exits_is_cleaned_up_by_its_pidfd() {
+    let w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &[]).await.unwrap();
+    w.procs.exit(1);
+    for _ in 0..200 {
+        if w.m.list().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(w.m.list().await.is_empty());
+    assert!(w.links.names().is_empty());
+}
+
+#[tokio::test]
+async fn stop_signals_the_process_through_its_pidfd() {
+    let w = world().await;
+    w.attach("a", 41, NetworkSpec::Veth, &[]).await.unwrap();
+    w.m.stop(&MachineName::new("a").unwrap()).await.unwrap();
+    assert_eq!(w.procs.signals(), [(41, libc::SIGTERM)]);
+    let err =
+        w.m.stop(&MachineName::new("nope").unwrap())
+            .await
+            .unwrap_err();
+    assert_eq!(err.message, "no machine nope is attached");
+}
+
+#[tokio::test]
+async fn a_restart_adopts_the_living_removes_the_dead_and_what_nothing_explains() {
+    let mut w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    w.attach("b", 2, zone("lab"), &[]).await.unwrap();
+    w.attach("c", 3, NetworkSpec::Veth, &[]).await.unwrap();
+    let before = w.m.list().await;
+    // While rnetd is down: c ends, a bridge of ours appears that nothing explains, and a
+    // look-alike that is not ours.
+    w.procs.exit(3);
+    w.links.put("vz-ghost", true, true);
+    w.links.put("ve-nspawn", false, false);
+    w.restart().await;
+    let after = w.m.list().await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after, before[..2].to_vec(), "the same view");
+    let names = w.links.names();
+    assert_eq!(names, ["vb-b", "ve-a", "ve-nspawn", "vz-lab"]);
+    assert!(w.nft.get().table_exists());
+    assert_eq!(w.nft.get().elements("ifaces").len(), 2);
+    // c's subnet (the second) is free again; a's is not.
+    let d = w.attach("d", 4, NetworkSpec::Veth, &[]).await.unwrap();
+    assert_eq!(d.subnet, before[2].subnet, "{d:?}");
+}
+
+#[tokio::test]
+async fn a_restart_after_the_last_member_of_a_zone_ended_removes_the_zone_but_keeps_forwarding() {
+    let mut w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &[]).await.unwrap();
+    w.attach("b", 2, zone("lab"), &[]).await.unwrap();
+    w.procs.exit(2);
+    w.restart().await;
+    assert!(w.links.link("vz-lab").is_none());
+    assert!(w.m.zone_list().await.is_empty());
+    assert_eq!(w.forwarding(), "1", "a still needs forwarding");
+    assert!(w.nft.get().table_exists());
+}
+
+#[test]
+fn plan_restart_decides_from_saved_state_and_observations() {
+    use crate::state::{SavedMachine, SavedZone, State};
+    let machine = |name: &str, network: NetworkSpec, ifname: &str| SavedMachine {
+        machine: crate::api::Machine {
+            machine: MachineName::new(name).unwrap(),
+            pid: 1,
+            network,
+            host_ifname: Some(ifname.into()),
+            host_altname: None,
+            container_ifname: Some("host0".into()),
+            host_mac: None,
+            container_mac: None,
+            subnet: None,
+            host_address: None,
+            container_address: None,
+            dns: Vec::new(),
+            ports: Vec::new(),
+            links: Vec::new(),
+        },
+        pid_start_time: 1,
+    };
+    let mut lab = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
+    lab.subnet = Some("10.0.0.0/24".parse().unwrap());
+    let mut gone = ZoneConfig::implicit(ZoneName::new("gone").unwrap());
+    gone.subnet = Some("10.0.1.0/24".parse().unwrap());
+    let saved = State {
+        machines: vec![
+            machine("alive", NetworkSpec::Veth, "ve-alive"),
+            machine("dead", NetworkSpec::Veth, "ve-dead"),
+            machine("nolink", NetworkSpec::Veth, "ve-nolink"),
+            machine("member", zone("lab"), "vb-member"),
+            machine("orphan", zone("gone"), "vb-orphan"),
+        ],
+        zones: vec![
+            SavedZone {
+                config: lab.clone(),
+                explicit: false,
+            },
+            SavedZone {
+                config: gone.clone(),
+                explicit: false,
+            },
+        ],
+        ..State::default()
+    };
+    let mut seen = RestartObserved::default();
+    for n in ["alive", "nolink", "member", "orphan"] {
+        seen.alive.insert(MachineName::new(n).unwrap(), true);
+    }
+    seen.alive.insert(MachineName::new("dead").unwrap(), false);
+    for (l, i) in [
+        ("ve-alive", 1),
+        ("ve-dead", 2),
+        ("vb-member", 3),
+        ("vb-orphan", 4),
+        ("vz-lab", 5),
+    ] {
+        seen.links.insert(l.into(), i);
+    }
+    let explicit = vec![ZoneConfig::implicit(ZoneName::new("boot").unwrap())];
+    let plan = plan_restart(&saved, &explicit, &seen);
+    let names = |v: &[crate::state::SavedMachine]| -> Vec<String> {
+        v.iter().map(|s| s.machine.machine.to_string()).collect()
+    };
+    let adopted: Vec<_> = plan
+        .adopt
+        .iter()
+        .map(|(s, i)| (s.machine.machine.to_string(), *i))
+        .collect();
+    assert_eq!(
+        adopted,
+        [("alive".to_string(), 1), ("member".to_string(), 3)]
+    );
+    assert_eq!(names(&plan.stale), ["dead", "nolink", "orphan"]);
+    assert_eq!(plan.adopt_zones, [(lab, 5, false)]);
+    assert_eq!(plan.rebuild_zones.len(), 1);
+    assert_eq!(plan.rebuild_zones[0].name.as_str(), "boot");
+}
