@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
-use netd::api::{self, IfPair, MachineName, PortSpec, ZoneName};
+use api::{self, IfPair, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]

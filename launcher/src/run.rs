@@ -14,7 +14,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use netd::api::{
+use api::{
     AttachRequest, Client, ClientError, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec,
     PortSpec, Request,
 };
@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use netd::netlink_sync::Rtnl;
+use netlink_sync::Rtnl;
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -311,7 +311,7 @@ fn parent(
             links: plan.links.clone(),
         });
         match client.call(&req, Some(netns.as_fd())) {
-            Ok(netd::api::Response::Attached(m)) => Ok(Some(m)),
+            Ok(api::Response::Attached(m)) => Ok(Some(m)),
             Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
             Err(e) => Err(e.to_string()),
         }
