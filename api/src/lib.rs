@@ -7,13 +7,15 @@
 //!
 //! No async runtime and no netlink: the launcher links this crate and stays lean.
 
-mod ifpair;
+mod ifname;
+mod mac;
 mod name;
 mod port;
 mod types;
 pub mod wire;
 
-pub use ifpair::{IfNameError, IfPair, MAX_IFNAME, valid_ifname};
+pub use ifname::{IfName, IfNameError, IfPair, MAX_IFNAME};
+pub use mac::{Mac, MacError};
 pub use name::{MachineName, NameError};
 pub use port::{PortError, PortSpec, Proto};
 pub use types::*;

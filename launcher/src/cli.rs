@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
-use api::{self, IfPair, MachineName, PortSpec, ZoneName};
+use api::{self, IfName, IfPair, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]
@@ -111,7 +111,7 @@ pub struct RunArgs {
     /// Attach the container to the admin's existing bridge BR: `vb-NAME` on BR, no address,
     /// DHCP or NAT from rnet (implies --network-veth).
     #[arg(long = "network-bridge", value_name = "BR")]
-    pub network_bridge: Option<String>,
+    pub network_bridge: Option<IfName>,
     /// Give the container a macvlan (bridge mode) on host link IF, named mv-IF or NAME
     /// (repeatable; implies --private-network).
     #[arg(long = "network-macvlan", value_name = "IF[:NAME]")]

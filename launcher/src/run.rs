@@ -68,18 +68,7 @@ impl Plan {
                 return Err("--network-bridge and --network-zone are mutually exclusive".into());
             }
             (Some(z), None) => Network::Attached(NetworkSpec::Zone(z)),
-            (None, Some(b)) => {
-                if b.is_empty()
-                    || b.len() > 15
-                    || b.contains(['/', ':'])
-                    || b.contains(char::is_whitespace)
-                {
-                    return Err(format!(
-                        "--network-bridge: {b:?} is not a valid interface name"
-                    ));
-                }
-                Network::Attached(NetworkSpec::Bridge(b))
-            }
+            (None, Some(b)) => Network::Attached(NetworkSpec::Bridge(b.into())),
             (None, None) if args.network_veth => Network::Attached(NetworkSpec::Veth),
             (None, None) => Network::Host,
         };
@@ -88,28 +77,28 @@ impl Plan {
             args.network_macvlan
                 .into_iter()
                 .map(|p| ExtraLink::Macvlan {
-                    parent: p.first,
-                    name: p.second,
+                    parent: p.first.into(),
+                    name: p.second.map(String::from),
                 }),
         );
         links.extend(args.network_ipvlan.into_iter().map(|p| ExtraLink::Ipvlan {
-            parent: p.first,
-            name: p.second,
+            parent: p.first.into(),
+            name: p.second.map(String::from),
         }));
         links.extend(
             args.network_interface
                 .into_iter()
                 .map(|p| ExtraLink::Interface {
-                    name: p.first,
-                    rename: p.second,
+                    name: p.first.into(),
+                    rename: p.second.map(String::from),
                 }),
         );
         links.extend(
             args.network_veth_extra
                 .into_iter()
                 .map(|p| ExtraLink::VethExtra {
-                    host: p.first,
-                    container: p.second,
+                    host: p.first.into(),
+                    container: p.second.map(String::from),
                 }),
         );
         // Any extra link implies a private network (reference §2.1).
