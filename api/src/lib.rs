@@ -7,6 +7,7 @@
 //!
 //! No async runtime and no netlink: the launcher links this crate and stays lean.
 
+pub mod fsutil;
 mod ifname;
 mod mac;
 mod name;

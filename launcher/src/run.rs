@@ -142,9 +142,7 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
         stem = "rnet".into();
     }
     let mut r = [0u8; 2];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut r))
-        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    api::fsutil::random_bytes(&mut r).map_err(|e| e.to_string())?;
     MachineName::new(&format!("{stem}-{:02x}{:02x}", r[0], r[1])).map_err(|e| e.to_string())
 }
 
