@@ -32,7 +32,9 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), WriteError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map_or("file".into(), |n| n.to_string_lossy());
+    let name = path
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),

@@ -299,9 +299,13 @@ mod tests {
             r#"invalid port mapping "udp:[fd00::1]:53:5353": an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"#
         );
         let json = r#"{"proto":"tcp","host_address":"fd00::1","host_first":80,"host_last":80,"container_port":80}"#;
-        let err = serde_json::from_str::<PortSpec>(json).unwrap_err().to_string();
+        let err = serde_json::from_str::<PortSpec>(json)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with(r#"invalid port mapping "tcp:[fd00::1]:80-80:80": an IPv6 host address"#),
+            err.starts_with(
+                r#"invalid port mapping "tcp:[fd00::1]:80-80:80": an IPv6 host address"#
+            ),
             "{err}"
         );
     }

@@ -51,6 +51,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// What the request asks, for messages: `attach machine web`, `delete zone lab`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Attach(a) => format!("attach machine {}", a.machine),
+            Request::Detach { machine } => format!("detach machine {machine}"),
+            Request::Stop { machine } => format!("stop machine {machine}"),
+            Request::List => "list machines".to_owned(),
+            Request::Status { machine } => format!("show machine {machine}"),
+            Request::ZoneCreate(z) => format!("create zone {}", z.name),
+            Request::ZoneList => "list zones".to_owned(),
+            Request::ZoneShow { zone } => format!("show zone {zone}"),
+            Request::ZoneDelete { zone, force } => {
+                format!(
+                    "delete zone {zone}{}",
+                    if *force { " (forced)" } else { "" }
+                )
+            }
+        }
+    }
+
     /// Whether the request changes anything (and so needs uid 0).
     pub fn is_change(&self) -> bool {
         matches!(

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use api::{self, IfName, IfPair, MachineName, PortSpec, ZoneName};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
-use api::{self, IfName, IfPair, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]

@@ -5,8 +5,8 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use api::{Client, Machine, Request, Response, Zone, ZoneConfig};
+use clap::Parser;
 
 use crate::cli::{Cli, Command, ZoneCommand};
 

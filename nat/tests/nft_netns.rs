@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::{enter_private_netns, nft_program, sh, thread_netns};
 use nat::{
-    AsyncNft, Change, Error, GuardedPort, IfName, Mac, Nft, NftCli, PortMapping, PortRange,
-    Proto, Ruleset, observe, plan, render_change, render_changes, render_delete_table,
-    render_table, rule_count,
+    AsyncNft, Change, Error, GuardedPort, IfName, Mac, Nft, NftCli, PortMapping, PortRange, Proto,
+    Ruleset, observe, plan, render_change, render_changes, render_delete_table, render_table,
+    rule_count,
 };
 
 fn nft() -> NftCli {

@@ -257,9 +257,7 @@ impl Link {
         };
         match self.table.lease(&req.client_id, now) {
             Some(l) if l.address == address => match self.table.remove(&req.client_id) {
-                Some(lease) => {
-                    Action::Done(LeaseChange::Released(lease))
-                }
+                Some(lease) => Action::Done(LeaseChange::Released(lease)),
                 None => Action::Drop(DropReason::NoLease),
             },
             _ => Action::Drop(DropReason::NoLease),
