@@ -2,9 +2,11 @@
 //! (STYLE.md principle 1; quinn's `Endpoint::handle`, smoltcp's `dhcpv4` socket).
 //!
 //! The daemon owns the sockets and the clock. Per packet it calls [`Server::handle`] and sends
-//! each [`Outbound`]; it sleeps until [`Server::poll_timeout`] and then calls [`Server::expire`];
-//! and it persists [`Server::leases`] for the links returned by [`Server::take_dirty`], at most
-//! every few hundred milliseconds and on shutdown, so that a burst of ACKs costs one write.
+//! each [`Outbound`]; it sleeps until [`Server::poll_timeout`] and then calls [`Server::expire`].
+//! Persistence is the daemon's too: it journals the [`LeaseChange`]s a call reports (and the
+//! leases [`Server::assign`] makes and [`Server::expire`] ends), holding a reply that binds or
+//! frees a lease until its change is on disk, and snapshots [`Server::leases`] and
+//! [`Server::quarantined`] when it compacts a journal.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -131,15 +133,11 @@ impl Server {
         for s in &config.static_leases {
             table.add_static(s.client_id.clone(), s.address);
         }
-        let mut new = Link {
-            config,
-            table,
-            dirty: false,
-        };
+        let mut new = Link { config, table };
         if let Some(old) = self.links.remove(&link) {
             for lease in old.table.iter() {
-                let kept = new.record(lease.clone(), SystemTime::UNIX_EPOCH).is_ok();
-                new.dirty |= !kept;
+                // A lease the new configuration cannot hold is dropped.
+                let _ = new.record(lease.clone(), SystemTime::UNIX_EPOCH);
             }
             let limit = new.config.quarantine_limit() as usize;
             for (address, until) in old.table.quarantined() {
@@ -147,7 +145,6 @@ impl Server {
                     new.table.quarantine(address, until, limit);
                 }
             }
-            new.dirty |= old.dirty;
         }
         self.links.insert(link, new);
         Ok(())
@@ -271,12 +268,7 @@ impl Server {
     /// Drops the lease of `client` on `link` (the daemon removed the client's container);
     /// returns it.
     pub fn release_lease(&mut self, link: LinkId, client: &ClientId) -> Option<Lease> {
-        let l = self.links.get_mut(&link)?;
-        let removed = l.table.remove(client);
-        if removed.is_some() {
-            l.dirty = true;
-        }
-        removed
+        self.links.get_mut(&link)?.table.remove(client)
     }
 
     /// Handles one datagram received on `link` at `now`.
@@ -289,7 +281,6 @@ impl Server {
             return out;
         };
         for lease in l.table.expire(now) {
-            l.dirty = true;
             self.counters.expired = self.counters.expired.saturating_add(1);
             out.changes.push(LeaseChange::Expired(lease));
         }
@@ -371,10 +362,7 @@ impl Server {
     pub fn expire(&mut self, now: SystemTime) -> Vec<(LinkId, Lease)> {
         let mut gone = Vec::new();
         for (&id, l) in &mut self.links {
-            for lease in l.table.expire(now) {
-                l.dirty = true;
-                gone.push((id, lease));
-            }
+            gone.extend(l.table.expire(now).into_iter().map(|lease| (id, lease)));
         }
         self.counters.expired = self
             .counters
@@ -400,14 +388,6 @@ impl Server {
     /// Number of leases stored for `link` (expired ones not yet removed included): O(1).
     pub fn lease_count(&self, link: LinkId) -> usize {
         self.links.get(&link).map_or(0, |l| l.table.len())
-    }
-
-    /// Links whose leases changed since the last call: save their [`leases`](Self::leases).
-    pub fn take_dirty(&mut self) -> Vec<LinkId> {
-        self.links
-            .iter_mut()
-            .filter_map(|(&id, l)| std::mem::take(&mut l.dirty).then_some(id))
-            .collect()
     }
 
     /// Packet counters since creation.

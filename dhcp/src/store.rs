@@ -1,6 +1,6 @@
-//! Lease files: one JSON file per link in a directory, replaced atomically (temp file in the same
-//! directory, fsync, rename, fsync of the directory), so that a crash leaves either the old or the
-//! new file, never a torn one. This is the only part of the crate that touches the filesystem.
+//! Lease files: one JSON file per link in a directory, replaced atomically
+//! ([`api::fsutil::write_atomic`]: temp file in the same directory, fsync, rename, fsync of the
+//! directory), so that a crash leaves either the old or the new file, never a torn one. This is the only part of the crate that touches the filesystem.
 //!
 //! Beside each snapshot sits a journal, `<link>.journal`: one JSON line per lease change,
 //! appended and fsynced in batches ([`LeaseStore::append`]), so the cost of making a change
@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use api::fsutil;
 use serde::{Deserialize, Serialize};
 
 use crate::{ClientId, Lease, ParseClientIdError};
@@ -114,7 +115,7 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// Writing, syncing or renaming the file failed; the previous file is intact.
+    /// Appending to the journal, syncing it or removing a file failed.
     #[error("cannot write lease file {path}")]
     Write {
         /// The lease file.
@@ -123,6 +124,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// Replacing the lease file failed at the step named; the previous file is intact.
+    #[error(transparent)]
+    Replace(#[from] fsutil::WriteError),
     /// Reading the file failed.
     #[error("cannot read lease file {path}")]
     Read {
@@ -270,22 +274,12 @@ impl LeaseStore {
                 })
                 .collect(),
         };
-        let write_err = |source| StoreError::Write {
+        let mut json = serde_json::to_vec(&file).map_err(|e| StoreError::Write {
             path: path.clone(),
-            source,
-        };
-        let mut json = serde_json::to_vec(&file).map_err(|e| write_err(e.into()))?;
+            source: e.into(),
+        })?;
         json.push(b'\n');
-        // The temp file is removed on drop if anything below fails.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{link_name}."))
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .map_err(write_err)?;
-        tmp.write_all(&json).map_err(write_err)?;
-        tmp.as_file().sync_all().map_err(write_err)?;
-        tmp.persist(&path).map_err(|e| write_err(e.error))?;
-        sync_dir(&self.dir).map_err(write_err)
+        Ok(fsutil::write_atomic(&path, &json)?)
     }
 
     /// The unexpired leases of `link_name` at `now`; none if there is no file.

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use netd::api::{ExtraLink, NetworkSpec, PortSpec, Request, ZoneConfig, valid_ifname, wire};
+use netd::api::{ExtraLink, IfName, NetworkSpec, PortSpec, Request, ZoneConfig, wire};
 use netd::firewall::LinkRules;
 use netd::naming::{LinkName, MacKey, MachineId, generate_mac, shorten_ifname};
 
@@ -35,7 +35,7 @@ fn request(body: &[u8]) {
             let machine = a.machine.as_str();
             for prefix in ["ve-", "vb-"] {
                 let name = LinkName::new(prefix, machine);
-                assert_eq!(valid_ifname(&name.ifname), Ok(()), "{name:?}");
+                assert_eq!(IfName::new(&name.ifname).err(), None, "{name:?}");
             }
             let id = MachineId([7; 16]);
             let _ = generate_mac(id, machine, MacKey::Host, 0);
@@ -55,7 +55,7 @@ fn request(body: &[u8]) {
         }
         Request::ZoneCreate(config) => zone(config),
         Request::ZoneShow { zone } | Request::ZoneDelete { zone, .. } => {
-            assert_eq!(valid_ifname(&zone.bridge()), Ok(()));
+            assert_eq!(IfName::new(&zone.bridge()).err(), None);
         }
         Request::Detach { .. } | Request::Stop { .. } | Request::Status { .. } => {}
         Request::List | Request::ZoneList => {}
@@ -69,8 +69,8 @@ fn request(body: &[u8]) {
 
 fn network(spec: &NetworkSpec) {
     match spec {
-        NetworkSpec::Bridge(b) => assert_eq!(valid_ifname(b), Ok(())),
-        NetworkSpec::Zone(z) => assert_eq!(valid_ifname(&z.bridge()), Ok(())),
+        NetworkSpec::Bridge(b) => assert_eq!(IfName::new(b).err(), None),
+        NetworkSpec::Zone(z) => assert_eq!(IfName::new(&z.bridge()).err(), None),
         NetworkSpec::Veth | NetworkSpec::None => {}
     }
 }
@@ -83,7 +83,7 @@ fn link(l: &ExtraLink) {
         ExtraLink::VethExtra { host, container } => (container, host.clone()),
     };
     let inside = given.clone().unwrap_or(default);
-    assert_eq!(valid_ifname(&inside), Ok(()), "{l:?}");
+    assert_eq!(IfName::new(&inside).err(), None, "{l:?}");
 }
 
 fn port(p: &PortSpec) {
@@ -94,7 +94,7 @@ fn port(p: &PortSpec) {
 }
 
 fn zone(config: &ZoneConfig) {
-    assert_eq!(valid_ifname(&config.name.bridge()), Ok(()));
+    assert_eq!(IfName::new(&config.name.bridge()).err(), None);
     if let Some(net) = config.subnet {
         assert_eq!(ZoneConfig::check_subnet(net), Ok(()));
     }

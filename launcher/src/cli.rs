@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use api::{self, IfName, IfPair, MachineName, PortSpec, ZoneName};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
-use netd::api::{self, IfPair, MachineName, PortSpec, ZoneName};
 
 /// rnet: a lean container launcher and the client of rnetd.
 #[derive(Debug, Parser)]
@@ -111,7 +111,7 @@ pub struct RunArgs {
     /// Attach the container to the admin's existing bridge BR: `vb-NAME` on BR, no address,
     /// DHCP or NAT from rnet (implies --network-veth).
     #[arg(long = "network-bridge", value_name = "BR")]
-    pub network_bridge: Option<String>,
+    pub network_bridge: Option<IfName>,
     /// Give the container a macvlan (bridge mode) on host link IF, named mv-IF or NAME
     /// (repeatable; implies --private-network).
     #[arg(long = "network-macvlan", value_name = "IF[:NAME]")]
@@ -129,11 +129,40 @@ pub struct RunArgs {
     #[arg(long = "network-veth-extra", value_name = "HOST[:CONT]")]
     pub network_veth_extra: Vec<IfPair>,
     /// Publish a host port to the container: `[tcp:|udp:][ADDR:]HOST[:CONT]`, ranges
-    /// `8000-8009:9000-9009`, an IPv6 ADDR in brackets (repeatable; needs --network-veth).
+    /// `8000-8009:9000-9009`, ADDR an IPv4 address (repeatable; needs --network-veth).
     /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.
     #[arg(short = 'p', long = "port", value_name = "SPEC")]
     pub ports: Vec<PortSpec>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The first line of clap's error for `args`, as `main` prints it.
+    fn refusal(args: &[&str]) -> String {
+        let err = Cli::try_parse_from(args).unwrap_err().render().to_string();
+        err.lines().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn an_ipv6_port_address_is_refused_when_parsed() {
+        assert_eq!(
+            refusal(&["rnet", "run", "-n", "-p", "[fd00::1]:80", "--", "true"]),
+            r#"error: invalid value '[fd00::1]:80' for '--port <SPEC>': invalid port mapping "[fd00::1]:80": an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"#
+        );
+    }
+
+    #[test]
+    fn a_bad_bridge_name_is_refused_when_parsed() {
+        assert_eq!(
+            refusal(&["rnet", "run", "--network-bridge", "br/0", "--", "true"]),
+            r#"error: invalid value 'br/0' for '--network-bridge <BR>': interface name "br/0" contains '/'; use printable ASCII other than '/', ':', '%' and spaces"#
+        );
+    }
 }

@@ -5,8 +5,8 @@ mod run;
 
 use std::process::ExitCode;
 
+use api::{Client, Machine, Request, Response, Zone, ZoneConfig};
 use clap::Parser;
-use netd::api::{Client, Machine, Request, Response, Zone, ZoneConfig};
 
 use crate::cli::{Cli, Command, ZoneCommand};
 
@@ -198,9 +198,9 @@ fn print_status(m: &Machine) {
         println!("   Extra link: {} ({:?})", l.container_ifname, l.spec);
     }
     match &m.network {
-        netd::api::NetworkSpec::Veth | netd::api::NetworkSpec::None => {}
-        netd::api::NetworkSpec::Zone(z) => println!("         Zone: {z} (bridge {})", z.bridge()),
-        netd::api::NetworkSpec::Bridge(b) => println!("       Bridge: {b}"),
+        api::NetworkSpec::Veth | api::NetworkSpec::None => {}
+        api::NetworkSpec::Zone(z) => println!("         Zone: {z} (bridge {})", z.bridge()),
+        api::NetworkSpec::Bridge(b) => println!("       Bridge: {b}"),
     }
     if let Some(subnet) = m.subnet {
         println!("       Subnet: {subnet}");

@@ -14,7 +14,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use netd::api::{
+use api::{
     AttachRequest, Client, ClientError, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec,
     PortSpec, Request,
 };
@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use netd::netlink_sync::Rtnl;
+use netlink_sync::Rtnl;
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -68,18 +68,7 @@ impl Plan {
                 return Err("--network-bridge and --network-zone are mutually exclusive".into());
             }
             (Some(z), None) => Network::Attached(NetworkSpec::Zone(z)),
-            (None, Some(b)) => {
-                if b.is_empty()
-                    || b.len() > 15
-                    || b.contains(['/', ':'])
-                    || b.contains(char::is_whitespace)
-                {
-                    return Err(format!(
-                        "--network-bridge: {b:?} is not a valid interface name"
-                    ));
-                }
-                Network::Attached(NetworkSpec::Bridge(b))
-            }
+            (None, Some(b)) => Network::Attached(NetworkSpec::Bridge(b.into())),
             (None, None) if args.network_veth => Network::Attached(NetworkSpec::Veth),
             (None, None) => Network::Host,
         };
@@ -88,28 +77,28 @@ impl Plan {
             args.network_macvlan
                 .into_iter()
                 .map(|p| ExtraLink::Macvlan {
-                    parent: p.first,
-                    name: p.second,
+                    parent: p.first.into(),
+                    name: p.second.map(String::from),
                 }),
         );
         links.extend(args.network_ipvlan.into_iter().map(|p| ExtraLink::Ipvlan {
-            parent: p.first,
-            name: p.second,
+            parent: p.first.into(),
+            name: p.second.map(String::from),
         }));
         links.extend(
             args.network_interface
                 .into_iter()
                 .map(|p| ExtraLink::Interface {
-                    name: p.first,
-                    rename: p.second,
+                    name: p.first.into(),
+                    rename: p.second.map(String::from),
                 }),
         );
         links.extend(
             args.network_veth_extra
                 .into_iter()
                 .map(|p| ExtraLink::VethExtra {
-                    host: p.first,
-                    container: p.second,
+                    host: p.first.into(),
+                    container: p.second.map(String::from),
                 }),
         );
         // Any extra link implies a private network (reference §2.1).
@@ -153,9 +142,7 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
         stem = "rnet".into();
     }
     let mut r = [0u8; 2];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut r))
-        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    api::fsutil::random_bytes(&mut r).map_err(|e| e.to_string())?;
     MachineName::new(&format!("{stem}-{:02x}{:02x}", r[0], r[1])).map_err(|e| e.to_string())
 }
 
@@ -311,7 +298,7 @@ fn parent(
             links: plan.links.clone(),
         });
         match client.call(&req, Some(netns.as_fd())) {
-            Ok(netd::api::Response::Attached(m)) => Ok(Some(m)),
+            Ok(api::Response::Attached(m)) => Ok(Some(m)),
             Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
             Err(e) => Err(e.to_string()),
         }

@@ -9,13 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An interface name that nftables (and the kernel) would not accept.
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidIfName {
-        /// The rejected name.
-        name: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    IfName(#[from] api::IfNameError),
 
     /// A port range that is empty, reversed or contains port 0.
     #[error("invalid port range {first}-{last}: {reason}")]
@@ -38,11 +33,8 @@ pub enum Error {
     },
 
     /// A MAC address that is not six hexadecimal bytes separated by `:`.
-    #[error("invalid MAC address {text:?}")]
-    InvalidMac {
-        /// The rejected text.
-        text: String,
-    },
+    #[error(transparent)]
+    Mac(#[from] api::MacError),
 
     /// The `nft` program could not be started, or talking to it failed.
     #[error("could not run {program} for {step}")]

@@ -112,11 +112,6 @@ impl FakeNft {
         self.tables.existing().map(|(_, t)| t.rules.len()).sum()
     }
 
-    /// The last batch passed to `apply`.
-    pub fn last_batch(&self) -> Option<&Nftables<'static>> {
-        self.batches.last()
-    }
-
     fn refused(batch: &Nftables<'_>, stderr: String) -> Error {
         Error::Refused {
             program: PROGRAM.to_owned(),

@@ -2,92 +2,16 @@
 //!
 //! Everything here is plain data: no nftables types, no I/O. Values are validated when they are
 //! built ([`IfName::new`], [`PortRange::new`], [`PortMapping::new`]), so rendering cannot fail.
+//! Interface names, MAC addresses and protocols are the shared types of crate `rnet-api`.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::str::FromStr;
 
+pub use api::{IfName, Mac, Proto};
 use ipnetwork::IpNetwork;
 
 use crate::error::{Error, Result};
-
-/// Longest interface name the kernel accepts (`IFNAMSIZ` - 1).
-pub const IFNAME_MAX: usize = 15;
-
-/// A valid Linux interface name (1 to 15 bytes, no `/`, `:`, whitespace or NUL; not `.`/`..`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IfName(String);
-
-impl IfName {
-    /// Checks `name` like the kernel's `dev_valid_name()` (plus `:`, which nft cannot quote in
-    /// every context and which we never generate).
-    pub fn new(name: impl Into<String>) -> Result<Self> {
-        let name = name.into();
-        let reason = if name.is_empty() {
-            Some("empty")
-        } else if name.len() > IFNAME_MAX {
-            Some("longer than 15 bytes")
-        } else if name == "." || name == ".." {
-            Some("reserved name")
-        } else if name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
-        {
-            Some("contains '/', ':', NUL or whitespace")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(Error::InvalidIfName { name, reason }),
-            None => Ok(Self(name)),
-        }
-    }
-
-    /// The name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<&str> for IfName {
-    type Error = Error;
-
-    fn try_from(name: &str) -> Result<Self> {
-        Self::new(name)
-    }
-}
-
-/// Transport protocol of a published port (nft `inet_proto`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    /// `tcp`
-    Tcp,
-    /// `udp`
-    Udp,
-}
-
-impl Proto {
-    /// The nft spelling: `tcp` or `udp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A non-empty inclusive range of ports, none of them 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -304,38 +228,6 @@ impl fmt::Display for PortMapping {
     }
 }
 
-/// An Ethernet address (nft `ether_addr`), written `02:00:5e:10:00:01`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = Error;
-
-    /// Six hexadecimal bytes separated by `:`.
-    fn from_str(text: &str) -> Result<Self> {
-        let bad = || Error::InvalidMac {
-            text: text.to_owned(),
-        };
-        let mut mac = [0u8; 6];
-        let mut parts = text.split(':');
-        for byte in &mut mac {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        match parts.next() {
-            Some(_) => Err(bad()),
-            None => Ok(Self(mac)),
-        }
-    }
-}
-
 /// A container's `vb-*` port of a bridge, held to its container's identity (table
 /// `bridge rnet`): frames from the port must carry `mac`; with `addr` (a zone member, whose
 /// address we assign) they must also carry that IPv4 address (or 0.0.0.0 to ask for a DHCP
@@ -348,7 +240,7 @@ pub struct GuardedPort {
     /// The host side of the container's veth: `vb-NAME`.
     pub ifname: IfName,
     /// The container side's MAC address.
-    pub mac: MacAddr,
+    pub mac: Mac,
     /// The container's IPv4 address, when we assign it.
     pub addr: Option<Ipv4Addr>,
 }
@@ -436,14 +328,6 @@ impl Ruleset {
             && self.allowed_pairs.is_empty()
             && self.ports.is_empty()
             && self.guarded.is_empty()
-    }
-
-    /// A published mapping that `mapping` cannot coexist with (same protocol, host address and an
-    /// overlapping host port): nft would refuse `mapping` with `File exists`.
-    pub fn port_conflict(&self, mapping: &PortMapping) -> Option<&PortMapping> {
-        self.ports
-            .iter()
-            .find(|m| *m != mapping && m.conflicts_with(mapping))
     }
 
     /// Records `change`, as the kernel will after the change's batch is applied.
@@ -555,37 +439,6 @@ mod tests {
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-    }
-
-    #[test]
-    fn ifname_rules() {
-        assert!(IfName::new("ve-web").is_ok());
-        assert!(IfName::new("vz-abcdefghijkl").is_ok()); // 15 bytes
-        let err = IfName::new("vz-abcdefghijklm").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid interface name \"vz-abcdefghijklm\": longer than 15 bytes"
-        );
-        for bad in ["", ".", "..", "a/b", "a b", "a:b", "a\0b"] {
-            assert!(IfName::new(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn mac_addresses_read_and_print() {
-        let mac: MacAddr = "02:0A:ff:00:10:01".parse().unwrap();
-        assert_eq!(mac, MacAddr([2, 10, 255, 0, 16, 1]));
-        assert_eq!(mac.to_string(), "02:0a:ff:00:10:01");
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:00:00",
-            "2:0:0:0:0:0",
-            "zz:00:00:00:00:00",
-        ] {
-            let err = bad.parse::<MacAddr>().unwrap_err();
-            assert_eq!(err.to_string(), format!("invalid MAC address {bad:?}"));
-        }
     }
 
     #[test]
@@ -752,7 +605,7 @@ pub(crate) mod strategies {
         // One identity per name, as the daemon guards a port (even ones are zone members).
         let guarded = (0u8..4).prop_map(|n| GuardedPort {
             ifname: IfName::new(format!("vb-c{n}")).unwrap(),
-            mac: MacAddr([2, 0, 0, 0, 0, n]),
+            mac: Mac([2, 0, 0, 0, 0, n]),
             addr: (n % 2 == 0).then(|| Ipv4Addr::new(10, 1, 0, 2 + n)),
         });
         prop_oneof![

@@ -11,7 +11,7 @@ use nftables::types::NfChainPolicy;
 
 use crate::elements::render_changes;
 use crate::error::{Error, Result};
-use crate::model::{Change, GuardedPort, IfName, MacAddr, PortMapping, PortRange, Proto, Ruleset};
+use crate::model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 use crate::names::*;
 use crate::rules::{chain_specs, render_table, rule_objects};
 
@@ -207,7 +207,7 @@ type PortHalves = BTreeMap<PortKey, (Option<IpAddr>, Option<u16>)>;
 #[derive(Default)]
 struct GuardParts {
     ports: BTreeSet<IfName>,
-    macs: BTreeSet<(IfName, MacAddr)>,
+    macs: BTreeSet<(IfName, Mac)>,
     zone_ports: BTreeSet<IfName>,
     addrs: BTreeSet<(IfName, Ipv4Addr)>,
 }

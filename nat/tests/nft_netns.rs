@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::{enter_private_netns, nft_program, sh, thread_netns};
 use nat::{
-    AsyncNft, Change, Error, GuardedPort, IfName, MacAddr, Nft, NftCli, PortMapping, PortRange,
-    Proto, Ruleset, observe, plan, render_change, render_changes, render_delete_table,
-    render_table, rule_count,
+    AsyncNft, Change, Error, GuardedPort, IfName, Mac, Nft, NftCli, PortMapping, PortRange, Proto,
+    Ruleset, observe, plan, render_change, render_changes, render_delete_table, render_table,
+    rule_count,
 };
 
 fn nft() -> NftCli {
@@ -36,7 +36,7 @@ fn container(n: u8) -> Vec<Change> {
         ),
         Change::GuardPort(GuardedPort {
             ifname: IfName::new(format!("vb-c{n}")).unwrap(),
-            mac: MacAddr([2, 0, 0, 0, 0, n]),
+            mac: Mac([2, 0, 0, 0, 0, n]),
             addr: n.is_multiple_of(2).then(|| Ipv4Addr::new(10, 1, 0, 2 + n)),
         }),
     ];

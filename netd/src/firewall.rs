@@ -20,6 +20,12 @@ pub enum FirewallError {
     /// A sysctl could not be written.
     #[error("firewall: {0}")]
     Sysctl(#[from] std::io::Error),
+    /// A link name the tables cannot hold.
+    #[error("firewall: {0}")]
+    IfName(#[from] crate::api::IfNameError),
+    /// A container MAC address the tables cannot hold.
+    #[error("firewall: {0}")]
+    Mac(#[from] crate::api::MacError),
     /// A requested port mapping is not valid for this container.
     #[error("{0}")]
     Mapping(String),

@@ -4,8 +4,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use crate::api::fsutil::{random_bytes, write_atomic};
 use crate::naming::MachineId;
-use crate::state::write_atomic;
 
 /// Reads `/etc/machine-id`; when it is absent or invalid, uses (creating it once) a random id
 /// stored as `machine-id` in `state_dir`, so MACs stay stable across restarts either way.
@@ -24,17 +24,11 @@ pub fn load(etc_machine_id: &Path, state_dir: &Path) -> io::Result<MachineId> {
         return Ok(id);
     }
     let mut bytes = [0u8; 16];
-    getrandom(&mut bytes)?;
+    random_bytes(&mut bytes)?;
     let id = MachineId(bytes);
     fs::create_dir_all(state_dir)?;
     write_atomic(&ours, format!("{id}\n").as_bytes()).map_err(io::Error::other)?;
     Ok(id)
-}
-
-/// Fills `buf` from the kernel's random source.
-pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
-    use std::io::Read;
-    fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 #[cfg(test)]

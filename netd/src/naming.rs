@@ -7,6 +7,8 @@ use std::hash::Hasher;
 
 use siphasher::sip::SipHasher24;
 
+use crate::api::Mac;
+
 /// `IFNAMSIZ`: names must be shorter than this (15 characters at most).
 pub const IFNAMSIZ: usize = 16;
 
@@ -123,21 +125,6 @@ impl MacKey {
                 0xa6, 0x6f,
             ],
         }
-    }
-}
-
-/// An Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
     }
 }
 

@@ -17,7 +17,7 @@ use rtnetlink::{
     LinkVeth, RouteMessageBuilder,
 };
 
-use crate::naming::Mac;
+use crate::api::Mac;
 
 /// A failed netlink request: which step, on which object, and the kernel's reason.
 #[derive(Debug, thiserror::Error)]

@@ -84,15 +84,7 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
     let req: Request =
         wire::decode(&body).map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
     debug!(uid = cred.uid(), pid = ?cred.pid(), ?req, "request");
-    if req.is_change() && cred.uid() != 0 {
-        return Err(ApiError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "permission denied: only root may change machines or zones (caller uid {})",
-                cred.uid()
-            ),
-        ));
-    }
+    authorize(cred.uid(), &req)?;
     match req {
         Request::Attach(a) => {
             let fd = fd.ok_or_else(|| {
@@ -115,6 +107,20 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
             .await
             .map(|()| Response::ZoneDeleted),
     }
+}
+
+/// Refuses a changing request from anyone but root, naming the caller and what it asked.
+fn authorize(uid: u32, req: &Request) -> Result<(), ApiError> {
+    if req.is_change() && uid != 0 {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "permission denied: caller uid {uid} asked to {}; only root may change machines or zones",
+                req.describe()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads one frame; the first fd that arrives with it is kept, any others are closed.
@@ -174,4 +180,33 @@ fn recv_chunk(raw: RawFd, chunk: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)>
         }
     }
     Ok((msg.bytes, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MachineName, ZoneName};
+
+    #[test]
+    fn only_root_changes_and_a_refusal_names_the_caller_and_the_request() {
+        let stop = Request::Stop {
+            machine: MachineName::new("web").unwrap(),
+        };
+        assert_eq!(authorize(0, &stop), Ok(()));
+        assert_eq!(authorize(1000, &Request::List), Ok(()));
+        let err = authorize(65534, &stop).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PermissionDenied);
+        assert_eq!(
+            err.message,
+            "permission denied: caller uid 65534 asked to stop machine web; only root may change machines or zones"
+        );
+        let delete = Request::ZoneDelete {
+            zone: ZoneName::new("lab").unwrap(),
+            force: true,
+        };
+        assert_eq!(
+            authorize(1000, &delete).unwrap_err().message,
+            "permission denied: caller uid 1000 asked to delete zone lab (forced); only root may change machines or zones"
+        );
+    }
 }

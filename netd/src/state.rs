@@ -2,12 +2,13 @@
 //! file, fsync, rename, fsync of the directory), so a crash leaves the old or the new state,
 //! never a torn file.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::fsutil::{self, WriteError};
 use crate::api::{Machine, ZoneConfig};
 
 /// Version of the state file format.
@@ -67,6 +68,17 @@ pub enum StateError {
         /// The cause.
         source: io::Error,
     },
+    /// Replacing the file failed; the previous file is intact.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The state could not be turned into JSON (nothing was written).
+    #[error("serialising the state for {path}: {reason}")]
+    Serialize {
+        /// The file that was to be written.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The file is not a state file we understand.
     #[error("state file {path} is unreadable: {reason}")]
     Parse {
@@ -125,8 +137,7 @@ impl StateFile {
     /// Saves the state atomically (the version is set here).
     pub fn save(&self, mut state: State) -> Result<(), StateError> {
         state.version = VERSION;
-        let body = serde_json::to_vec_pretty(&state).unwrap_or_default();
-        write_atomic(&self.path, &body)
+        write_json(&self.path, &state)
     }
 }
 
@@ -162,31 +173,18 @@ impl ZoneFile {
 
     /// Saves the zones atomically.
     pub fn save(&self, zones: &[ZoneConfig]) -> Result<(), StateError> {
-        let body = serde_json::to_vec_pretty(zones).unwrap_or_default();
-        write_atomic(&self.path, &body)
+        write_json(&self.path, zones)
     }
 }
 
-/// Writes `body` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), StateError> {
-    let io = |step, source| StateError::Io {
-        step,
+/// Writes `value` as pretty JSON to `path` atomically; a value that does not serialise is an
+/// error, never an empty file.
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), StateError> {
+    let body = serde_json::to_vec_pretty(value).map_err(|e| StateError::Serialize {
         path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
-    let mut f = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
-    f.write_all(body).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| io("renaming temp file to", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing directory of", e))
+        reason: e.to_string(),
+    })?;
+    Ok(fsutil::write_atomic(path, &body)?)
 }
 
 #[cfg(test)]
@@ -236,6 +234,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+    }
+
+    #[test]
+    fn a_failed_save_names_the_step_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(&dir.path().join("gone"));
+        let err = f.save(State::default()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "creating a temp file for {}: No such file or directory (os error 2)",
+                f.path().display()
+            )
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A `/proc/sys`-like tree.
 #[derive(Debug, Clone)]
@@ -28,30 +28,47 @@ impl Sysctl {
         self.root.join(key.replace('.', "/"))
     }
 
-    /// Reads a knob, e.g. `net.ipv4.ip_forward`.
+    /// Reads a knob, e.g. `net.ipv4.ip_forward`; an error names the key and its file.
     pub fn get(&self, key: &str) -> io::Result<String> {
-        Ok(fs::read_to_string(self.path(key))?.trim().to_owned())
+        read(key, &self.path(key))
     }
 
-    /// Writes a knob if it differs; returns the previous value.
+    /// Writes a knob if it differs; returns the previous value. An error names the key and its
+    /// file.
     pub fn set(&self, key: &str, value: &str) -> io::Result<String> {
-        let old = self.get(key)?;
-        if old != value {
-            fs::write(self.path(key), value)
-                .map_err(|e| io::Error::new(e.kind(), format!("writing {key}={value}: {e}")))?;
-        }
-        Ok(old)
+        set_at(key, &self.path(key), value)
     }
 
-    /// Sets a per-link IPv4 knob (the path keeps the link name whole).
+    /// Sets a per-link IPv4 knob, `net.ipv4.conf.IFNAME.KNOB` (the path keeps the link name
+    /// whole, dots included).
     pub fn set_link(&self, ifname: &str, knob: &str, value: &str) -> io::Result<String> {
         let path = self.root.join("net/ipv4/conf").join(ifname).join(knob);
-        let old = fs::read_to_string(&path)?.trim().to_owned();
-        if old != value {
-            fs::write(&path, value)?;
-        }
-        Ok(old)
+        set_at(&format!("net.ipv4.conf.{ifname}.{knob}"), &path, value)
     }
+}
+
+fn read(key: &str, path: &Path) -> io::Result<String> {
+    fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading sysctl {key} ({}): {e}", path.display()),
+            )
+        })
+}
+
+fn set_at(key: &str, path: &Path, value: &str) -> io::Result<String> {
+    let old = read(key, path)?;
+    if old != value {
+        fs::write(path, value).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {value} to sysctl {key} ({}): {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(old)
 }
 
 #[cfg(test)]
@@ -78,5 +95,35 @@ mod tests {
             "1"
         );
         assert!(s.get("net.ipv4.nope").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sysctl::new(dir.path());
+        let root = dir.path().display();
+        assert_eq!(
+            s.get("net.ipv4.nope").unwrap_err().to_string(),
+            format!(
+                "reading sysctl net.ipv4.nope ({root}/net/ipv4/nope): No such file or directory (os error 2)"
+            )
+        );
+        assert_eq!(
+            s.set_link("ve-a.b", "route_localnet", "1")
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "reading sysctl net.ipv4.conf.ve-a.b.route_localnet ({root}/net/ipv4/conf/ve-a.b/route_localnet): No such file or directory (os error 2)"
+            )
+        );
+        // A directory where the knob should be: reading it fails with EISDIR.
+        fs::create_dir_all(dir.path().join("net/ipv4/ip_forward")).unwrap();
+        let err = s.set("net.ipv4.ip_forward", "1").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "reading sysctl net.ipv4.ip_forward ({root}/net/ipv4/ip_forward): "
+            )),
+            "{err}"
+        );
     }
 }

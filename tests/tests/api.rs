@@ -525,19 +525,24 @@ fn non_root_can_read_zones_but_not_change_them() {
                 .args(args),
         )
     };
-    let denied = |out: &std::process::Output| {
+    let denied = |out: &std::process::Output, asked: &str| {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert_eq!(
             err,
-            "rnet: permission denied: only root may change machines or zones (caller uid 65534)\n"
+            format!(
+                "rnet: permission denied: caller uid 65534 asked to {asked}; only root may change machines or zones\n"
+            )
         );
     };
-    denied(&nobody(&["zone", "create", "nope"]));
+    denied(&nobody(&["zone", "create", "nope"]), "create zone nope");
     assert!(!rig.host_has_link("vz-nope"));
     ok(rig.rnet().args(["zone", "create", "kept"]));
-    denied(&nobody(&["zone", "delete", "kept"]));
-    denied(&nobody(&["zone", "delete", "--force", "kept"]));
+    denied(&nobody(&["zone", "delete", "kept"]), "delete zone kept");
+    denied(
+        &nobody(&["zone", "delete", "--force", "kept"]),
+        "delete zone kept (forced)",
+    );
     assert!(rig.host_has_link("vz-kept"));
     let out = nobody(&["zone", "list"]);
     assert!(out.status.success());

@@ -25,8 +25,6 @@ pub(super) enum Action {
 pub(super) struct Link {
     pub(super) config: LinkConfig,
     pub(super) table: LeaseTable,
-    /// Leases changed since the caller last saved them.
-    pub(super) dirty: bool,
 }
 
 impl Link {
@@ -48,7 +46,6 @@ impl Link {
             });
         }
         self.table.bind(lease, now)?;
-        self.dirty = true;
         Ok(())
     }
 
@@ -188,7 +185,6 @@ impl Link {
         self.table
             .bind(lease.clone(), now)
             .map_err(|_| DropReason::AddressUnavailable)?;
-        self.dirty = true;
         Ok(lease)
     }
 
@@ -261,10 +257,7 @@ impl Link {
         };
         match self.table.lease(&req.client_id, now) {
             Some(l) if l.address == address => match self.table.remove(&req.client_id) {
-                Some(lease) => {
-                    self.dirty = true;
-                    Action::Done(LeaseChange::Released(lease))
-                }
+                Some(lease) => Action::Done(LeaseChange::Released(lease)),
                 None => Action::Drop(DropReason::NoLease),
             },
             _ => Action::Drop(DropReason::NoLease),
@@ -297,9 +290,6 @@ impl Link {
             Some(_) => self.table.remove(&req.client_id),
             None => None,
         };
-        if lease.is_some() {
-            self.dirty = true;
-        }
         let until = now
             .checked_add(self.config.decline_quarantine)
             .unwrap_or(now);

@@ -44,9 +44,7 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?,
-        )
+        .with_env_filter(log_filter(&args.log)?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -61,14 +59,36 @@ fn main() -> Result<()> {
     rt.block_on(run(args))
 }
 
-async fn run(args: Args) -> Result<()> {
+/// The `--log` filter, or an error that names the option.
+fn log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .with_context(|| format!("--log {text:?} is not a valid filter"))
+}
+
+/// Creates `--runtime-dir` (mode 0755) and `--state-dir`; an error names the option.
+fn prepare_dirs(args: &Args) -> Result<()> {
+    let runtime = args.runtime_dir.display();
     fs::create_dir_all(&args.runtime_dir)
-        .with_context(|| format!("creating runtime dir {}", args.runtime_dir.display()))?;
-    fs::set_permissions(&args.runtime_dir, fs::Permissions::from_mode(0o755))?;
-    fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+        .with_context(|| format!("--runtime-dir {runtime}: creating the directory"))?;
+    fs::set_permissions(&args.runtime_dir, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("--runtime-dir {runtime}: setting its mode to 0755"))?;
+    fs::create_dir_all(&args.state_dir).with_context(|| {
+        format!(
+            "--state-dir {}: creating the directory",
+            args.state_dir.display()
+        )
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
+    prepare_dirs(&args)?;
     let machine_id = netd::hostid::load(Path::new("/etc/machine-id"), &args.state_dir)
-        .context("reading the machine id")?;
+        .with_context(|| {
+            format!(
+                "reading /etc/machine-id, or creating machine-id in --state-dir {}",
+                args.state_dir.display()
+            )
+        })?;
     let dns = if args.dns.is_empty() {
         host_nameservers(Path::new("/etc/resolv.conf"))
     } else {
@@ -87,7 +107,7 @@ async fn run(args: Args) -> Result<()> {
         veth_prefix: args.veth_prefix,
     };
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
-    let rtnl = Rtnl::connect().context("opening rtnetlink")?;
+    let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
     let machines = Machines::start(settings, rtnl)
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
@@ -125,10 +145,15 @@ fn bind(path: &Path) -> Result<UnixListener> {
         bail!("another rnetd is already listening on {}", path.display());
     }
     let _ = fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("--runtime-dir: binding the socket {}", path.display()))?;
     // Anyone may connect: reads are open, changes are checked per request with SO_PEERCRED.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666)).with_context(|| {
+        format!(
+            "--runtime-dir: setting the mode of the socket {} to 0666",
+            path.display()
+        )
+    })?;
     Ok(listener)
 }
 
@@ -142,4 +167,48 @@ fn host_nameservers(path: &Path) -> Vec<Ipv4Addr> {
         .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
         .filter(|a| !a.is_loopback() && !a.is_unspecified())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_errors_name_the_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        fs::write(&file, b"").unwrap();
+        let parse = |runtime: &Path, state: &Path| {
+            Args::try_parse_from([
+                "rnetd".as_ref(),
+                "--runtime-dir".as_ref(),
+                runtime.as_os_str(),
+                "--state-dir".as_ref(),
+                state.as_os_str(),
+            ])
+            .unwrap()
+        };
+        let under_file = file.join("run");
+        let err = prepare_dirs(&parse(&under_file, dir.path())).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "--runtime-dir {}: creating the directory: Not a directory (os error 20)",
+                under_file.display()
+            )
+        );
+        let err = prepare_dirs(&parse(&dir.path().join("run"), &under_file)).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "--state-dir {}: creating the directory: Not a directory (os error 20)",
+                under_file.display()
+            )
+        );
+        let err = log_filter("netd=loud").unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(r#"--log "netd=loud" is not a valid filter: "#),
+            "{err:#}"
+        );
+    }
 }

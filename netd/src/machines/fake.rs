@@ -14,8 +14,8 @@ use ipnetwork::Ipv4Network;
 use nat::{AsyncNft, FakeNft, Nft};
 use nftables::schema::Nftables;
 
+use crate::api::Mac;
 use crate::dhcp_glue::{DhcpError, DhcpLink};
-use crate::naming::Mac;
 use crate::procfs::NetnsFdError;
 use crate::rtnl::RtnlError;
 

@@ -7,13 +7,14 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 
+use crate::api::Mac;
 use crate::api::{
     ApiError, AttachRequest, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec, ZoneConfig,
     ZoneName,
 };
 use crate::dhcp_glue::DhcpLink;
 use crate::firewall::{FirewallError, LinkRules};
-use crate::naming::{LinkName, Mac, MacKey, generate_mac};
+use crate::naming::{LinkName, MacKey, generate_mac};
 
 use super::registry::{Registry, ZoneEntry};
 use super::{CONTAINER_IFNAME, Settings, ZONE_PREFIX, bad, internal};

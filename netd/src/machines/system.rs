@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
 
+use crate::api::Mac;
 use crate::dhcp_glue::{DhcpError, DhcpLink, DhcpService};
-use crate::naming::Mac;
 use crate::procfs::{self, NetnsFdError};
 use crate::rtnl::{Rtnl, RtnlError};
 

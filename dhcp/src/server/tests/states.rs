@@ -51,7 +51,6 @@ fn selecting_request_for_the_offer_is_acked() {
     let lease = &s.leases(LINK, at(1))[0];
     assert_eq!((lease.address, lease.expires), (offered, at(3601)));
     assert_eq!(lease.hwaddr, Some(mac(1)));
-    assert_eq!(s.take_dirty(), vec![LINK]);
     assert_eq!(s.counters().acks, 1);
 }
 
@@ -160,7 +159,6 @@ fn rebinding_is_acked_and_a_foreign_address_is_ignored() {
 fn release_frees_the_address() {
     let mut s = server();
     let a = bind(&mut s, at(0), mac(1));
-    s.take_dirty();
     // Wrong address: nothing happens.
     let h = send(
         &mut s,
@@ -178,7 +176,6 @@ fn release_frees_the_address() {
     assert!(h.replies.is_empty());
     assert!(matches!(&h.changes[..], [LeaseChange::Released(l)] if l.address == a));
     assert!(s.leases(LINK, at(5)).is_empty());
-    assert_eq!(s.take_dirty(), vec![LINK]);
     assert_eq!(s.counters().releases, 1);
     // The address can go to someone else now.
     let r = reply(&send(&mut s, at(6), &init_reboot(mac(2), a)));
@@ -357,13 +354,11 @@ fn static_lease_is_reserved_for_its_client() {
 fn making_a_bound_address_static_moves_it_to_its_owner() {
     let mut s = server();
     let a = bind(&mut s, at(0), mac(2));
-    s.take_dirty();
     let mut cfg = config();
     cfg.static_leases = vec![StaticLease::mac(mac(1), a)];
     // Reconfiguring keeps the leases still valid: mac(2)'s is not, `a` is now static.
     s.add_link(LINK, cfg).unwrap();
     assert!(s.leases(LINK, at(0)).is_empty());
-    assert_eq!(s.take_dirty(), vec![LINK]);
     let err = s.record_lease(
         LINK,
         Lease::new(ClientId::from_mac(mac(2)), a, at(100)),
@@ -382,14 +377,11 @@ fn expiry_is_reported_and_persisted() {
     let mut s = server();
     assert_eq!(s.poll_timeout(), None);
     let a = bind(&mut s, at(0), mac(1));
-    s.take_dirty();
     assert_eq!(s.poll_timeout(), Some(at(3600)));
     assert!(s.expire(at(3599)).is_empty());
-    assert!(s.take_dirty().is_empty());
     let gone = s.expire(at(3600));
     assert_eq!(gone.len(), 1);
     assert_eq!((gone[0].0, gone[0].1.address), (LINK, a));
-    assert_eq!(s.take_dirty(), vec![LINK]);
     assert_eq!(s.counters().expired, 1);
     assert!(s.leases(LINK, at(3600)).is_empty());
 
@@ -409,7 +401,6 @@ fn recorded_lease_is_honoured() {
     // Recorded by the daemon: a container's lease.
     lease.container = true;
     assert_eq!(s.leases(LINK, at(0)), vec![lease]);
-    assert_eq!(s.take_dirty(), vec![LINK]);
     assert_eq!(
         reply(&send(&mut s, at(1), &msg(MessageType::Discover, mac(1)))).yiaddr(),
         ip(20)

@@ -1,5 +1,6 @@
 //! `-p/--port [tcp:|udp:][ADDR:]HOST[:CONT]` — nspawn's syntax plus a host address and port
-//! ranges (`8000-8009:9000-9009`, shifted 1:1). An IPv6 host address goes in brackets.
+//! ranges (`8000-8009:9000-9009`, shifted 1:1). An IPv6 host address (written in brackets) is
+//! refused: containers get IPv4 addresses only, so nothing could serve it yet.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Transport protocol of a published port.
+/// Transport protocol of a published port (nft `inet_proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Proto {
@@ -17,12 +18,19 @@ pub enum Proto {
     Udp,
 }
 
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Proto {
+    /// The spelling of `--port`, serde and nft: `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -169,7 +177,7 @@ impl FromStr for PortSpec {
 
 impl PortSpec {
     /// Checks what parsing and decoding both must hold: no port 0, a forward host range, a
-    /// container range within 65535, and a specific host address (not `0.0.0.0`, `::` or
+    /// container range within 65535, and a specific IPv4 host address (not `0.0.0.0` or
     /// multicast; leaving it out means every local address).
     pub fn check(&self) -> Result<(), String> {
         if self.host_first == 0 || self.container_port == 0 {
@@ -189,6 +197,12 @@ impl PortSpec {
             .is_some_and(|a| a.is_unspecified() || a.is_multicast())
         {
             return Err("leave the address out to publish on every local address".into());
+        }
+        if self.host_address.is_some_and(|a| a.is_ipv6()) {
+            return Err(
+                "an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -275,9 +289,24 @@ mod tests {
         );
         assert_eq!(p("8000-8009:9000").to_string(), "tcp:8000-8009:9000-9009");
         assert_eq!(p("8000-8009").to_string(), "tcp:8000-8009:8000-8009");
+    }
+
+    #[test]
+    fn ipv6_host_addresses_are_refused_in_one_line() {
+        let err = "udp:[fd00::1]:53:5353".parse::<PortSpec>().unwrap_err();
         assert_eq!(
-            p("udp:[fd00::1]:53:5353").to_string(),
-            "udp:[fd00::1]:53:5353"
+            err.to_string(),
+            r#"invalid port mapping "udp:[fd00::1]:53:5353": an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"#
+        );
+        let json = r#"{"proto":"tcp","host_address":"fd00::1","host_first":80,"host_last":80,"container_port":80}"#;
+        let err = serde_json::from_str::<PortSpec>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                r#"invalid port mapping "tcp:[fd00::1]:80-80:80": an IPv6 host address"#
+            ),
+            "{err}"
         );
     }
 

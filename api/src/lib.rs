@@ -1,18 +1,22 @@
-//! The wire API between `rnet` (and any other client) and `rnetd`.
+//! The vocabulary rnet's crates share: the wire API between `rnet` (and any other client) and
+//! `rnetd`, and the typed values both sides and `nat` speak.
 //!
 //! One request per connection: a length-prefixed JSON [`Request`] (the container's network
 //! namespace travels with it as an `SCM_RIGHTS` fd), then one [`Response`]. Types reject unknown
 //! fields, so a client and a daemon that disagree fail loudly instead of half-working.
 //!
-//! This module is built with the `client` feature alone (no tokio) so the launcher stays lean.
+//! No async runtime and no netlink: the launcher links this crate and stays lean.
 
-mod ifpair;
+pub mod fsutil;
+mod ifname;
+mod mac;
 mod name;
 mod port;
 mod types;
 pub mod wire;
 
-pub use ifpair::{IfNameError, IfPair, MAX_IFNAME, valid_ifname};
+pub use ifname::{IfName, IfNameError, IfPair, MAX_IFNAME};
+pub use mac::{Mac, MacError};
 pub use name::{MachineName, NameError};
 pub use port::{PortError, PortSpec, Proto};
 pub use types::*;

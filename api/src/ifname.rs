@@ -1,8 +1,12 @@
 //! Interface names, checked once for every path they come in by: `IF[:NAME]` arguments
 //! (`--network-macvlan`, `--network-ipvlan`, `--network-interface`, `--network-veth-extra`),
-//! and the names in a decoded request (extra links, `--network-bridge`).
+//! `--network-bridge`, the names in a decoded request (extra links, bridges), and the names
+//! `nat` puts in its sets.
 
+use std::fmt;
 use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 /// Longest interface name (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -39,43 +43,90 @@ pub enum IfNameError {
     },
 }
 
-/// Checks an interface name as the kernel's `dev_valid_name()` and systemd's `ifname_valid()`
-/// do: 1 to 15 bytes, not `.` or `..`, printable ASCII without `/`, `:` (alias syntax), `%`
-/// (the kernel would expand `%d` into a number of its choosing) or spaces.
-pub fn valid_ifname(name: &str) -> Result<(), IfNameError> {
-    if name.is_empty() {
-        return Err(IfNameError::Empty);
+/// A valid Linux interface name: checked as the kernel's `dev_valid_name()` and systemd's
+/// `ifname_valid()` check: 1 to 15 bytes, not `.` or `..`, printable ASCII without `/`, `:`
+/// (alias syntax, and what nft cannot quote everywhere), `%` (the kernel would expand `%d` into a
+/// number of its choosing) or spaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct IfName(String);
+
+impl IfName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<Self, IfNameError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(IfNameError::Empty);
+        }
+        if name.len() > MAX_IFNAME {
+            let len = name.len();
+            return Err(IfNameError::TooLong { name, len });
+        }
+        if name == "." || name == ".." {
+            return Err(IfNameError::Reserved { name });
+        }
+        if let Some(ch) = name
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | ':' | '%'))
+        {
+            return Err(IfNameError::BadChar { name, ch });
+        }
+        Ok(Self(name))
     }
-    if name.len() > MAX_IFNAME {
-        return Err(IfNameError::TooLong {
-            name: name.to_owned(),
-            len: name.len(),
-        });
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    if name == "." || name == ".." {
-        return Err(IfNameError::Reserved {
-            name: name.to_owned(),
-        });
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
     }
-    if let Some(ch) = name
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || matches!(c, '/' | ':' | '%'))
-    {
-        return Err(IfNameError::BadChar {
-            name: name.to_owned(),
-            ch,
-        });
+}
+
+impl FromStr for IfName {
+    type Err = IfNameError;
+
+    fn from_str(s: &str) -> Result<Self, IfNameError> {
+        Self::new(s)
     }
-    Ok(())
+}
+
+impl TryFrom<&str> for IfName {
+    type Error = IfNameError;
+
+    fn try_from(s: &str) -> Result<Self, IfNameError> {
+        Self::new(s)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(name: IfName) -> String {
+        name.0
+    }
+}
+
+impl AsRef<str> for IfName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IfName::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `FIRST[:SECOND]`, both valid interface names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfPair {
     /// The name before the colon.
-    pub first: String,
+    pub first: IfName,
     /// The name after it, if any.
-    pub second: Option<String>,
+    pub second: Option<IfName>,
 }
 
 impl FromStr for IfPair {
@@ -86,13 +137,12 @@ impl FromStr for IfPair {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
         };
-        valid_ifname(first).map_err(|e| e.to_string())?;
-        if let Some(b) = second {
-            valid_ifname(b).map_err(|e| e.to_string())?;
-        }
         Ok(Self {
-            first: first.to_owned(),
-            second: second.map(str::to_owned),
+            first: IfName::new(first).map_err(|e| e.to_string())?,
+            second: second
+                .map(IfName::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
         })
     }
 }
@@ -105,7 +155,7 @@ mod tests {
     fn pairs() {
         let p: IfPair = "eth1:wan".parse().unwrap();
         assert_eq!(
-            (p.first.as_str(), p.second.as_deref()),
+            (p.first.as_str(), p.second.as_ref().map(IfName::as_str)),
             ("eth1", Some("wan"))
         );
         let p: IfPair = "eth1".parse().unwrap();
@@ -135,13 +185,21 @@ mod tests {
             "a-b_c@d",
             &"x".repeat(15),
         ] {
-            assert_eq!(valid_ifname(n), Ok(()), "{n}");
+            assert_eq!(IfName::new(n).map(String::from), Ok(n.to_owned()), "{n}");
         }
     }
 
     #[test]
+    fn decoding_validates() {
+        let name: IfName = serde_json::from_str(r#""ve-web""#).unwrap();
+        assert_eq!(serde_json::to_string(&name).unwrap(), r#""ve-web""#);
+        let err = serde_json::from_str::<IfName>(r#""a/b""#).unwrap_err();
+        assert!(err.to_string().contains("contains '/'"), "{err}");
+    }
+
+    #[test]
     fn each_refusal_has_its_own_line() {
-        let e = |n: &str| valid_ifname(n).unwrap_err().to_string();
+        let e = |n: &str| IfName::new(n).unwrap_err().to_string();
         assert_eq!(e(""), "interface name is empty");
         assert_eq!(
             e("sixteen-chars-xx"),

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::{IfNameError, MachineName, PortSpec, valid_ifname};
+use super::{IfName, IfNameError, MachineName, PortSpec};
 
 /// A request to `rnetd`. Changing requests need uid 0; `List` and `Status` are open to all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// What the request asks, for messages: `attach machine web`, `delete zone lab`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Attach(a) => format!("attach machine {}", a.machine),
+            Request::Detach { machine } => format!("detach machine {machine}"),
+            Request::Stop { machine } => format!("stop machine {machine}"),
+            Request::List => "list machines".to_owned(),
+            Request::Status { machine } => format!("show machine {machine}"),
+            Request::ZoneCreate(z) => format!("create zone {}", z.name),
+            Request::ZoneList => "list zones".to_owned(),
+            Request::ZoneShow { zone } => format!("show zone {zone}"),
+            Request::ZoneDelete { zone, force } => {
+                format!(
+                    "delete zone {zone}{}",
+                    if *force { " (forced)" } else { "" }
+                )
+            }
+        }
+    }
+
     /// Whether the request changes anything (and so needs uid 0).
     pub fn is_change(&self) -> bool {
         matches!(
@@ -84,7 +104,7 @@ pub struct AttachRequest {
 }
 
 /// A link of a container besides the primary veth. Every name is checked with
-/// [`valid_ifname`] when the link is decoded.
+/// [`IfName`] when the link is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", try_from = "RawExtraLink")]
 pub enum ExtraLink {
@@ -120,7 +140,7 @@ pub enum ExtraLink {
     },
 }
 
-/// An interface name in a request that [`valid_ifname`] refused, and which one it was.
+/// An interface name in a request that [`IfName::new`] refused, and which one it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {reason}")]
 pub struct BadIfName {
@@ -131,7 +151,9 @@ pub struct BadIfName {
 }
 
 fn check_ifname(what: &'static str, name: &str) -> Result<(), BadIfName> {
-    valid_ifname(name).map_err(|reason| BadIfName { what, reason })
+    IfName::new(name)
+        .map(drop)
+        .map_err(|reason| BadIfName { what, reason })
 }
 
 fn check_opt_ifname(what: &'static str, name: Option<&String>) -> Result<(), BadIfName> {
@@ -199,7 +221,7 @@ pub struct AttachedLink {
     pub container_ifname: String,
 }
 
-/// The network a container gets. A bridge's name is checked with [`valid_ifname`] when the
+/// The network a container gets. A bridge's name is checked with [`IfName`] when the
 /// spec is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", try_from = "RawNetworkSpec")]
