@@ -3,6 +3,7 @@
 //! a list of [`Step`]s (or [`Removal`]s) that `apply` executes; everything here is unit-tested
 //! as plain data.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
@@ -16,14 +17,9 @@ use crate::dhcp_glue::DhcpLink;
 use crate::firewall::{FirewallError, LinkRules};
 use crate::naming::{LinkName, MacKey, generate_mac};
 
+pub use super::registry::gateway;
 use super::registry::{Registry, ZoneEntry};
 use super::{CONTAINER_IFNAME, Settings, ZONE_PREFIX, bad, internal};
-
-/// The gateway (host side) of a link or zone subnet: its first address. The one place that
-/// says so.
-pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
 
 /// One step of building something; `apply` runs them in order and undoes the done ones, in
 /// reverse, when one fails.
@@ -648,5 +644,59 @@ fn pool_error(e: crate::pool::PoolError) -> ApiError {
             ApiError::new(ErrorKind::PoolExhausted, e.to_string())
         }
         other => internal(other),
+    }
+}
+
+/// Reservations: what a plan takes from the pools before it is applied, and gives back if
+/// applying fails.
+impl Registry {
+    /// Takes what a plan reserves (its subnets) before it is applied; [`Registry::unreserve`]
+    /// gives them back if applying fails.
+    pub fn reserve(&mut self, plan: &AttachPlan) -> Result<(), ApiError> {
+        if let Some(net) = plan.subnet {
+            self.pool.take(net).map_err(super::internal)?;
+        }
+        if let Some(z) = &plan.new_zone {
+            self.reserve_zone(z)?;
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Registry::reserve`] took.
+    pub fn unreserve(&mut self, plan: &AttachPlan) {
+        if let Some(net) = plan.subnet {
+            self.pool.release(net);
+        }
+        if let Some(z) = &plan.new_zone {
+            self.unreserve_zone(z);
+        }
+    }
+
+    /// Takes a zone plan's subnet.
+    pub fn reserve_zone(&mut self, z: &ZonePlan) -> Result<(), ApiError> {
+        match z.config.subnet {
+            Some(net) => self.zone_pool.take(net).map_err(super::internal),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a zone plan's subnet back.
+    pub fn unreserve_zone(&mut self, z: &ZonePlan) {
+        if let Some(net) = z.config.subnet {
+            self.zone_pool.release(net);
+        }
+    }
+
+    /// Records a built zone.
+    pub fn commit_zone(&mut self, z: ZonePlan, index: u32) {
+        self.zones.insert(
+            z.config.name.clone(),
+            ZoneEntry {
+                config: z.config,
+                index,
+                explicit: z.explicit,
+                members: BTreeSet::new(),
+            },
+        );
     }
 }

@@ -16,7 +16,12 @@ use crate::api::{
 use crate::pool::Pool;
 use crate::state::{SavedMachine, SavedZone, State};
 
-use super::plan::{AttachPlan, ZonePlan, gateway};
+
+/// The gateway (host side) of a link or zone subnet: its first address. The one place that
+/// says so.
+pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
 
 /// An attached machine.
 pub struct Entry {
@@ -135,56 +140,6 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    /// Takes what a plan reserves (its subnets) before it is applied; [`Registry::unreserve`]
-    /// gives them back if applying fails.
-    pub fn reserve(&mut self, plan: &AttachPlan) -> Result<(), ApiError> {
-        if let Some(net) = plan.subnet {
-            self.pool.take(net).map_err(super::internal)?;
-        }
-        if let Some(z) = &plan.new_zone {
-            self.reserve_zone(z)?;
-        }
-        Ok(())
-    }
-
-    /// Gives back what [`Registry::reserve`] took.
-    pub fn unreserve(&mut self, plan: &AttachPlan) {
-        if let Some(net) = plan.subnet {
-            self.pool.release(net);
-        }
-        if let Some(z) = &plan.new_zone {
-            self.unreserve_zone(z);
-        }
-    }
-
-    /// Takes a zone plan's subnet.
-    pub fn reserve_zone(&mut self, z: &ZonePlan) -> Result<(), ApiError> {
-        match z.config.subnet {
-            Some(net) => self.zone_pool.take(net).map_err(super::internal),
-            None => Ok(()),
-        }
-    }
-
-    /// Gives a zone plan's subnet back.
-    pub fn unreserve_zone(&mut self, z: &ZonePlan) {
-        if let Some(net) = z.config.subnet {
-            self.zone_pool.release(net);
-        }
-    }
-
-    /// Records a built zone.
-    pub fn commit_zone(&mut self, z: ZonePlan, index: u32) {
-        self.zones.insert(
-            z.config.name.clone(),
-            ZoneEntry {
-                config: z.config,
-                index,
-                explicit: z.explicit,
-                members: BTreeSet::new(),
-            },
-        );
     }
 
     /// Records an attached machine (and its zone membership).
