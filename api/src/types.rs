@@ -507,6 +507,10 @@ pub struct Machine {
     /// Extra links.
     #[serde(default)]
     pub links: Vec<AttachedLink>,
+    /// What failed when it was last detached: a machine whose teardown failed stays listed
+    /// with this until a detach succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teardown_errors: Vec<String>,
 }
 
 /// A failed request: a stable kind for programs, a sentence for people.

@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use netlink_sync::Rtnl;
+use netlink_sync::BlockingRtnl;
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -235,7 +235,8 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
 
 /// Inside the container's namespace: `lo` up and, for a veth, `host0` configured.
 fn configure(machine: Option<&Machine>) -> Result<(), String> {
-    let mut rtnl = Rtnl::open().map_err(|e| format!("opening rtnetlink in the container: {e}"))?;
+    let mut rtnl =
+        BlockingRtnl::open().map_err(|e| format!("opening rtnetlink in the container: {e}"))?;
     let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| format!("finding lo: {e}"))?;
     rtnl.set_up(lo)
         .map_err(|e| format!("bringing lo up: {e}"))?;

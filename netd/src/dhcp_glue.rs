@@ -254,31 +254,14 @@ impl DhcpService {
         }
     }
 
-    /// The address of the client with `mac` on a served link: its lease if it has one, else a
-    /// free address picked as the server would (systemd's hash), recorded as its lease so a
-    /// DHCP client in the container later gets the same. Returns once the lease is on disk.
-    /// `None` when the pool is full.
-    pub async fn assign(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
-        let addr = self.assign_now(index, mac)?;
-        self.sync().await;
-        Some(addr)
-    }
-
-    /// The address [`assign`](Self::assign) would give `mac` now, recording nothing.
+    /// The address the container with `mac` would get on a served link now (its lease, or the
+    /// free address systemd's hash picks), recording nothing: what an attach plans with.
     pub fn pick(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
         self.shared
             .engine()
             .server
             .pick(LinkId(index), mac, SystemTime::now())
             .map(|(addr, _)| addr)
-    }
-
-    fn assign_now(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr> {
-        let id = LinkId(index);
-        let mut engine = self.shared.engine();
-        let (addr, new) = engine.server.assign(id, mac, SystemTime::now())?;
-        engine.journal(id, new.map(JournalEntry::Bind));
-        Some(addr)
     }
 
     /// Records that the client with `mac` holds `addr` on a served link, unless it already

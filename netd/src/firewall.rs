@@ -8,7 +8,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use nat::{AsyncNft, Change, GuardedPort, IfName, PortMapping, PortRange, Ruleset};
 use tracing::{info, warn};
 
-use crate::api::{PortSpec, Proto};
+use crate::api::PortSpec;
 use crate::sysctl::Sysctl;
 
 /// A firewall step failed.
@@ -109,12 +109,8 @@ impl LinkRules {
 }
 
 fn to_mapping(p: &PortSpec, container: IpAddr) -> Result<PortMapping, FirewallError> {
-    let proto = match p.proto {
-        Proto::Tcp => nat::Proto::Tcp,
-        Proto::Udp => nat::Proto::Udp,
-    };
     let range = PortRange::new(p.host_first, p.host_last)?;
-    PortMapping::new(proto, p.host_address, range, container, p.container_port)
+    PortMapping::new(p.proto, p.host_address, range, container, p.container_port)
         .map_err(|e| FirewallError::Mapping(e.to_string()))
 }
 

@@ -209,6 +209,7 @@ mod tests {
                 dns: vec![],
                 ports: vec![],
                 links: vec![],
+                teardown_errors: vec![],
             },
             pid_start_time: 99,
         }

@@ -20,12 +20,12 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// A route netlink socket in the calling thread's network namespace.
-pub struct Rtnl {
+pub struct BlockingRtnl {
     sock: Socket,
     seq: u32,
 }
 
-impl Rtnl {
+impl BlockingRtnl {
     /// Opens a socket in the current network namespace.
     pub fn open() -> io::Result<Self> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;

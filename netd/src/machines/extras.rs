@@ -170,7 +170,7 @@ impl<S: System> Machines<S> {
                     if let Some(ns) = netns {
                         let r = run_in(ns, move || {
                             let idx = nix::net::if_::if_nametoindex(inside.as_str())?;
-                            netlink_sync::Rtnl::open()?.del_link(idx)
+                            netlink_sync::BlockingRtnl::open()?.del_link(idx)
                         })
                         .await;
                         if let Err(e) = r {
@@ -195,7 +195,7 @@ impl<S: System> Machines<S> {
                                     "/proc/{}/ns/net",
                                     std::process::id()
                                 ))?;
-                                netlink_sync::Rtnl::open()?.move_link(
+                                netlink_sync::BlockingRtnl::open()?.move_link(
                                     idx,
                                     host.as_raw_fd(),
                                     &original,

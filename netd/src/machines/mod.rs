@@ -494,11 +494,7 @@ impl<S: System> Machines<S> {
     /// All attached machines.
     pub async fn list(&self) -> Vec<Machine> {
         let registry = self.registry.lock().await;
-        registry
-            .machines
-            .values()
-            .map(|e| e.saved.machine.clone())
-            .collect()
+        registry.machines.values().map(Entry::view).collect()
     }
 
     /// One attached machine.
@@ -507,7 +503,7 @@ impl<S: System> Machines<S> {
         registry
             .machines
             .get(name)
-            .map(|e| e.saved.machine.clone())
+            .map(Entry::view)
             .ok_or_else(|| not_found(name))
     }
 

@@ -212,6 +212,7 @@ fn machine(
         },
         ports: req.ports.clone(),
         links: Vec::new(),
+        teardown_errors: Vec::new(),
     }
 }
 
@@ -274,12 +275,7 @@ pub fn zone_rules(config: &ZoneConfig) -> LinkRules {
 
 /// Parses a MAC as the API writes it (`aa:bb:cc:dd:ee:ff`).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    text.parse::<Mac>().ok().map(|m| m.0)
 }
 
 /// The DHCP server of a `ve-` machine's link (`None` for other kinds).

@@ -16,7 +16,6 @@ use crate::api::{
 use crate::pool::Pool;
 use crate::state::{SavedMachine, SavedZone, State};
 
-
 /// The gateway (host side) of a link or zone subnet: its first address. The one place that
 /// says so.
 pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
@@ -39,6 +38,16 @@ pub struct Entry {
     /// What failed when it was last detached: a machine whose teardown failed stays listed,
     /// with the failures, until a detach succeeds.
     pub teardown_errors: Vec<String>,
+}
+
+impl Entry {
+    /// The machine as the API shows it, with what its last teardown left failing.
+    pub fn view(&self) -> Machine {
+        Machine {
+            teardown_errors: self.teardown_errors.clone(),
+            ..self.saved.machine.clone()
+        }
+    }
 }
 
 /// A zone that exists: its bridge, subnet and members.

@@ -383,12 +383,9 @@ async fn a_failed_teardown_is_reported_and_the_machine_stays_until_it_succeeds()
         err.message
     );
     assert_eq!(w.m.list().await.len(), 1, "a failed teardown stays visible");
-    assert_eq!(
-        w.m.registry.lock().await.machines[&name]
-            .teardown_errors
-            .len(),
-        1
-    );
+    let listed = w.m.list().await;
+    assert_eq!(listed[0].teardown_errors.len(), 1, "{listed:?}");
+    assert!(listed[0].teardown_errors[0].starts_with("deleting link ve-a"));
     w.m.detach(&name).await.unwrap();
     assert!(w.m.list().await.is_empty());
     assert!(w.links.names().is_empty());
@@ -481,6 +478,7 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             dns: Vec::new(),
             ports: Vec::new(),
             links: Vec::new(),
+            teardown_errors: Vec::new(),
         },
         pid_start_time: 1,
     };
