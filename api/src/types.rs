@@ -106,7 +106,7 @@ pub struct AttachRequest {
 /// A link of a container besides the primary veth. Every name is checked with
 /// [`IfName`] when the link is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "RawExtraLink")]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ExtraLink {
     /// `--network-macvlan=IF[:NAME]`: a macvlan (bridge mode) on host link `parent`, named
     /// `mv-IF` (shortened like systemd) unless `name` is given.
@@ -160,54 +160,44 @@ fn check_opt_ifname(what: &'static str, name: Option<&String>) -> Result<(), Bad
     name.map_or(Ok(()), |n| check_ifname(what, n))
 }
 
-/// [`ExtraLink`] as it arrives, before its names are checked.
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum RawExtraLink {
-    Macvlan {
-        parent: String,
-        name: Option<String>,
-    },
-    Ipvlan {
-        parent: String,
-        name: Option<String>,
-    },
-    Interface {
-        name: String,
-        rename: Option<String>,
-    },
-    VethExtra {
-        host: String,
-        container: Option<String>,
-    },
+// The derives above (with `remote = "Self"`) make inherent `ExtraLink::serialize` and
+// `ExtraLink::deserialize`; the trait impls below use them and check the names on the way in,
+// so the wire shape is written once.
+impl Serialize for ExtraLink {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ExtraLink::serialize(self, s)
+    }
 }
 
-impl TryFrom<RawExtraLink> for ExtraLink {
-    type Error = BadIfName;
+impl<'de> Deserialize<'de> for ExtraLink {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let link = ExtraLink::deserialize(d)?;
+        link.check().map_err(serde::de::Error::custom)?;
+        Ok(link)
+    }
+}
 
-    fn try_from(raw: RawExtraLink) -> Result<Self, BadIfName> {
-        Ok(match raw {
-            RawExtraLink::Macvlan { parent, name } => {
-                check_ifname("macvlan parent", &parent)?;
-                check_opt_ifname("macvlan name", name.as_ref())?;
-                ExtraLink::Macvlan { parent, name }
+impl ExtraLink {
+    /// Checks every interface name of the link.
+    fn check(&self) -> Result<(), BadIfName> {
+        match self {
+            ExtraLink::Macvlan { parent, name } => {
+                check_ifname("macvlan parent", parent)?;
+                check_opt_ifname("macvlan name", name.as_ref())
             }
-            RawExtraLink::Ipvlan { parent, name } => {
-                check_ifname("ipvlan parent", &parent)?;
-                check_opt_ifname("ipvlan name", name.as_ref())?;
-                ExtraLink::Ipvlan { parent, name }
+            ExtraLink::Ipvlan { parent, name } => {
+                check_ifname("ipvlan parent", parent)?;
+                check_opt_ifname("ipvlan name", name.as_ref())
             }
-            RawExtraLink::Interface { name, rename } => {
-                check_ifname("moved interface", &name)?;
-                check_opt_ifname("moved interface's new name", rename.as_ref())?;
-                ExtraLink::Interface { name, rename }
+            ExtraLink::Interface { name, rename } => {
+                check_ifname("moved interface", name)?;
+                check_opt_ifname("moved interface's new name", rename.as_ref())
             }
-            RawExtraLink::VethExtra { host, container } => {
-                check_ifname("extra veth host side", &host)?;
-                check_opt_ifname("extra veth container side", container.as_ref())?;
-                ExtraLink::VethExtra { host, container }
+            ExtraLink::VethExtra { host, container } => {
+                check_ifname("extra veth host side", host)?;
+                check_opt_ifname("extra veth container side", container.as_ref())
             }
-        })
+        }
     }
 }
 
@@ -224,7 +214,7 @@ pub struct AttachedLink {
 /// The network a container gets. A bridge's name is checked with [`IfName`] when the
 /// spec is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "RawNetworkSpec")]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NetworkSpec {
     /// `--network-veth`: a `ve-NAME` / `host0` pair with a /28 of its own.
     Veth,
@@ -239,29 +229,20 @@ pub enum NetworkSpec {
     None,
 }
 
-/// [`NetworkSpec`] as it arrives, before a bridge's name is checked.
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum RawNetworkSpec {
-    Veth,
-    Zone(ZoneName),
-    Bridge(String),
-    None,
+// As for [`ExtraLink`]: one wire shape, the bridge's name checked on the way in.
+impl Serialize for NetworkSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        NetworkSpec::serialize(self, s)
+    }
 }
 
-impl TryFrom<RawNetworkSpec> for NetworkSpec {
-    type Error = BadIfName;
-
-    fn try_from(raw: RawNetworkSpec) -> Result<Self, BadIfName> {
-        Ok(match raw {
-            RawNetworkSpec::Veth => NetworkSpec::Veth,
-            RawNetworkSpec::Zone(z) => NetworkSpec::Zone(z),
-            RawNetworkSpec::Bridge(b) => {
-                check_ifname("bridge", &b)?;
-                NetworkSpec::Bridge(b)
-            }
-            RawNetworkSpec::None => NetworkSpec::None,
-        })
+impl<'de> Deserialize<'de> for NetworkSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = NetworkSpec::deserialize(d)?;
+        if let NetworkSpec::Bridge(b) = &spec {
+            check_ifname("bridge", b).map_err(serde::de::Error::custom)?;
+        }
+        Ok(spec)
     }
 }
 

@@ -370,6 +370,11 @@ pub fn nft_rules(listing: &Value) -> usize {
 
 /// Number of elements of set or map `name` in an `nft -j` listing.
 pub fn nft_elements(listing: &Value, name: &str) -> usize {
+    nft_element_list(listing, name).len()
+}
+
+/// The elements of set or map `name` in an `nft -j` listing.
+pub fn nft_element_list(listing: &Value, name: &str) -> Vec<Value> {
     listing["nftables"]
         .as_array()
         .into_iter()
@@ -377,7 +382,8 @@ pub fn nft_elements(listing: &Value, name: &str) -> usize {
         .filter_map(|o| o.get("set").or_else(|| o.get("map")))
         .find(|s| s["name"] == name)
         .and_then(|s| s["elem"].as_array())
-        .map_or(0, Vec::len)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Path of the test probe binary.

@@ -38,15 +38,10 @@ fn set<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
 
 /// Elements of set or map `name` in an `nft -j` listing, as JSON text each.
 fn elements(listing: &Value, name: &str) -> Vec<String> {
-    listing["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("set").or_else(|| o.get("map")))
-        .find(|s| s["name"] == name)
-        .and_then(|s| s["elem"].as_array())
-        .map(|a| a.iter().map(Value::to_string).collect())
-        .unwrap_or_default()
+    rig::nft_element_list(listing, name)
+        .iter()
+        .map(Value::to_string)
+        .collect()
 }
 
 /// The ifnames in set `ifaces`.

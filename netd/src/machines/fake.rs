@@ -81,7 +81,10 @@ impl FakeLinks {
 
     /// A link that exists on the host already (someone else's, or one we made earlier).
     pub fn put(&self, name: &str, bridge: bool, marked: bool) -> u32 {
-        let mut s = lock(&self.state);
+        Self::insert(&mut lock(&self.state), name, bridge, marked)
+    }
+
+    fn insert(s: &mut LinksState, name: &str, bridge: bool, marked: bool) -> u32 {
         s.next += 1;
         let index = s.next;
         s.links.insert(
@@ -136,21 +139,7 @@ impl FakeLinks {
                 reason: "File exists".into(),
             });
         }
-        s.next += 1;
-        let index = s.next;
-        s.links.insert(
-            name.to_owned(),
-            FakeLink {
-                index,
-                bridge,
-                master: None,
-                up: false,
-                isolated: false,
-                addrs: Vec::new(),
-                altname: None,
-                marked: true,
-            },
-        );
+        let index = Self::insert(&mut s, name, bridge, true);
         if let Some(root) = &self.sysctl_root {
             let dir = root.join("net/ipv4/conf").join(name);
             std::fs::create_dir_all(&dir).unwrap();
