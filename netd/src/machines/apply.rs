@@ -42,6 +42,16 @@ impl Applied {
     }
 }
 
+/// A link error named by the link's name rather than its ifindex.
+fn on(ifname: &str) -> impl Fn(RtnlError) -> ApiError + '_ {
+    move |e| {
+        internal(RtnlError {
+            object: ifname.to_owned(),
+            ..e
+        })
+    }
+}
+
 /// "interface X already exists" for EEXIST, naming the interface.
 fn link_error(e: RtnlError, ifname: &str) -> ApiError {
     if e.errno == Some(libc::EEXIST) {
@@ -140,13 +150,13 @@ impl<S: System> Machines<S> {
                 self.links
                     .add_address(index, *net)
                     .await
-                    .map_err(internal)?;
+                    .map_err(on(ifname))?;
             }
             Step::SetUp { ifname } => {
                 self.links
                     .set_up(done.index(ifname)?)
                     .await
-                    .map_err(internal)?;
+                    .map_err(on(ifname))?;
             }
             Step::JoinBridge {
                 ifname,
@@ -167,12 +177,12 @@ impl<S: System> Machines<S> {
                 self.links
                     .set_master_up(index, bridge_index)
                     .await
-                    .map_err(internal)?;
+                    .map_err(on(ifname))?;
                 if *isolated {
                     self.links
                         .set_port_isolated(index)
                         .await
-                        .map_err(internal)?;
+                        .map_err(on(ifname))?;
                 }
             }
             Step::Serve(plan) => {

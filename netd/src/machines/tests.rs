@@ -212,6 +212,13 @@ async fn every_failed_step_of_an_attach_is_undone() {
             .await
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Internal, "{op}: {err:?}");
+        // Named by the link's name, never by an ifindex.
+        let ifname = crate::naming::LinkName::new("ve-", "averyveryverylongname").ifname;
+        assert!(
+            err.message.contains(&format!(" {ifname}: ")),
+            "{op}: {}",
+            err.message
+        );
         assert!(
             w.links.names().is_empty(),
             "{op}: left {:?}",
