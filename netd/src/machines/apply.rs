@@ -133,7 +133,10 @@ impl<S: System> Machines<S> {
                 done.indexes.insert(ifname.clone(), index);
                 done.undo.push(Removal::DelLink(ifname.clone()));
                 if let Some(alt) = altname {
-                    self.links.add_altname(index, alt).await.map_err(internal)?;
+                    self.links
+                        .add_altname(index, alt)
+                        .await
+                        .map_err(on(ifname))?;
                 }
             }
             Step::AddBridge { ifname } => {
