@@ -546,3 +546,87 @@ fn plan_restart_decides_from_saved_state_and_observations() {
     assert_eq!(plan.rebuild_zones.len(), 1);
     assert_eq!(plan.rebuild_zones[0].name.as_str(), "boot");
 }
+
+/// Every failing step of an explicit zone's creation leaves nothing: no bridge, no server, no
+/// table, the subnet free, the zone not listed.
+#[tokio::test]
+async fn every_failed_step_of_a_zone_create_is_undone() {
+    for op in ["add_bridge", "add_address", "set_up", "serve", "nft"] {
+        let w = world().await;
+        match op {
+            "serve" => w.leases.fail_next_serve(),
+            "nft" => {
+                w.nft.get().refuse_next("Error: refused");
+                w.nft.get().refuse_next("Error: refused again");
+            }
+            _ => w.links.fail_next(op, libc::EIO),
+        }
+        let cfg = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
+        let err = w.m.zone_create(cfg).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal, "{op}: {err:?}");
+        assert!(
+            w.links.names().is_empty(),
+            "{op}: left {:?}",
+            w.links.names()
+        );
+        assert!(w.leases.served().is_empty(), "{op}");
+        assert!(!w.nft.get().table_exists(), "{op}");
+        assert!(w.m.zone_list().await.is_empty(), "{op}");
+        assert!(
+            w.m.registry.lock().await.zone_pool.allocated().is_empty(),
+            "{op}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bridge_port_that_cannot_join_is_undone_and_a_missing_bridge_is_named() {
+    let w = world().await;
+    let err = w
+        .attach("a", 1, NetworkSpec::Bridge("br0".into()), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.message, "bridge br0 does not exist");
+    w.links.put("eth9", false, false);
+    let err = w
+        .attach("a", 1, NetworkSpec::Bridge("eth9".into()), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.message, "eth9 is not a bridge");
+    w.links.put("br0", true, false);
+    w.links.fail_next("set_master_up", libc::EIO);
+    assert!(
+        w.attach("b", 2, NetworkSpec::Bridge("br0".into()), &[])
+            .await
+            .is_err()
+    );
+    assert_eq!(w.links.names(), ["br0", "eth9"], "the port was left");
+    assert!(!w.nft.get().bridge_table_exists(), "its MAC guard was left");
+    let m = w
+        .attach("c", 3, NetworkSpec::Bridge("br0".into()), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        w.links.link("vb-c").unwrap().master,
+        w.links.link("br0").map(|l| l.index)
+    );
+    assert!(
+        m.container_address.is_none(),
+        "no address from us on an admin's bridge"
+    );
+}
+
+#[tokio::test]
+async fn an_isolated_zone_port_that_cannot_be_isolated_is_undone() {
+    let w = world().await;
+    let mut cfg = ZoneConfig::implicit(ZoneName::new("iso").unwrap());
+    cfg.isolated = true;
+    w.m.zone_create(cfg).await.unwrap();
+    w.links.fail_next("set_port_isolated", libc::EOPNOTSUPP);
+    assert!(w.attach("a", 1, zone("iso"), &[]).await.is_err());
+    assert!(w.links.link("vb-a").is_none());
+    let index = w.links.link("vz-iso").unwrap().index;
+    assert_eq!(w.leases.lease_count(index), 0, "its lease was left");
+    w.attach("b", 2, zone("iso"), &[]).await.unwrap();
+    assert!(w.links.link("vb-b").unwrap().isolated);
+}
