@@ -1,4 +1,6 @@
-//! Per-link DHCP server configuration, with networkd's defaults (reference §3.3).
+//! Per-link DHCP server configuration, with networkd's defaults (`[DHCPServer]` in
+//! systemd.network(5); `src/network/networkd-dhcp-server.c`, and lease times of 1 h default and
+//! 12 h maximum from `src/libsystemd-network/sd-dhcp-server.c`).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

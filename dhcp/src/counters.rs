@@ -1,7 +1,8 @@
 //! Packet counters: what came in, what went out, and why a packet got no positive answer.
 //!
 //! Malformed or unwanted packets are dropped and counted here, never propagated as errors
-//! (STYLE.md §5, smoltcp): the daemon exports these numbers and logs at `trace!` at most.
+//! (as smoltcp's `socket/dhcpv4.rs` does; logging policy in `docs/architecture.md#conventions`):
+//! the daemon exports these numbers and logs at `trace!` at most.
 
 use std::fmt;
 

@@ -1,11 +1,12 @@
 //! The lease table of one link (pure): bound leases by client id and by address, static leases,
 //! and addresses quarantined after a DECLINE.
 //!
-//! As in systemd (reference §3.5), an OFFER is not a reservation: only ACKed leases are here,
-//! so a flood of DISCOVERs takes no address. Expired leases are ignored by every lookup and
-//! removed by [`LeaseTable::expire`]. The table counts the leases the daemon recorded for its
-//! containers ([`Lease::container`]) apart from the others, and keeps quarantines ordered by
-//! their end, so that the per-link bounds cost O(log n) per packet.
+//! As in systemd's `sd-dhcp-server.c` (a DISCOVER is answered without creating a lease), an
+//! OFFER is not a reservation: only ACKed leases are here, so a flood of DISCOVERs takes no
+//! address. Expired leases are ignored by every lookup and removed by [`LeaseTable::expire`]. The
+//! table counts the leases the daemon recorded for its containers ([`Lease::container`]) apart
+//! from the others, and keeps quarantines ordered by their end, so that the per-link bounds cost
+//! O(log n) per packet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,9 +1,10 @@
 //! DHCPv4 server engine for rnet.
 //!
 //! Pure: no sockets and no clock. The daemon pumps packets and the current time in and sends what
-//! comes out (STYLE.md principle 1). [`Server`] is the engine, [`LeaseTable`] its per-link state,
-//! [`LeaseStore`] the one file-touching part (atomic JSON lease files), and [`wire`] the
-//! hardened `dhcproto` decoding that both the engine and the fuzz targets use.
+//! comes out (`docs/architecture.md#crates`, `docs/architecture.md#dhcp`). [`Server`] is the
+//! engine, [`LeaseTable`] its per-link state, [`LeaseStore`] the one file-touching part (atomic
+//! JSON lease files), and [`wire`] the hardened `dhcproto` decoding that both the engine and the
+//! fuzz targets use.
 
 mod config;
 mod counters;

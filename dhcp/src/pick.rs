@@ -1,6 +1,8 @@
-//! Address choice by client identifier, exactly as systemd's `sd-dhcp-server.c` does it
-//! (nspawn-networkd reference §3.4): SipHash-2-4 of the client id, then linear probing over the
-//! pool, so a client keeps its address in a given subnet even without a lease file.
+//! Address choice by client identifier, exactly as systemd's
+//! `src/libsystemd-network/sd-dhcp-server.c` does it for a DISCOVER: SipHash-2-4 (its `HASH_KEY`)
+//! of the client id as `client_id_hash_func()` feeds it, then linear probing over the pool from
+//! `pool_offset + hash % pool_size`, so a client keeps its address in a given subnet even without
+//! a lease file.
 
 use std::hash::Hasher;
 use std::net::Ipv4Addr;
@@ -82,8 +84,9 @@ mod tests {
 
     #[test]
     fn hash_matches_systemd_example() {
-        // Reference §3.4: client-id 01:02:aa:bb:cc:dd:ee hashes to 0xb433458d6b67c292, whose first
-        // candidate in a /28 is offset 7.
+        // Client-id 01:02:aa:bb:cc:dd:ee hashes to 0xb433458d6b67c292, whose first candidate in a
+        // /28 is offset 7: worked out from sd-dhcp-server.c's algorithm (SipHash-2-4 with its
+        // HASH_KEY over what client_id_hash_func() feeds it).
         let id = [0x01, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
         assert_eq!(client_id_hash(&id), 0xb433_458d_6b67_c292);
         let subnet: Ipv4Network = "192.168.10.16/28".parse().unwrap();

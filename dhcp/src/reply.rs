@@ -152,9 +152,11 @@ fn routes(cfg: &LinkConfig) -> Vec<(ipnet::Ipv4Net, Ipv4Addr)> {
     out
 }
 
-/// Where a reply goes (reference §3.4): an INFORM answer to `ciaddr`; to the relay if relayed; else to `ciaddr` (not for a
-/// NAK); else broadcast if the client asked for it or it is a NAK; else link-layer unicast to
-/// `chaddr` and `yiaddr`. A client whose hardware address is not Ethernet gets a broadcast.
+/// Where a reply goes (RFC 2131 §4.1 and §4.3.5; apart from INFORM, which systemd does not
+/// answer, as `dhcp_server_send_packet()` in systemd's `sd-dhcp-server.c` chooses): an INFORM
+/// answer to `ciaddr`; to the relay if relayed; else to `ciaddr` (not for a NAK); else broadcast
+/// if the client asked for it or it is a NAK; else link-layer unicast to `chaddr` and `yiaddr`. A
+/// client whose hardware address is not Ethernet gets a broadcast.
 pub(crate) fn destination(req: &Request, answer: Answer, yiaddr: Ipv4Addr) -> Destination {
     // RFC 2131 §4.3.5: the answer to an INFORM goes to `ciaddr`, even through a relay.
     if answer == Answer::InformAck

@@ -1,5 +1,6 @@
 //! The sans-IO DHCPv4 server: packets and the current time in, replies and lease changes out
-//! (STYLE.md principle 1; quinn's `Endpoint::handle`, smoltcp's `dhcpv4` socket).
+//! (sans-IO like quinn-proto's `Endpoint::handle` and smoltcp's `socket/dhcpv4.rs`; see
+//! `docs/architecture.md#dhcp`).
 //!
 //! The daemon owns the sockets and the clock. Per packet it calls [`Server::handle`] and sends
 //! each [`Outbound`]; it sleeps until [`Server::poll_timeout`] and then calls [`Server::expire`].

@@ -1,4 +1,5 @@
-//! `rnet run`: validate, then perform the side effects in a fixed order (STYLE.md principle 12).
+//! `rnet run`: validate, then perform the side effects in a fixed order
+//! (`docs/architecture.md#a-container-from-rnet-run-to-exec`).
 //!
 //! 1. Host mode: exec the command in place; nothing else to do.
 //! 2. Private network: block the signals we forward, fork. The child enters new network and UTS
@@ -62,7 +63,8 @@ impl Plan {
             Some(m) => m,
             None => default_machine_name(&args.command[0])?,
         };
-        // nspawn's rules (reference §2.1): bridge and zone exclude each other and imply a veth.
+        // nspawn's rules (`parse_argv()` and `verify_arguments()` in src/nspawn/nspawn.c,
+        // systemd-nspawn(1)): bridge and zone exclude each other and imply a veth.
         let network = match (args.network_zone, args.network_bridge) {
             (Some(_), Some(_)) => {
                 return Err("--network-bridge and --network-zone are mutually exclusive".into());
@@ -101,7 +103,8 @@ impl Plan {
                     container: p.second.map(String::from),
                 }),
         );
-        // Any extra link implies a private network (reference §2.1).
+        // Any extra link implies a private network (as nspawn's `parse_argv()`: each of these
+        // options sets `arg_private_network`).
         let network = match network {
             Network::Host if !links.is_empty() => Network::Attached(NetworkSpec::None),
             Network::Host if args.private_network => Network::Private,

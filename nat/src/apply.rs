@@ -35,7 +35,8 @@ fn listing(family: &str) -> String {
 }
 
 /// Applies batches to the kernel's nftables and lists tables `inet rnet` and `bridge rnet`. The
-/// only code that touches nftables; `FakeNft` stands in for it in tests (STYLE.md principle 3).
+/// only code that touches nftables; `FakeNft` stands in for it in tests
+/// (`docs/architecture.md#conventions`).
 pub trait Nft {
     /// Applies `batch` atomically: all of it or, on error, nothing (`nft -j -f -`).
     fn apply(&mut self, batch: &Nftables<'_>) -> Result<()>;

@@ -249,9 +249,10 @@ fn render_into(batch: &mut Batch<'static>, change: &Change) {
 /// One atomic batch of element commands for `changes`, in order (e.g. everything of one container
 /// attach or detach). Contains no table, chain or rule object.
 ///
-/// Adding an element that is there, or deleting one that is not, is not an error (STYLE.md
-/// principle 7); adding a port that is mapped to another container, or deleting another
-/// container's port, is refused by nft with `File exists`, and nothing of the batch is applied.
+/// Adding an element that is there, or deleting one that is not, is not an error (teardown is
+/// idempotent: `docs/architecture.md#conventions`); adding a port that is mapped to another
+/// container, or deleting another container's port, is refused by nft with `File exists`, and
+/// nothing of the batch is applied.
 /// Empty `changes` give an empty batch, which `nft` accepts.
 pub fn render_changes(changes: &[Change]) -> Nftables<'static> {
     let mut batch = Batch::new();

@@ -1,5 +1,6 @@
 //! `FakeNft`: a recording [`Nft`] that simulates one table in memory, for the daemon's flow tests
-//! (STYLE.md principle 3). Built with `cfg(test)` or the `testing` feature only.
+//! (the kernel behind a small trait, a recording fake for tests:
+//! `docs/architecture.md#conventions`). Built with `cfg(test)` or the `testing` feature only.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;

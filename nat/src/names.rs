@@ -1,9 +1,10 @@
 //! Names of the objects in our table: the one place that spells them.
 //!
-//! What rnet owns in nftables lives in table `inet rnet` (DESIGN.md §6), plus table `bridge rnet`
-//! for the frames a bridge forwards between its ports (anti-spoofing on `vb-*` ports). An `inet`
-//! table sees IPv4 and IPv6, so one table, one set of chains and one rule count serve both
-//! families; the per-family parts are the sets and maps below.
+//! What rnet owns in nftables lives in table `inet rnet`, plus table `bridge rnet` for the frames
+//! a bridge forwards between its ports (anti-spoofing on `vb-*` ports); the layout is described in
+//! `docs/architecture.md#nftables-layout`. An `inet` table sees IPv4 and IPv6, so one table, one
+//! set of chains and one rule count serve both families; the per-family parts are the sets and
+//! maps below.
 
 use nftables::types::NfFamily;
 

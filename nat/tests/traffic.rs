@@ -4,7 +4,11 @@
 //! runs a server on port 80 that answers with the address the connection came from, which shows
 //! whether and how it was masqueraded.
 //!
-//! Checks the paths that need more than a DNAT map (peers.md §0, items 4 and 5), IPv4 and IPv6:
+//! Checks the paths that need more than a DNAT map (localhost needs `route_localnet` and a
+//! masquerade of 127.0.0.1 sources, `::1` cannot be DNATed, as the CNI `portmap` plugin's docs,
+//! netavark#790 and podman#26092 say; hairpin needs a masquerade of DNATed traffic from the
+//! container subnets; CNI's integration test checks container address, host address, 127.0.0.1
+//! and hairpin per mapping), IPv4 and IPv6:
 //! the host's 127.0.0.1 (needs route_localnet=1 on the link), a host address, ports bound to one
 //! address, hairpin from a container to its own published port and from another link, and
 //! isolation between links.

@@ -1,5 +1,7 @@
 //! Interface names and MAC addresses, derived exactly as systemd-nspawn derives them
-//! (nspawn-networkd reference §1.2 and §2.4), so a machine keeps the names and MACs it would have
+//! (`net_shorten_ifname()` and `net_generate_mac()` in systemd's `netif-util.c`, under
+//! `src/shared`, called from `setup_veth()` in `src/nspawn/nspawn-network.c`; design in
+//! `docs/architecture.md#naming-and-macs`), so a machine keeps the names and MACs it would have
 //! under nspawn + networkd.
 
 use std::fmt;
@@ -15,7 +17,7 @@ pub const IFNAMSIZ: usize = 16;
 /// Longest altname the kernel accepts (`ALTIFNAMSIZ - 1`).
 pub const MAX_ALTNAME: usize = 127;
 
-/// `SHORTEN_IFNAME_HASH_KEY` of `src/shared/netif-util.c`.
+/// `SHORTEN_IFNAME_HASH_KEY` of systemd's `netif-util.c` (in `src/shared`).
 const SHORTEN_KEY: [u8; 16] = [
     0xe1, 0x90, 0xa4, 0x04, 0xa8, 0xef, 0x4b, 0x51, 0x8c, 0xcc, 0xc3, 0x3a, 0x9f, 0x11, 0xfc, 0xa2,
 ];
@@ -86,7 +88,8 @@ impl fmt::Display for MachineId {
     }
 }
 
-/// Which end of which link a MAC is for: each has its own hash key (reference §2.4).
+/// Which end of which link a MAC is for: each has its own hash key (the `*_HASH_KEY`s of
+/// `src/nspawn/nspawn-network.c`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MacKey {
     /// Host side of `ve-`/`vb-` (`HOST_HASH_KEY`).
@@ -149,7 +152,9 @@ pub fn generate_mac(machine_id: MachineId, machine: &str, key: MacKey, index: u6
 mod tests {
     use super::*;
 
-    /// Every vector of reference §1.5 (verified there against libsystemd-shared).
+    /// Names as `net_shorten_ifname()` shortens them. systemd has no unit test for it: these
+    /// vectors were computed with SipHash-2-4 and cross-checked against the `siphash24()` and
+    /// `urlsafe_base64char()` of libsystemd-shared 252 (Debian 12).
     #[test]
     fn shortening_matches_systemd_vectors() {
         let vectors = [
@@ -191,7 +196,10 @@ mod tests {
 
     #[test]
     fn mac_matches_systemd_example() {
-        // Reference §2.4: machine-id 0123456789abcdef0123456789abcdef, machine "foo".
+        // Machine-id 0123456789abcdef0123456789abcdef, machine "foo": computed with
+        // net_generate_mac()'s algorithm (HOST_HASH_KEY, CONTAINER_HASH_KEY of nspawn-network.c)
+        // and the SipHash-2-4 checked against libsystemd-shared; illustrative, not an upstream
+        // test.
         let id = MachineId::parse("0123456789abcdef0123456789abcdef\n").unwrap();
         assert_eq!(
             generate_mac(id, "foo", MacKey::Host, 0).to_string(),

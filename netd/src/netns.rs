@@ -1,5 +1,5 @@
 //! Running blocking work inside another network namespace, on a dedicated thread: `setns` on
-//! a tokio worker would leave that worker in the wrong namespace (STYLE.md principle 11).
+//! a tokio worker would leave that worker in the wrong namespace.
 
 use std::io;
 use std::os::fd::OwnedFd;

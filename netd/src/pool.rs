@@ -1,5 +1,6 @@
 //! The address pool: hands out one subnet per link from configured ranges, never overlapping an
-//! address or route of the host or a subnet already handed out (DESIGN.md §4).
+//! address or route of the host or a subnet already handed out
+//! (`docs/architecture.md#address-pools`).
 //!
 //! Pure: what is in use on the host is passed in. Candidates are scanned in range order
 //! (networkd's 192.168.0.0/16, 172.16.0.0/12, 10.0.0.0/8) starting just after the last subnet

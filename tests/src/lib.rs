@@ -1,5 +1,5 @@
-//! The namespace test rig (DESIGN.md §8). Every test builds its own topology and never touches
-//! the real host network:
+//! The namespace test rig (`docs/architecture.md#the-test-rig`). Every test builds its own
+//! topology and never touches the real host network:
 //!
 //! ```text
 //!   [uplink netns]  203.0.113.1/24   ("the internet")

@@ -1,5 +1,6 @@
 //! One served link: its configuration, its lease table, and the per-message decisions
-//! (RFC 2131 §4.3 with systemd's choices, reference §3.4).
+//! (RFC 2131 §4.3 with the choices of `dhcp_server_handle_message()` in systemd's
+//! `src/libsystemd-network/sd-dhcp-server.c`).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};

@@ -10,7 +10,8 @@ use crate::{ClientId, Destination, DropReason, LeaseChange};
 #[test]
 fn discover_is_offered_the_hash_address_without_reserving_it() {
     let mut s = server();
-    // Reference §3.4: client id 01:02:aa:bb:cc:dd:ee starts probing at offset 7 of the /28.
+    // Client id 01:02:aa:bb:cc:dd:ee starts probing at offset 7 of the /28 (sd-dhcp-server.c's
+    // hash probe; the vector is checked in `pick::tests`).
     let m = with(
         msg(MessageType::Discover, [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]),
         DhcpOption::ClientIdentifier(vec![0x01, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]),
