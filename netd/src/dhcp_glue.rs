@@ -9,7 +9,7 @@
 //! # Ownership: who may touch what (the one rule of this module)
 //!
 //! - **The engine** — `dhcp::Server`, the journal entries not yet written and the replies held
-//!   for them — sits behind one `std::sync::Mutex` ([`Shared::engine`]). It is held only for
+//!   for them — sits behind one `std::sync::Mutex` (`Shared::engine`). It is held only for
 //!   in-memory work: never across an `.await`, a file operation or netlink, and no other lock is
 //!   taken while it is held. Journal entries and the replies that wait for them are queued in
 //!   the same critical section as the change that made them, so the writer always takes a reply

@@ -4,7 +4,7 @@
 //! firewall check.
 //!
 //! Every change is observe → plan → apply: what the kernel has is read first, a pure planner
-//! (`plan.rs`, on the [`Registry`](registry::Registry)) decides everything, and `apply.rs`
+//! (`plan.rs`, on the `Registry`) decides everything, and `apply.rs`
 //! executes the plan with one undo list; teardown runs every removal and reports every failure.
 //! The host is reached only through the seams of `system.rs`, so the same logic runs on fakes
 //! in unit tests.
