@@ -645,18 +645,30 @@ impl Rig {
 
     /// Waits until rnetd has no machine, no link and no table left; panics with what remains.
     pub fn assert_all_gone(&self) {
+        let bridge_table = || {
+            output(
+                self.in_host("nft")
+                    .args(["list", "table", "bridge", "rnet"]),
+            )
+            .status
+            .success()
+        };
         let gone = wait_until(Duration::from_secs(20), || {
-            self.machines().is_empty() && self.host_links().is_empty() && self.nft_table().is_none()
+            self.machines().is_empty()
+                && self.host_links().is_empty()
+                && self.nft_table().is_none()
+                && !bridge_table()
         });
         assert!(
             gone,
-            "left behind: machines {:?}, links {:?}, table {}; rnetd log tail:\n{}",
+            "left behind: machines {:?}, links {:?}, inet table {}, bridge table {}; rnetd log tail:\n{}",
             self.machines()
                 .iter()
                 .map(|m| m["machine"].to_string())
                 .collect::<Vec<_>>(),
             self.host_links(),
             self.nft_table().is_some(),
+            bridge_table(),
             tail(&self.log(), 60)
         );
     }
