@@ -25,6 +25,7 @@ pub mod plan;
 pub mod registry;
 mod restore;
 pub mod system;
+pub mod zones;
 
 #[cfg(test)]
 mod fake;
@@ -284,7 +285,7 @@ impl<S: System> Machines<S> {
         let mut seen = AttachObserved::default();
         let needs_pool = match &req.network {
             NetworkSpec::Veth => true,
-            NetworkSpec::Zone(z) => !registry.zones.contains_key(z),
+            NetworkSpec::Zone(z) => !registry.zones.contains(z),
             _ => false,
         };
         if needs_pool {
@@ -544,7 +545,7 @@ impl<S: System> Machines<S> {
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
     pub async fn zone_create(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
         let mut registry = self.registry.lock().await;
-        if registry.zones.contains_key(&config.name) {
+        if registry.zones.contains(&config.name) {
             return Err(ApiError::new(
                 ErrorKind::AlreadyExists,
                 format!("zone {} already exists", config.name),
@@ -598,7 +599,7 @@ impl<S: System> Machines<S> {
         let registry = self.registry.lock().await;
         registry
             .zones
-            .values()
+            .iter()
             .map(|z| z.info(self.leases.lease_count(z.index)))
             .collect()
     }
@@ -637,7 +638,7 @@ impl<S: System> Machines<S> {
                 failed.push(e.message);
             }
         }
-        if failed.is_empty() && registry.zones.contains_key(name) {
+        if failed.is_empty() && registry.zones.contains(name) {
             // Deleting it is what was asked, explicit or not.
             self.remove_zone(&mut registry, name).await;
             self.save_zone_file(&registry);

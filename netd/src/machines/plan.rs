@@ -3,7 +3,6 @@
 //! a list of [`Step`]s (or [`Removal`]s) that `apply` executes; everything here is unit-tested
 //! as plain data.
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
@@ -17,8 +16,9 @@ use crate::dhcp_glue::DhcpLink;
 use crate::firewall::{FirewallError, LinkRules};
 use crate::naming::{LinkName, MacKey, generate_mac};
 
-pub use super::registry::gateway;
-use super::registry::{Registry, ZoneEntry};
+use super::registry::Registry;
+use super::zones::ZoneEntry;
+pub use super::zones::gateway;
 use super::{CONTAINER_IFNAME, Settings, ZONE_PREFIX, bad, internal};
 
 /// One step of building something; `apply` runs them in order and undoes the done ones, in
@@ -489,7 +489,7 @@ impl Registry {
                 }
                 net
             }
-            None => self.zone_pool.peek(&taken).map_err(|e| {
+            None => self.zones.propose_subnet(&taken).map_err(|e| {
                 ApiError::new(
                     ErrorKind::PoolExhausted,
                     format!("no subnet left for zone {}: {e}", config.name),
@@ -671,7 +671,7 @@ impl Registry {
     /// Takes a zone plan's subnet.
     pub fn reserve_zone(&mut self, z: &ZonePlan) -> Result<(), ApiError> {
         match z.config.subnet {
-            Some(net) => self.zone_pool.take(net).map_err(super::internal),
+            Some(net) => self.zones.reserve_subnet(net).map_err(super::internal),
             None => Ok(()),
         }
     }
@@ -679,20 +679,12 @@ impl Registry {
     /// Gives a zone plan's subnet back.
     pub fn unreserve_zone(&mut self, z: &ZonePlan) {
         if let Some(net) = z.config.subnet {
-            self.zone_pool.release(net);
+            self.zones.release_subnet(net);
         }
     }
 
     /// Records a built zone.
     pub fn commit_zone(&mut self, z: ZonePlan, index: u32) {
-        self.zones.insert(
-            z.config.name.clone(),
-            ZoneEntry {
-                config: z.config,
-                index,
-                explicit: z.explicit,
-                members: BTreeSet::new(),
-            },
-        );
+        self.zones.add(z.config, index, z.explicit);
     }
 }

@@ -2,25 +2,19 @@
 //! changes only when a plan has been applied (commit) or a teardown has run (forget), and it is
 //! what the state file is made of.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use ipnetwork::Ipv4Network;
 use tokio::task::AbortHandle;
 
 use crate::api::{
-    ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, Zone, ZoneConfig,
-    ZoneName,
+    ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, ZoneConfig, ZoneName,
 };
 use crate::pool::Pool;
-use crate::state::{SavedMachine, SavedZone, State};
 
-/// The gateway (host side) of a link or zone subnet: its first address. The one place that
-/// says so.
-pub fn gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
+pub use super::zones::{ZoneEntry, Zones};
+use crate::state::{SavedMachine, SavedZone, State};
 
 /// An attached machine.
 pub struct Entry {
@@ -50,60 +44,14 @@ impl Entry {
     }
 }
 
-/// A zone that exists: its bridge, subnet and members.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ZoneEntry {
-    /// Settings; `subnet` is the subnet in use.
-    pub config: ZoneConfig,
-    /// ifindex of `vz-ZONE`.
-    pub index: u32,
-    /// Kept when its last member goes, and across restarts.
-    pub explicit: bool,
-    /// Its members.
-    pub members: BTreeSet<MachineName>,
-}
-
-impl ZoneEntry {
-    /// The zone's subnet.
-    pub fn subnet(&self) -> Option<Ipv4Network> {
-        self.config.subnet
-    }
-
-    /// The zone's gateway address (on `vz-ZONE`).
-    pub fn address(&self) -> Option<Ipv4Addr> {
-        self.subnet().map(gateway)
-    }
-
-    /// The API's view of the zone, with `leases` leases.
-    pub fn info(&self, leases: usize) -> Zone {
-        let subnet = self.subnet().unwrap_or_else(|| {
-            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32).unwrap_or_else(|_| unreachable!())
-        });
-        Zone {
-            name: self.config.name.clone(),
-            bridge: self.config.name.bridge(),
-            subnet,
-            address: gateway(subnet),
-            members: self.members.iter().cloned().collect(),
-            leases: if self.config.dhcp { leases } else { 0 },
-            explicit: self.explicit,
-            masquerade: self.config.masquerade,
-            dhcp: self.config.dhcp,
-            isolated: self.config.isolated,
-        }
-    }
-}
-
 /// Machines, zones and pools.
 pub struct Registry {
     /// Attached machines.
     pub machines: BTreeMap<MachineName, Entry>,
-    /// Existing zones.
-    pub zones: BTreeMap<ZoneName, ZoneEntry>,
+    /// Existing zones and their subnets.
+    pub zones: Zones,
     /// Subnets (`/28` by default) of `ve-` links.
     pub pool: Pool,
-    /// `/24`s of zones.
-    pub zone_pool: Pool,
 }
 
 impl Registry {
@@ -111,9 +59,8 @@ impl Registry {
     pub fn new(pool: Pool, zone_pool: Pool) -> Self {
         Self {
             machines: BTreeMap::new(),
-            zones: BTreeMap::new(),
+            zones: Zones::new(zone_pool),
             pool,
-            zone_pool,
         }
     }
 
@@ -122,7 +69,7 @@ impl Registry {
         in_use
             .iter()
             .chain(self.pool.allocated())
-            .chain(self.zone_pool.allocated())
+            .chain(self.zones.subnets())
             .copied()
             .collect()
     }
@@ -153,10 +100,8 @@ impl Registry {
 
     /// Records an attached machine (and its zone membership).
     pub fn commit_machine(&mut self, machine: Machine, entry: Entry) {
-        if let NetworkSpec::Zone(z) = &machine.network
-            && let Some(zone) = self.zones.get_mut(z)
-        {
-            zone.members.insert(machine.machine.clone());
+        if let NetworkSpec::Zone(z) = &machine.network {
+            self.zones.join(z, &machine.machine);
         }
         self.machines.insert(machine.machine.clone(), entry);
     }
@@ -170,11 +115,7 @@ impl Registry {
             (NetworkSpec::Veth, Some(net)) => {
                 self.pool.release(net);
             }
-            (NetworkSpec::Zone(z), _) => {
-                if let Some(zone) = self.zones.get_mut(z) {
-                    zone.members.remove(name);
-                }
-            }
+            (NetworkSpec::Zone(z), _) => self.zones.leave(z, name),
             _ => {}
         }
         Some(entry)
@@ -182,11 +123,7 @@ impl Registry {
 
     /// Forgets a removed zone: its subnet back to the pool.
     pub fn forget_zone(&mut self, name: &ZoneName) -> Option<ZoneEntry> {
-        let z = self.zones.remove(name)?;
-        if let Some(net) = z.subnet() {
-            self.zone_pool.release(net);
-        }
-        Some(z)
+        self.zones.remove(name)
     }
 
     /// What the state file keeps.
@@ -195,7 +132,7 @@ impl Registry {
             machines: self.machines.values().map(|e| e.saved.clone()).collect(),
             zones: self
                 .zones
-                .values()
+                .iter()
                 .map(|z| SavedZone {
                     config: z.config.clone(),
                     explicit: z.explicit,
@@ -208,10 +145,6 @@ impl Registry {
 
     /// The explicit zones' settings (the zone file).
     pub fn explicit_zones(&self) -> Vec<ZoneConfig> {
-        self.zones
-            .values()
-            .filter(|z| z.explicit)
-            .map(|z| z.config.clone())
-            .collect()
+        self.zones.explicit_configs()
     }
 }

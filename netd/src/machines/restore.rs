@@ -12,7 +12,7 @@ use crate::firewall::LinkRules;
 use crate::state::{SavedMachine, State};
 
 use super::plan::{link_rules, machine_removals, veth_dhcp, zone_rules};
-use super::registry::{Entry, Registry, ZoneEntry};
+use super::registry::{Entry, Registry};
 use super::system::{Leases, Links, Procs, System};
 use super::{Machines, container_mac, internal};
 
@@ -141,13 +141,7 @@ impl<S: System> Machines<S> {
             }
         }
         // Implicit zones whose members all went while we were down.
-        let empty: Vec<ZoneName> = registry
-            .zones
-            .iter()
-            .filter(|(_, z)| !z.explicit && z.members.is_empty())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for z in empty {
+        for z in registry.zones.empty_implicit() {
             self.remove_zone(&mut registry, &z).await;
         }
         self.remove_unexplained_links(&registry).await;
@@ -155,7 +149,7 @@ impl<S: System> Machines<S> {
             .machines
             .values()
             .filter_map(|e| link_rules(&e.saved.machine).ok())
-            .chain(registry.zones.values().map(|z| zone_rules(&z.config)))
+            .chain(registry.zones.iter().map(|z| zone_rules(&z.config)))
             .collect();
         {
             let mut firewall = self.firewall.lock().await;
@@ -179,7 +173,7 @@ impl<S: System> Machines<S> {
     ) {
         let name = config.name.clone();
         let Some(subnet) = config.subnet else { return };
-        if registry.zone_pool.reserve(subnet).is_err() {
+        if registry.zones.reserve_subnet(subnet).is_err() {
             warn!(zone = %name, %subnet, "saved zone subnet overlaps another; dropping it");
             return;
         }
@@ -197,15 +191,7 @@ impl<S: System> Machines<S> {
             }
         }
         info!(zone = %name, bridge = %name.bridge(), "zone adopted");
-        registry.zones.insert(
-            name,
-            ZoneEntry {
-                config,
-                index,
-                explicit,
-                members: BTreeSet::new(),
-            },
-        );
+        registry.zones.add(config, index, explicit);
     }
 
     /// Takes over a live machine; false when it cannot be (its subnet is taken, its process
@@ -299,7 +285,7 @@ impl<S: System> Machines<S> {
                         _ => None,
                     }))
             })
-            .chain(registry.zones.keys().map(ZoneName::bridge))
+            .chain(registry.zones.iter().map(|z| z.config.name.bridge()))
             .collect();
         let marked = match self.links.marked_links().await {
             Ok(m) => m,

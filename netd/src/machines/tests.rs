@@ -346,7 +346,7 @@ async fn a_first_member_that_fails_takes_its_new_zone_with_it() {
     assert!(w.m.zone_list().await.is_empty());
     assert!(!w.nft.get().table_exists());
     // The zone's subnet went back to the pool.
-    assert!(w.m.registry.lock().await.zone_pool.allocated().is_empty());
+    assert!(w.m.registry.lock().await.zones.subnets().is_empty());
     w.attach("b", 2, zone("lab"), &[]).await.unwrap();
 }
 
@@ -572,10 +572,7 @@ async fn every_failed_step_of_a_zone_create_is_undone() {
         assert!(w.leases.served().is_empty(), "{op}");
         assert!(!w.nft.get().table_exists(), "{op}");
         assert!(w.m.zone_list().await.is_empty(), "{op}");
-        assert!(
-            w.m.registry.lock().await.zone_pool.allocated().is_empty(),
-            "{op}"
-        );
+        assert!(w.m.registry.lock().await.zones.subnets().is_empty(), "{op}");
     }
 }
 
