@@ -344,6 +344,7 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
         let (verb, obj) = match cmd {
             NfCmd::Add(obj) => ("add", obj),
             NfCmd::Delete(obj) => ("delete", obj),
+            NfCmd::Insert(obj) => ("insert", obj),
             _ => {
                 other += 1;
                 continue;

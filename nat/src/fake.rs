@@ -59,6 +59,7 @@ impl Foreign {
     fn has_chain(&self, family: &str, table: &str, chain: &str) -> bool {
         self.chains
             .iter()
+            .map(|c| &c["chain"])
             .any(|c| c["family"] == family && c["table"] == table && c["name"] == chain)
     }
 

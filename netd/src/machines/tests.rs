@@ -39,6 +39,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         pool_ranges: vec!["192.168.0.0/16".parse().unwrap()],
         veth_prefix: 28,
         dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+        host_firewall: Default::default(),
     }
 }
 
