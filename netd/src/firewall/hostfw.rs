@@ -66,13 +66,24 @@ const RESTART: Duration = Duration::from_secs(5);
 /// sending `()` after each burst of relevant events; restarts it when it ends.
 pub async fn monitor(program: &str, events: mpsc::Sender<()>) {
     loop {
-        let child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .arg("monitor")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; run between
+        // fork and exec it makes the monitor die with rnetd even when rnetd is killed (-9).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn();
         match child {
             Ok(mut child) => {
                 let stdout = child.stdout.take().expect("stdout is piped");
