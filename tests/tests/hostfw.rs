@@ -117,6 +117,12 @@ fn iptables_forward_drop_lets_our_containers_through_and_nothing_else() {
             .all(|r| r.starts_with("ip filter FORWARD: rnet: ")),
         "{ours:?}"
     );
+    // `rnet status` says where our rules are.
+    let status = ok(rig.rnet().args(["status", "srv"]));
+    assert!(
+        status.contains("Host firewall: ip filter FORWARD (forward: policy drop)"),
+        "{status}"
+    );
     // iptables still reads its chain (our rules use only what iptables-nft understands) and
     // its policy is unchanged.
     let rules = rig.host_sh("iptables -S FORWARD");
@@ -255,6 +261,10 @@ fn with_host_firewall_off_nothing_of_ours_appears_and_the_drops_apply() {
     assert!(!published_answers(&rig));
     std::thread::sleep(Duration::from_millis(2500)); // a periodic check went by
     assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(rig.rnet().args(["status", "off", "--json"]))).unwrap();
+    assert_eq!(status["machine"], "off", "{status}");
+    assert!(status.get("host_firewall").is_none(), "{status}");
     end(&rig, &[pid]);
     let forward = ok(rig.in_host("iptables").args(["-S", "FORWARD"]));
     assert!(forward.contains("-P FORWARD DROP"), "{forward}");

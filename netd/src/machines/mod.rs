@@ -547,14 +547,19 @@ impl<S: System> Machines<S> {
         registry.machines.values().map(Entry::view).collect()
     }
 
-    /// One attached machine.
+    /// One attached machine, with the other firewalls' chains that let its traffic through.
     pub async fn status(&self, name: &MachineName) -> Result<Machine, ApiError> {
         let registry = self.registry.lock().await;
-        registry
+        let mut machine = registry
             .machines
             .get(name)
             .map(Entry::view)
-            .ok_or_else(|| not_found(name))
+            .ok_or_else(|| not_found(name))?;
+        // Routed by us (a ve- link or a zone's bridge): our rules in other firewalls are for it.
+        if matches!(machine.network, NetworkSpec::Veth | NetworkSpec::Zone(_)) {
+            machine.host_firewall = self.firewall.lock().await.host_chains().to_vec();
+        }
+        Ok(machine)
     }
 
     /// Watches `pidfd`; when the process exits the machine is detached.

@@ -487,6 +487,7 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             ports: Vec::new(),
             links: Vec::new(),
             teardown_errors: Vec::new(),
+            host_firewall: Vec::new(),
         },
         pid_start_time: 1,
     };
