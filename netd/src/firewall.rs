@@ -396,10 +396,19 @@ impl<N: AsyncNft> Firewall<N> {
         Ok(())
     }
 
-    /// Makes the kernel's table match what we have: re-creates it if it is missing or was
-    /// changed from outside, removes a stale one when we have nothing; then our rules in other
-    /// firewalls' chains ([`Firewall::sync_host`]). Returns whether it had to repair the tables.
+    /// Makes the kernel's tables match what we have ([`Firewall::reconcile_tables`]), then our
+    /// rules in other firewalls' chains ([`Firewall::sync_host`], failures logged). Returns
+    /// whether it had to repair the tables.
     pub async fn reconcile(&mut self) -> Result<bool, FirewallError> {
+        let repaired = self.reconcile_tables().await?;
+        self.sync_host_logged().await;
+        Ok(repaired)
+    }
+
+    /// Makes the kernel's table match what we have: re-creates it if it is missing or was
+    /// changed from outside, removes a stale one when we have nothing. Returns whether it had
+    /// to repair anything.
+    pub async fn reconcile_tables(&mut self) -> Result<bool, FirewallError> {
         let listing = self.nft.list_table_async().await?;
         if self.installed.is_empty() {
             self.present = false;
@@ -408,7 +417,6 @@ impl<N: AsyncNft> Firewall<N> {
                 info!("removed stale tables inet rnet and bridge rnet");
             }
             self.restore_forwarding();
-            self.sync_host_logged().await;
             return Ok(listing.is_some());
         }
         if self.installed.ifaces().next().is_some()
@@ -429,7 +437,6 @@ impl<N: AsyncNft> Firewall<N> {
             }
         };
         self.present = true;
-        self.sync_host_logged().await;
         Ok(repaired)
     }
 }

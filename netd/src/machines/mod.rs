@@ -14,9 +14,10 @@
 //! Two `tokio::sync::Mutex`es, always taken in this order: `registry` (machines, zones, pools),
 //! then `firewall` (the nft tables as we installed them). Both may be held across netlink and
 //! `nft` work of a change (attach, detach, zone create/delete), which must not interleave with
-//! another. Reads (list, status, zone list/show) take only `registry`. The periodic table check
-//! takes only `firewall`, and only to copy what it compares and, rarely, to repair: the listing
-//! runs with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
+//! another. Reads (list, status, zone list/show) take only `registry` (status then `firewall`,
+//! briefly). The periodic table check, and the same check run on an `nft monitor` event, take
+//! only `firewall`, and only to copy what it compares and, rarely, to repair: the listings run
+//! with no lock held, and the monitor is read with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
 //! `std::sync::Mutex` anywhere is held across an `.await` or across file or netlink work.
 
 mod apply;
@@ -263,15 +264,15 @@ impl<S: System> Machines<S> {
             return; // changed meanwhile: the next check looks again
         }
         if table {
-            // Also puts our rules back into other firewalls' chains.
-            match firewall.reconcile().await {
+            match firewall.reconcile_tables().await {
                 Ok(true) => {
                     info!("table inet rnet was removed or changed from outside; rebuilt it")
                 }
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "repairing the firewall table failed"),
             }
-        } else if let Err(e) = firewall.sync_host().await {
+        }
+        if let Err(e) = firewall.sync_host().await {
             warn!(error = %e, "putting our rules back into other firewalls' chains failed");
         }
     }
