@@ -492,6 +492,10 @@ pub struct Machine {
     /// with this until a detach succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teardown_errors: Vec<String>,
+    /// Other firewalls' chains holding rnetd's accept rules for this machine's traffic
+    /// (`ip filter DOCKER-USER (forward: policy drop)`); filled by `Status` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_firewall: Vec<String>,
 }
 
 /// A failed request: a stable kind for programs, a sentence for people.

@@ -215,4 +215,7 @@ fn print_status(m: &Machine) {
         let dns: Vec<String> = m.dns.iter().map(ToString::to_string).collect();
         println!("          DNS: {}", dns.join(" "));
     }
+    for chain in &m.host_firewall {
+        println!("Host firewall: {chain}");
+    }
 }

@@ -44,6 +44,11 @@ pub trait Nft {
     /// Lists table `inet rnet` then table `bridge rnet` (`nft -j list table ...`), as one
     /// listing; `None` if neither exists, e.g. after `nft flush ruleset`.
     fn list_table(&mut self) -> Result<Option<Nftables<'static>>>;
+
+    /// Lists the whole ruleset, every table of every family (`nft -j list ruleset`), as JSON:
+    /// other firewalls' tables hold expressions the `nftables` crate cannot read (see
+    /// [`crate::hostfw::detect`]).
+    fn list_ruleset(&mut self) -> Result<serde_json::Value>;
 }
 
 /// [`Nft`] for async callers: the `nft` process runs without blocking the executor.
@@ -55,6 +60,9 @@ pub trait AsyncNft {
     fn list_table_async(
         &mut self,
     ) -> impl Future<Output = Result<Option<Nftables<'static>>>> + Send;
+
+    /// Async [`Nft::list_ruleset`].
+    fn list_ruleset_async(&mut self) -> impl Future<Output = Result<serde_json::Value>> + Send;
 }
 
 /// The real [`Nft`]: runs the `nft` program (package `nftables`) with JSON in and out.
@@ -134,6 +142,20 @@ impl NftCli {
     }
 }
 
+/// `nft` arguments (after `-j`) that list every table.
+const LIST_RULESET: [&str; 2] = ["list", "ruleset"];
+/// Step name of listing the ruleset, in errors.
+const LISTING_RULESET: &str = "listing the ruleset";
+
+/// Reads `nft -j list ruleset` output as JSON.
+fn parse_ruleset(json: &str, program: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(json).map_err(|e| Error::Output {
+        program: program.to_owned(),
+        step: LISTING_RULESET.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
 /// One listing of the tables that exist, in [`FAMILIES`] order; `None` if none does.
 fn merge(listings: Vec<Option<Nftables<'static>>>) -> Option<Nftables<'static>> {
     let mut objects = Vec::new();
@@ -183,6 +205,12 @@ impl Nft for NftCli {
             .collect::<Result<Vec<_>>>()?;
         Ok(merge(listings))
     }
+
+    fn list_ruleset(&mut self) -> Result<serde_json::Value> {
+        let json = helper::get_current_ruleset_raw(Some(&self.program), &LIST_RULESET)
+            .map_err(|e| nft_error(e, self.program_name(), LISTING_RULESET.to_owned()))?;
+        parse_ruleset(&json, &self.program_name())
+    }
 }
 
 impl AsyncNft for NftCli {
@@ -215,6 +243,13 @@ impl AsyncNft for NftCli {
             listings.push(self.list_one_async(family).await?);
         }
         Ok(merge(listings))
+    }
+
+    async fn list_ruleset_async(&mut self) -> Result<serde_json::Value> {
+        let json = helper::get_current_ruleset_raw_async(Some(&self.program), &LIST_RULESET)
+            .await
+            .map_err(|e| nft_error(e, self.program_name(), LISTING_RULESET.to_owned()))?;
+        parse_ruleset(&json, &self.program_name())
     }
 }
 
@@ -310,6 +345,7 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
         let (verb, obj) = match cmd {
             NfCmd::Add(obj) => ("add", obj),
             NfCmd::Delete(obj) => ("delete", obj),
+            NfCmd::Insert(obj) => ("insert", obj),
             _ => {
                 other += 1;
                 continue;
@@ -363,7 +399,7 @@ pub fn summarize(batch: &Nftables<'_>) -> String {
 }
 
 /// How `nft` spells a family.
-fn family_name(family: NfFamily) -> &'static str {
+pub(crate) fn family_name(family: NfFamily) -> &'static str {
     match family {
         NfFamily::IP => "ip",
         NfFamily::IP6 => "ip6",

@@ -30,16 +30,96 @@ pub struct FakeNft {
     pub batches: Vec<Nftables<'static>>,
     /// Number of `list_table` calls.
     pub lists: usize,
+    ruleset_lists: usize,
     /// Our tables that exist, by family.
     tables: Tables,
     refusals: VecDeque<String>,
 }
 
-/// `inet rnet` and `bridge rnet`, each present or not.
+/// `inet rnet` and `bridge rnet`, each present or not, and the chains of other firewalls.
 #[derive(Clone, Debug, Default)]
 struct Tables {
     inet: Option<FakeTable>,
     bridge: Option<FakeTable>,
+    foreign: Foreign,
+}
+
+/// Chains of other tables (other firewalls) and their rules, as `nft -j list ruleset` shows
+/// them: only what [`crate::hostfw`] reads and writes (insert, add and delete of rules).
+#[derive(Clone, Debug, Default)]
+struct Foreign {
+    /// `chain` objects of the listing.
+    chains: Vec<serde_json::Value>,
+    /// `rule` objects of the listing, grouped by chain in insertion order.
+    rules: Vec<serde_json::Value>,
+    /// The last handle given out.
+    handle: u32,
+}
+
+impl Foreign {
+    fn has_chain(&self, family: &str, table: &str, chain: &str) -> bool {
+        self.chains
+            .iter()
+            .map(|c| &c["chain"])
+            .any(|c| c["family"] == family && c["table"] == table && c["name"] == chain)
+    }
+
+    fn rule_of(r: &serde_json::Value, family: &str, table: &str, chain: &str) -> bool {
+        r["family"] == family && r["table"] == table && r["chain"] == chain
+    }
+
+    /// Applies one rule command; `Err(stderr)` like nft's.
+    fn step(&mut self, cmd: &NfCmd<'static>) -> Result<(), String> {
+        let (NfCmd::Add(NfListObject::Rule(r))
+        | NfCmd::Insert(NfListObject::Rule(r))
+        | NfCmd::Delete(NfListObject::Rule(r))) = cmd
+        else {
+            return Err(format!(
+                "Error: fake nft only simulates rules in other tables, not {cmd:?}"
+            ));
+        };
+        let family = crate::apply::family_name(r.family);
+        let (table, chain) = (r.table.as_ref(), r.chain.as_ref());
+        if !self.has_chain(family, table, chain) {
+            return Err(format!("{ENOENT}: chain {family} {table} {chain}"));
+        }
+        let at_chain = |rules: &[serde_json::Value]| {
+            rules
+                .iter()
+                .position(|x| Self::rule_of(&x["rule"], family, table, chain))
+        };
+        if let NfCmd::Delete(_) = cmd {
+            let at = self
+                .rules
+                .iter()
+                .position(|x| {
+                    Self::rule_of(&x["rule"], family, table, chain)
+                        && x["rule"]["handle"].as_u64() == r.handle.map(u64::from)
+                })
+                .ok_or_else(|| format!("{ENOENT}: rule handle {:?}", r.handle))?;
+            self.rules.remove(at);
+            return Ok(());
+        }
+        self.handle += 1;
+        let mut rule = serde_json::json!({
+            "family": family, "table": table, "chain": chain, "handle": self.handle,
+            "expr": serde_json::to_value(&r.expr).expect("statements serialize"),
+        });
+        if let Some(comment) = &r.comment {
+            rule["comment"] = serde_json::Value::from(comment.as_ref());
+        }
+        let rule = serde_json::json!({ "rule": rule });
+        let at = match cmd {
+            NfCmd::Insert(_) => at_chain(&self.rules).unwrap_or(self.rules.len()),
+            _ => self
+                .rules
+                .iter()
+                .rposition(|x| Self::rule_of(&x["rule"], family, table, chain))
+                .map_or(self.rules.len(), |i| i + 1),
+        };
+        self.rules.insert(at, rule);
+        Ok(())
+    }
 }
 
 impl Tables {
@@ -83,9 +163,75 @@ impl FakeNft {
         self.tables.bridge.is_some()
     }
 
-    /// Simulates `nft flush ruleset` by someone else: the tables are gone.
+    /// Simulates `nft flush ruleset` by someone else: the tables are gone, ours and others'.
     pub fn flush_ruleset(&mut self) {
+        let handle = self.tables.foreign.handle;
         self.tables = Tables::default();
+        self.tables.foreign.handle = handle;
+    }
+
+    /// Simulates another firewall creating a chain in its table (`family` `ip`, `ip6` or
+    /// `inet`): a base chain when `hook` is given (type filter, priority 0, `policy`).
+    pub fn add_foreign_chain(
+        &mut self,
+        family: &str,
+        table: &str,
+        name: &str,
+        hook: Option<&str>,
+        policy: &str,
+    ) {
+        let mut chain = serde_json::json!({"family": family, "table": table, "name": name});
+        if let Some(hook) = hook {
+            chain["type"] = "filter".into();
+            chain["hook"] = hook.into();
+            chain["prio"] = 0.into();
+            chain["policy"] = policy.into();
+        }
+        self.tables
+            .foreign
+            .chains
+            .push(serde_json::json!({ "chain": chain }));
+    }
+
+    /// Simulates another firewall appending a rule (statements as `nft -j` prints them) to one
+    /// of its chains.
+    pub fn add_foreign_rule(
+        &mut self,
+        family: &str,
+        table: &str,
+        chain: &str,
+        expr: serde_json::Value,
+    ) {
+        let foreign = &mut self.tables.foreign;
+        foreign.handle += 1;
+        foreign.rules.push(serde_json::json!({"rule": {
+            "family": family, "table": table, "chain": chain, "handle": foreign.handle,
+            "expr": expr,
+        }}));
+    }
+
+    /// The comments of the rules of a foreign chain, in order (`""` for a rule without one).
+    pub fn foreign_comments(&self, family: &str, table: &str, chain: &str) -> Vec<String> {
+        self.tables
+            .foreign
+            .rules
+            .iter()
+            .filter(|r| Foreign::rule_of(&r["rule"], family, table, chain))
+            .map(|r| r["rule"]["comment"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Simulates another firewall flushing one of its chains.
+    pub fn flush_foreign_chain(&mut self, family: &str, table: &str, chain: &str) {
+        self.tables
+            .foreign
+            .rules
+            .retain(|r| !Foreign::rule_of(&r["rule"], family, table, chain));
+    }
+
+    /// Number of `list_ruleset` calls.
+    pub fn ruleset_lists(&self) -> usize {
+        self.ruleset_lists
     }
 
     /// Simulates `nft delete table bridge rnet` by someone else.
@@ -145,6 +291,20 @@ impl FakeNft {
             objects: Cow::Owned(objects),
         })
     }
+
+    /// What `nft -j list ruleset` prints: our tables, then the other firewalls' chains and rules.
+    fn ruleset(&mut self) -> serde_json::Value {
+        self.ruleset_lists += 1;
+        let mut objects = vec![serde_json::json!({"metainfo": {"json_schema_version": 1}})];
+        for (family, table) in self.tables.existing() {
+            for object in table_listing(family, table) {
+                objects.push(serde_json::to_value(object).expect("listings serialize"));
+            }
+        }
+        objects.extend(self.tables.foreign.chains.iter().cloned());
+        objects.extend(self.tables.foreign.rules.iter().cloned());
+        serde_json::json!({ "nftables": objects })
+    }
 }
 
 /// What `nft -j list table` prints for one table (without metainfo).
@@ -177,6 +337,10 @@ impl Nft for FakeNft {
     fn list_table(&mut self) -> Result<Option<Nftables<'static>>> {
         Ok(self.listing())
     }
+
+    fn list_ruleset(&mut self) -> Result<serde_json::Value> {
+        Ok(self.ruleset())
+    }
 }
 
 impl AsyncNft for FakeNft {
@@ -186,6 +350,10 @@ impl AsyncNft for FakeNft {
 
     async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {
         Ok(self.listing())
+    }
+
+    async fn list_ruleset_async(&mut self) -> Result<serde_json::Value> {
+        Ok(self.ruleset())
     }
 }
 
@@ -241,9 +409,14 @@ fn step(tables: &mut Tables, object: &NfObject<'static>) -> Result<(), String> {
         return Err("Error: fake nft only takes commands".to_owned());
     };
     let obj = match cmd {
-        NfCmd::Add(obj) | NfCmd::Delete(obj) => obj,
+        NfCmd::Add(obj) | NfCmd::Delete(obj) | NfCmd::Insert(obj) => obj,
         other => return Err(format!("Error: fake nft does not simulate {other:?}")),
     };
+    if let Some((family, name)) = owner(obj)
+        && !(name == TABLE && matches!(family, FAMILY | BRIDGE_FAMILY))
+    {
+        return tables.foreign.step(cmd);
+    }
     let table = match owner(obj) {
         Some((family, name)) if name == TABLE => tables.slot(family),
         _ => None,

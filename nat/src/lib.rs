@@ -7,6 +7,7 @@ pub mod error;
 mod expr;
 #[cfg(any(test, feature = "testing"))]
 mod fake;
+pub mod hostfw;
 pub mod model;
 pub mod names;
 pub mod observe;
@@ -17,6 +18,7 @@ pub use apply::FakeNft;
 pub use apply::{AsyncNft, Nft, NftCli};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
+pub use hostfw::{ForeignChain, HostView, detect, plan_host};
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 pub use observe::{Observed, observe, plan};
 pub use rules::{render_delete_table, render_table, rule_count};

@@ -1,7 +1,12 @@
 //! The daemon's side of the nftables layer: keeps tables `inet rnet` and `bridge rnet` equal to
 //! the machines we have, one atomic batch per change, rebuilds them when someone removes them from
 //! outside, and removes them (and restores `net.ipv4.ip_forward`) when the last machine goes.
+//! With them it keeps our accept rules in other firewalls' chains that would drop our traffic
+//! ([`hostfw`]).
 
+pub mod hostfw;
+
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -10,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::PortSpec;
 use crate::sysctl::Sysctl;
+use hostfw::HostFwMode;
 
 /// A firewall step failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +133,11 @@ pub struct Firewall<N> {
     /// Counts changes of `installed`: a check made without the lock is applied only if
     /// nothing changed meanwhile.
     generation: u64,
+    /// `--host-firewall`.
+    host_mode: HostFwMode,
+    /// The foreign chains that hold our rules, as last synced (`ip filter DOCKER-USER (forward:
+    /// policy drop)`).
+    host_chains: Vec<String>,
 }
 
 /// What a periodic check needs, taken under the firewall's lock and used without it.
@@ -150,6 +161,22 @@ impl<N: AsyncNft> Probe<N> {
         };
         Ok(nat::plan(observed.as_ref(), &self.desired).is_some())
     }
+
+    /// Lists the whole ruleset (`nft -j list ruleset`) and says whether our rules in other
+    /// firewalls' chains differ from what our links need. Runs without any lock of the daemon.
+    pub async fn host_needs_sync(&mut self, mode: HostFwMode) -> Result<bool, FirewallError> {
+        let links = host_links(mode, &self.desired);
+        let view = nat::detect(&self.nft.list_ruleset_async().await?);
+        Ok(nat::plan_host(&view, &links).is_some())
+    }
+}
+
+/// The links whose traffic other firewalls must let through: ours, unless `--host-firewall=off`.
+fn host_links(mode: HostFwMode, installed: &Ruleset) -> BTreeSet<IfName> {
+    match mode {
+        HostFwMode::Auto => installed.ifaces().cloned().collect(),
+        HostFwMode::Off => BTreeSet::new(),
+    }
 }
 
 impl<N: AsyncNft> Firewall<N> {
@@ -162,6 +189,66 @@ impl<N: AsyncNft> Firewall<N> {
             present: false,
             forward_restore,
             generation: 0,
+            host_mode: HostFwMode::Auto,
+            host_chains: Vec::new(),
+        }
+    }
+
+    /// Sets `--host-firewall` (default [`HostFwMode::Auto`]).
+    pub fn with_host_mode(mut self, mode: HostFwMode) -> Self {
+        self.host_mode = mode;
+        self
+    }
+
+    /// `--host-firewall`.
+    pub fn host_mode(&self) -> HostFwMode {
+        self.host_mode
+    }
+
+    /// The foreign chains holding our rules, as last synced.
+    pub fn host_chains(&self) -> &[String] {
+        &self.host_chains
+    }
+
+    /// Makes our rules in other firewalls' chains exactly what our links need
+    /// ([`nat::plan_host`]): inserted at the head of every foreign chain that would drop our
+    /// traffic, removed with our last link or with `--host-firewall=off`. Returns whether it
+    /// changed anything.
+    pub async fn sync_host(&mut self) -> Result<bool, FirewallError> {
+        let links = host_links(self.host_mode, &self.installed);
+        let view = nat::detect(&self.nft.list_ruleset_async().await?);
+        let chains: Vec<String> = view
+            .chains
+            .iter()
+            .map(nat::ForeignChain::describe)
+            .collect();
+        let Some(batch) = nat::plan_host(&view, &links) else {
+            self.host_chains = if links.is_empty() { Vec::new() } else { chains };
+            return Ok(false);
+        };
+        self.nft.apply_async(&batch).await?;
+        if links.is_empty() {
+            info!(
+                removed = view.ours.len(),
+                "removed our rules from other firewalls' chains"
+            );
+            self.host_chains = Vec::new();
+        } else {
+            info!(
+                chains = %chains.join(", "),
+                links = links.len(),
+                "other firewalls would drop our traffic; our accept rules are in their chains"
+            );
+            self.host_chains = chains;
+        }
+        Ok(true)
+    }
+
+    /// [`Firewall::sync_host`], failures logged: the other firewalls' rules are not ours to
+    /// make a change fail for; the periodic check and the monitor try again.
+    async fn sync_host_logged(&mut self) {
+        if let Err(e) = self.sync_host().await {
+            warn!(error = %e, "letting our traffic through other firewalls failed");
         }
     }
 
@@ -231,6 +318,7 @@ impl<N: AsyncNft> Firewall<N> {
             self.generation += 1;
             self.present = false;
             self.restore_forwarding();
+            self.sync_host_logged().await;
             return Ok(());
         }
         self.change(&changes).await
@@ -284,9 +372,13 @@ impl<N: AsyncNft> Firewall<N> {
             }
             Err(e) => return Err(e.into()),
         }
+        let links_changed = self.installed.ifaces().ne(desired.ifaces());
         self.installed = desired;
         self.generation += 1;
         self.present = true;
+        if links_changed {
+            self.sync_host_logged().await;
+        }
         Ok(())
     }
 
@@ -304,10 +396,19 @@ impl<N: AsyncNft> Firewall<N> {
         Ok(())
     }
 
+    /// Makes the kernel's tables match what we have ([`Firewall::reconcile_tables`]), then our
+    /// rules in other firewalls' chains ([`Firewall::sync_host`], failures logged). Returns
+    /// whether it had to repair the tables.
+    pub async fn reconcile(&mut self) -> Result<bool, FirewallError> {
+        let repaired = self.reconcile_tables().await?;
+        self.sync_host_logged().await;
+        Ok(repaired)
+    }
+
     /// Makes the kernel's table match what we have: re-creates it if it is missing or was
     /// changed from outside, removes a stale one when we have nothing. Returns whether it had
     /// to repair anything.
-    pub async fn reconcile(&mut self) -> Result<bool, FirewallError> {
+    pub async fn reconcile_tables(&mut self) -> Result<bool, FirewallError> {
         let listing = self.nft.list_table_async().await?;
         if self.installed.is_empty() {
             self.present = false;
@@ -343,7 +444,7 @@ impl<N: AsyncNft> Firewall<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nat::FakeNft;
+    use nat::{FakeNft, Nft};
 
     fn link(name: &str, subnet: &str, ports: &[&str]) -> LinkRules {
         let subnet: Ipv4Network = subnet.parse().unwrap();
@@ -450,5 +551,121 @@ mod tests {
         fw.add(&link("ve-b", "192.168.0.16/28", &[])).await.unwrap();
         assert!(fw.nft.table_exists());
         assert!(!fw.reconcile().await.unwrap());
+    }
+
+    /// Docker's layout under iptables-nft (FORWARD policy drop jumping to DOCKER-USER, which
+    /// holds Docker's `return`) and a hardened host's inet input chain with policy drop.
+    fn docker_host() -> FakeNft {
+        let mut nft = FakeNft::new();
+        nft.add_foreign_chain("ip", "filter", "FORWARD", Some("forward"), "drop");
+        nft.add_foreign_chain("ip", "filter", "DOCKER-USER", None, "");
+        nft.add_foreign_rule(
+            "ip",
+            "filter",
+            "FORWARD",
+            serde_json::json!([{"jump": {"target": "DOCKER-USER"}}]),
+        );
+        nft.add_foreign_rule(
+            "ip",
+            "filter",
+            "DOCKER-USER",
+            serde_json::json!([{"return": null}]),
+        );
+        nft.add_foreign_chain("inet", "hardened", "input", Some("input"), "drop");
+        nft
+    }
+
+    #[tokio::test]
+    async fn our_rules_follow_our_links_in_foreign_chains() {
+        let (_dir, sys) = sysctl();
+        let mut fw = Firewall::new(docker_host(), sys, None);
+        let a = link("ve-a", "192.168.0.0/28", &["8080:80"]);
+        let b = link("ve-b", "192.168.0.16/28", &[]);
+        fw.add(&a).await.unwrap();
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
+            ["rnet: from ve-a", "rnet: to ve-a", ""],
+            "at the head, Docker's return kept"
+        );
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "FORWARD"),
+            [""],
+            "DOCKER-USER rather than FORWARD"
+        );
+        assert_eq!(
+            fw.nft.foreign_comments("inet", "hardened", "input").len(),
+            3
+        );
+        assert_eq!(
+            fw.host_chains(),
+            [
+                "ip filter DOCKER-USER (forward: policy drop)",
+                "inet hardened input (input: policy drop)"
+            ]
+        );
+        fw.add(&b).await.unwrap();
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
+            5
+        );
+        // A check with nothing changed does nothing (no batch, no duplicate).
+        let batches = fw.nft.batches.len();
+        assert!(!fw.sync_host().await.unwrap());
+        assert_eq!(fw.nft.batches.len(), batches);
+
+        // Docker re-creates DOCKER-USER: ours come back, once.
+        fw.nft.flush_foreign_chain("ip", "filter", "DOCKER-USER");
+        assert!(fw.sync_host().await.unwrap());
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
+            4
+        );
+        // `nft flush ruleset` and the other firewall back: the reconcile rebuilds both.
+        fw.nft.flush_ruleset();
+        let mut host = docker_host();
+        std::mem::swap(&mut fw.nft, &mut host);
+        assert!(fw.reconcile().await.unwrap());
+        assert!(fw.nft.table_exists());
+        assert_eq!(
+            fw.nft.foreign_comments("inet", "hardened", "input").len(),
+            6
+        );
+
+        fw.remove(&a).await.unwrap();
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
+            ["rnet: from ve-b", "rnet: to ve-b", ""]
+        );
+        fw.remove(&b).await.unwrap();
+        assert_eq!(fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"), [""]);
+        assert!(
+            fw.nft
+                .foreign_comments("inet", "hardened", "input")
+                .is_empty()
+        );
+        assert!(fw.host_chains().is_empty());
+    }
+
+    #[tokio::test]
+    async fn off_touches_no_foreign_chain_and_removes_ours_left_there() {
+        let (_dir, sys) = sysctl();
+        let mut nft = docker_host();
+        // Left by an earlier rnetd with --host-firewall=auto.
+        let view = nat::detect(&nft.list_ruleset().unwrap());
+        let old = [IfName::new("ve-old").unwrap()].into();
+        nft.apply(&nat::plan_host(&view, &old).unwrap()).unwrap();
+        assert_eq!(nft.foreign_comments("ip", "filter", "DOCKER-USER").len(), 3);
+        let mut fw = Firewall::new(nft, sys, None).with_host_mode(HostFwMode::Off);
+        fw.reconcile().await.unwrap();
+        assert_eq!(fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"), [""]);
+        fw.add(&link("ve-a", "192.168.0.0/28", &[])).await.unwrap();
+        assert!(fw.nft.table_exists());
+        assert_eq!(fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"), [""]);
+        assert!(
+            fw.nft
+                .foreign_comments("inet", "hardened", "input")
+                .is_empty()
+        );
+        assert!(fw.host_chains().is_empty());
     }
 }

@@ -210,6 +210,7 @@ mod tests {
                 ports: vec![],
                 links: vec![],
                 teardown_errors: vec![],
+                host_firewall: vec![],
             },
             pid_start_time: 99,
         }

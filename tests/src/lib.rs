@@ -736,3 +736,126 @@ pub fn dhcpflood() -> PathBuf {
 pub fn hostile() -> PathBuf {
     bin("hostile")
 }
+
+// Helpers for the host-firewall tests (tests/tests/hostfw.rs).
+
+/// A network namespace of a test's own (with a veth to the rig's host netns), deleted on drop.
+pub struct ExtraNetns {
+    /// Its name (`ip netns`), starting with the rig's prefix so the sweeper knows it.
+    pub name: String,
+}
+
+impl ExtraNetns {
+    /// A command run inside it.
+    pub fn run(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        in_netns(&format!("/run/netns/{}", self.name), program)
+    }
+}
+
+impl Drop for ExtraNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+impl Rig {
+    /// `nft -j list ruleset` in the host netns.
+    pub fn nft_ruleset(&self) -> Value {
+        let out = ok(self.in_host("nft").args(["-j", "list", "ruleset"]));
+        serde_json::from_str(&out).expect("nft -j list ruleset")
+    }
+
+    /// The rules of ours in other tables than ours (comment starting with `rnet: `), as
+    /// `family table chain: comment`.
+    pub fn our_foreign_rules(&self) -> Vec<String> {
+        let listing = self.nft_ruleset();
+        listing["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| !(r["family"] == "inet" && r["table"] == "rnet"))
+            .filter_map(|r| {
+                let comment = r["comment"].as_str()?;
+                comment.starts_with("rnet: ").then(|| {
+                    format!(
+                        "{} {} {}: {comment}",
+                        r["family"].as_str().unwrap_or_default(),
+                        r["table"].as_str().unwrap_or_default(),
+                        r["chain"].as_str().unwrap_or_default()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a shell script in the host netns (`iptables`, `nft` set-ups of a test); panics with
+    /// its output when it fails.
+    pub fn host_sh(&self, script: &str) -> String {
+        ok(self.in_host("sh").args(["-c", script]))
+    }
+
+    /// A namespace of the test's own routed through the host, not by rnetd: `10.99.0.2/24` in
+    /// it, `10.99.0.1/24` on the host end `PREFIXxa`, routes both ways (the uplink routes
+    /// 10.99.0.0/24 back through the host). Forwarded traffic from it is no traffic of ours: the
+    /// control showing another firewall's drop policy really drops.
+    pub fn routed_netns(&self) -> ExtraNetns {
+        let ns = ExtraNetns {
+            name: format!("{}c", self.prefix),
+        };
+        let host_end = format!("{}xa", self.prefix);
+        let ip = |args: &[&str]| ok(Command::new("ip").args(args));
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "-n",
+            &self.host_ns,
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        ip(&[
+            "-n",
+            &self.host_ns,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            &host_end,
+        ]);
+        ip(&["-n", &self.host_ns, "link", "set", &host_end, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.99.0.1",
+        ]);
+        ip(&[
+            "-n",
+            &self.uplink_ns,
+            "route",
+            "add",
+            "10.99.0.0/24",
+            "via",
+            HOST_ADDR,
+        ]);
+        ok(self
+            .in_host("sysctl")
+            .args(["-q", "-w", "net.ipv4.ip_forward=1"]));
+        ns
+    }
+}

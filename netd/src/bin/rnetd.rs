@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ipnetwork::Ipv4Network;
 use netd::api::{self, SOCKET_NAME};
+use netd::firewall::hostfw::HostFwMode;
 use netd::machines::{Machines, Settings};
 use netd::rtnl::Rtnl;
 use tokio::net::UnixListener;
@@ -36,6 +37,12 @@ struct Args {
     /// /etc/resolv.conf.
     #[arg(long = "dns", value_name = "ADDR")]
     dns: Vec<Ipv4Addr>,
+    /// Other firewalls on the host (Docker's iptables FORWARD DROP, an input chain with policy
+    /// drop, firewalld): `auto` puts accept rules for exactly our links' traffic at the head of
+    /// their dropping chains (comment "rnet: ...") and keeps them there; `off` leaves them alone
+    /// (and removes rules of ours left in them).
+    #[arg(long, value_name = "auto|off", default_value = "auto")]
+    host_firewall: HostFwMode,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
     #[arg(long, env = "RNET_LOG", default_value = "info")]
     log: String,
@@ -105,7 +112,14 @@ async fn run(args: Args) -> Result<()> {
         },
         dns,
         veth_prefix: args.veth_prefix,
+        host_firewall: args.host_firewall,
     };
+    if args.host_firewall == HostFwMode::Auto && firewalld_running() {
+        info!(
+            "firewalld is running: rnetd's accept rules go into its nftables chains directly \
+             (not through its D-Bus zones), and are put back within a second after a reload"
+        );
+    }
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
     let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
     let machines = Machines::start(settings, rtnl)
@@ -123,6 +137,18 @@ async fn run(args: Args) -> Result<()> {
     netd::server::run(machines, listener, shutdown).await;
     let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
     Ok(())
+}
+
+/// Whether firewalld runs (`firewall-cmd --state`). Said at start only: our nft rules in
+/// firewalld's tables work without its D-Bus API, and firewalld's reloads are put right by the
+/// `nft monitor` watch (see `firewall::hostfw`).
+fn firewalld_running() -> bool {
+    std::process::Command::new("firewall-cmd")
+        .arg("--state")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Raises the soft limit on open files to the hard one: every client connection, netns fd and

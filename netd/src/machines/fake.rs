@@ -492,4 +492,8 @@ impl AsyncNft for SharedNft {
     async fn list_table_async(&mut self) -> nat::Result<Option<Nftables<'static>>> {
         lock(&self.0).list_table()
     }
+
+    async fn list_ruleset_async(&mut self) -> nat::Result<serde_json::Value> {
+        lock(&self.0).list_ruleset()
+    }
 }

@@ -14,9 +14,10 @@
 //! Two `tokio::sync::Mutex`es, always taken in this order: `registry` (machines, zones, pools),
 //! then `firewall` (the nft tables as we installed them). Both may be held across netlink and
 //! `nft` work of a change (attach, detach, zone create/delete), which must not interleave with
-//! another. Reads (list, status, zone list/show) take only `registry`. The periodic table check
-//! takes only `firewall`, and only to copy what it compares and, rarely, to repair: the listing
-//! runs with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
+//! another. Reads (list, status, zone list/show) take only `registry` (status then `firewall`,
+//! briefly). The periodic table check, and the same check run on an `nft monitor` event, take
+//! only `firewall`, and only to copy what it compares and, rarely, to repair: the listings run
+//! with no lock held, and the monitor is read with no lock held. The DHCP service has its own rule (see `dhcp_glue`); no
 //! `std::sync::Mutex` anywhere is held across an `.await` or across file or netlink work.
 
 mod apply;
@@ -50,6 +51,7 @@ use crate::api::{
 };
 use crate::dhcp_glue::DhcpService;
 use crate::firewall::Firewall;
+use crate::firewall::hostfw::{self, HostFwMode};
 use crate::naming::MachineId;
 use crate::pool::Pool;
 use crate::rtnl::Rtnl;
@@ -88,6 +90,8 @@ pub struct Settings {
     pub veth_prefix: u8,
     /// DNS servers given to containers.
     pub dns: Vec<Ipv4Addr>,
+    /// `--host-firewall`: let our traffic through other firewalls' chains, or not.
+    pub host_firewall: HostFwMode,
 }
 
 /// An internal error (the daemon's side failed), with its cause's text.
@@ -134,7 +138,8 @@ impl Machines<Host> {
                 settings.runtime_dir.join("leases").display()
             ))
         })?;
-        Self::start_with(
+        let watch_others = settings.host_firewall == HostFwMode::Auto;
+        let me = Self::start_with(
             settings,
             rtnl,
             HostProcs,
@@ -142,7 +147,11 @@ impl Machines<Host> {
             nat::NftCli::new(),
             Sysctl::default(),
         )
-        .await
+        .await?;
+        if watch_others {
+            me.spawn_firewall_monitor("nft");
+        }
+        Ok(me)
     }
 }
 
@@ -174,6 +183,7 @@ impl<S: System> Machines<S> {
             Pool::new(zone_ranges, ZONE_PREFIX).map_err(|e| internal(format!("--pool: {e}")))?;
         let zone_file = ZoneFile::new(&settings.state_dir);
         let explicit = zone_file.load().map_err(internal)?;
+        let host_mode = settings.host_firewall;
         let me = Arc::new_cyclic(|this| Machines {
             settings,
             links,
@@ -182,7 +192,9 @@ impl<S: System> Machines<S> {
             state,
             zone_file,
             registry: Mutex::new(Registry::new(pool, zone_pool)),
-            firewall: Mutex::new(Firewall::new(nft, sysctl, saved.forward_restore.clone())),
+            firewall: Mutex::new(
+                Firewall::new(nft, sysctl, saved.forward_restore.clone()).with_host_mode(host_mode),
+            ),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -191,7 +203,8 @@ impl<S: System> Machines<S> {
     }
 
     /// Checks the firewall tables periodically and rebuilds them when they were removed or
-    /// changed from outside (e.g. `nft flush ruleset`).
+    /// changed from outside (e.g. `nft flush ruleset`); puts our rules back into other
+    /// firewalls' chains when those were reloaded (the fallback of the `nft monitor` watch).
     fn spawn_firewall_check(&self) {
         let this = self.this.clone();
         tokio::spawn(async move {
@@ -200,31 +213,69 @@ impl<S: System> Machines<S> {
             loop {
                 tick.tick().await;
                 let Some(me) = this.upgrade() else { return };
-                let Some(mut probe) = me.firewall.lock().await.probe() else {
-                    continue;
-                };
-                // Listed and compared with no lock held: requests go on meanwhile.
-                match probe.needs_repair().await {
-                    Ok(false) => continue,
-                    Ok(true) => {}
-                    Err(e) => {
-                        warn!(error = %e, "checking the firewall table failed");
-                        continue;
-                    }
-                }
-                let mut firewall = me.firewall.lock().await;
-                if firewall.generation() != probe.generation {
-                    continue; // changed meanwhile: the next check looks again
-                }
-                match firewall.reconcile().await {
-                    Ok(true) => {
-                        info!("table inet rnet was removed or changed from outside; rebuilt it")
-                    }
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "repairing the firewall table failed"),
-                }
+                me.check_firewall().await;
             }
         });
+    }
+
+    /// Reacts to `nft monitor` (changes of any table, ours or another firewall's) with a
+    /// firewall check, within [`hostfw`]'s settle time. The monitor is read with no lock held;
+    /// each check takes the firewall's lock as [`Machines::check_firewall`] says.
+    fn spawn_firewall_monitor(&self, program: &'static str) {
+        let (events, mut received) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(hostfw::monitor(program, events));
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            while received.recv().await.is_some() {
+                let Some(me) = this.upgrade() else { return };
+                me.check_firewall().await;
+            }
+        });
+    }
+
+    /// One check of the firewall: our tables, then our rules in other firewalls' chains. What
+    /// it compares is copied under the firewall's lock, listed and compared with no lock held,
+    /// and the lock is taken again only to repair (and only if nothing changed meanwhile).
+    async fn check_firewall(&self) {
+        let (probe, mode) = {
+            let firewall = self.firewall.lock().await;
+            (firewall.probe(), firewall.host_mode())
+        };
+        let Some(mut probe) = probe else { return };
+        let table = match probe.needs_repair().await {
+            Ok(repair) => repair,
+            Err(e) => {
+                warn!(error = %e, "checking the firewall table failed");
+                return;
+            }
+        };
+        let host = !table
+            && match probe.host_needs_sync(mode).await {
+                Ok(sync) => sync,
+                Err(e) => {
+                    warn!(error = %e, "checking other firewalls' chains failed");
+                    return;
+                }
+            };
+        if !table && !host {
+            return;
+        }
+        let mut firewall = self.firewall.lock().await;
+        if firewall.generation() != probe.generation {
+            return; // changed meanwhile: the next check looks again
+        }
+        if table {
+            match firewall.reconcile_tables().await {
+                Ok(true) => {
+                    info!("table inet rnet was removed or changed from outside; rebuilt it")
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "repairing the firewall table failed"),
+            }
+        }
+        if let Err(e) = firewall.sync_host().await {
+            warn!(error = %e, "putting our rules back into other firewalls' chains failed");
+        }
     }
 
     /// Writes the state file (atomically).
@@ -498,14 +549,19 @@ impl<S: System> Machines<S> {
         registry.machines.values().map(Entry::view).collect()
     }
 
-    /// One attached machine.
+    /// One attached machine, with the other firewalls' chains that let its traffic through.
     pub async fn status(&self, name: &MachineName) -> Result<Machine, ApiError> {
         let registry = self.registry.lock().await;
-        registry
+        let mut machine = registry
             .machines
             .get(name)
             .map(Entry::view)
-            .ok_or_else(|| not_found(name))
+            .ok_or_else(|| not_found(name))?;
+        // Routed by us (a ve- link or a zone's bridge): our rules in other firewalls are for it.
+        if matches!(machine.network, NetworkSpec::Veth | NetworkSpec::Zone(_)) {
+            machine.host_firewall = self.firewall.lock().await.host_chains().to_vec();
+        }
+        Ok(machine)
     }
 
     /// Watches `pidfd`; when the process exits the machine is detached.

@@ -213,6 +213,7 @@ fn machine(
         ports: req.ports.clone(),
         links: Vec::new(),
         teardown_errors: Vec::new(),
+        host_firewall: Vec::new(),
     }
 }
 

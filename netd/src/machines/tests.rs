@@ -39,6 +39,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         pool_ranges: vec!["192.168.0.0/16".parse().unwrap()],
         veth_prefix: 28,
         dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+        host_firewall: Default::default(),
     }
 }
 
@@ -486,6 +487,7 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             ports: Vec::new(),
             links: Vec::new(),
             teardown_errors: Vec::new(),
+            host_firewall: Vec::new(),
         },
         pid_start_time: 1,
     };

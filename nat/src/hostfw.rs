@@ -1,0 +1,578 @@
+//! Other firewalls on the host: finding the base chains of other tables that would drop our
+//! traffic ([`detect`]), and the accept rules that let exactly our traffic through them
+//! ([`plan_host`]).
+//!
+//! A packet must be accepted by every base chain on its hook: an `accept` in `inet rnet` does not
+//! overrule Docker's `iptables -P FORWARD DROP` or a hardened host's `policy drop` input chain.
+//! So rnet puts a few accept rules of its own, one set per link of ours, at the head of each
+//! such chain (in `DOCKER-USER` when the chain jumps there, as Docker documents). Each carries a
+//! comment starting with [`COMMENT_PREFIX`], which is how they are found again; nothing else in
+//! a foreign table is ever touched.
+//!
+//! The rules use only expressions iptables-nft can read back (`iifname`, `oifname`, `udp dport`,
+//! `tcp dport`, a comment): a native `ct` match in a chain iptables-nft manages would make
+//! `iptables` refuse that chain ("incompatible, use 'nft' tool"), and Docker with it. The forward
+//! rules therefore accept everything to and from our links and leave the real decision to our
+//! own `forward` chain, which sees the same packets (isolation, no unsolicited traffic in).
+//!
+//! Pure: the listing is `nft -j list ruleset` read as JSON (foreign rulesets hold expressions
+//! the `nftables` crate cannot parse, e.g. iptables-nft's `xt`), the output a batch.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use nftables::batch::Batch;
+use nftables::expr::MetaKey;
+use nftables::schema::{NfCmd, NfListObject, Nftables, Rule};
+use nftables::stmt::Statement;
+use nftables::types::NfFamily;
+use serde_json::Value;
+
+use crate::expr::{accept, eq, meta, number, payload, string};
+use crate::model::IfName;
+use crate::names::TABLE;
+
+/// Every comment of ours in a foreign chain starts with this.
+pub const COMMENT_PREFIX: &str = "rnet: ";
+
+/// The chain Docker documents for the admin's own forward rules, jumped to first from
+/// `FORWARD` (and never flushed by Docker).
+pub const DOCKER_USER: &str = "DOCKER-USER";
+
+/// The hooks whose foreign chains can stop our traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// Forwarding: containers to the outside, published ports, replies.
+    Forward,
+    /// To the host: DHCP (udp 67) and DNS (udp/tcp 53) from our links to rnetd.
+    Input,
+}
+
+/// A foreign chain that gets our accept rules.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ForeignChain {
+    /// Family of its table: `ip`, `ip6` or `inet`.
+    pub family: String,
+    /// Its table.
+    pub table: String,
+    /// The chain our rules go into: the base chain, or `DOCKER-USER` when the base chain jumps
+    /// there.
+    pub chain: String,
+    /// The base chain on the hook (equal to `chain` unless it is `DOCKER-USER`).
+    pub base: String,
+    /// The hook.
+    pub hook: Hook,
+    /// Why: `policy drop`, or `drop rules` (a drop or reject in the chain or in one it jumps to).
+    pub why: &'static str,
+}
+
+impl ForeignChain {
+    /// `ip filter DOCKER-USER (forward: policy drop)`, for logs and `rnet status`.
+    pub fn describe(&self) -> String {
+        let hook = match self.hook {
+            Hook::Forward => "forward",
+            Hook::Input => "input",
+        };
+        format!(
+            "{} {} {} ({hook}: {})",
+            self.family, self.table, self.chain, self.why
+        )
+    }
+}
+
+/// A rule of ours found in a foreign chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OurRule {
+    /// Family of its table.
+    pub family: String,
+    /// Its table.
+    pub table: String,
+    /// Its chain.
+    pub chain: String,
+    /// Its handle (what a delete names).
+    pub handle: u32,
+    /// Its comment (starts with [`COMMENT_PREFIX`]).
+    pub comment: String,
+}
+
+/// What a ruleset listing says about the other firewalls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Foreign chains that would drop our traffic, in listing order.
+    pub chains: Vec<ForeignChain>,
+    /// Our rules in foreign chains, in listing order.
+    pub ours: Vec<OurRule>,
+}
+
+/// One chain of the listing.
+#[derive(Default)]
+struct ListedChain {
+    hook: Option<Hook>,
+    policy_drop: bool,
+    /// Rules other than ours: whether each drops, and the chains it jumps or goes to.
+    drops: bool,
+    jumps: Vec<String>,
+}
+
+type ChainKey = (String, String, String);
+
+/// Reads `nft -j list ruleset` output: the foreign base chains on the forward and input hooks
+/// (families `ip`, `ip6`, `inet`, type filter) that drop (policy drop, or a drop or reject in
+/// the chain or in a chain it jumps or goes to), and the rules of ours in foreign chains.
+/// Tables `inet rnet` and `bridge rnet` are ours and never foreign.
+pub fn detect(listing: &Value) -> HostView {
+    let mut chains: BTreeMap<ChainKey, ListedChain> = BTreeMap::new();
+    let mut order: Vec<ChainKey> = Vec::new();
+    let mut ours = Vec::new();
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    for object in &objects {
+        if let Some(c) = object.get("chain") {
+            let Some(key) = foreign_key(c, "name") else {
+                continue;
+            };
+            let hook = match (c["type"].as_str(), c["hook"].as_str()) {
+                (Some("filter"), Some("forward")) => Some(Hook::Forward),
+                (Some("filter"), Some("input")) => Some(Hook::Input),
+                _ => None,
+            };
+            let entry = chains.entry(key.clone()).or_default();
+            entry.hook = hook;
+            entry.policy_drop = c["policy"].as_str() == Some("drop");
+            order.push(key);
+        } else if let Some(r) = object.get("rule") {
+            let Some(key) = foreign_key(r, "chain") else {
+                continue;
+            };
+            let comment = r["comment"].as_str().unwrap_or_default();
+            if comment.starts_with(COMMENT_PREFIX) {
+                if let Some(handle) = r["handle"].as_u64().and_then(|h| u32::try_from(h).ok()) {
+                    ours.push(OurRule {
+                        family: key.0,
+                        table: key.1,
+                        chain: key.2,
+                        handle,
+                        comment: comment.to_owned(),
+                    });
+                }
+                continue;
+            }
+            let entry = chains.entry(key).or_default();
+            entry.drops |= drops(&r["expr"]);
+            jumps(&r["expr"], &mut entry.jumps);
+        }
+    }
+    let mut found = Vec::new();
+    for key in &order {
+        let chain = &chains[key];
+        let Some(hook) = chain.hook else { continue };
+        let why = if chain.policy_drop {
+            "policy drop"
+        } else if reaches_drop(&chains, key, &mut BTreeSet::new()) {
+            "drop rules"
+        } else {
+            continue;
+        };
+        let (family, table, base) = key.clone();
+        let docker_user = (family.clone(), table.clone(), DOCKER_USER.to_owned());
+        let target = if hook == Hook::Forward
+            && chains.contains_key(&docker_user)
+            && chain.jumps.iter().any(|j| j == DOCKER_USER)
+        {
+            DOCKER_USER.to_owned()
+        } else {
+            base.clone()
+        };
+        found.push(ForeignChain {
+            family,
+            table,
+            chain: target,
+            base,
+            hook,
+            why,
+        });
+    }
+    HostView {
+        chains: found,
+        ours,
+    }
+}
+
+/// `(family, table, name)` of a listed chain or rule, unless it is ours or of a family whose
+/// hooks our traffic does not cross.
+fn foreign_key(object: &Value, name_field: &str) -> Option<ChainKey> {
+    let family = object["family"].as_str()?;
+    let table = object["table"].as_str()?;
+    let name = object[name_field].as_str()?;
+    if !matches!(family, "ip" | "ip6" | "inet") || (family == "inet" && table == TABLE) {
+        return None;
+    }
+    Some((family.to_owned(), table.to_owned(), name.to_owned()))
+}
+
+/// True if a rule's statements hold a `drop` or `reject` verdict anywhere (also in a verdict
+/// map), or iptables-nft's `xt` target `REJECT`/`DROP`.
+fn drops(expr: &Value) -> bool {
+    match expr {
+        Value::Array(items) => items.iter().any(drops),
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            k == "drop"
+                || k == "reject"
+                || (k == "xt"
+                    && v["type"] == "target"
+                    && matches!(v["name"].as_str(), Some("REJECT" | "DROP")))
+                || drops(v)
+        }),
+        _ => false,
+    }
+}
+
+/// The chains a rule jumps or goes to (also from a verdict map).
+fn jumps(expr: &Value, out: &mut Vec<String>) {
+    match expr {
+        Value::Array(items) => items.iter().for_each(|i| jumps(i, out)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                if (k == "jump" || k == "goto")
+                    && let Some(target) = v["target"].as_str()
+                {
+                    out.push(target.to_owned());
+                } else {
+                    jumps(v, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// True if `key` or a chain of its table it jumps or goes to (transitively) has a drop rule.
+fn reaches_drop(
+    chains: &BTreeMap<ChainKey, ListedChain>,
+    key: &ChainKey,
+    seen: &mut BTreeSet<ChainKey>,
+) -> bool {
+    if !seen.insert(key.clone()) {
+        return false;
+    }
+    let Some(chain) = chains.get(key) else {
+        return false;
+    };
+    chain.drops
+        || chain.jumps.iter().any(|target| {
+            let next = (key.0.clone(), key.1.clone(), target.clone());
+            reaches_drop(chains, &next, seen)
+        })
+}
+
+/// One rule of ours: its comment and its statements.
+struct Spec {
+    comment: String,
+    expr: Vec<Statement<'static>>,
+}
+
+/// The rules of ours for `link` in a chain on `hook`, in the order they are listed.
+///
+/// Forward: everything from the link and everything to it (our own `forward` chain, on the same
+/// hook, decides what of it passes: replies, published ports, no unsolicited traffic in, no
+/// traffic between links). Input: DHCP (udp 67) and DNS (udp and tcp 53) from the link.
+fn specs(hook: Hook, link: &IfName) -> Vec<Spec> {
+    let name = link.as_str();
+    let from = || eq(meta(MetaKey::Iifname), string(name));
+    match hook {
+        Hook::Forward => vec![
+            Spec {
+                comment: format!("{COMMENT_PREFIX}from {name}"),
+                expr: vec![from(), accept()],
+            },
+            Spec {
+                comment: format!("{COMMENT_PREFIX}to {name}"),
+                expr: vec![eq(meta(MetaKey::Oifname), string(name)), accept()],
+            },
+        ],
+        Hook::Input => [("DHCP", "udp", 67), ("DNS", "udp", 53), ("DNS", "tcp", 53)]
+            .into_iter()
+            .map(|(what, proto, port)| Spec {
+                comment: format!("{COMMENT_PREFIX}{what} {proto} from {name}"),
+                expr: vec![from(), eq(payload(proto, "dport"), number(port)), accept()],
+            })
+            .collect(),
+    }
+}
+
+fn family(name: &str) -> NfFamily {
+    match name {
+        "ip" => NfFamily::IP,
+        "ip6" => NfFamily::IP6,
+        _ => NfFamily::INet,
+    }
+}
+
+fn rule(
+    family_name: &str,
+    table: &str,
+    chain: &str,
+    expr: Vec<Statement<'static>>,
+    handle: Option<u32>,
+    comment: Option<String>,
+) -> Rule<'static> {
+    Rule {
+        family: family(family_name),
+        table: Cow::Owned(table.to_owned()),
+        chain: Cow::Owned(chain.to_owned()),
+        expr: Cow::Owned(expr),
+        handle,
+        index: None,
+        comment: comment.map(Cow::Owned),
+    }
+}
+
+/// The batch that makes our rules in foreign chains exactly those `view.chains` need for
+/// `links`, or `None` if they already are: missing rules are inserted at the head of their chain
+/// (`insert rule`), rules of ours that are no longer needed (link gone, chain no longer
+/// dropping) or duplicated are deleted by handle. Empty `links` removes every rule of ours.
+pub fn plan_host(view: &HostView, links: &BTreeSet<IfName>) -> Option<Nftables<'static>> {
+    let mut wanted: BTreeMap<ChainKey, Vec<Spec>> = BTreeMap::new();
+    for c in &view.chains {
+        let key = (c.family.clone(), c.table.clone(), c.chain.clone());
+        let rules = wanted.entry(key).or_default();
+        for link in links {
+            rules.extend(specs(c.hook, link));
+        }
+    }
+    let mut batch = Batch::new();
+    let mut kept: BTreeSet<(ChainKey, String)> = BTreeSet::new();
+    let mut any = false;
+    for r in &view.ours {
+        let key = (r.family.clone(), r.table.clone(), r.chain.clone());
+        let needed = wanted
+            .get(&key)
+            .is_some_and(|specs| specs.iter().any(|s| s.comment == r.comment));
+        if needed && kept.insert((key, r.comment.clone())) {
+            continue;
+        }
+        batch.add_cmd(NfCmd::Delete(NfListObject::Rule(rule(
+            &r.family,
+            &r.table,
+            &r.chain,
+            Vec::new(),
+            Some(r.handle),
+            None,
+        ))));
+        any = true;
+    }
+    for (key, specs) in wanted {
+        // Inserted last first, so they list in `specs` order at the head of the chain.
+        for spec in specs.into_iter().rev() {
+            if kept.contains(&(key.clone(), spec.comment.clone())) {
+                continue;
+            }
+            batch.add_cmd(NfCmd::Insert(NfListObject::Rule(rule(
+                &key.0,
+                &key.1,
+                &key.2,
+                spec.expr,
+                None,
+                Some(spec.comment),
+            ))));
+            any = true;
+        }
+    }
+    any.then(|| batch.to_nftables())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn recorded(name: &str) -> Value {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn links(names: &[&str]) -> BTreeSet<IfName> {
+        names.iter().map(|n| IfName::new(*n).unwrap()).collect()
+    }
+
+    fn described(view: &HostView) -> Vec<String> {
+        view.chains.iter().map(ForeignChain::describe).collect()
+    }
+
+    /// The commands of a batch, as JSON values.
+    fn commands(batch: &Nftables<'_>) -> Vec<Value> {
+        serde_json::to_value(batch).unwrap()["nftables"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn docker_and_a_hardened_input_chain_are_detected() {
+        // iptables-nft with Docker's layout (FORWARD policy DROP, jump DOCKER-USER, isolation
+        // chain with a drop), ip6tables FORWARD DROP, an nft inet input chain with policy drop
+        // and a reject, and a forward chain that only logs (not detected).
+        let view = detect(&recorded("docker-like.json"));
+        assert_eq!(
+            described(&view),
+            [
+                "ip filter DOCKER-USER (forward: policy drop)",
+                "ip6 filter FORWARD (forward: policy drop)",
+                "inet fw input (input: policy drop)",
+            ]
+        );
+        assert_eq!(view.chains[0].base, "FORWARD");
+        assert!(view.ours.is_empty());
+    }
+
+    #[test]
+    fn drop_rules_are_found_through_jumps_and_verdict_maps() {
+        let listing = json!({"nftables": [
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_INPUT",
+                       "type": "filter", "hook": "input", "prio": 10, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_INPUT_ZONES"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_IN_public"}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_INPUT", "handle": 3,
+                      "expr": [{"jump": {"target": "filter_INPUT_ZONES"}}]}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_INPUT_ZONES",
+                      "handle": 4, "expr": [{"vmap": {"key": {"meta": {"key": "iifname"}},
+                      "data": {"set": [["eth0", {"goto": {"target": "filter_IN_public"}}]]}}}]}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_IN_public",
+                      "handle": 5, "expr": [{"reject": {"type": "icmpx",
+                      "expr": "admin-prohibited"}}]}},
+            // A prerouting chain with drops and a nat chain on input: not ours to care about.
+            {"chain": {"family": "inet", "table": "x", "name": "pre", "type": "filter",
+                       "hook": "prerouting", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "ip", "table": "x", "name": "in", "type": "nat",
+                       "hook": "input", "prio": 100, "policy": "accept"}},
+            // Our own table never counts, even with a drop in its forward chain.
+            {"chain": {"family": "inet", "table": "rnet", "name": "forward", "type": "filter",
+                       "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "rnet", "chain": "forward", "handle": 9,
+                      "expr": [{"drop": null}]}},
+            // iptables-nft's REJECT is an xt target.
+            {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "type": "filter",
+                       "hook": "input", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "INPUT", "handle": 2,
+                      "expr": [{"xt": {"type": "target", "name": "REJECT"}}]}},
+        ]});
+        assert_eq!(
+            described(&detect(&listing)),
+            [
+                "inet firewalld filter_INPUT (input: drop rules)",
+                "ip filter INPUT (input: drop rules)",
+            ]
+        );
+    }
+
+    #[test]
+    fn rules_are_rendered_per_link_at_the_head() {
+        let view = detect(&recorded("docker-like.json"));
+        let batch = plan_host(&view, &links(&["ve-a"])).unwrap();
+        let cmds = commands(&batch);
+        // 2 forward rules in each of 2 chains, 3 input rules.
+        assert_eq!(cmds.len(), 7);
+        assert_eq!(
+            cmds[0],
+            json!({"insert": {"rule": {"family": "inet", "table": "fw", "chain": "input",
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                    "right": "ve-a"}},
+                         {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
+                                    "field": "dport"}}, "right": 53}},
+                         {"accept": null}],
+                "comment": "rnet: DNS tcp from ve-a"}}})
+        );
+        let docker: Vec<&Value> = cmds
+            .iter()
+            .filter(|c| c["insert"]["rule"]["chain"] == DOCKER_USER)
+            .collect();
+        assert_eq!(docker.len(), 2);
+        assert_eq!(
+            docker[0]["insert"]["rule"],
+            json!({"family": "ip", "table": "filter", "chain": "DOCKER-USER",
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                                    "right": "ve-a"}}, {"accept": null}],
+                "comment": "rnet: to ve-a"})
+        );
+        assert_eq!(docker[1]["insert"]["rule"]["comment"], "rnet: from ve-a");
+    }
+
+    /// `view` after the batch `plan_host` gave was applied (handles from 100 on).
+    fn applied(view: &HostView, batch: &Nftables<'_>) -> HostView {
+        let mut next = view.clone();
+        let mut handle = 100;
+        for cmd in commands(batch) {
+            if let Some(r) = cmd.get("insert").map(|i| &i["rule"]) {
+                handle += 1;
+                next.ours.push(OurRule {
+                    family: r["family"].as_str().unwrap().to_owned(),
+                    table: r["table"].as_str().unwrap().to_owned(),
+                    chain: r["chain"].as_str().unwrap().to_owned(),
+                    handle,
+                    comment: r["comment"].as_str().unwrap().to_owned(),
+                });
+            } else {
+                let h = cmd["delete"]["rule"]["handle"].as_u64().unwrap();
+                next.ours.retain(|r| u64::from(r.handle) != h);
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn planning_is_idempotent_and_removes_what_is_no_longer_needed() {
+        let view = detect(&recorded("docker-like.json"));
+        let two = links(&["ve-a", "vz-b"]);
+        let after = applied(&view, &plan_host(&view, &two).unwrap());
+        assert_eq!(after.ours.len(), 14);
+        assert_eq!(plan_host(&after, &two), None, "nothing to do twice");
+
+        // A duplicate (someone copied a rule of ours) is deleted, the original kept.
+        let mut dup = after.clone();
+        let mut copy = dup.ours[0].clone();
+        copy.handle = 7;
+        dup.ours.push(copy);
+        let cmds = commands(&plan_host(&dup, &two).unwrap());
+        assert_eq!(
+            cmds,
+            [
+                json!({"delete": {"rule": {"family": dup.ours[0].family, "table": dup.ours[0].table,
+                "chain": dup.ours[0].chain, "expr": [], "handle": 7}}})
+            ]
+        );
+
+        // One link gone: exactly its 7 rules go; no link: all 14.
+        let one = applied(&after, &plan_host(&after, &links(&["vz-b"])).unwrap());
+        assert_eq!(one.ours.len(), 7);
+        assert!(one.ours.iter().all(|r| r.comment.ends_with("vz-b")));
+        let none = applied(&after, &plan_host(&after, &BTreeSet::new()).unwrap());
+        assert!(none.ours.is_empty());
+        // A chain that no longer drops loses ours too.
+        let mut relaxed = after.clone();
+        relaxed.chains.retain(|c| c.hook == Hook::Forward);
+        let cmds = commands(&plan_host(&relaxed, &two).unwrap());
+        assert_eq!(cmds.len(), 6);
+        assert!(cmds.iter().all(|c| c["delete"]["rule"]["table"] == "fw"));
+    }
+
+    #[test]
+    fn rules_of_ours_are_found_by_comment_only() {
+        let listing = json!({"nftables": [
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 4,
+                      "comment": "rnet: from ve-a", "expr": [{"accept": null}]}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 5,
+                      "comment": "rnetd was here", "expr": [{"accept": null}]}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 6,
+                      "expr": [{"accept": null}]}},
+            {"rule": {"family": "inet", "table": "rnet", "chain": "forward", "handle": 7,
+                      "comment": "rnet: not foreign", "expr": [{"accept": null}]}},
+        ]});
+        let view = detect(&listing);
+        assert_eq!(view.ours.len(), 1);
+        assert_eq!(view.ours[0].handle, 4);
+        // Without a dropping chain, even with links, ours goes (and nothing else).
+        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0]["delete"]["rule"]["handle"], 4);
+    }
+}

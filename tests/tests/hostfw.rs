@@ -1,0 +1,271 @@
+//! End-to-end tests of rnet beside other firewalls (`--host-firewall`): Docker's iptables-nft
+//! `FORWARD` policy DROP, its `DOCKER-USER` chain, a hardened nft input chain with policy drop.
+//! Every `iptables`/`nft` command runs in the rig's host netns, never on the real host.
+
+use std::time::{Duration, Instant};
+
+use rig::{
+    HOST_ADDR, Rig, UPLINK_ADDR, in_pid_netns, netprobe, ok, output, privileged, wait_until,
+};
+
+/// Docker's layout as `dockerd` makes it with iptables-nft: FORWARD policy DROP, jumping to
+/// DOCKER-USER first (which returns), then to its isolation chain (with a drop).
+const DOCKER: &str = "iptables -N DOCKER-USER && iptables -A DOCKER-USER -j RETURN && \
+    iptables -N DOCKER-ISOLATION-STAGE-1 && \
+    iptables -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DROP && \
+    iptables -A FORWARD -j DOCKER-USER && iptables -A FORWARD -j DOCKER-ISOLATION-STAGE-1 && \
+    iptables -P FORWARD DROP";
+
+/// A hardened host: an nft input chain with policy drop (ssh and replies only).
+const HARDENED: &str = "nft add table inet hardened && \
+    nft add chain inet hardened input '{ type filter hook input priority 0; policy drop; }' && \
+    nft add rule inet hardened input ct state established,related accept && \
+    nft add rule inet hardened input tcp dport 22 accept";
+
+/// True if `cmd` (a `netprobe connect`) got an answer.
+fn answered(cmd: &mut std::process::Command) -> bool {
+    output(cmd).status.success()
+}
+
+/// Starts a netprobe server on the uplink (tcp 7000).
+fn uplink_server(rig: &mut Rig) {
+    rig.spawn_ready(rig.in_uplink(netprobe()).args(["serve", "tcp:7000"]));
+}
+
+/// Starts a container `name` serving tcp 80 (published on 8080), returns its pid.
+fn server(rig: &mut Rig, name: &str) -> u64 {
+    rig.spawn_ready(
+        rig.rnet()
+            .args(["run", "-n", "-M", name, "-p", "8080:80", "--"])
+            .arg(netprobe())
+            .args(["serve", "tcp:80"]),
+    );
+    rig.wait_machine(name)["pid"].as_u64().unwrap()
+}
+
+/// The container of `pid` reaches the uplink server.
+fn reaches_uplink(pid: u64) -> bool {
+    answered(in_pid_netns(pid, netprobe()).args(["connect", "tcp", UPLINK_ADDR, "7000"]))
+}
+
+/// The uplink reaches the published port 8080.
+fn published_answers(rig: &Rig) -> bool {
+    answered(
+        rig.in_uplink(netprobe())
+            .args(["connect", "tcp", HOST_ADDR, "8080"]),
+    )
+}
+
+/// Waits (at most `limit`) until rnetd has `n` rules of ours in other tables; panics otherwise,
+/// naming what there is.
+fn await_ours(rig: &Rig, n: usize, limit: Duration) -> Vec<String> {
+    let mut ours = Vec::new();
+    let ok = wait_until(limit, || {
+        ours = rig.our_foreign_rules();
+        ours.len() == n
+    });
+    assert!(
+        ok,
+        "expected {n} rules of ours within {limit:?}, have {ours:?}; rnetd log:\n{}",
+        rig::tail(&rig.log(), 30)
+    );
+    ours
+}
+
+/// Stops the rig's containers by their pids and checks that nothing of ours stays behind in
+/// any foreign chain.
+fn end(rig: &Rig, pids: &[u64]) {
+    for pid in pids {
+        rig::kill_container(*pid);
+    }
+    rig.assert_all_gone();
+    assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+}
+
+#[test]
+fn iptables_forward_drop_lets_our_containers_through_and_nothing_else() {
+    if !privileged("iptables_forward_drop_lets_our_containers_through_and_nothing_else") {
+        return;
+    }
+    let mut rig = Rig::new();
+    uplink_server(&mut rig);
+    let other = rig.routed_netns();
+    let other_out = || {
+        answered(
+            other
+                .run(netprobe())
+                .args(["connect", "tcp", UPLINK_ADDR, "7000"]),
+        )
+    };
+    // Control: the routed namespace is forwarded while nothing drops...
+    assert!(other_out(), "the control namespace does not route at all");
+    rig.host_sh("iptables -P FORWARD DROP");
+    // ...and dropped under iptables' policy.
+    assert!(!other_out(), "iptables -P FORWARD DROP does not drop");
+
+    rig.start_rnetd();
+    let pid = server(&mut rig, "srv");
+    assert!(reaches_uplink(pid), "{}", rig.log());
+    assert!(published_answers(&rig), "{}", rig.log());
+    assert!(
+        !other_out(),
+        "rnet opened the forward path for traffic not its own"
+    );
+    let ours = await_ours(&rig, 2, Duration::from_secs(1));
+    assert!(
+        ours.iter()
+            .all(|r| r.starts_with("ip filter FORWARD: rnet: ")),
+        "{ours:?}"
+    );
+    // `rnet status` says where our rules are.
+    let status = ok(rig.rnet().args(["status", "srv"]));
+    assert!(
+        status.contains("Host firewall: ip filter FORWARD (forward: policy drop)"),
+        "{status}"
+    );
+    // iptables still reads its chain (our rules use only what iptables-nft understands) and
+    // its policy is unchanged.
+    let rules = rig.host_sh("iptables -S FORWARD");
+    assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+    assert!(rules.contains("--comment \"rnet: from ve-srv\""), "{rules}");
+    end(&rig, &[pid]);
+    assert!(!other_out(), "the drop policy is as it was");
+}
+
+#[test]
+fn docker_user_gets_our_rules_and_they_come_back_after_reloads() {
+    if !privileged("docker_user_gets_our_rules_and_they_come_back_after_reloads") {
+        return;
+    }
+    let mut rig = Rig::new();
+    uplink_server(&mut rig);
+    let other = rig.routed_netns();
+    rig.host_sh(DOCKER);
+    let other_out = || {
+        answered(
+            other
+                .run(netprobe())
+                .args(["connect", "tcp", UPLINK_ADDR, "7000"]),
+        )
+    };
+    assert!(!other_out(), "Docker's FORWARD policy does not drop");
+    rig.start_rnetd();
+    let pid = server(&mut rig, "web");
+    assert!(reaches_uplink(pid), "{}", rig.log());
+    assert!(published_answers(&rig), "{}", rig.log());
+    let ours = await_ours(&rig, 2, Duration::from_secs(1));
+    assert!(
+        ours.iter()
+            .all(|r| r.starts_with("ip filter DOCKER-USER: ")),
+        "{ours:?}"
+    );
+    let chain = rig.host_sh("iptables -S DOCKER-USER");
+    assert!(
+        chain.trim_end().ends_with("-A DOCKER-USER -j RETURN"),
+        "ours at the head: {chain}"
+    );
+
+    // Docker flushes and re-creates DOCKER-USER: ours are back within a second (the periodic
+    // check alone would take up to 2 s).
+    let reloads = [
+        "iptables -F DOCKER-USER && iptables -A DOCKER-USER -j RETURN",
+        // iptables-restore of a ruleset without ours (what a firewall service reloads).
+        "iptables-save | grep -v 'rnet: ' | iptables-restore",
+        // Everything flushed, then Docker's layout back.
+        &format!("nft flush ruleset && {DOCKER}"),
+    ];
+    for reload in reloads {
+        rig.host_sh(reload);
+        let started = Instant::now();
+        let back = wait_until(Duration::from_secs(1), || {
+            rig.our_foreign_rules().len() == 2
+        });
+        assert!(
+            back,
+            "after `{reload}` ours did not come back within 1 s: {:?}; log:\n{}",
+            rig.our_foreign_rules(),
+            rig::tail(&rig.log(), 30)
+        );
+        eprintln!("after `{reload}`: ours back in {:?}", started.elapsed());
+        assert!(
+            wait_until(Duration::from_secs(3), || rig.nft_table().is_some()),
+            "table inet rnet not rebuilt"
+        );
+        assert!(reaches_uplink(pid), "after `{reload}`:\n{}", rig.log());
+        assert!(!other_out(), "after `{reload}`, traffic not ours passes");
+    }
+    assert_eq!(rig.our_foreign_rules().len(), 2, "never duplicated");
+    end(&rig, &[pid]);
+    assert!(!other_out());
+}
+
+/// A udhcpc run in the container of `pid`: true if it got a lease.
+fn dhcp_answers(pid: u64) -> bool {
+    let out = output(in_pid_netns(pid, "udhcpc").args([
+        "-i",
+        "host0",
+        "-n",
+        "-q",
+        "-f",
+        "-t",
+        "3",
+        "-T",
+        "1",
+        "-s",
+        "/bin/true",
+    ]));
+    out.status.success()
+}
+
+#[test]
+fn a_hardened_input_chain_still_lets_dhcp_through() {
+    if !privileged("a_hardened_input_chain_still_lets_dhcp_through") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.host_sh(HARDENED);
+    rig.start_rnetd();
+    let pid = server(&mut rig, "dhcp");
+    assert!(dhcp_answers(pid), "no DHCP answer; log:\n{}", rig.log());
+    let ours = await_ours(&rig, 3, Duration::from_secs(1));
+    assert_eq!(
+        ours,
+        [
+            "inet hardened input: rnet: DHCP udp from ve-dhcp",
+            "inet hardened input: rnet: DNS udp from ve-dhcp",
+            "inet hardened input: rnet: DNS tcp from ve-dhcp",
+        ]
+    );
+    // The chain still drops what is not ours: its policy and rules are as they were.
+    let chain = rig.host_sh("nft list chain inet hardened input");
+    assert!(chain.contains("policy drop;"), "{chain}");
+    assert!(chain.contains("tcp dport 22 accept"), "{chain}");
+    end(&rig, &[pid]);
+}
+
+#[test]
+fn with_host_firewall_off_nothing_of_ours_appears_and_the_drops_apply() {
+    if !privileged("with_host_firewall_off_nothing_of_ours_appears_and_the_drops_apply") {
+        return;
+    }
+    let mut rig = Rig::new();
+    uplink_server(&mut rig);
+    rig.host_sh(HARDENED);
+    rig.host_sh("iptables -P FORWARD DROP");
+    rig.start_rnetd_with(&["--host-firewall=off"]);
+    let pid = server(&mut rig, "off");
+    // The other firewalls decide: DHCP and forwarding are dropped (the control that the
+    // tests above would fail without our rules).
+    assert!(!dhcp_answers(pid), "DHCP answered through a policy drop");
+    assert!(!reaches_uplink(pid), "forwarded through iptables' DROP");
+    assert!(!published_answers(&rig));
+    std::thread::sleep(Duration::from_millis(2500)); // a periodic check went by
+    assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(rig.rnet().args(["status", "off", "--json"]))).unwrap();
+    assert_eq!(status["machine"], "off", "{status}");
+    assert!(status.get("host_firewall").is_none(), "{status}");
+    end(&rig, &[pid]);
+    let forward = ok(rig.in_host("iptables").args(["-S", "FORWARD"]));
+    assert!(forward.contains("-P FORWARD DROP"), "{forward}");
+}
