@@ -218,6 +218,8 @@ fn dhcp_load_while_containers_come_and_go() {
     let script = format!("{} connect tcp {UPLINK_ADDR} 7000", probe.display());
     let end = Instant::now() + Duration::from_secs(secs);
     let mut launches: Vec<Duration> = Vec::new();
+    // Every attach and detach, as the launcher timed it (RNET_TIMINGS).
+    let mut requests: Vec<Duration> = Vec::new();
     let mut i = 0u32;
     while Instant::now() < end && dog.stalled().is_none() {
         let name = format!("c{i}");
@@ -233,6 +235,7 @@ fn dhcp_load_while_containers_come_and_go() {
         let (out, took) = dog.watch(&format!("rnet run {name}"), LAUNCH_LIMIT, || {
             let mut child = rig
                 .rnet()
+                .env("RNET_TIMINGS", "1")
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -254,6 +257,23 @@ fn dhcp_load_while_containers_come_and_go() {
             String::from_utf8_lossy(&out.stderr),
             tail(&rig.log(), 40)
         );
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            let Some(rest) = line.strip_prefix("rnet: timing: ") else {
+                continue;
+            };
+            let ms: f64 = rest
+                .rsplit(' ')
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::MAX);
+            let t = Duration::from_secs_f64(ms / 1e3);
+            assert!(
+                t < ANSWER_LIMIT,
+                "{rest}: over {ANSWER_LIMIT:?}\nrnetd log:\n{}",
+                tail(&rig.log(), 40)
+            );
+            requests.push(t);
+        }
         launches.push(took);
         i += 1;
     }
@@ -291,6 +311,19 @@ fn dhcp_load_while_containers_come_and_go() {
         rounds.len()
     );
     assert!(i >= 20, "only {i} launches in {secs} s");
+    assert!(
+        requests.len() >= 2 * launches.len(),
+        "{} attach/detach timings for {} launches",
+        requests.len(),
+        launches.len()
+    );
+    eprintln!(
+        "stress: {} attach/detach requests answered in p50 {:?}, p99 {:?}, max {:?}",
+        requests.len(),
+        percentile(&mut requests, 50),
+        percentile(&mut requests, 99),
+        requests.last().copied().unwrap_or_default()
+    );
     rig.assert_no_panic();
     drop(dog);
     rig.signal(
