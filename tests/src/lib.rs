@@ -523,9 +523,10 @@ impl Rig {
             .spawn()
             .expect("spawning rnetd");
         self.rnetd = Some(child);
-        let sock = self.runtime_dir().join("rnetd.sock");
+        // Up means answering: the socket is bound before the state is restored.
+        let client = netd::api::Client::new(&self.runtime_dir());
         let up = wait_until(Duration::from_secs(10), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            client.call(&netd::api::Request::List, None).is_ok()
         });
         assert!(up, "rnetd did not come up; log:\n{}", self.log());
     }

@@ -220,7 +220,13 @@ fn a_request_cut_at_every_byte_never_hurts_rnetd() {
         r#"{{"attach":{{"machine":"cut","pid":{pid},"network":"veth","ports":[{{"proto":"tcp","host_address":null,"host_first":8080,"host_last":8080,"container_port":80}}]}}}}"#
     ));
     let rnetd = rig.rnetd_pid();
-    let baseline = fd_count(rnetd);
+    // Once rnetd's own fds (sockets, the nft monitor's pipe) have settled.
+    let mut baseline = fd_count(rnetd);
+    wait_until(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = fd_count(rnetd);
+        std::mem::replace(&mut baseline, now) == now
+    });
     for k in 0..full.len() {
         // With and without the namespace fd riding on the first byte.
         for fd in [None, Some(ns.as_fd())] {
