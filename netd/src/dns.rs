@@ -764,6 +764,54 @@ mod tests {
     }
 
     #[test]
+    fn upstream_files_are_reread_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (resolv, resolved) = (dir.path().join("resolv"), dir.path().join("resolved"));
+        std::fs::write(&resolv, "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(&resolved, "nameserver 192.0.2.1\n").unwrap();
+        let up = Upstreams {
+            config: DnsConfig {
+                resolv_conf: resolv.clone(),
+                resolved_conf: resolved.clone(),
+                servers: Vec::new(),
+            },
+            cache: StdMutex::new(Cached {
+                checked: None,
+                stamps: [None, None],
+                servers: Arc::from(Vec::new()),
+            }),
+        };
+        let addr = |a: &str| -> SocketAddr { (a.parse::<IpAddr>().unwrap(), PORT).into() };
+        assert_eq!(*up.current(), [addr("192.0.2.1")]);
+        // Changed, with a later modification time: read again once the check is due.
+        std::fs::write(&resolved, "nameserver 192.0.2.2\n").unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&resolved)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            *up.current(),
+            [addr("192.0.2.1")],
+            "checked at most once a second"
+        );
+        lock(&up.cache).checked = None;
+        assert_eq!(*up.current(), [addr("192.0.2.2")]);
+        // The host's file now names a real server: resolved's file no longer matters.
+        std::fs::write(&resolv, "nameserver 198.51.100.1\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&resolv)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        lock(&up.cache).checked = None;
+        assert_eq!(*up.current(), [addr("198.51.100.1")]);
+    }
+
+    #[test]
     fn upstreams_skip_the_resolved_stub() {
         let stub =
             "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
