@@ -253,3 +253,38 @@ fn tcp_queries_are_answered_and_forwarded() {
     );
     rig.assert_no_panic();
 }
+
+#[test]
+fn zone_names_survive_an_rnetd_restart() {
+    if !privileged("zone_names_survive_an_rnetd_restart") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_uplink_dns();
+    rig.start_rnetd_resolved();
+    let a = member(&mut rig, "blue", "a");
+    let a_addr = text(&a["container_address"]);
+    // SIGTERM leaves the zone in place; the new rnetd adopts it, restarts its DHCP server and
+    // forwarder, and records a's lease again, with its name.
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+    rig.start_rnetd_resolved();
+    rig.wait_machine("a");
+    let out = run(
+        &rig,
+        "--network-zone=blue",
+        "b",
+        "echo \"PEER $(getent hosts a)\"
+         echo \"WWW $(getent hosts www.example.test)\"",
+    );
+    assert_eq!(
+        field(&out, "PEER"),
+        format!("{a_addr} a.blue"),
+        "{out}\n{}",
+        rig.log()
+    );
+    assert!(
+        field(&out, "WWW").starts_with(&format!("{WWW_ADDR} ")),
+        "{out}"
+    );
+    rig.assert_no_panic();
+}
