@@ -289,13 +289,16 @@ impl Upstreams {
         if c.checked.is_some_and(|t| t.elapsed() < RECHECK) {
             return Arc::clone(&c.servers);
         }
+        let first = c.checked.is_none();
         c.checked = Some(Instant::now());
         let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let stamps = [
             stamp(&self.config.resolv_conf),
             stamp(&self.config.resolved_conf),
         ];
-        if stamps != c.stamps || c.servers.is_empty() {
+        // Read once, then again only when a file changed: an empty list warns once, not once a
+        // second.
+        if first || stamps != c.stamps {
             let resolv = std::fs::read_to_string(&self.config.resolv_conf).unwrap_or_default();
             let resolved = std::fs::read_to_string(&self.config.resolved_conf).ok();
             let servers: Arc<[SocketAddr]> = upstreams(&resolv, resolved.as_deref())
