@@ -16,8 +16,16 @@ fuzz_target!(|data: &[u8]| {
         ("db".to_owned(), Ipv4Addr::new(10, 0, 0, 8)),
     ];
     for link in [
-        DnsLink::new("vz-blue", Ipv4Addr::new(10, 0, 0, 1), "10.0.0.0/24".parse().unwrap()),
-        DnsLink::new("ve-web", Ipv4Addr::new(10, 0, 1, 1), "10.0.1.0/28".parse().unwrap()),
+        DnsLink::new(
+            "vz-blue",
+            Ipv4Addr::new(10, 0, 0, 1),
+            "10.0.0.0/24".parse().unwrap(),
+        ),
+        DnsLink::new(
+            "ve-web",
+            Ipv4Addr::new(10, 0, 1, 1),
+            "10.0.1.0/28".parse().unwrap(),
+        ),
     ] {
         match decide(&link, &names, data) {
             Decision::Reply(bytes) => {
