@@ -19,6 +19,9 @@
 //!   sent to it over a channel and done in the order sent. The writer takes the engine lock
 //!   only briefly, between file operations.
 //! - **Sockets** are read by one task per link; held replies are sent by one sender task.
+//! - **The DNS forwarder** (`crate::dns`) of a link starts and stops with its DHCP server; the
+//!   machines' names it answers for are set where their leases are recorded and released. They
+//!   are kept apart from `Lease::hostname`, which a DHCP client's hostname option overwrites.
 //!
 //! Before this rule the engine, the journal bookkeeping and the pending entries had one lock
 //! each, taken in different orders by the packet path and the writer: DHCP traffic plus an
@@ -42,6 +45,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, trace, warn};
+
+use crate::dns::{DnsConfig, DnsLink, DnsService};
 
 /// A journal is compacted when it has more entries than this and twice the live leases.
 const COMPACT_MIN: usize = 4096;
@@ -82,6 +87,14 @@ pub enum DhcpError {
     /// The lease writer is gone (the daemon is shutting down).
     #[error("the DHCP lease writer has stopped")]
     WriterGone,
+    /// The link's DNS forwarder could not listen.
+    #[error("starting the DNS forwarder on {ifname}: {source}")]
+    Dns {
+        /// The link.
+        ifname: String,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// What a link's server hands out.
@@ -95,7 +108,8 @@ pub struct DhcpLink {
     pub subnet: Ipv4Network,
     /// The server's (host side's) address; also the router.
     pub server: Ipv4Addr,
-    /// DNS servers handed out.
+    /// DNS servers handed out; empty: the server's address, where the link's DNS forwarder
+    /// answers.
     pub dns: Vec<Ipv4Addr>,
     /// A lease to record for the container the launcher configured (client id 0x01+MAC), so a
     /// DHCP client inside it later gets the same address.
@@ -163,12 +177,13 @@ enum Job {
 pub struct DhcpService {
     shared: Arc<Shared>,
     tasks: StdMutex<HashMap<String, AbortHandle>>,
+    dns: DnsService,
 }
 
 impl DhcpService {
-    /// A service keeping lease files in `lease_dir`; starts its writer thread, its reply sender
-    /// and its expiry task.
-    pub fn start(lease_dir: &Path) -> io::Result<Arc<Self>> {
+    /// A service keeping lease files in `lease_dir`, with a DNS forwarder per link as `dns`
+    /// says; starts its writer thread, its reply sender and its expiry task.
+    pub fn start(lease_dir: &Path, dns: DnsConfig) -> io::Result<Arc<Self>> {
         std::fs::create_dir_all(lease_dir)?;
         let (jobs, rx) = std_mpsc::channel();
         let shared = Arc::new(Shared {
@@ -191,9 +206,11 @@ impl DhcpService {
             .spawn(move || writer.run(&rx))?;
         tokio::spawn(sender(replies_rx));
         tokio::spawn(expirer(Arc::clone(&shared)));
+        let dns = DnsService::new(dns);
         Ok(Arc::new(Self {
             shared,
             tasks: StdMutex::new(HashMap::new()),
+            dns,
         }))
     }
 
@@ -203,9 +220,26 @@ impl DhcpService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts serving `link`: loads its saved leases (a restart loses none), records the
-    /// container's lease, opens the socket. Returns once the leases are on disk.
+    /// Starts serving `link`: its DNS forwarder, then DHCP: loads its saved leases (a restart
+    /// loses none), records the container's lease, opens the socket. Returns once the leases
+    /// are on disk.
     pub async fn add_link(&self, link: &DhcpLink) -> Result<(), DhcpError> {
+        let dns = DnsLink::new(&link.ifname, link.server, link.subnet);
+        self.dns
+            .add_link(link.index, dns)
+            .map_err(|source| DhcpError::Dns {
+                ifname: link.ifname.clone(),
+                source,
+            })?;
+        if let Err(e) = self.open(link).await {
+            self.dns.remove_link(&link.ifname, link.index);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The DHCP half of [`DhcpService::add_link`].
+    async fn open(&self, link: &DhcpLink) -> Result<(), DhcpError> {
         let socket = open_socket(&link.ifname).map_err(|source| DhcpError::Socket {
             ifname: link.ifname.clone(),
             source,
@@ -235,6 +269,7 @@ impl DhcpService {
     /// Stops serving a link and forgets its leases (the subnet goes back to the pool); returns
     /// once its lease files are gone.
     pub async fn remove_link(&self, ifname: &str, index: u32) {
+        self.dns.remove_link(ifname, index);
         if let Some(t) = self.tasks().remove(ifname) {
             t.abort();
         }
@@ -264,10 +299,10 @@ impl DhcpService {
             .map(|(addr, _)| addr)
     }
 
-    /// Records that the client with `mac` holds `addr` on a served link, unless it already
-    /// does (an adopted zone member whose lease was not yet on disk when rnetd stopped).
-    /// Returns once it is on disk; false if the address belongs to another client.
-    pub async fn ensure(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr) -> bool {
+    /// Records that the client with `mac`, machine `hostname`, holds `addr` on a served link,
+    /// unless it already does (an adopted zone member whose lease was not yet on disk when rnetd
+    /// stopped). Returns once it is on disk; false if the address belongs to another client.
+    pub async fn ensure(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr, hostname: &str) -> bool {
         let id = LinkId(index);
         let now = SystemTime::now();
         let client = ClientId::from_mac(mac);
@@ -280,6 +315,7 @@ impl DhcpService {
                 .iter()
                 .any(|l| l.client_id == client && l.address == addr && l.container)
             {
+                self.dns.set_name(index, mac, hostname, addr);
                 return true;
             }
             if leases
@@ -291,7 +327,8 @@ impl DhcpService {
             let Some(max) = engine.server.config(id).map(|c| c.max_lease_time) else {
                 return false;
             };
-            let lease = Lease::new(client, addr, now + max);
+            let mut lease = Lease::new(client, addr, now + max);
+            lease.hostname = Some(hostname.to_owned());
             let ok = engine.server.record_lease(id, lease.clone(), now).is_ok();
             if ok {
                 engine.journal(id, [JournalEntry::Bind(lease)]);
@@ -299,6 +336,7 @@ impl DhcpService {
             ok
         };
         if recorded {
+            self.dns.set_name(index, mac, hostname, addr);
             self.sync().await;
         }
         recorded
@@ -306,6 +344,7 @@ impl DhcpService {
 
     /// Drops the lease of the client with `mac` on a link (its container is gone).
     pub fn release(&self, index: u32, mac: [u8; 6]) {
+        self.dns.forget_name(index, mac);
         let client = ClientId::from_mac(mac);
         let freed = {
             let mut engine = self.shared.engine();
@@ -552,7 +591,11 @@ impl Writer {
             let mut engine = self.shared.engine();
             let server = &mut engine.server;
             let mut cfg = LinkConfig::new(link.subnet, link.server);
-            cfg.dns = link.dns.clone();
+            cfg.dns = if link.dns.is_empty() {
+                vec![link.server]
+            } else {
+                link.dns.clone()
+            };
             if link.container.is_some() {
                 // A `ve-` link has one container, recorded below before any DHCP traffic: no
                 // container attaches later, so a sliver is kept (one address on a /28), and a

@@ -860,3 +860,60 @@ impl Rig {
         ns
     }
 }
+
+// Helpers for the DNS tests (tests/tests/dns.rs).
+
+/// The address the uplink's DNS server gives the test zone's name (`www.example.test`).
+pub const WWW_ADDR: &str = "203.0.113.80";
+
+impl Rig {
+    /// Starts the uplink's DNS server: dnsmasq on [`UPLINK_ADDR`]:53 in the uplink netns,
+    /// answering `www.example.test` with [`WWW_ADDR`], NXDOMAIN for the rest of `example.test`
+    /// and REFUSED for other names (no upstream, no hosts file, no DHCP); waits until it
+    /// answers. Killed when the rig drops.
+    pub fn start_uplink_dns(&mut self) {
+        let pid_file = self.tmp.path().join("uplink-dnsmasq.pid");
+        self.spawn(
+            self.in_uplink("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--port=53",
+                ])
+                .arg(format!("--listen-address={UPLINK_ADDR}"))
+                // Authoritative for example.test: other names there are NXDOMAIN, and
+                // www.example.test has no AAAA (NODATA, where --address would answer REFUSED).
+                .arg("--local=/example.test/")
+                .arg(format!("--host-record=www.example.test,{WWW_ADDR}"))
+                .arg(format!("--pid-file={}", pid_file.display())),
+        );
+        let up = wait_until(Duration::from_secs(5), || {
+            output(
+                self.in_uplink("busybox")
+                    .args(["nslookup", "www.example.test", UPLINK_ADDR]),
+            )
+            .status
+            .success()
+        });
+        assert!(up, "the uplink's dnsmasq does not answer");
+    }
+
+    /// Starts rnetd as on a host running systemd-resolved: its `--resolv-conf` names only the
+    /// stub (127.0.0.53), its `--resolved-conf` the uplink's server. Both are files in the rig's
+    /// directory: the real host's resolv.conf is never read.
+    pub fn start_rnetd_resolved(&mut self) {
+        let resolv = self.tmp.path().join("resolv.conf");
+        let resolved = self.tmp.path().join("resolved.conf");
+        fs::write(
+            &resolv,
+            "# systemd-resolved stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\n",
+        )
+        .unwrap();
+        fs::write(&resolved, format!("nameserver {UPLINK_ADDR}\n")).unwrap();
+        let (resolv, resolved) = (resolv.display().to_string(), resolved.display().to_string());
+        self.start_rnetd_with(&["--resolv-conf", &resolv, "--resolved-conf", &resolved]);
+    }
+}

@@ -19,7 +19,8 @@ use ipnetwork::Ipv4Network;
 use nix::sys::signal::Signal;
 use rig::{Rig, Value, ok, privileged, wait_until};
 
-/// The DNS server rnetd is told to hand out.
+/// The upstream DNS server rnetd's forwarder is told to use: what DHCP hands out is the link's
+/// gateway instead (the forwarder), never this.
 const DNS: &str = "192.0.2.53";
 
 /// The shell prologue of every container: step handshakes with the test through files in the
@@ -74,7 +75,7 @@ struct Event {
     dns: String,
 }
 
-/// A test's world: the rig with rnetd handing out [`DNS`], and a temporary directory for the
+/// A test's world: the rig with rnetd forwarding DNS to [`DNS`], and a temporary directory for the
 /// scripts and what the clients record (removed on drop, also on panic).
 struct World {
     rig: Rig,
@@ -319,14 +320,15 @@ fn container_address(c: &Container) -> String {
     c.machine["container_address"].as_str().unwrap().to_owned()
 }
 
-/// Asserts `e` told the client `ip`, the link's mask, the host side as router and [`DNS`].
+/// Asserts `e` told the client `ip`, the link's mask, the host side as router and as DNS
+/// server (its forwarder).
 fn assert_told(c: &Container, e: &Event, ip: &str) {
     let want = Event {
         kind: e.kind.clone(),
         ip: ip.into(),
         mask: subnet(c).mask().to_string(),
         router: c.machine["host_address"].as_str().unwrap().into(),
-        dns: DNS.into(),
+        dns: c.machine["host_address"].as_str().unwrap().into(),
     };
     assert_eq!(*e, want, "what the client was told");
 }
@@ -363,10 +365,17 @@ fn assert_configured(c: &Container, name: &str, ip: &str) {
     assert_eq!(default[0]["dev"], "host0", "{routes}");
 }
 
-/// Asserts the resolv.conf client `tag` would have written names [`DNS`] only.
+/// Asserts the resolv.conf client `tag` would have written names the link's gateway only (its
+/// DNS forwarder), not the upstream [`DNS`].
 fn assert_resolv(c: &Container, tag: &str) {
     let text = fs::read_to_string(c.dir.join(format!("{tag}.resolv.conf"))).unwrap_or_default();
-    assert_eq!(text, format!("nameserver {DNS}\n"), "resolv.conf of {tag}");
+    let gateway = c.machine["host_address"].as_str().unwrap();
+    assert_ne!(gateway, DNS);
+    assert_eq!(
+        text,
+        format!("nameserver {gateway}\n"),
+        "resolv.conf of {tag}"
+    );
 }
 
 /// For client id `01:02:00:00:00:00:NN`: udhcpc's `-x` argument and the id as lease files

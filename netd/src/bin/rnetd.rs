@@ -1,7 +1,7 @@
 //! `rnetd`: the rnet network daemon.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -33,10 +33,21 @@ struct Args {
     #[arg(long, value_name = "BITS", default_value_t = netd::machines::VETH_PREFIX,
           value_parser = clap::value_parser!(u8).range(8..=30))]
     veth_prefix: u8,
-    /// DNS servers for containers (repeatable); default: the non-loopback nameservers of
-    /// /etc/resolv.conf.
+    /// Upstream DNS servers of the forwarder containers ask at their gateway (repeatable);
+    /// default: the nameservers of --resolv-conf, or of --resolved-conf when that names only
+    /// systemd-resolved's stub (127.0.0.53).
     #[arg(long = "dns", value_name = "ADDR")]
-    dns: Vec<Ipv4Addr>,
+    dns: Vec<IpAddr>,
+    /// The host's resolv.conf, read for the upstream DNS servers (reread when it changes).
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// systemd-resolved's list of upstream servers, used when --resolv-conf names only its stub.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/systemd/resolve/resolv.conf"
+    )]
+    resolved_conf: PathBuf,
     /// Other firewalls on the host (Docker's iptables FORWARD DROP, an input chain with policy
     /// drop, firewalld): `auto` puts accept rules for exactly our links' traffic at the head of
     /// their dropping chains (comment "rnet: ...") and keeps them there; `off` leaves them alone
@@ -96,10 +107,10 @@ async fn run(args: Args) -> Result<()> {
                 args.state_dir.display()
             )
         })?;
-    let dns = if args.dns.is_empty() {
-        host_nameservers(Path::new("/etc/resolv.conf"))
-    } else {
-        args.dns.clone()
+    let dns = netd::dns::DnsConfig {
+        resolv_conf: args.resolv_conf.clone(),
+        resolved_conf: args.resolved_conf.clone(),
+        servers: args.dns.clone(),
     };
     let settings = Settings {
         runtime_dir: args.runtime_dir.clone(),
@@ -110,7 +121,8 @@ async fn run(args: Args) -> Result<()> {
         } else {
             args.pools.clone()
         },
-        dns,
+        // Containers ask their gateway (the forwarder).
+        dns: Vec::new(),
         veth_prefix: args.veth_prefix,
         host_firewall: args.host_firewall,
     };
@@ -122,7 +134,7 @@ async fn run(args: Args) -> Result<()> {
     }
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
     let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
-    let machines = Machines::start(settings, rtnl)
+    let machines = Machines::start(settings, rtnl, dns)
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
     let mut term = signal(SignalKind::terminate())?;
@@ -181,18 +193,6 @@ fn bind(path: &Path) -> Result<UnixListener> {
         )
     })?;
     Ok(listener)
-}
-
-/// The IPv4 nameservers of a resolv.conf, without loopback ones (a container cannot reach the
-/// host's 127.0.0.53).
-fn host_nameservers(path: &Path) -> Vec<Ipv4Addr> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .filter(|a| !a.is_loopback() && !a.is_unspecified())
-        .collect()
 }
 
 #[cfg(test)]

@@ -199,9 +199,14 @@ impl<S: System> Machines<S> {
                     index,
                 });
             }
-            Step::RecordLease { bridge, mac, addr } => {
+            Step::RecordLease {
+                bridge,
+                mac,
+                addr,
+                hostname,
+            } => {
                 let index = done.index(bridge)?;
-                if !self.leases.record(index, *mac, *addr).await {
+                if !self.leases.record(index, *mac, *addr, hostname).await {
                     return Err(ApiError::new(
                         ErrorKind::PoolExhausted,
                         format!(

@@ -444,7 +444,7 @@ impl Leases for FakeLeases {
         })
     }
 
-    async fn record(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr) -> bool {
+    async fn record(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr, _hostname: &str) -> bool {
         let mut s = lock(&self.state);
         if std::mem::take(&mut s.steal_next) {
             s.leases.insert((index, [2, 0xff, 0, 0, 0, 1]), addr);

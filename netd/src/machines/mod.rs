@@ -88,7 +88,8 @@ pub struct Settings {
     pub pool_ranges: Vec<Ipv4Network>,
     /// Prefix length of a `ve-` link's subnet (default [`VETH_PREFIX`]).
     pub veth_prefix: u8,
-    /// DNS servers given to containers.
+    /// DNS servers given to containers; empty (rnetd's default): the link's gateway, where its
+    /// DNS forwarder answers (`crate::dns`).
     pub dns: Vec<Ipv4Addr>,
     /// `--host-firewall`: let our traffic through other firewalls' chains, or not.
     pub host_firewall: HostFwMode,
@@ -131,13 +132,18 @@ pub struct Machines<S: System = Host> {
 impl Machines<Host> {
     /// The daemon's machines on the real host: loads the saved state and reconciles it with
     /// the kernel (see [`Machines::start_with`]).
-    pub async fn start(settings: Settings, rtnl: Rtnl) -> Result<Arc<Self>, ApiError> {
-        let leases = DhcpService::start(&settings.runtime_dir.join("leases")).map_err(|e| {
-            internal(format!(
-                "starting the DHCP service in {}: {e}",
-                settings.runtime_dir.join("leases").display()
-            ))
-        })?;
+    pub async fn start(
+        settings: Settings,
+        rtnl: Rtnl,
+        dns: crate::dns::DnsConfig,
+    ) -> Result<Arc<Self>, ApiError> {
+        let leases =
+            DhcpService::start(&settings.runtime_dir.join("leases"), dns).map_err(|e| {
+                internal(format!(
+                    "starting the DHCP service in {}: {e}",
+                    settings.runtime_dir.join("leases").display()
+                ))
+            })?;
         let watch_others = settings.host_firewall == HostFwMode::Auto;
         let me = Self::start_with(
             settings,

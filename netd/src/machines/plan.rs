@@ -77,6 +77,8 @@ pub enum Step {
         mac: [u8; 6],
         /// Its address.
         addr: Ipv4Addr,
+        /// Its name in the zone's DNS (the machine name).
+        hostname: String,
     },
     /// Add firewall elements (one atomic batch). Undo: remove them.
     AddRules(LinkRules),
@@ -369,6 +371,10 @@ impl Registry {
         m.subnet = Some(subnet);
         m.host_address = Some(host_address);
         m.container_address = Some(container);
+        if m.dns.is_empty() {
+            // The link's DNS forwarder (crate::dns), started with its DHCP server.
+            m.dns = vec![host_address];
+        }
         steps.push(veth_step(&link, host_mac, peer_mac));
         steps.push(Step::AddAddress {
             ifname: link.ifname.clone(),
@@ -437,12 +443,16 @@ impl Registry {
         m.subnet = Some(subnet);
         m.host_address = Some(gw);
         m.container_address = Some(address);
+        if m.dns.is_empty() && config.dhcp {
+            m.dns = vec![gw];
+        }
         steps.push(veth_step(&link, host_mac, peer_mac));
         if config.dhcp {
             steps.push(Step::RecordLease {
                 bridge: zone.bridge(),
                 mac: peer_mac.0,
                 addr: address,
+                hostname: req.machine.as_str().to_owned(),
             });
         }
         steps.push(Step::JoinBridge {

@@ -220,7 +220,7 @@ impl<S: System> Machines<S> {
             && zone.config.dhcp
             && let (Some(mac), Some(addr)) = (container_mac(m), m.container_address)
             // Its lease may not have reached the disk before rnetd stopped.
-            && !self.leases.record(zone.index, mac, addr).await
+            && !self.leases.record(zone.index, mac, addr, m.machine.as_str()).await
         {
             warn!(machine = %m.machine, %addr, "its zone address is leased to another client");
         }

@@ -226,9 +226,15 @@ pub trait Leases: Send + Sync + 'static {
     /// The address the client with `mac` would get on a served link (its lease, or a free one
     /// picked as the server would), without recording anything.
     fn pick(&self, index: u32, mac: [u8; 6]) -> Option<Ipv4Addr>;
-    /// Records that `mac` holds `addr` (once on disk); false if another client holds it.
-    fn record(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr)
-    -> impl Future<Output = bool> + Send;
+    /// Records that `mac`, machine `hostname`, holds `addr` (once on disk); false if another
+    /// client holds it. The name is what the link's DNS forwarder answers for.
+    fn record(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+        addr: Ipv4Addr,
+        hostname: &str,
+    ) -> impl Future<Output = bool> + Send;
     /// Drops the lease of `mac`.
     fn release(&self, index: u32, mac: [u8; 6]);
     /// How many leases a link has.
@@ -250,8 +256,8 @@ impl Leases for Arc<DhcpService> {
         DhcpService::pick(self, index, mac)
     }
 
-    async fn record(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr) -> bool {
-        self.ensure(index, mac, addr).await
+    async fn record(&self, index: u32, mac: [u8; 6], addr: Ipv4Addr, hostname: &str) -> bool {
+        self.ensure(index, mac, addr, hostname).await
     }
 
     fn release(&self, index: u32, mac: [u8; 6]) {
