@@ -917,3 +917,11 @@ impl Rig {
         self.start_rnetd_with(&["--resolv-conf", &resolv, "--resolved-conf", &resolved]);
     }
 }
+
+/// One DHCP exchange by udhcpc on `host0` in the network namespace of process `pid`, with
+/// `hook` as its script (`/bin/true` to configure nothing): `udhcpc -i host0 -n -q -f -t 3 -T 1`.
+pub fn udhcpc_once(pid: u64, hook: &str) -> Output {
+    output(in_pid_netns(pid, "udhcpc").args([
+        "-i", "host0", "-n", "-q", "-f", "-t", "3", "-T", "1", "-s", hook,
+    ]))
+}

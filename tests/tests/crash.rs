@@ -560,19 +560,7 @@ fn restart_with_twenty_containers_keeps_the_same_view_and_removes_the_rest() {
     }
     let m16 = &before["m16"];
     let addr = m16["container_address"].as_str().unwrap();
-    let renewed = output(in_pid_netns(m16["pid"].as_u64().unwrap(), "udhcpc").args([
-        "-i",
-        "host0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "3",
-        "-T",
-        "1",
-        "-s",
-        hook.to_str().unwrap(),
-    ]));
+    let renewed = rig::udhcpc_once(m16["pid"].as_u64().unwrap(), hook.to_str().unwrap());
     let text = String::from_utf8_lossy(&renewed.stdout);
     assert!(
         text.contains(&format!("LEASE {addr}")),

@@ -27,19 +27,7 @@ fn client_id(m: &Value) -> String {
 /// it took and the address it was given.
 fn udhcpc(pid: u64) -> (Duration, Option<String>) {
     let start = Instant::now();
-    let out = output(in_pid_netns(pid, "udhcpc").args([
-        "-i",
-        "host0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "3",
-        "-T",
-        "1",
-        "-s",
-        "/bin/true",
-    ]));
+    let out = rig::udhcpc_once(pid, "/bin/true");
     let took = start.elapsed();
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);

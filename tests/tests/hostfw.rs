@@ -201,19 +201,7 @@ fn docker_user_gets_our_rules_and_they_come_back_after_reloads() {
 
 /// A udhcpc run in the container of `pid`: true if it got a lease.
 fn dhcp_answers(pid: u64) -> bool {
-    let out = output(in_pid_netns(pid, "udhcpc").args([
-        "-i",
-        "host0",
-        "-n",
-        "-q",
-        "-f",
-        "-t",
-        "3",
-        "-T",
-        "1",
-        "-s",
-        "/bin/true",
-    ]));
+    let out = rig::udhcpc_once(pid, "/bin/true");
     out.status.success()
 }
 
