@@ -52,10 +52,12 @@ fn table_ifaces(listing: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every ACK `dhcpcheck` logged, as (MAC, address) pairs in order.
+/// Every ACK `dhcpcheck` logged, as (MAC, address) pairs in order (complete lines only: the
+/// client may be writing the next one).
 fn acks(log: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..complete]
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(m, a)| (m.to_owned(), a.to_owned()))

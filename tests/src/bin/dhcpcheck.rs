@@ -68,8 +68,9 @@ fn main() {
                 }
                 if reply.opts().msg_type() == Some(MessageType::Ack) {
                     let mac = mac.map(|b| format!("{b:02x}")).join(":");
-                    writeln!(log, "{mac} {}", reply.yiaddr()).unwrap();
-                    log.flush().unwrap();
+                    // One write per line: a reader never sees half of one.
+                    let line = format!("{mac} {}\n", reply.yiaddr());
+                    log.write_all(line.as_bytes()).unwrap();
                 }
                 break;
             }
