@@ -205,6 +205,17 @@ fn dhcp_answers(pid: u64) -> bool {
     out.status.success()
 }
 
+/// Whether rnetd's DNS forwarder on the gateway of machine `name` answers from inside it
+/// (`_gateway`, answered by rnetd itself: no upstream needed).
+fn dns_answers(rig: &Rig, name: &str) -> bool {
+    let m = rig.wait_machine(name);
+    let gw = m["host_address"].as_str().unwrap().to_owned();
+    in_pid_netns(m["pid"].as_u64().unwrap(), "timeout")
+        .args(["3", "busybox", "nslookup", "_gateway", &gw])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 #[test]
 fn a_hardened_input_chain_still_lets_dhcp_through() {
     if !privileged("a_hardened_input_chain_still_lets_dhcp_through") {
@@ -215,6 +226,11 @@ fn a_hardened_input_chain_still_lets_dhcp_through() {
     rig.start_rnetd();
     let pid = server(&mut rig, "dhcp");
     assert!(dhcp_answers(pid), "no DHCP answer; log:\n{}", rig.log());
+    assert!(
+        dns_answers(&rig, "dhcp"),
+        "no DNS answer; log:\n{}",
+        rig.log()
+    );
     let ours = await_ours(&rig, 3, Duration::from_secs(1));
     assert_eq!(
         ours,
@@ -245,6 +261,10 @@ fn with_host_firewall_off_nothing_of_ours_appears_and_the_drops_apply() {
     // The other firewalls decide: DHCP and forwarding are dropped (the control that the
     // tests above would fail without our rules).
     assert!(!dhcp_answers(pid), "DHCP answered through a policy drop");
+    assert!(
+        !dns_answers(&rig, "off"),
+        "DNS answered through a policy drop"
+    );
     assert!(!reaches_uplink(pid), "forwarded through iptables' DROP");
     assert!(!published_answers(&rig));
     std::thread::sleep(Duration::from_millis(2500)); // a periodic check went by
