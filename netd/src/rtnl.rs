@@ -1,6 +1,7 @@
 //! The kernel boundary for links, addresses and routes (rtnetlink). Each method is one request,
 //! named after the `ip` command it replaces.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -63,6 +64,73 @@ pub const LINK_GROUP: u32 = 0x726e_6574;
 /// Result of rtnetlink calls.
 pub type Result<T> = std::result::Result<T, RtnlError>;
 
+/// Result of a link operation (the name the seams use).
+pub type LinkResult<T> = Result<T>;
+
+/// The host's links as the machine logic uses them; each method is one `ip` command. [`Rtnl`]
+/// is the real one; the machine logic's unit tests use a recording fake.
+pub trait Links: Send + Sync + 'static {
+    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`).
+    fn ipv4_in_use(&self) -> impl Future<Output = LinkResult<Vec<Ipv4Network>>> + Send;
+    /// `ip link add HOST address HOST_MAC group rnet type veth peer name PEER address PEER_MAC
+    /// netns FD`; returns the host end's ifindex.
+    fn add_veth(
+        &self,
+        host: &str,
+        host_mac: Mac,
+        peer: &str,
+        peer_mac: Mac,
+        netns: BorrowedFd<'_>,
+    ) -> impl Future<Output = LinkResult<u32>> + Send;
+    /// `ip link add NAME group rnet type bridge`; returns its ifindex.
+    fn add_bridge(&self, name: &str) -> impl Future<Output = LinkResult<u32>> + Send;
+    /// `ip link property add dev INDEX altname NAME`.
+    fn add_altname(&self, index: u32, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip addr add NET dev INDEX`.
+    fn add_address(
+        &self,
+        index: u32,
+        net: Ipv4Network,
+    ) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip link set dev INDEX up`.
+    fn set_up(&self, index: u32) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip link set dev INDEX master BRIDGE up`.
+    fn set_master_up(&self, index: u32, bridge: u32)
+    -> impl Future<Output = LinkResult<()>> + Send;
+    /// `bridge link set dev INDEX isolated on`.
+    fn set_port_isolated(&self, index: u32) -> impl Future<Output = LinkResult<()>> + Send;
+    /// The ifindex of link `name` and whether it is a bridge, if it exists.
+    fn lookup(&self, name: &str) -> impl Future<Output = LinkResult<Option<(u32, bool)>>> + Send;
+    /// `ip link del NAME`; a link already gone counts as deleted.
+    fn del_link(&self, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
+    /// The names of the links in rnet's link group: every link of ours.
+    fn marked_links(&self) -> impl Future<Output = LinkResult<Vec<String>>> + Send;
+    /// `ip link add NAME link PARENT address MAC netns FD type macvlan mode bridge`.
+    fn add_macvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        mac: Mac,
+        netns: BorrowedFd<'_>,
+    ) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip link add NAME link PARENT netns FD type ipvlan mode l2`.
+    fn add_ipvlan(
+        &self,
+        name: &str,
+        parent: u32,
+        netns: BorrowedFd<'_>,
+    ) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip link set dev INDEX netns FD name NAME`.
+    fn move_link(
+        &self,
+        index: u32,
+        netns: BorrowedFd<'_>,
+        name: &str,
+    ) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `ip link set dev INDEX name NAME`.
+    fn rename(&self, index: u32, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
+}
+
 /// An rtnetlink connection in the daemon's network namespace.
 #[derive(Clone, Debug)]
 pub struct Rtnl {
@@ -109,9 +177,41 @@ impl Rtnl {
             .map_err(|e| RtnlError::new(step, object, &e))
     }
 
-    /// Every IPv4 network in use in this namespace: each address with its prefix and each
-    /// route's destination (`ip -4 addr` + `ip -4 route show table all`).
-    pub async fn ipv4_in_use(&self) -> Result<Vec<Ipv4Network>> {
+    /// Whether the link is a bridge.
+    pub fn is_bridge(msg: &LinkMessage) -> bool {
+        msg.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos
+                .iter()
+                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
+            _ => false,
+        })
+    }
+
+    /// The ifindex of the link called `name` (or with that altname), if any.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link(name).await?.map(|m| m.header.index))
+    }
+
+    /// The link called `name`, if any (`ip link show NAME`).
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let err = RtnlError::new("looking up link", name, &e);
+                if err.is_gone() { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+}
+
+impl Links for Rtnl {
+    async fn ipv4_in_use(&self) -> Result<Vec<Ipv4Network>> {
         let mut out = Vec::new();
         let mut addrs = self.handle.address().get().execute();
         while let Some(msg) = addrs
@@ -151,10 +251,7 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// `ip link add HOST address HOST_MAC type veth peer name PEER address PEER_MAC netns FD`:
-    /// one request creates both ends, the peer directly inside the container's namespace.
-    /// Returns the host end's ifindex.
-    pub async fn add_veth(
+    async fn add_veth(
         &self,
         host: &str,
         host_mac: Mac,
@@ -182,8 +279,7 @@ impl Rtnl {
         })
     }
 
-    /// `ip link add NAME type bridge`; returns its ifindex.
-    pub async fn add_bridge(&self, name: &str) -> Result<u32> {
+    async fn add_bridge(&self, name: &str) -> Result<u32> {
         self.handle
             .link()
             .add(
@@ -202,8 +298,7 @@ impl Rtnl {
         })
     }
 
-    /// `ip link set dev INDEX master BRIDGE up`.
-    pub async fn set_master_up(&self, index: u32, bridge: u32) -> Result<()> {
+    async fn set_master_up(&self, index: u32, bridge: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .controller(bridge)
             .up()
@@ -212,9 +307,7 @@ impl Rtnl {
             .await
     }
 
-    /// `bridge link set dev INDEX isolated on`: isolated ports cannot talk to each other, only
-    /// to the bridge and non-isolated ports.
-    pub async fn set_port_isolated(&self, index: u32) -> Result<()> {
+    async fn set_port_isolated(&self, index: u32) -> Result<()> {
         let msg = LinkBridgePort::new(index)
             .append_info_data(InfoBridgePort::Isolated(true))
             .build();
@@ -226,37 +319,7 @@ impl Rtnl {
             .map_err(|e| RtnlError::new("isolating bridge port", index.to_string(), &e))
     }
 
-    /// Whether the link is a bridge.
-    pub fn is_bridge(msg: &LinkMessage) -> bool {
-        msg.attributes.iter().any(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos
-                .iter()
-                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
-            _ => false,
-        })
-    }
-
-    /// Number of ports of the bridge with ifindex `bridge` (`ip link show master BRIDGE`).
-    pub async fn bridge_ports(&self, bridge: u32) -> Result<usize> {
-        let mut s = self.handle.link().get().execute();
-        let mut n = 0;
-        while let Some(m) = s
-            .try_next()
-            .await
-            .map_err(|e| RtnlError::new("listing", "links", &e))?
-        {
-            if m.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == bridge))
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
-    /// `ip link add NAME link PARENT address MAC netns FD type macvlan mode bridge`.
-    pub async fn add_macvlan(
+    async fn add_macvlan(
         &self,
         name: &str,
         parent: u32,
@@ -270,16 +333,14 @@ impl Rtnl {
         self.link_add(msg, "creating macvlan", name).await
     }
 
-    /// `ip link add NAME link PARENT netns FD type ipvlan mode l2`.
-    pub async fn add_ipvlan(&self, name: &str, parent: u32, netns: BorrowedFd<'_>) -> Result<()> {
+    async fn add_ipvlan(&self, name: &str, parent: u32, netns: BorrowedFd<'_>) -> Result<()> {
         let msg = LinkIpVlan::new(name, parent, IpVlanMode::L2)
             .setns_by_fd(netns.as_raw_fd())
             .build();
         self.link_add(msg, "creating ipvlan", name).await
     }
 
-    /// `ip link set dev INDEX netns FD name NAME`: moves a link into another namespace.
-    pub async fn move_link(&self, index: u32, netns: BorrowedFd<'_>, name: &str) -> Result<()> {
+    async fn move_link(&self, index: u32, netns: BorrowedFd<'_>, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .setns_by_fd(netns.as_raw_fd())
             .name(name.to_owned())
@@ -287,16 +348,14 @@ impl Rtnl {
         self.link_set(msg, "moving link", name).await
     }
 
-    /// `ip link set dev INDEX name NAME`.
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+    async fn rename(&self, index: u32, name: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index)
             .name(name.to_owned())
             .build();
         self.link_set(msg, "renaming link to", name).await
     }
 
-    /// `ip link property add dev INDEX altname NAME`.
-    pub async fn add_altname(&self, index: u32, name: &str) -> Result<()> {
+    async fn add_altname(&self, index: u32, name: &str) -> Result<()> {
         self.handle
             .link()
             .property_add(index)
@@ -306,8 +365,7 @@ impl Rtnl {
             .map_err(|e| RtnlError::new("adding altname", name, &e))
     }
 
-    /// `ip addr add ADDR/PREFIX dev INDEX`.
-    pub async fn add_address(&self, index: u32, net: Ipv4Network) -> Result<()> {
+    async fn add_address(&self, index: u32, net: Ipv4Network) -> Result<()> {
         self.handle
             .address()
             .add(index, IpAddr::V4(net.ip()), net.prefix())
@@ -316,38 +374,13 @@ impl Rtnl {
             .map_err(|e| RtnlError::new("adding address", net.to_string(), &e))
     }
 
-    /// `ip link set dev INDEX up`.
-    pub async fn set_up(&self, index: u32) -> Result<()> {
+    async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.link_set(msg, "setting up link", index.to_string())
             .await
     }
 
-    /// The ifindex of the link called `name` (or with that altname), if any.
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
-        Ok(self.link(name).await?.map(|m| m.header.index))
-    }
-
-    /// The link called `name`, if any (`ip link show NAME`).
-    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match s.try_next().await {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                let err = RtnlError::new("looking up link", name, &e);
-                if err.is_gone() { Ok(None) } else { Err(err) }
-            }
-        }
-    }
-
-    /// The names of the links in [`LINK_GROUP`] (`ip link show group 1919837556`): every link
-    /// of ours on the host.
-    pub async fn marked_links(&self) -> Result<Vec<String>> {
+    async fn marked_links(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(msg) = links
@@ -370,24 +403,7 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// The altnames of a link.
-    pub fn altnames(msg: &LinkMessage) -> Vec<String> {
-        msg.attributes
-            .iter()
-            .filter_map(|a| match a {
-                LinkAttribute::PropList(props) => Some(props),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(|p| match p {
-                netlink_packet_route::link::Prop::AltIfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// `ip link del NAME`; a link that is already gone counts as deleted.
-    pub async fn del_link(&self, name: &str) -> Result<()> {
+    async fn del_link(&self, name: &str) -> Result<()> {
         let Some(index) = self.link_index(name).await? else {
             return Ok(());
         };
@@ -398,5 +414,12 @@ impl Rtnl {
                 if err.is_gone() { Ok(()) } else { Err(err) }
             }
         }
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Option<(u32, bool)>> {
+        Ok(self
+            .link(name)
+            .await?
+            .map(|m| (m.header.index, Rtnl::is_bridge(&m))))
     }
 }

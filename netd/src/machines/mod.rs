@@ -59,7 +59,7 @@ use crate::state::{SavedMachine, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
 
 use apply::Applied;
-use plan::{AttachObserved, parse_mac, plan_zone_removal};
+use plan::{AttachObserved, plan_zone_removal};
 use registry::{Entry, Registry};
 use system::{Host, HostProcs, Leases, Links, Procs, System};
 
@@ -357,12 +357,7 @@ impl<S: System> Machines<S> {
                     seen.bridge = self.links.lookup(&z.bridge()).await.map_err(internal)?;
                 }
                 Some(zone) if zone.config.dhcp => {
-                    let mac = crate::naming::generate_mac(
-                        self.settings.machine_id,
-                        req.machine.as_str(),
-                        crate::naming::MacKey::Container,
-                        0,
-                    );
+                    let mac = plan::container_mac(&self.settings, &req.machine);
                     seen.zone_address = self.leases.pick(zone.index, mac.0);
                 }
                 Some(_) => {}
@@ -715,9 +710,4 @@ impl<S: System> Machines<S> {
             ))
         }
     }
-}
-
-/// The MAC of a machine's container end, parsed.
-fn container_mac(m: &Machine) -> Option<[u8; 6]> {
-    m.container_mac.as_deref().and_then(parse_mac)
 }

@@ -181,12 +181,17 @@ pub struct AttachObserved {
 /// them.
 fn primary_link(settings: &Settings, req: &AttachRequest, prefix: &str) -> (LinkName, Mac, Mac) {
     let name = req.machine.as_str();
-    let id = settings.machine_id;
     (
         LinkName::new(prefix, name),
-        generate_mac(id, name, MacKey::Host, 0),
-        generate_mac(id, name, MacKey::Container, 0),
+        generate_mac(settings.machine_id, name, MacKey::Host, 0),
+        container_mac(settings, &req.machine),
     )
+}
+
+/// The MAC of a machine's `host0`, as systemd derives it (also its DHCP client's hardware
+/// address, which is how its lease is found).
+pub fn container_mac(settings: &Settings, machine: &MachineName) -> Mac {
+    generate_mac(settings.machine_id, machine.as_str(), MacKey::Container, 0)
 }
 
 /// The machine as answered, before addresses.
@@ -281,6 +286,11 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     text.parse::<Mac>().ok().map(|m| m.0)
 }
 
+/// The MAC of a machine's container end, parsed from what it was answered.
+pub fn machine_mac(m: &Machine) -> Option<[u8; 6]> {
+    m.container_mac.as_deref().and_then(parse_mac)
+}
+
 /// The DHCP server of a `ve-` machine's link (`None` for other kinds).
 pub fn veth_dhcp(m: &Machine) -> Option<DhcpPlan> {
     if m.network != NetworkSpec::Veth {
@@ -291,11 +301,7 @@ pub fn veth_dhcp(m: &Machine) -> Option<DhcpPlan> {
         subnet: m.subnet?,
         server: m.host_address?,
         dns: m.dns.clone(),
-        container: m
-            .container_mac
-            .as_deref()
-            .and_then(parse_mac)
-            .zip(m.container_address),
+        container: machine_mac(m).zip(m.container_address),
     })
 }
 
@@ -577,7 +583,7 @@ pub fn machine_removals(m: &Machine, index: u32, zone: Option<&ZoneEntry>) -> Ve
     }
     if let Some(zone) = zone
         && zone.config.dhcp
-        && let Some(mac) = m.container_mac.as_deref().and_then(parse_mac)
+        && let Some(mac) = machine_mac(m)
     {
         out.push(Removal::Release {
             index: zone.index,

@@ -11,10 +11,10 @@ use crate::api::{ApiError, ExtraLink, MachineName, NetworkSpec, ZoneConfig, Zone
 use crate::firewall::LinkRules;
 use crate::state::{SavedMachine, State};
 
-use super::plan::{link_rules, machine_removals, veth_dhcp, zone_rules};
+use super::plan::{link_rules, machine_mac, machine_removals, veth_dhcp, zone_rules};
 use super::registry::{Entry, Registry};
 use super::system::{Leases, Links, Procs, System};
-use super::{Machines, container_mac, internal};
+use super::{Machines, internal};
 
 /// What was observed of the saved machines and zones.
 #[derive(Debug, Clone, Default)]
@@ -218,7 +218,7 @@ impl<S: System> Machines<S> {
         if let NetworkSpec::Zone(z) = &m.network
             && let Some(zone) = registry.zones.get(z)
             && zone.config.dhcp
-            && let (Some(mac), Some(addr)) = (container_mac(m), m.container_address)
+            && let (Some(mac), Some(addr)) = (machine_mac(m), m.container_address)
             // Its lease may not have reached the disk before rnetd stopped.
             && !self.leases.record(zone.index, mac, addr, m.machine.as_str()).await
         {

@@ -1,5 +1,6 @@
-//! The seams between the machine logic and the host: links (rtnetlink), process facts
-//! (`/proc`, pidfds), the DHCP service, and nftables (`nat::AsyncNft`). The daemon runs on
+//! The seams between the machine logic and the host: links (`Links`, declared beside its real
+//! implementation in `rtnl.rs` and re-exported here), process facts (`/proc`, pidfds), the DHCP
+//! service, and nftables (`nat::AsyncNft`). The daemon runs on
 //! [`Host`]; unit tests run the same logic on the recording fakes of `fake.rs`, without root.
 
 use std::future::Future;
@@ -8,156 +9,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
-
-use crate::api::Mac;
 use crate::dhcp_glue::{DhcpError, DhcpLink, DhcpService};
 use crate::procfs::{self, NetnsFdError};
-use crate::rtnl::{Rtnl, RtnlError};
-
-/// Result of a link operation.
-pub type LinkResult<T> = Result<T, RtnlError>;
-
-/// The host's links as the machine logic uses them; each method is one `ip` command.
-pub trait Links: Send + Sync + 'static {
-    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`).
-    fn ipv4_in_use(&self) -> impl Future<Output = LinkResult<Vec<Ipv4Network>>> + Send;
-    /// `ip link add HOST address HOST_MAC group rnet type veth peer name PEER address PEER_MAC
-    /// netns FD`; returns the host end's ifindex.
-    fn add_veth(
-        &self,
-        host: &str,
-        host_mac: Mac,
-        peer: &str,
-        peer_mac: Mac,
-        netns: BorrowedFd<'_>,
-    ) -> impl Future<Output = LinkResult<u32>> + Send;
-    /// `ip link add NAME group rnet type bridge`; returns its ifindex.
-    fn add_bridge(&self, name: &str) -> impl Future<Output = LinkResult<u32>> + Send;
-    /// `ip link property add dev INDEX altname NAME`.
-    fn add_altname(&self, index: u32, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip addr add NET dev INDEX`.
-    fn add_address(
-        &self,
-        index: u32,
-        net: Ipv4Network,
-    ) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip link set dev INDEX up`.
-    fn set_up(&self, index: u32) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip link set dev INDEX master BRIDGE up`.
-    fn set_master_up(&self, index: u32, bridge: u32)
-    -> impl Future<Output = LinkResult<()>> + Send;
-    /// `bridge link set dev INDEX isolated on`.
-    fn set_port_isolated(&self, index: u32) -> impl Future<Output = LinkResult<()>> + Send;
-    /// The ifindex of link `name` and whether it is a bridge, if it exists.
-    fn lookup(&self, name: &str) -> impl Future<Output = LinkResult<Option<(u32, bool)>>> + Send;
-    /// `ip link del NAME`; a link already gone counts as deleted.
-    fn del_link(&self, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
-    /// The names of the links in rnet's link group: every link of ours.
-    fn marked_links(&self) -> impl Future<Output = LinkResult<Vec<String>>> + Send;
-    /// `ip link add NAME link PARENT address MAC netns FD type macvlan mode bridge`.
-    fn add_macvlan(
-        &self,
-        name: &str,
-        parent: u32,
-        mac: Mac,
-        netns: BorrowedFd<'_>,
-    ) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip link add NAME link PARENT netns FD type ipvlan mode l2`.
-    fn add_ipvlan(
-        &self,
-        name: &str,
-        parent: u32,
-        netns: BorrowedFd<'_>,
-    ) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip link set dev INDEX netns FD name NAME`.
-    fn move_link(
-        &self,
-        index: u32,
-        netns: BorrowedFd<'_>,
-        name: &str,
-    ) -> impl Future<Output = LinkResult<()>> + Send;
-    /// `ip link set dev INDEX name NAME`.
-    fn rename(&self, index: u32, name: &str) -> impl Future<Output = LinkResult<()>> + Send;
-}
-
-impl Links for Rtnl {
-    async fn ipv4_in_use(&self) -> LinkResult<Vec<Ipv4Network>> {
-        Rtnl::ipv4_in_use(self).await
-    }
-
-    async fn add_veth(
-        &self,
-        host: &str,
-        host_mac: Mac,
-        peer: &str,
-        peer_mac: Mac,
-        netns: BorrowedFd<'_>,
-    ) -> LinkResult<u32> {
-        Rtnl::add_veth(self, host, host_mac, peer, peer_mac, netns).await
-    }
-
-    async fn add_bridge(&self, name: &str) -> LinkResult<u32> {
-        Rtnl::add_bridge(self, name).await
-    }
-
-    async fn add_altname(&self, index: u32, name: &str) -> LinkResult<()> {
-        Rtnl::add_altname(self, index, name).await
-    }
-
-    async fn add_address(&self, index: u32, net: Ipv4Network) -> LinkResult<()> {
-        Rtnl::add_address(self, index, net).await
-    }
-
-    async fn set_up(&self, index: u32) -> LinkResult<()> {
-        Rtnl::set_up(self, index).await
-    }
-
-    async fn set_master_up(&self, index: u32, bridge: u32) -> LinkResult<()> {
-        Rtnl::set_master_up(self, index, bridge).await
-    }
-
-    async fn set_port_isolated(&self, index: u32) -> LinkResult<()> {
-        Rtnl::set_port_isolated(self, index).await
-    }
-
-    async fn lookup(&self, name: &str) -> LinkResult<Option<(u32, bool)>> {
-        Ok(self
-            .link(name)
-            .await?
-            .map(|m| (m.header.index, Rtnl::is_bridge(&m))))
-    }
-
-    async fn del_link(&self, name: &str) -> LinkResult<()> {
-        Rtnl::del_link(self, name).await
-    }
-
-    async fn marked_links(&self) -> LinkResult<Vec<String>> {
-        Rtnl::marked_links(self).await
-    }
-
-    async fn add_macvlan(
-        &self,
-        name: &str,
-        parent: u32,
-        mac: Mac,
-        netns: BorrowedFd<'_>,
-    ) -> LinkResult<()> {
-        Rtnl::add_macvlan(self, name, parent, mac, netns).await
-    }
-
-    async fn add_ipvlan(&self, name: &str, parent: u32, netns: BorrowedFd<'_>) -> LinkResult<()> {
-        Rtnl::add_ipvlan(self, name, parent, netns).await
-    }
-
-    async fn move_link(&self, index: u32, netns: BorrowedFd<'_>, name: &str) -> LinkResult<()> {
-        Rtnl::move_link(self, index, netns, name).await
-    }
-
-    async fn rename(&self, index: u32, name: &str) -> LinkResult<()> {
-        Rtnl::rename(self, index, name).await
-    }
-}
+use crate::rtnl::Rtnl;
+pub use crate::rtnl::{LinkResult, Links};
 
 /// Facts about processes and namespaces (`/proc`, pidfds).
 pub trait Procs: Send + Sync + 'static {
