@@ -138,6 +138,11 @@ pub struct Firewall<N> {
     /// The foreign chains that hold our rules, as last synced (`ip filter DOCKER-USER (forward:
     /// policy drop)`).
     host_chains: Vec<String>,
+    /// The last look at the ruleset found no other firewall's chain that would drop our traffic
+    /// and no rule of ours in one: a change of our links then needs nothing there, and is not
+    /// paid with a listing of the whole ruleset. The `nft monitor` watch and the periodic check
+    /// ([`Firewall::reconcile`]) look again whenever the ruleset changes.
+    foreign_quiet: bool,
 }
 
 /// What a periodic check needs, taken under the firewall's lock and used without it.
@@ -191,6 +196,7 @@ impl<N: AsyncNft> Firewall<N> {
             generation: 0,
             host_mode: HostFwMode::Auto,
             host_chains: Vec::new(),
+            foreign_quiet: false,
         }
     }
 
@@ -223,9 +229,11 @@ impl<N: AsyncNft> Firewall<N> {
             .map(nat::ForeignChain::describe)
             .collect();
         let Some(batch) = nat::plan_host(&view, &links) else {
+            self.foreign_quiet = view.chains.is_empty() && view.ours.is_empty();
             self.host_chains = if links.is_empty() { Vec::new() } else { chains };
             return Ok(false);
         };
+        self.foreign_quiet = false;
         self.nft.apply_async(&batch).await?;
         if links.is_empty() {
             info!(
@@ -242,6 +250,14 @@ impl<N: AsyncNft> Firewall<N> {
             self.host_chains = chains;
         }
         Ok(true)
+    }
+
+    /// After a change of our links: [`Firewall::sync_host`], unless the last look found no other
+    /// firewall to deal with.
+    async fn sync_host_on_change(&mut self) {
+        if !self.foreign_quiet {
+            self.sync_host_logged().await;
+        }
     }
 
     /// [`Firewall::sync_host`], failures logged: the other firewalls' rules are not ours to
@@ -318,7 +334,7 @@ impl<N: AsyncNft> Firewall<N> {
             self.generation += 1;
             self.present = false;
             self.restore_forwarding();
-            self.sync_host_logged().await;
+            self.sync_host_on_change().await;
             return Ok(());
         }
         self.change(&changes).await
@@ -377,7 +393,7 @@ impl<N: AsyncNft> Firewall<N> {
         self.generation += 1;
         self.present = true;
         if links_changed {
-            self.sync_host_logged().await;
+            self.sync_host_on_change().await;
         }
         Ok(())
     }
