@@ -5,7 +5,8 @@
 #
 # Environment: RATES (exchanges/s to try, ascending; default
 # "125 250 500 1000 1500 2000 3000 4000 6000 8000 12000 16000"), PERIOD (seconds per rate,
-# default 10), CLIENTS (distinct clients, default 50000), SERVERS (default "rnet dnsmasq kea"),
+# default 10), CLIENTS (distinct clients, default 50000), SERVERS (default
+# "rnet dnsmasq kea kea-mt"),
 # PROFILE=1 (record rnetd with `perf record` at the highest rate it held and print the top of
 # the profile).
 #
@@ -21,9 +22,12 @@
 #   dnsmasq: a veth pair between two fresh netns; lease file in a temp dir; --no-ping,
 #            --dhcp-lease-max above the pool size.
 #   kea:     same link; memfile lease database with persist: true (CSV in a temp dir).
+#   kea-mt:  the same with Kea's multi-threading on (thread pool of 2, one per core here, packet
+#            queue 64: Kea's recommended settings for memfile).
 # Every rate runs against a fresh server (no leases yet). For each server: the highest rate with
 # under 2.5 % of the exchanges lost (perfdhcp counts an answer later than 1 s as lost), and the
-# leases (ACKs) per second it achieved there.
+# leases (ACKs) per second it achieved there; and for every rate, the server's CPU seconds
+# (user + system, from /proc) per 10,000 leases, compared at the highest rate every server held.
 #
 # Nothing touches this machine's network: everything lives in namespaces named rnb<pid>*, removed
 # with the temp dir on exit (also on failure or Ctrl-C).
@@ -37,7 +41,7 @@ RATES=${RATES:-"125 250 500 1000 1500 2000 3000 4000 6000 8000 12000 16000"}
 PERIOD=${PERIOD:-10}
 CLIENTS=${CLIENTS:-50000}
 PROFILE=${PROFILE:-0}
-SERVERS=${SERVERS:-"rnet dnsmasq kea"}
+SERVERS=${SERVERS:-"rnet dnsmasq kea kea-mt"}
 MAX_DROP=2.5
 
 cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
@@ -152,10 +156,15 @@ start_dnsmasq() {
   sleep 0.5
 }
 
+# Kea; with $1 = mt, multi-threaded.
 start_kea() {
+  local mt=false
+  [ "${1:-}" = mt ] && mt=true
   rm -f "$TMP"/kea-leases4.csv*
   cat >"$TMP/kea.json" <<EOF
 { "Dhcp4": {
+  "multi-threading": { "enable-multi-threading": $mt, "thread-pool-size": 2,
+                       "packet-queue-size": 64 },
   "interfaces-config": { "interfaces": [ "${P}sv" ], "dhcp-socket-type": "raw" },
   "lease-database": { "type": "memfile", "persist": true,
                       "name": "$TMP/kea-leases4.csv", "lfc-interval": 0 },
@@ -190,8 +199,8 @@ awk -v n="$CLIENTS" 'BEGIN { srand(1); for (i = 0; i < n; i++) {
   printf "02"; for (j = 0; j < 5; j++) printf ":%02x", int(rand() * 256); printf "\n" } }' \
   | sort -u >"$TMP/macs"
 
-declare -A BEST_RATE BEST_LPS
-printf '%-8s %8s %10s %10s %8s %10s\n' server rate sent/s leases/s lost% cpu-s
+declare -A BEST_RATE BEST_LPS CPU10K
+printf '%-8s %8s %10s %10s %8s %10s %12s\n' server rate sent/s leases/s lost% cpu-s cpu-s/10k
 for server in $SERVERS; do
   BEST_RATE[$server]=0
   BEST_LPS[$server]=0
@@ -208,12 +217,16 @@ for server in $SERVERS; do
         ns=/proc/$CONTAINER_PID/ns/net ifname=host0 spid=$RNETD_PID ;;
       dnsmasq) start_dnsmasq; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
       kea) start_kea; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
+      kea-mt) start_kea mt; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
     esac
     cpu0=$(cpu_secs "$spid")
     read -r sent lps drop < <(perf_run "$ns" "$ifname" "$rate" "$TMP/$server-$rate.out")
     cpu1=$(cpu_secs "$spid")
-    cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.1f", b - a }')
-    printf '%-8s %8s %10s %10s %8s %10s\n' "$server" "$rate" "$sent" "$lps" "$drop" "$cpu"
+    cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')
+    per10k=$(awk -v c="$cpu" -v l="$lps" -v p="$PERIOD" \
+      'BEGIN { if (l > 0) printf "%.3f", c / (l * p) * 10000; else print "n/a" }')
+    CPU10K[$server,$rate]=$per10k
+    printf '%-8s %8s %10s %10s %8s %10s %12s\n' "$server" "$rate" "$sent" "$lps" "$drop" "$cpu" "$per10k"
     case $server in
       rnet) stop_container ;;
       *) stop_server ;;
@@ -254,6 +267,22 @@ printf '%-8s %10s %10s\n' server rate/s leases/s
 for server in $SERVERS; do
   printf '%-8s %10s %10s\n' "$server" "${BEST_RATE[$server]}" "${BEST_LPS[$server]}"
 done
+# CPU per lease where every server keeps up: the highest rate all of them held.
+common=
+for rate in $RATES; do
+  held=1
+  for server in $SERVERS; do
+    [ "${BEST_RATE[$server]}" -ge "$rate" ] || held=0
+  done
+  [ "$held" = 1 ] && common=$rate
+done
+if [ -n "$common" ]; then
+  echo
+  echo "CPU seconds per 10,000 leases at ${common}/s (held by every server):"
+  for server in $SERVERS; do
+    printf '%-8s %10s\n' "$server" "${CPU10K[$server,$common]}"
+  done
+fi
 [[ " $SERVERS " == *" rnet "* ]] || exit 0
 for other in $SERVERS; do
   [ "$other" = rnet ] && continue

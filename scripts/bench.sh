@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The benchmark harness, one command (as root, on a fresh Debian/Ubuntu machine):
+#
+#   sudo ./scripts/bench.sh            # about 15 minutes on 2 cores; figures, then JSON lines
+#
+# 1. tests/benches/fabric.rs: `rnet run -n -- true`, rnetd's attach and detach alone, zones,
+#    teardown, rnetd's RSS, at N = 1, 10, 100, 1000 live containers, against
+#    `systemd-nspawn --network-veth` and the CNI chain (bridge + host-local + portmap) sample by
+#    sample, and the data path with iperf3 (RNET_BENCH_N, RNET_BENCH_RUNS, RNET_BENCH_PEER_MAX).
+# 2. scripts/bench-dhcp.sh: rnetd's DHCP server against dnsmasq, Kea and multi-threaded Kea,
+#    with CPU seconds per 10,000 leases (RATES, PERIOD).
+# 3. scripts/bench-dns.sh: the DNS forwarder against dnsmasq.
+# Everything runs in network namespaces of its own and is removed at the end. The method and the
+# last figures: docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "scripts/bench.sh: run as root (it creates network namespaces)" >&2; exit 1; }
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+scripts/install-deps.sh scripts/packages.txt scripts/packages-bench.txt
+
+echo "== fabric (tests/benches/fabric.rs)"
+cargo bench --quiet -p rnet-tests --bench fabric
+echo
+echo "== DHCP (scripts/bench-dhcp.sh)"
+RATES=${RATES:-"250 1000 2000 4000 6000 8000 10000"} PERIOD=${PERIOD:-5} scripts/bench-dhcp.sh
+echo
+echo "== DNS (scripts/bench-dns.sh)"
+scripts/bench-dns.sh
