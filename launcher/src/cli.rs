@@ -13,6 +13,9 @@ pub struct Cli {
     /// rnetd's runtime directory (where its socket is).
     #[arg(long, global = true, env = "RNET_RUNTIME_DIR", default_value = api::DEFAULT_RUNTIME_DIR)]
     pub runtime_dir: PathBuf,
+    /// Where machine images live (shared with systemd-nspawn and machinectl).
+    #[arg(long, global = true, env = "RNET_MACHINES_DIR", default_value = crate::images::DEFAULT_MACHINES_DIR)]
+    pub machines_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +46,56 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List the machine images (OS trees and raw images in the machines directory).
+    Images {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a tar archive (plain, gzip, xz or zstd) as a new image.
+    ImportTar {
+        /// The archive, or `-` for standard input.
+        file: String,
+        /// The new image's name.
+        name: MachineName,
+    },
+    /// Export an image as a tar archive, compressed by the file's suffix (.gz, .xz, .zst).
+    ExportTar {
+        /// The image.
+        name: MachineName,
+        /// The archive to write, or `-` for standard output (uncompressed).
+        file: String,
+    },
+    /// Download a tar archive and import it as a new image.
+    PullTar {
+        /// http:// or https:// URL of the archive.
+        url: String,
+        /// The new image's name (default: the archive's file name without its suffixes).
+        name: Option<MachineName>,
+        /// Check the download against SHA256SUMS beside the URL (`checksum`) or not (`no`).
+        #[arg(long, value_enum, default_value = "checksum")]
+        verify: crate::images::Verify,
+    },
+    /// Remove images (and their settings files).
+    Remove {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+    },
+    /// Copy an image (and its settings file) to a new name.
+    Clone {
+        /// The image.
+        name: MachineName,
+        /// The copy's name.
+        new: MachineName,
+    },
+    /// Rename an image (and its settings file).
+    Rename {
+        /// The image.
+        name: MachineName,
+        /// Its new name.
+        new: MachineName,
     },
 }
 

@@ -1,6 +1,7 @@
 //! `rnet`: the container launcher and CLI client of `rnetd`.
 
 mod cli;
+mod images;
 mod run;
 
 use std::process::ExitCode;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let client = Client::new(&cli.runtime_dir);
+    let images = images::Images::new(&cli.machines_dir);
     match cli.command {
         Command::Run(args) => run::run(args, &client).map(ExitCode::from),
         Command::List { json } => {
@@ -54,6 +56,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Zone(cmd) => zone(&client, cmd),
+        cmd @ (Command::Images { .. }
+        | Command::ImportTar { .. }
+        | Command::ExportTar { .. }
+        | Command::PullTar { .. }
+        | Command::Remove { .. }
+        | Command::Clone { .. }
+        | Command::Rename { .. }) => {
+            image_command(&images, &client, cmd).map_err(|e| e.to_string())
+        }
         Command::Stop { machine } => {
             call(&client, &Request::Stop { machine })?;
             Ok(ExitCode::SUCCESS)
@@ -70,6 +81,92 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The image verbs (machinectl's names).
+fn image_command(
+    images: &images::Images,
+    client: &Client,
+    command: Command,
+) -> Result<ExitCode, images::ImageError> {
+    match command {
+        Command::Images { json } => {
+            let list = images.list()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print_images(&list);
+            }
+        }
+        Command::ImportTar { file, name } => {
+            let image = if file == "-" {
+                images.import_tar(std::io::stdin().lock(), name.as_str())?
+            } else {
+                let f = std::fs::File::open(&file).map_err(|source| images::ImageError::Io {
+                    what: "opening",
+                    path: file.into(),
+                    source,
+                })?;
+                images.import_tar(f, name.as_str())?
+            };
+            eprintln!("image {} imported to {}", image.name, image.path.display());
+        }
+        Command::ExportTar { name, file } => images.export_tar(name.as_str(), &file)?,
+        Command::PullTar { url, name, verify } => {
+            let image = images.pull_tar(&url, name.as_ref().map(|n| n.as_str()), verify)?;
+            eprintln!("image {} pulled to {}", image.name, image.path.display());
+        }
+        Command::Remove { names } => {
+            for name in &names {
+                refuse_running(client, name)?;
+                images.remove(name.as_str())?;
+            }
+        }
+        Command::Clone { name, new } => images.clone_image(name.as_str(), new.as_str())?,
+        Command::Rename { name, new } => {
+            refuse_running(client, &name)?;
+            images.rename(name.as_str(), new.as_str())?;
+        }
+        _ => unreachable!("not an image command"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to remove or rename the image of a machine rnetd lists as running (when rnetd runs).
+fn refuse_running(client: &Client, name: &api::MachineName) -> Result<(), images::ImageError> {
+    if let Ok(Response::Machines(list)) = client.call(&Request::List, None)
+        && list.iter().any(|m| &m.machine == name)
+    {
+        return Err(images::ImageError::Refused(format!(
+            "machine {name} is running; stop it first"
+        )));
+    }
+    Ok(())
+}
+
+fn print_images(list: &[images::Image]) {
+    println!(
+        "{:<24} {:<10} {:>12} {:<8} {:<}",
+        "NAME", "TYPE", "USAGE", "SETTINGS", "MODIFIED"
+    );
+    for i in list {
+        let kind = match i.kind {
+            images::Kind::Directory => "directory",
+            images::Kind::Raw => "raw",
+        };
+        println!(
+            "{:<24} {:<10} {:>12} {:<8} {:<}",
+            i.name,
+            kind,
+            i.usage.map_or("-".into(), |u| u.to_string()),
+            if i.settings { "yes" } else { "no" },
+            i.modified.map_or("-".into(), |m| m.to_string())
+        );
+    }
+    println!("\n{} image(s) listed.", list.len());
 }
 
 fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
