@@ -47,6 +47,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change resource limits of a running machine (`MemoryMax=2G`, `CPUQuota=50%`, ...).
+    SetProperty {
+        /// Change the running machine only (properties are not kept across runs yet, so this
+        /// is required).
+        #[arg(long)]
+        runtime: bool,
+        /// The machine.
+        machine: MachineName,
+        /// `KEY=VALUE` properties.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        properties: Vec<crate::cgroup::Property>,
+    },
+    /// Show CPU, memory and tasks of running machines, refreshed every second (like systemd-cgtop).
+    Top {
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// List the machine images (OS trees and raw images in the machines directory).
     Images {
         /// Print JSON.
@@ -186,6 +204,10 @@ pub struct RunArgs {
     /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.
     #[arg(short = 'p', long = "port", value_name = "SPEC")]
     pub ports: Vec<PortSpec>,
+    /// A resource limit of the container's cgroup, as systemd-nspawn's `--property=`:
+    /// `MemoryMax=`, `MemoryHigh=`, `CPUQuota=`, `TasksMax=`, `CPUWeight=` (repeatable).
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    pub properties: Vec<crate::cgroup::Property>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -1,5 +1,6 @@
 //! `rnet`: the container launcher and CLI client of `rnetd`.
 
+mod cgroup;
 mod cli;
 mod images;
 mod run;
@@ -56,6 +57,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Zone(cmd) => zone(&client, cmd),
+        Command::SetProperty {
+            runtime,
+            machine,
+            properties,
+        } => {
+            if !runtime {
+                return Err(
+                    "properties are not kept across runs yet: pass --runtime to change the running machine".into(),
+                );
+            }
+            let cg = machine_cgroup(&client, &machine)?;
+            for note in cg.apply(&properties).map_err(|e| e.to_string())? {
+                eprintln!("rnet: note: {note}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { once } => top(&client, once),
         cmd @ (Command::Images { .. }
         | Command::ImportTar { .. }
         | Command::ExportTar { .. }
@@ -80,6 +98,75 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The cgroup of a running machine: from its pid when rnetd lists it, else `rnet-NAME` beside
+/// the caller's own cgroup (a container without a link of rnetd's started from the same place).
+fn machine_cgroup(client: &Client, machine: &api::MachineName) -> Result<cgroup::Cgroup, String> {
+    if let Ok(Response::Status(m)) = client.call(
+        &Request::Status {
+            machine: machine.clone(),
+        },
+        None,
+    ) && let Ok(cg) = cgroup::Cgroup::of_pid(m.pid)
+    {
+        return Ok(cg);
+    }
+    cgroup::Cgroup::find(machine.as_str())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no running machine {machine}"))
+}
+
+/// `rnet top`: per-machine CPU, memory and tasks from their cgroups, like systemd-cgtop.
+fn top(client: &Client, once: bool) -> Result<ExitCode, String> {
+    let mut last: std::collections::HashMap<String, (u64, std::time::Instant)> =
+        std::collections::HashMap::new();
+    loop {
+        let Response::Machines(list) = call(client, &Request::List)? else {
+            return Err("rnetd sent an unexpected answer to list".into());
+        };
+        let mut rows = Vec::new();
+        for m in &list {
+            let Ok(cg) = cgroup::Cgroup::of_pid(m.pid) else {
+                continue;
+            };
+            let (cpu, mem, tasks) = cg.usage();
+            let now = std::time::Instant::now();
+            let name = m.machine.to_string();
+            let pct = match (cpu, last.get(&name)) {
+                (Some(c), Some((c0, t0))) => {
+                    let wall = now.duration_since(*t0).as_nanos() as f64;
+                    (wall > 0.0).then(|| (c.saturating_sub(*c0)) as f64 / wall * 100.0)
+                }
+                _ => None,
+            };
+            if let Some(c) = cpu {
+                last.insert(name.clone(), (c, now));
+            }
+            rows.push((name, tasks, pct, mem));
+        }
+        if !once {
+            print!("\x1b[H\x1b[2J");
+        }
+        println!(
+            "{:<24} {:>6} {:>8} {:>12}",
+            "MACHINE", "TASKS", "%CPU", "MEMORY"
+        );
+        let dash = || "-".to_owned();
+        for (name, tasks, pct, mem) in rows {
+            println!(
+                "{:<24} {:>6} {:>8} {:>12}",
+                name,
+                tasks.map_or_else(dash, |t| t.to_string()),
+                pct.map_or_else(dash, |p| format!("{p:.1}")),
+                mem.map_or_else(dash, |b| format!("{:.1}M", b as f64 / 1048576.0)),
+            );
+        }
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 

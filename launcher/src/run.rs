@@ -39,6 +39,7 @@ struct Plan {
     network: Network,
     ports: Vec<PortSpec>,
     links: Vec<ExtraLink>,
+    properties: Vec<crate::cgroup::Property>,
     command: Vec<CString>,
 }
 
@@ -123,11 +124,17 @@ impl Plan {
                 "--port needs --network-veth (a private network with a link to publish to)".into(),
             );
         }
+        if network == Network::Host && !args.properties.is_empty() {
+            return Err(
+                "--property needs a container process of its own (--private-network or a network option)".into(),
+            );
+        }
         Ok(Self {
             machine,
             network,
             ports: args.ports,
             links,
+            properties: args.properties,
             command,
         })
     }
@@ -351,6 +358,8 @@ fn parent(
     child: Pid,
     forwarded: &SigSet,
 ) -> Result<u8, String> {
+    let mut cgroup_slot = None;
+    let cgroup = &mut cgroup_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
@@ -359,6 +368,7 @@ fn parent(
                 "the container process died during setup",
             ));
         }
+        *cgroup = container_cgroup(&plan, child)?;
         let Network::Attached(spec) = &plan.network else {
             return Ok(None);
         };
@@ -382,6 +392,9 @@ fn parent(
         Err(e) => {
             let _ = kill(child, Signal::SIGKILL);
             let _ = waitpid(child, None);
+            if let Some(cg) = &cgroup_slot {
+                cg.remove();
+            }
             return Err(e);
         }
     };
@@ -399,10 +412,44 @@ fn parent(
     if attached {
         detach(client, &plan.machine);
     }
+    if let Some(cg) = &cgroup_slot {
+        cg.remove();
+    }
     if !report.is_empty() {
         return Err(report);
     }
     Ok(code)
+}
+
+/// The container's own cgroup `rnet-NAME` (`launcher/src/cgroup.rs`) with the child in it and
+/// the properties applied, before the payload runs. Without properties a machine that cannot
+/// get a cgroup (no hierarchy mounted) runs without one.
+fn container_cgroup(plan: &Plan, child: Pid) -> Result<Option<crate::cgroup::Cgroup>, String> {
+    let pid = u32::try_from(child.as_raw()).unwrap_or_default();
+    let made = crate::cgroup::Cgroup::create(plan.machine.as_str()).and_then(|cg| {
+        cg.add(pid)?;
+        Ok(cg)
+    });
+    let cg = match made {
+        Ok(cg) => cg,
+        Err(_) if plan.properties.is_empty() => return Ok(None),
+        Err(e) => return Err(format!("creating the container's cgroup: {e}")),
+    };
+    match cg.apply(&plan.properties) {
+        Ok(notes) => {
+            for n in notes {
+                eprintln!("rnet: note: {n}");
+            }
+            Ok(Some(cg))
+        }
+        Err(e) => {
+            // The child is killed by the caller; the directory must not outlive it.
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            cg.remove();
+            Err(format!("applying --property: {e}"))
+        }
+    }
 }
 
 /// The child's error message, or `fallback` when it sent none.

@@ -1,0 +1,207 @@
+//! Resource control (`--property=`, `rnet set-property`, `rnet top`) on the machine's own
+//! cgroup: a memory limit really stops a process that allocates past it, a limit changed while
+//! the machine runs applies, and the cgroup goes with the machine. The machine here has cgroup
+//! v1 controllers (and an empty v2 mount), so the v1 path runs; the test prints which.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rig::{Rig, output, privileged, wait_until};
+
+/// A shell payload that allocates about 200 MB (a shell variable), then says so.
+const ALLOCATE: &str = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}";
+
+/// The cgroup interface this machine offers, as the launcher chooses it.
+fn version() -> &'static str {
+    let offered = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .or_else(|_| fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers"))
+        .unwrap_or_default();
+    if offered.contains("memory") {
+        "v2"
+    } else {
+        "v1"
+    }
+}
+
+/// Directories named `rnet-NAME` anywhere in the memory hierarchy.
+fn leftover_cgroups(name: &str) -> Vec<String> {
+    let out = output(std::process::Command::new("find").args([
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/unified",
+        "-maxdepth",
+        "6",
+        "-type",
+        "d",
+        "-name",
+        &format!("rnet-{name}"),
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_memory_limit_stops_an_allocation_and_the_control_survives() {
+    if !privileged("a_memory_limit_stops_an_allocation_and_the_control_survives") {
+        return;
+    }
+    eprintln!("cgroup interface here: {}", version());
+    let rig = Rig::new();
+    let name = format!("{}mem", rig.prefix);
+    let out = output(rig.rnet().args([
+        "run",
+        "--private-network",
+        "-M",
+        &name,
+        "--property=MemoryMax=32M",
+        "--",
+        "sh",
+        "-c",
+        ALLOCATE,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "the allocation should be killed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("survived"));
+    // The control: the same without a limit.
+    let out = output(rig.rnet().args([
+        "run",
+        "--private-network",
+        "-M",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        ALLOCATE,
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("survived 200000000"),
+        "{out:?}"
+    );
+    assert!(leftover_cgroups(&name).is_empty());
+}
+
+#[test]
+fn a_limit_changed_at_run_time_applies_and_top_shows_the_machine() {
+    if !privileged("a_limit_changed_at_run_time_applies_and_top_shows_the_machine") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let name = format!("{}rt", rig.prefix);
+    let flag = rig.runtime_dir().with_file_name("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; {ALLOCATE}",
+        flag.display()
+    );
+    let pid = rig.spawn(rig.rnet().args([
+        "run",
+        "-n",
+        "-M",
+        &name,
+        "--property=MemoryMax=1G",
+        "--property=TasksMax=64",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let m = rig.wait_machine(&name);
+    let leader = m["pid"].as_u64().unwrap();
+    let limit_file = || -> Option<String> {
+        let cg = fs::read_to_string(format!("/proc/{leader}/cgroup")).ok()?;
+        let rel = cg.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            c.split(',').any(|c| c == "memory").then(|| path.to_owned())
+        })?;
+        fs::read_to_string(
+            Path::new("/sys/fs/cgroup/memory")
+                .join(rel.trim_start_matches('/'))
+                .join("memory.limit_in_bytes"),
+        )
+        .ok()
+    };
+    if version() == "v1" {
+        assert_eq!(limit_file().as_deref().map(str::trim), Some("1073741824"));
+    }
+    let top = output(rig.rnet().args(["top", "--once"]));
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.lines().any(|l| l.starts_with(name.as_str())),
+        "rnet top should list {name}:\n{top}"
+    );
+    let (ok, err) = {
+        let o = output(rig.rnet().args(["set-property", &name, "MemoryMax=32M"]));
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && err.contains("--runtime"), "{err}");
+    let o = output(
+        rig.rnet()
+            .args(["set-property", "--runtime", &name, "MemoryMax=32M"]),
+    );
+    assert!(o.status.success(), "{o:?}");
+    if version() == "v1" {
+        assert_eq!(limit_file().as_deref().map(str::trim), Some("33554432"));
+    }
+    fs::write(&flag, "").unwrap();
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert!(wait_until(Duration::from_secs(5), || leftover_cgroups(
+        &name
+    )
+    .is_empty()));
+}
+
+#[test]
+fn bad_properties_are_refused_in_one_line() {
+    if !privileged("bad_properties_are_refused_in_one_line") {
+        return;
+    }
+    let rig = Rig::new();
+    for (args, want) in [
+        (
+            &[
+                "run",
+                "--private-network",
+                "--property=MemoryMax=lots",
+                "--",
+                "true",
+            ][..],
+            "invalid property \"MemoryMax=lots\"",
+        ),
+        (
+            &[
+                "run",
+                "--private-network",
+                "--property=Nice=3",
+                "--",
+                "true",
+            ],
+            "unknown property \"Nice\"",
+        ),
+        (
+            &["run", "--property=MemoryMax=1G", "--", "true"],
+            "--property needs a container process",
+        ),
+        (
+            &["set-property", "--runtime", "nosuchmachine", "MemoryMax=1G"],
+            "no running machine",
+        ),
+    ] {
+        let out = output(rig.rnet().args(args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
