@@ -1,6 +1,7 @@
 //! `rnet`: the container launcher and CLI client of `rnetd`.
 
 mod cli;
+mod container;
 mod netconf;
 mod run;
 

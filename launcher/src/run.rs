@@ -26,7 +26,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use crate::netconf::configure;
+use crate::container::{self, Container, spec::Start};
+use crate::netconf::{bind_resolv_conf, configure};
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -40,6 +41,8 @@ struct Plan {
     ports: Vec<PortSpec>,
     links: Vec<ExtraLink>,
     command: Vec<CString>,
+    /// `-D`: a container in an OS tree.
+    container: Option<Container>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +63,19 @@ impl Plan {
                     .map_err(|_| format!("argument {a:?} contains a NUL byte"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let machine = match args.machine {
-            Some(m) => m,
-            None => default_machine_name(&args.command[0])?,
+        let machine = match (&args.machine, &args.directory) {
+            (Some(m), _) => m.clone(),
+            (None, Some(dir)) => {
+                MachineName::new(&Container::default_machine(dir)).map_err(|e| e.to_string())?
+            }
+            (None, None) => match args.command.first() {
+                Some(cmd) => default_machine_name(cmd)?,
+                None => return Err("a command to run is needed (or --directory)".into()),
+            },
+        };
+        let container = match &args.directory {
+            Some(_) => Some(Container::new(&args, machine.as_str())?),
+            None => None,
         };
         // nspawn's rules (`parse_argv()` and `verify_arguments()` in src/nspawn/nspawn.c,
         // systemd-nspawn(1)): bridge and zone exclude each other and imply a veth.
@@ -129,6 +142,7 @@ impl Plan {
             ports: args.ports,
             links,
             command,
+            container,
         })
     }
 }
@@ -153,11 +167,15 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
 /// Runs the command; returns the exit code to leave with.
 pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
     let plan = Plan::new(args)?;
-    if plan.network == Network::Host {
+    if plan.network == Network::Host && plan.container.is_none() {
         return Err(exec_error(&plan.command));
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err("a private network needs root (creating namespaces and links)".into());
+        return Err(if plan.container.is_some() {
+            "a container needs root (creating namespaces and mounts)".into()
+        } else {
+            "a private network needs root (creating namespaces and links)".into()
+        });
     }
     if matches!(plan.network, Network::Attached(_)) {
         // Fail before forking anything when the daemon is not there.
@@ -170,12 +188,18 @@ pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
     let old = sigprocmask_swap(&mask)?;
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
+    if plan.container.is_some() {
+        // The child is PID 1 of a new PID namespace; the launcher itself stays where it is and
+        // forks nothing else.
+        unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("creating the container's PID namespace: {e}"))?;
+    }
     // SAFETY: the launcher is single-threaded, so the child may allocate and run arbitrary code
     // after fork.
     match unsafe { fork() }.map_err(|e| format!("fork failed: {e}"))? {
         ForkResult::Child => {
             drop(parent_end);
-            child(plan, child_end, &old)
+            child(plan, child_end, &old, &forwarded)
         }
         ForkResult::Parent { child } => {
             drop(child_end);
@@ -207,14 +231,25 @@ fn sigprocmask_swap(mask: &SigSet) -> Result<SigSet, String> {
 }
 
 /// The child: never returns.
-fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
-    let result = (|| -> Result<(), String> {
+fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
+    let private = plan.network != Network::Host;
+    let result = (|| -> Result<Option<Machine>, String> {
         // Die with the launcher: if it is SIGKILLed, the container goes too, and rnetd's pidfd
         // watch cleans up its links.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS)
-            .map_err(|e| format!("creating the container's namespaces: {e}"))?;
-        sethostname(plan.machine.as_str()).map_err(|e| format!("setting the hostname: {e}"))?;
+        let mut flags = CloneFlags::CLONE_NEWUTS;
+        if private {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        if plan.container.is_some() {
+            flags |= CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+        }
+        unshare(flags).map_err(|e| format!("creating the container's namespaces: {e}"))?;
+        let hostname = plan
+            .container
+            .as_ref()
+            .map_or(plan.machine.as_str(), |c| c.hostname.as_str());
+        sethostname(hostname).map_err(|e| format!("setting the hostname: {e}"))?;
         sock.write_all(b"R")
             .map_err(|e| format!("signalling the launcher: {e}"))?;
         let mut cfg = Vec::new();
@@ -222,12 +257,35 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
             .map_err(|e| format!("reading the network configuration: {e}"))?;
         let machine: Option<Machine> = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
-        configure(machine.as_ref())
+        let Some(c) = &plan.container else {
+            configure(machine.as_ref())?;
+            if let Some(m) = &machine {
+                bind_resolv_conf(m)?;
+            }
+            return Ok(machine);
+        };
+        if private {
+            // A booted tree's own network manager configures host0 (rnetd's DHCP server gives
+            // it the same address); lo is ours to bring up, as nspawn does.
+            let own = if c.start == Start::Boot {
+                None
+            } else {
+                machine.as_ref()
+            };
+            configure(own)?;
+        }
+        Ok(machine)
     })();
-    if let Err(e) = result {
-        let _ = sock.write_all(e.as_bytes());
-        // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
-        unsafe { libc::_exit(i32::from(EXIT_SETUP_FAILED)) }
+    let machine = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = sock.write_all(e.as_bytes());
+            // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(i32::from(EXIT_SETUP_FAILED)) }
+        }
+    };
+    if let Some(c) = &plan.container {
+        container::enter(c, machine.as_ref(), private, sock, old_mask, forwarded);
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
     let err = exec_error(&plan.command);
@@ -298,7 +356,10 @@ fn parent(
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
     }
-    let code = wait_forwarding(child, forwarded)?;
+    let code = match &plan.container {
+        Some(c) => container::wait(child, forwarded, c.systemd)?,
+        None => wait_forwarding(child, forwarded)?,
+    };
     if attached {
         detach(client, &plan.machine);
     }
