@@ -26,7 +26,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use crate::container::{self, Container, spec::Start};
+use crate::container::spec::{Console, Start};
+use crate::container::{self, Container};
 use crate::netconf::{bind_resolv_conf, configure};
 
 /// Exit code when the command cannot be executed (as shells use).
@@ -352,12 +353,25 @@ fn parent(
         .write_all(&cfg)
         .and_then(|()| sock.shutdown(Shutdown::Write));
     let mut report = String::new();
-    let _ = sock.read_to_string(&mut report);
+    // A container's console: the child passes the pty's master before it execs.
+    let mut master = None;
+    if sent.is_ok()
+        && let Some(c) = &plan.container
+        && c.console != Console::Pipe
+    {
+        match container::console::recv_master(&sock) {
+            Ok(m) => master = Some(m),
+            Err(text) => report = text,
+        }
+    }
+    let mut rest = String::new();
+    let _ = sock.read_to_string(&mut rest);
+    report.push_str(&rest);
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
     }
     let code = match &plan.container {
-        Some(c) => container::wait(child, forwarded, c.systemd)?,
+        Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
         None => wait_forwarding(child, forwarded)?,
     };
     if attached {

@@ -596,3 +596,63 @@ fn rnet_stop_ends_a_container_through_its_init() {
     assert_eq!(out.status.code(), Some(42), "{:?}", text(&out));
     rig.assert_all_gone();
 }
+
+#[test]
+fn console_modes() {
+    let t = "console_modes";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    // read-only: a pty as stdio and /dev/console, its output relayed.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--console=read-only"],
+        "echo tty=$(tty); echo console=$(stat -c %t /dev/console); exit 4",
+    );
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{so}{se}");
+    assert_eq!(field(&so, "tty").trim(), "/dev/console");
+    // 0x88: a pts (major 136), not /dev/null.
+    assert_eq!(field(&so, "console").trim(), "88");
+    // passive: the pty is connected nowhere.
+    let out = run_sh(&rig, &tree, &["--console=passive"], "echo hidden; exit 5");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(text(&out).0.is_empty(), "{:?}", text(&out));
+    // pipe (the default off a terminal): the launcher's own stdio.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &[],
+        "tty; echo console=$(stat -c %t:%T /dev/console)",
+    );
+    let (so, _) = text(&out);
+    assert!(so.starts_with("not a tty"), "{so}");
+    assert_eq!(field(&so, "console"), "1:3");
+
+    // interactive (the default on a terminal), from a terminal `script` provides.
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let line = line.join(" ");
+    let interactive = |inner: &str, input: &str| -> Output {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "(sleep 1; printf '{input}'; sleep 3) | script -qec \"{line} run -D {} -- {inner}\" /dev/null",
+            tree.arg()
+        ));
+        output(&mut c)
+    };
+    let out = interactive("/bin/sh", "echo typed-$((6*7))\\nexit 9\\n");
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(9), "{so}{se}");
+    assert!(so.contains("typed-42"), "{so}");
+    // Ctrl-] three times ends the session: the container is killed.
+    let out = interactive("/bin/sleep 60", "\\035\\035\\035");
+    assert_eq!(out.status.code(), Some(137), "{:?}", text(&out));
+}

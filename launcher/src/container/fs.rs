@@ -81,6 +81,8 @@ pub struct Layout<'a> {
     pub run_host: Vec<(&'static str, String)>,
     /// The text of the container's `/etc/resolv.conf`, if rnet provides one.
     pub resolv_conf: Option<String>,
+    /// `/dev/console` is a pty (every `--console` mode but `pipe`).
+    pub console_pty: bool,
 }
 
 /// Where the new root is assembled: a tmpfs mounted on the host's `/tmp` in the container's
@@ -169,8 +171,9 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// Builds the container's filesystem and pivots into it; the cwd is then the new `/`.
-pub fn setup(l: &Layout) -> Result<(), String> {
+/// Builds the container's filesystem and pivots into it; the cwd is then the new `/`. Returns
+/// the console pty's master when one was asked for.
+pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
     // Mounts of the host still reach us, ours never reach the host (nspawn: MS_SLAVE).
     mnt(
         None,
@@ -229,7 +232,7 @@ pub fn setup(l: &Layout) -> Result<(), String> {
         )?;
     }
     drop(root_fd);
-    api_filesystems(&new, l)?;
+    let master = api_filesystems(&new, l)?;
     for (b, fd) in l.binds.iter().zip(&bind_fds) {
         bind(&new, b, fd)?;
     }
@@ -251,11 +254,12 @@ pub fn setup(l: &Layout) -> Result<(), String> {
     if l.read_only {
         remount_ro(&new, MsFlags::empty())?;
     }
-    pivot(&new)
+    pivot(&new)?;
+    Ok(master)
 }
 
 /// `/proc`, `/sys`, `/dev`, `/run`, `/tmp` (nspawn-mount.c's table, in its order).
-fn api_filesystems(new: &Path, l: &Layout) -> Result<(), String> {
+fn api_filesystems(new: &Path, l: &Layout) -> Result<Option<OwnedFd>, String> {
     let nsn = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     let proc_ = chase(new, Path::new("/proc"))?;
     mkdir_p(&proc_, 0o755)?;
@@ -308,7 +312,7 @@ fn api_filesystems(new: &Path, l: &Layout) -> Result<(), String> {
         nsn | MsFlags::MS_RDONLY,
         None,
     )?;
-    dev(new)?;
+    let master = dev(new, l.console_pty)?;
     let run = chase(new, Path::new("/run"))?;
     mkdir_p(&run, 0o755)?;
     mnt(
@@ -327,11 +331,13 @@ fn api_filesystems(new: &Path, l: &Layout) -> Result<(), String> {
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=1777"),
-    )
+    )?;
+    Ok(master)
 }
 
-/// A minimal `/dev` (nspawn's `copy_devnodes()`, `setup_pts()`, `setup_dev_console()`).
-fn dev(new: &Path) -> Result<(), String> {
+/// A minimal `/dev` (nspawn's `copy_devnodes()`, `setup_pts()`, `setup_dev_console()`):
+/// `/dev/console` is a pty's peer when `console_pty`, else `/dev/null`.
+fn dev(new: &Path, console_pty: bool) -> Result<Option<OwnedFd>, String> {
     let dev = chase(new, Path::new("/dev"))?;
     mkdir_p(&dev, 0o755)?;
     mnt(
@@ -398,7 +404,28 @@ fn dev(new: &Path) -> Result<(), String> {
         std::os::unix::fs::symlink(target, dev.join(link))
             .map_err(|e| err(&format!("creating /dev/{link}"), e))?;
     }
-    touch(&dev.join("console"))
+    let console = dev.join("console");
+    touch(&console)?;
+    if console_pty {
+        let (master, peer) = crate::container::console::open_pty(&pts)?;
+        mnt(
+            Some(&peer.to_string_lossy()),
+            &console,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        Ok(Some(master))
+    } else {
+        mnt(
+            Some(&dev.join("null").to_string_lossy()),
+            &console,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        Ok(None)
+    }
 }
 
 /// `/run/host/` as systemd-nspawn provides it (os-release, container-uuid,

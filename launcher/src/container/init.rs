@@ -28,6 +28,8 @@ pub struct Payload<'a> {
     pub env: &'a [CString],
     pub user: Option<&'a User>,
     pub chdir: Option<&'a Path>,
+    /// `/dev/console` (a pty) becomes the payload's terminal and stdio.
+    pub console: bool,
 }
 
 /// `execvpe` on the container's `PATH` (glibc's would search the launcher's).
@@ -52,6 +54,11 @@ fn resolve(argv0: &CString, env: &[CString]) -> CString {
 /// Becomes the payload: user, working directory, exec. Returns only on failure, with the
 /// message.
 pub fn exec(p: &Payload) -> String {
+    if p.console
+        && let Err(e) = crate::container::console::attach_stdio()
+    {
+        return e;
+    }
     if let Some(u) = p.user {
         let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         if let Err(e) = setgroups(&groups)

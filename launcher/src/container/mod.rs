@@ -14,6 +14,7 @@
 //! 3. `init::run` (PID 1 stays rnet's init, the payload is PID 2) or an exec of the payload or
 //!    the tree's init as PID 1 (`--as-pid1`, `--boot`).
 
+pub mod console;
 pub mod fs;
 pub mod init;
 pub mod isolate;
@@ -22,7 +23,7 @@ pub mod spec;
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -225,7 +226,11 @@ pub fn enter(
     old_mask: &SigSet,
     forwarded: &SigSet,
 ) -> ! {
-    if let Err(e) = prepare(c, machine, private_network) {
+    let sent = prepare(c, machine, private_network).and_then(|master| match master {
+        Some(m) => console::send_master(&sock, &m),
+        None => Ok(()),
+    });
+    if let Err(e) = sent {
         let _ = sock.write_all(e.as_bytes());
         // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
         unsafe { libc::_exit(EXIT_SETUP_FAILED) }
@@ -239,6 +244,7 @@ pub fn enter(
             c.user.as_ref()
         },
         chdir: c.chdir.as_deref(),
+        console: c.console != Console::Pipe,
     };
     if c.start == Start::Pid2 {
         init::run(&payload, sock, old_mask, forwarded);
@@ -253,8 +259,12 @@ pub fn enter(
 /// Exit code of a container whose setup failed (before the payload).
 const EXIT_SETUP_FAILED: i32 = 125;
 
-/// Filesystem and isolation.
-fn prepare(c: &Container, machine: Option<&Machine>, private_network: bool) -> Result<(), String> {
+/// Filesystem and isolation; returns the console's master, if any.
+fn prepare(
+    c: &Container,
+    machine: Option<&Machine>,
+    private_network: bool,
+) -> Result<Option<std::os::fd::OwnedFd>, String> {
     // nspawn's --resolv-conf=auto in spirit: a private network whose DNS server rnet knows (the
     // gateway's forwarder) gets a file naming it; a booted tree with a private network asks DHCP
     // itself; a container on the host's network gets the host's file.
@@ -269,7 +279,7 @@ fn prepare(c: &Container, machine: Option<&Machine>, private_network: bool) -> R
         _ if !private_network => std::fs::read_to_string("/etc/resolv.conf").ok(),
         _ => None,
     };
-    fs::setup(&fs::Layout {
+    let master = fs::setup(&fs::Layout {
         root: &c.root,
         ephemeral: c.ephemeral,
         read_only: c.read_only,
@@ -282,70 +292,75 @@ fn prepare(c: &Container, machine: Option<&Machine>, private_network: bool) -> R
             ("container-manager", "rnet\n".into()),
         ],
         resolv_conf,
+        console_pty: c.console != Console::Pipe,
     })?;
-    if c.console == Console::Passive {
-        // Connected nowhere: the payload's stdio is /dev/null.
-        let null = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| format!("opening /dev/null: {e}"))?;
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors, which we own.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
     let retain = isolate::retained(private_network);
     isolate::apply(retain, false)?;
     seccomp::install(retain)?;
     if c.no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("setting no_new_privs: {e}"))?;
     }
-    Ok(())
+    Ok(master)
 }
 
-/// The launcher's wait for a container's PID 1, forwarding signals. A SIGTERM sent to the
-/// launcher stops the container as nspawn does: SIGRTMIN+3 to a systemd init, SIGTERM to
-/// others, SIGKILL after [`STOP_TIMEOUT`]. PID 1 killed by SIGHUP or SIGINT is the kernel's
-/// report of `reboot(2)` in the namespace (`reboot_pid_ns()`): rebooted (133) or powered off (0).
-pub fn wait(child: Pid, forwarded: &SigSet, systemd: bool) -> Result<u8, String> {
+/// The launcher's wait for a container's PID 1, forwarding signals (and relaying its console
+/// when it has a pty). A SIGTERM sent to the launcher stops the container as nspawn does:
+/// SIGRTMIN+3 to a systemd init, SIGTERM to others, SIGKILL after [`STOP_TIMEOUT`]. PID 1
+/// killed by SIGHUP or SIGINT is the kernel's report of `reboot(2)` in the namespace
+/// (`reboot_pid_ns()`): rebooted (133) or powered off (0).
+pub fn wait(
+    child: Pid,
+    forwarded: &SigSet,
+    systemd: bool,
+    master: Option<OwnedFd>,
+    mode: Console,
+) -> Result<u8, String> {
     let mut wait_set = *forwarded;
     wait_set.add(Signal::SIGCHLD);
+    wait_set.add(Signal::SIGWINCH);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&wait_set), None);
+    let mut relay = master
+        .map(|m| console::Relay::new(m, mode, &wait_set))
+        .transpose()?;
     let mut deadline: Option<Instant> = None;
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(u8::try_from(code & 0xff).unwrap_or(1)),
-            Ok(WaitStatus::Signaled(_, Signal::SIGHUP, _)) => return Ok(EXIT_REBOOTED),
-            Ok(WaitStatus::Signaled(_, Signal::SIGINT, _)) => return Ok(0),
+        let status = match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(u8::try_from(code & 0xff).unwrap_or(1)),
+            Ok(WaitStatus::Signaled(_, Signal::SIGHUP, _)) => Some(EXIT_REBOOTED),
+            Ok(WaitStatus::Signaled(_, Signal::SIGINT, _)) => Some(0),
             Ok(WaitStatus::Signaled(_, sig, _)) => {
-                return Ok(u8::try_from(128 + sig as i32).unwrap_or(255));
+                Some(u8::try_from(128 + sig as i32).unwrap_or(255))
             }
-            Ok(_) => {}
+            Ok(_) => None,
             Err(e) => return Err(format!("waiting for the container: {e}")),
-        }
-        // SAFETY: plain data, filled by the kernel.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let sig = match deadline {
-            None => {
-                // SAFETY: both pointers are valid for the call.
-                unsafe { libc::sigwaitinfo(wait_set.as_ref(), &mut info) }
+        };
+        if let Some(code) = status {
+            if let Some(r) = relay.as_mut() {
+                r.flush();
             }
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let _ = kill(child, Signal::SIGKILL);
-                    deadline = None;
+            return Ok(code);
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            let _ = kill(child, Signal::SIGKILL);
+            deadline = None;
+            continue;
+        }
+        let (sig, code) = match relay.as_mut() {
+            Some(r) => match r.next(left) {
+                None => continue,
+                Some(console::Event::Escape) => {
+                    console::kill_container(child);
                     continue;
                 }
-                let ts = libc::timespec {
-                    tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(1),
-                    tv_nsec: libc::c_long::from(left.subsec_nanos().min(999_999_999) as i32),
-                };
-                // SAFETY: all pointers are valid for the call.
-                unsafe { libc::sigtimedwait(wait_set.as_ref(), &mut info, &ts) }
-            }
+                Some(console::Event::Signal(sig, code)) => (sig, code),
+            },
+            None => match next_signal(&wait_set, left) {
+                Some(x) => x,
+                None => continue,
+            },
         };
-        if sig < 0 || sig == libc::SIGCHLD || info.si_code > 0 {
+        if sig == libc::SIGCHLD || sig == libc::SIGWINCH || code > 0 {
             continue;
         }
         if sig == libc::SIGTERM {
@@ -361,4 +376,23 @@ pub fn wait(child: Pid, forwarded: &SigSet, systemd: bool) -> Result<u8, String>
             let _ = kill(child, s);
         }
     }
+}
+
+/// The next of the blocked signals of `set` (number, `si_code`), waiting at most `limit`.
+fn next_signal(set: &SigSet, limit: Option<Duration>) -> Option<(i32, i32)> {
+    // SAFETY: plain data, filled by the kernel.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let sig = match limit {
+        // SAFETY: both pointers are valid for the call.
+        None => unsafe { libc::sigwaitinfo(set.as_ref(), &mut info) },
+        Some(l) => {
+            let ts = libc::timespec {
+                tv_sec: libc::time_t::try_from(l.as_secs()).unwrap_or(1),
+                tv_nsec: libc::c_long::from(l.subsec_nanos()),
+            };
+            // SAFETY: all pointers are valid for the call.
+            unsafe { libc::sigtimedwait(set.as_ref(), &mut info, &ts) }
+        }
+    };
+    (sig > 0).then_some((sig, info.si_code))
 }
