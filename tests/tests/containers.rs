@@ -198,6 +198,21 @@ fn pid_numbering_hostname_and_environment() {
     assert_eq!(field(&so, "pid"), "1");
     assert_eq!(field(&so, "host"), "other");
 
+    // A descriptor the launcher inherited does not reach the payload (nspawn closes them too).
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = output(Command::new("sh").arg("-c").arg(format!(
+        "exec 7</etc/hostname; {} run -D {} -- /bin/sh -c 'echo fds=$(ls /proc/self/fd | tr \"\\n\" ,)'",
+        line.join(" "),
+        tree.arg()
+    )));
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "fds"), "0,1,2,3,", "{so}");
+
     // The payload's exit code is the launcher's; a payload killed by a signal gives 128+N.
     assert_eq!(run_sh(&rig, &tree, &[], "exit 7").status.code(), Some(7));
     assert_eq!(

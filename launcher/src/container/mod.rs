@@ -226,6 +226,17 @@ pub fn enter(
     old_mask: &SigSet,
     forwarded: &SigSet,
 ) -> ! {
+    // Descriptors the launcher inherited stay outside (nspawn closes all but stdio): each one
+    // above stderr closes on exec (the socket to the launcher already does).
+    // SAFETY: close_range with plain integers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let sent = prepare(c, machine, private_network).and_then(|master| match master {
         Some(m) => console::send_master(&sock, &m),
         None => Ok(()),
