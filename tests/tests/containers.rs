@@ -437,7 +437,7 @@ fn bad_input_is_one_line_and_leaves_nothing() {
     }
     let Some(bb) = static_busybox(t) else { return };
     let tree = Tree::new(&bb);
-    let rig = Rig::new();
+    let mut rig = Rig::new();
     let not_os = tempfile::tempdir().unwrap();
     let nd = not_os.path().display().to_string();
     let tr = tree.arg();
@@ -494,6 +494,19 @@ fn bad_input_is_one_line_and_leaves_nothing() {
             "{args:?}:\n got {se}\nwant {want}"
         );
     }
+    // A container that fails after rnetd attached it: one line, and its networking is gone.
+    rig.start_rnetd();
+    let out = output(
+        rig.rnet()
+            .args(["run", "-D", &tr, "-n", "-M", "bad", "/no/such/program"]),
+    );
+    let (so, se) = text(&out);
+    assert!(!out.status.success(), "{so}");
+    assert_eq!(
+        se.trim_end(),
+        "rnet: cannot execute /no/such/program: No such file or directory"
+    );
+    rig.assert_all_gone();
     std::fs::remove_file(tree.path().join("sbin/init")).unwrap();
     let out = output(rig.rnet().args(["run", "-D", &tr, "-b"]));
     assert_eq!(
