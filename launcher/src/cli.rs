@@ -22,6 +22,8 @@ pub struct Cli {
 
 /// What to do.
 #[derive(Debug, Subcommand)]
+// Parsed once; its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a command in a new container (host network unless a network option is given).
     Run(RunArgs),
@@ -208,8 +210,80 @@ pub struct RunArgs {
     /// `MemoryMax=`, `MemoryHigh=`, `CPUQuota=`, `TasksMax=`, `CPUWeight=` (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<crate::cgroup::Property>,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    /// Run the container in DIR, an OS tree (a directory with `/usr/`; with --boot also an
+    /// os-release file): its own mount, PID, UTS and IPC namespaces, DIR as root, `/proc`,
+    /// read-only `/sys`, a minimal `/dev`, tmpfs `/run` and `/tmp`, nspawn's isolation.
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Boot the tree's init (`/usr/lib/systemd/systemd`, `/lib/systemd/systemd`, `/sbin/init`) as
+    /// PID 1; CMD are its arguments (needs --directory).
+    #[arg(short = 'b', long = "boot", requires = "directory", conflicts_with_all = ["as_pid1", "as_pid2"])]
+    pub boot: bool,
+    /// Run CMD as PID 2 under rnet's minimal init (the default with --directory).
+    #[arg(long = "as-pid2", requires = "directory", conflicts_with = "as_pid1")]
+    pub as_pid2: bool,
+    /// Run CMD as PID 1 (for a payload that is an init: it must reap zombies).
+    #[arg(long = "as-pid1", requires = "directory")]
+    pub as_pid1: bool,
+    /// Bind SRC of the host on DST (default SRC) in the container; OPTS: `rbind` (default) or
+    /// `norbind` (repeatable; needs --directory).
+    #[arg(long = "bind", value_name = "SRC[:DST[:OPTS]]", requires = "directory")]
+    pub bind: Vec<String>,
+    /// As --bind, read-only.
+    #[arg(
+        long = "bind-ro",
+        value_name = "SRC[:DST[:OPTS]]",
+        requires = "directory"
+    )]
+    pub bind_ro: Vec<String>,
+    /// Mount a tmpfs on PATH in the container, OPTS its mount options (default `mode=0755`)
+    /// (repeatable; needs --directory).
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]", requires = "directory")]
+    pub tmpfs: Vec<String>,
+    /// Set an environment variable of the payload (repeatable; needs --directory).
+    #[arg(
+        short = 'E',
+        long = "setenv",
+        value_name = "NAME[=VALUE]",
+        requires = "directory"
+    )]
+    pub setenv: Vec<String>,
+    /// The payload's working directory in the container (needs --directory).
+    #[arg(long = "chdir", value_name = "PATH", requires = "directory")]
+    pub chdir: Option<PathBuf>,
+    /// Run the payload as USER (a name or UID of the tree's /etc/passwd; needs --directory).
+    #[arg(
+        short = 'u',
+        long = "user",
+        value_name = "USER",
+        requires = "directory"
+    )]
+    pub user: Option<String>,
+    /// The container's hostname (default: the machine name; needs --directory).
+    #[arg(long = "hostname", value_name = "NAME", requires = "directory")]
+    pub hostname: Option<String>,
+    /// Mount the container's root read-only (needs --directory).
+    #[arg(long = "read-only", requires = "directory")]
+    pub read_only: bool,
+    /// How the payload's standard input and output are connected: `interactive` (a pty
+    /// relayed to the terminal; Ctrl-] three times detaches), `read-only` (a pty, output only),
+    /// `passive` (a pty connected nowhere), `pipe` (rnet's own stdio); default `interactive`
+    /// on a terminal, else `pipe` (needs --directory).
+    #[arg(long = "console", value_name = "MODE", requires = "directory")]
+    pub console: Option<String>,
+    /// Run on an overlay of DIR whose changes live in memory and are gone at exit.
+    #[arg(short = 'x', long = "ephemeral", requires = "directory")]
+    pub ephemeral: bool,
+    /// Set the payload's no_new_privs flag (`yes`, the default, or `no`; needs --directory).
+    #[arg(
+        long = "no-new-privileges",
+        value_name = "BOOL",
+        requires = "directory"
+    )]
+    pub no_new_privileges: Option<String>,
+    /// The command and its arguments (with --directory: default `/bin/sh`; with --boot: the
+    /// init's arguments).
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 

@@ -2,7 +2,9 @@
 
 mod cgroup;
 mod cli;
+mod container;
 mod images;
+mod netconf;
 mod run;
 
 use std::process::ExitCode;
@@ -23,7 +25,14 @@ fn main() -> ExitCode {
             }
             // One clear line: clap's first line names the problem; the usage block is noise.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines();
+            let mut first = lines.next().unwrap_or("invalid arguments").to_owned();
+            // "the following required arguments were not provided:" names them on the next line.
+            if first.ends_with(':')
+                && let Some(next) = lines.next()
+            {
+                first = format!("{first} {}", next.trim());
+            }
             eprintln!("rnet: {}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }

@@ -26,7 +26,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 
 use crate::cli::RunArgs;
-use netlink_sync::BlockingRtnl;
+use crate::container::spec::{Console, Start};
+use crate::container::{self, Container};
+use crate::netconf::{bind_resolv_conf, configure};
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -41,6 +43,8 @@ struct Plan {
     links: Vec<ExtraLink>,
     properties: Vec<crate::cgroup::Property>,
     command: Vec<CString>,
+    /// `-D`: a container in an OS tree.
+    container: Option<Container>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +65,19 @@ impl Plan {
                     .map_err(|_| format!("argument {a:?} contains a NUL byte"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let machine = match args.machine {
-            Some(m) => m,
-            None => default_machine_name(&args.command[0])?,
+        let machine = match (&args.machine, &args.directory) {
+            (Some(m), _) => m.clone(),
+            (None, Some(dir)) => {
+                MachineName::new(&Container::default_machine(dir)).map_err(|e| e.to_string())?
+            }
+            (None, None) => match args.command.first() {
+                Some(cmd) => default_machine_name(cmd)?,
+                None => return Err("a command to run is needed (or --directory)".into()),
+            },
+        };
+        let container = match &args.directory {
+            Some(_) => Some(Container::new(&args, machine.as_str())?),
+            None => None,
         };
         // nspawn's rules (`parse_argv()` and `verify_arguments()` in src/nspawn/nspawn.c,
         // systemd-nspawn(1)): bridge and zone exclude each other and imply a veth.
@@ -124,7 +138,7 @@ impl Plan {
                 "--port needs --network-veth (a private network with a link to publish to)".into(),
             );
         }
-        if network == Network::Host && !args.properties.is_empty() {
+        if network == Network::Host && container.is_none() && !args.properties.is_empty() {
             return Err(
                 "--property needs a container process of its own (--private-network or a network option)".into(),
             );
@@ -136,6 +150,7 @@ impl Plan {
             links,
             properties: args.properties,
             command,
+            container,
         })
     }
 }
@@ -160,11 +175,15 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
 /// Runs the command; returns the exit code to leave with.
 pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
     let plan = Plan::new(args)?;
-    if plan.network == Network::Host {
+    if plan.network == Network::Host && plan.container.is_none() {
         return Err(exec_error(&plan.command));
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err("a private network needs root (creating namespaces and links)".into());
+        return Err(if plan.container.is_some() {
+            "a container needs root (creating namespaces and mounts)".into()
+        } else {
+            "a private network needs root (creating namespaces and links)".into()
+        });
     }
     if matches!(plan.network, Network::Attached(_)) {
         // Fail before forking anything when the daemon is not there.
@@ -177,12 +196,18 @@ pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
     let old = sigprocmask_swap(&mask)?;
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
+    if plan.container.is_some() {
+        // The child is PID 1 of a new PID namespace; the launcher itself stays where it is and
+        // forks nothing else.
+        unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("creating the container's PID namespace: {e}"))?;
+    }
     // SAFETY: the launcher is single-threaded, so the child may allocate and run arbitrary code
     // after fork.
     match unsafe { fork() }.map_err(|e| format!("fork failed: {e}"))? {
         ForkResult::Child => {
             drop(parent_end);
-            child(plan, child_end, &old)
+            child(plan, child_end, &old, &forwarded)
         }
         ForkResult::Parent { child } => {
             drop(child_end);
@@ -214,14 +239,25 @@ fn sigprocmask_swap(mask: &SigSet) -> Result<SigSet, String> {
 }
 
 /// The child: never returns.
-fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
-    let result = (|| -> Result<(), String> {
+fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
+    let private = plan.network != Network::Host;
+    let result = (|| -> Result<Option<Machine>, String> {
         // Die with the launcher: if it is SIGKILLed, the container goes too, and rnetd's pidfd
         // watch cleans up its links.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("prctl: {e}"))?;
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS)
-            .map_err(|e| format!("creating the container's namespaces: {e}"))?;
-        sethostname(plan.machine.as_str()).map_err(|e| format!("setting the hostname: {e}"))?;
+        let mut flags = CloneFlags::CLONE_NEWUTS;
+        if private {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        if plan.container.is_some() {
+            flags |= CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+        }
+        unshare(flags).map_err(|e| format!("creating the container's namespaces: {e}"))?;
+        let hostname = plan
+            .container
+            .as_ref()
+            .map_or(plan.machine.as_str(), |c| c.hostname.as_str());
+        sethostname(hostname).map_err(|e| format!("setting the hostname: {e}"))?;
         sock.write_all(b"R")
             .map_err(|e| format!("signalling the launcher: {e}"))?;
         let mut cfg = Vec::new();
@@ -229,12 +265,35 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
             .map_err(|e| format!("reading the network configuration: {e}"))?;
         let machine: Option<Machine> = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
-        configure(machine.as_ref())
+        let Some(c) = &plan.container else {
+            configure(machine.as_ref())?;
+            if let Some(m) = &machine {
+                bind_resolv_conf(m)?;
+            }
+            return Ok(machine);
+        };
+        if private {
+            // A booted tree's own network manager configures host0 (rnetd's DHCP server gives
+            // it the same address); lo is ours to bring up, as nspawn does.
+            let own = if c.start == Start::Boot {
+                None
+            } else {
+                machine.as_ref()
+            };
+            configure(own)?;
+        }
+        Ok(machine)
     })();
-    if let Err(e) = result {
-        let _ = sock.write_all(e.as_bytes());
-        // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
-        unsafe { libc::_exit(i32::from(EXIT_SETUP_FAILED)) }
+    let machine = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = sock.write_all(e.as_bytes());
+            // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+            unsafe { libc::_exit(i32::from(EXIT_SETUP_FAILED)) }
+        }
+    };
+    if let Some(c) = &plan.container {
+        container::enter(c, machine.as_ref(), private, sock, old_mask, forwarded);
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
     let err = exec_error(&plan.command);
@@ -242,103 +301,6 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet) -> ! {
     let _ = sock.write_all(err.as_bytes());
     // SAFETY: as above.
     unsafe { libc::_exit(i32::from(EXIT_EXEC_FAILED)) }
-}
-
-/// Inside the container's namespace: `lo` up and, for a veth, `host0` configured.
-fn configure(machine: Option<&Machine>) -> Result<(), String> {
-    let mut rtnl =
-        BlockingRtnl::open().map_err(|e| format!("opening rtnetlink in the container: {e}"))?;
-    let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| format!("finding lo: {e}"))?;
-    rtnl.set_up(lo)
-        .map_err(|e| format!("bringing lo up: {e}"))?;
-    let Some(m) = machine else { return Ok(()) };
-    // Extra links are left as they come (as nspawn does): the payload configures them.
-    let Some(ifname) = m.container_ifname.as_deref() else {
-        return Ok(());
-    };
-    let idx =
-        nix::net::if_::if_nametoindex(ifname).map_err(|e| format!("finding {ifname}: {e}"))?;
-    // On an admin's bridge the admin's DHCP server configures the link: only bring it up.
-    if let (Some(addr), Some(subnet)) = (m.container_address, m.subnet) {
-        rtnl.add_address(idx, addr, subnet.prefix())
-            .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
-    }
-    rtnl.set_up(idx)
-        .map_err(|e| format!("bringing {ifname} up: {e}"))?;
-    if let Some(gw) = m.host_address {
-        rtnl.add_default_route(idx, gw)
-            .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
-    }
-    bind_resolv_conf(m)
-}
-
-/// The resolv.conf of a container whose DNS servers are `dns` (its gateway, where rnetd's
-/// forwarder answers), with its zone as search domain.
-fn resolv_conf(dns: &[std::net::Ipv4Addr], zone: Option<&str>) -> String {
-    let mut text = String::from("# Generated by rnet for this container\n");
-    for s in dns {
-        text.push_str(&format!("nameserver {s}\n"));
-    }
-    if let Some(zone) = zone {
-        text.push_str(&format!("search {zone}\n"));
-    }
-    text
-}
-
-/// The container shares the host's files, whose resolv.conf may name servers it cannot reach
-/// (systemd-resolved's 127.0.0.53 is the host's loopback): in a mount namespace of its own, its
-/// `/etc/resolv.conf` is a generated file naming its DNS servers, as `ip netns exec` binds
-/// `/etc/netns/NAME/resolv.conf`. The host's file is never written. Nothing to do without
-/// servers (an admin's bridge: its DHCP server tells the payload) or without the file.
-fn bind_resolv_conf(m: &Machine) -> Result<(), String> {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    const TARGET: &str = "/etc/resolv.conf";
-    // A scratch tmpfs holds the file while it is bound; it is then detached, so the payload sees
-    // its /tmp as it was, and the bind mount keeps the file alive.
-    const SCRATCH: &str = "/tmp";
-    if m.dns.is_empty() || !std::path::Path::new(TARGET).exists() {
-        return Ok(());
-    }
-    let zone = match &m.network {
-        NetworkSpec::Zone(z) => Some(z.as_str()),
-        _ => None,
-    };
-    let text = resolv_conf(&m.dns, zone);
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("creating the container's mount namespace: {e}"))?;
-    // Our mounts must not propagate to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making / private in the container: {e}"))?;
-    mount(
-        Some("tmpfs"),
-        SCRATCH,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=64k,mode=0755"),
-    )
-    .map_err(|e| format!("mounting a scratch tmpfs on {SCRATCH}: {e}"))?;
-    let file = format!("{SCRATCH}/resolv.conf");
-    let bound = std::fs::write(&file, text)
-        .map_err(|e| format!("writing the container's resolv.conf: {e}"))
-        .and_then(|()| {
-            mount(
-                Some(file.as_str()),
-                TARGET,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("binding the container's resolv.conf over {TARGET}: {e}"))
-        });
-    let detached = umount2(SCRATCH, MntFlags::MNT_DETACH)
-        .map_err(|e| format!("unmounting the scratch tmpfs on {SCRATCH}: {e}"));
-    bound.and(detached)
 }
 
 /// execvp; returns only on failure, with the message to print.
@@ -404,11 +366,27 @@ fn parent(
         .write_all(&cfg)
         .and_then(|()| sock.shutdown(Shutdown::Write));
     let mut report = String::new();
-    let _ = sock.read_to_string(&mut report);
+    // A container's console: the child passes the pty's master before it execs.
+    let mut master = None;
+    if sent.is_ok()
+        && let Some(c) = &plan.container
+        && c.console != Console::Pipe
+    {
+        match container::console::recv_master(&sock) {
+            Ok(m) => master = Some(m),
+            Err(text) => report = text,
+        }
+    }
+    let mut rest = String::new();
+    let _ = sock.read_to_string(&mut rest);
+    report.push_str(&rest);
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
     }
-    let code = wait_forwarding(child, forwarded)?;
+    let code = match &plan.container {
+        Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
+        None => wait_forwarding(child, forwarded)?,
+    };
     if attached {
         detach(client, &plan.machine);
     }
@@ -505,23 +483,5 @@ fn detach(client: &Client, machine: &MachineName) {
         // rnetd's pidfd watch may have been quicker.
         Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
         Err(e) => eprintln!("rnet: warning: detaching {machine}: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolv_conf_names_the_servers_and_the_zone() {
-        let gw = "10.0.0.1".parse().unwrap();
-        assert_eq!(
-            resolv_conf(&[gw], Some("blue")),
-            "# Generated by rnet for this container\nnameserver 10.0.0.1\nsearch blue\n"
-        );
-        assert_eq!(
-            resolv_conf(&[gw], None),
-            "# Generated by rnet for this container\nnameserver 10.0.0.1\n"
-        );
     }
 }

@@ -1,0 +1,686 @@
+//! End-to-end tests of `rnet run -D`: containers in an OS tree built by the test from a static
+//! busybox (Debian's busybox-static). PID numbering, hostname, environment, read-only paths,
+//! what the container may not do (device nodes, modules, the clock, the host's interfaces),
+//! capabilities by network mode, reboot and poweroff, binds, tmpfs, users, ephemeral runs,
+//! `--boot` with busybox init taking its lease from rnetd, `rnet stop`, exit codes, bad input;
+//! and after each: no mount of the tree left on the host.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rig::{Rig, output, privileged, wait_until};
+
+/// Whether the ELF file at `p` is statically linked (has no `PT_INTERP` program header).
+fn is_static_elf(p: &Path) -> bool {
+    let Ok(b) = std::fs::read(p) else {
+        return false;
+    };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != 3)
+    })
+}
+
+/// A static busybox: `$RNET_BUSYBOX_STATIC`, or the system's when it is busybox-static's.
+fn static_busybox(test: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("RNET_BUSYBOX_STATIC")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/bin/busybox", "/usr/bin/busybox"].map(PathBuf::from));
+    for c in candidates {
+        if is_static_elf(&c) {
+            return Some(c);
+        }
+    }
+    let reason = "needs a static busybox (Debian's busybox-static, or RNET_BUSYBOX_STATIC)";
+    if std::env::var("RNET_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and RNET_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    None
+}
+
+/// A minimal OS tree: busybox and its applets, os-release, a user database with `web`.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new(busybox: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rnet-tree-")
+            .tempdir()
+            .unwrap();
+        let r = dir.path();
+        for d in [
+            "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "home/web", "srv",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
+        let list = output(Command::new(busybox).arg("--list"));
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("/bin/busybox", r.join("bin").join(applet));
+            }
+        }
+        std::os::unix::fs::symlink("/bin/busybox", r.join("sbin/init")).unwrap();
+        std::fs::write(
+            r.join("etc/os-release"),
+            "ID=rnet-test\nNAME=\"rnet test tree\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/home/web:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/group"),
+            "root:x:0:\nwheel:x:10:web\nweb:x:1000:\n",
+        )
+        .unwrap();
+        std::os::unix::fs::chown(r.join("home/web"), Some(1000), Some(1000)).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn arg(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn write(&self, file: &str, text: &str, mode: u32) {
+        let p = self.path().join(file.trim_start_matches('/'));
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // The test's own check: nothing of the container is mounted on the host.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let here = self.arg();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&here)).collect();
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "mounts left behind: {left:?}");
+        }
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rnet run -D TREE ARGS -- sh -c SCRIPT` in the rig's host namespace.
+fn run_sh(rig: &Rig, tree: &Tree, args: &[&str], script: &str) -> Output {
+    output(
+        rig.rnet()
+            .args(["run", "-D", &tree.arg()])
+            .args(args)
+            .args(["--", "/bin/sh", "-c", script]),
+    )
+}
+
+fn field<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in:\n{stdout}"))
+}
+
+/// The host's capability bounding set (the container's is nspawn's list within it).
+fn host_cap_bnd() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// nspawn's default retain set (`arg_caps_retain`), and CAP_NET_ADMIN (12).
+const NSPAWN_CAPS: u64 = 0xfdec_afff;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+#[test]
+fn pid_numbering_hostname_and_environment() {
+    let t = "pid_numbering_hostname_and_environment";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    let script = "echo pid=$$; echo ppid=$PPID; echo host=$(hostname); \
+                  echo init=$(cat /proc/1/comm); echo env=$container/$FOO/$HOME; \
+                  echo uuid=$container_uuid; echo manager=$(cat /run/host/container-manager); \
+                  echo hostuuid=$(cat /run/host/container-uuid); echo cwd=$(pwd)";
+    let out = run_sh(&rig, &tree, &["-M", "box1", "-E", "FOO=bar"], script);
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    // rnet's init is PID 1 (the launcher's code, hence its name), the payload PID 2.
+    assert_eq!(field(&so, "pid"), "2");
+    assert_eq!(field(&so, "ppid"), "1");
+    assert_eq!(field(&so, "init"), "rnet");
+    assert_eq!(field(&so, "host"), "box1");
+    assert_eq!(field(&so, "env"), "rnet/bar//root");
+    assert_eq!(field(&so, "manager"), "rnet");
+    assert_eq!(field(&so, "uuid"), field(&so, "hostuuid"));
+    assert_eq!(field(&so, "uuid").len(), 36);
+    assert_eq!(field(&so, "cwd"), "/root");
+
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--as-pid1", "--hostname", "other"],
+        "echo pid=$$; echo host=$(hostname)",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "pid"), "1");
+    assert_eq!(field(&so, "host"), "other");
+
+    // A descriptor the launcher inherited does not reach the payload (nspawn closes them too).
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = output(Command::new("sh").arg("-c").arg(format!(
+        "exec 7</etc/hostname; {} run -D {} -- /bin/sh -c 'echo fds=$(ls /proc/self/fd | tr \"\\n\" ,)'",
+        line.join(" "),
+        tree.arg()
+    )));
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "fds"), "0,1,2,3,", "{so}");
+
+    // The payload's exit code is the launcher's; a payload killed by a signal gives 128+N.
+    assert_eq!(run_sh(&rig, &tree, &[], "exit 7").status.code(), Some(7));
+    assert_eq!(
+        run_sh(&rig, &tree, &[], "kill -9 $$").status.code(),
+        Some(137)
+    );
+    // Our init reaps orphans and ends with the payload: a background sleeper does not hold it.
+    let out = run_sh(&rig, &tree, &[], "sleep 1000 & exit 3");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn read_only_paths_and_what_a_container_may_not_do() {
+    let t = "read_only_paths_and_what_a_container_may_not_do";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    std::fs::write(tree.path().join("srv/x.ko"), vec![0u8; 4096]).unwrap();
+    let before = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let script = "echo x > /proc/sys/kernel/hostname 2>/dev/null; echo procsys=$?; \
+                  echo x > /sys/kernel/uevent_helper 2>/dev/null; echo sys=$?; \
+                  mknod /tmp/null c 1 3 2>&1; echo mknod=$?; \
+                  mknod /tmp/disk b 8 0 2>&1; echo mknodb=$?; \
+                  mknod /tmp/fifo p; echo fifo=$?; \
+                  insmod /srv/x.ko 2>&1; echo insmod=$?; \
+                  date -s 2001-01-01 2>&1; echo year=$(date +%Y); \
+                  grep -E 'CapBnd|CapEff|NoNewPrivs|^Seccomp:' /proc/self/status; \
+                  ip link set lo down 2>&1; echo iplink=$?";
+    let out = run_sh(&rig, &tree, &[], script);
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "procsys"), "1", "{so}");
+    assert_eq!(field(&so, "sys"), "1", "{so}");
+    assert_eq!(field(&so, "mknod"), "1", "{so}");
+    assert_eq!(field(&so, "mknodb"), "1", "{so}");
+    assert!(
+        so.contains("mknod: /tmp/null: Operation not permitted"),
+        "{so}"
+    );
+    assert_eq!(field(&so, "fifo"), "0", "{so}");
+    assert_ne!(field(&so, "insmod"), "0", "{so}");
+    assert!(
+        so.contains("insmod: can't insert '/srv/x.ko': Operation not permitted"),
+        "{so}"
+    );
+    assert!(
+        so.contains("can't set date: Operation not permitted"),
+        "{so}"
+    );
+    assert_ne!(field(&so, "year"), "2001");
+    let bnd = host_cap_bnd();
+    assert!(
+        so.contains(&format!("CapBnd:\t{:016x}", NSPAWN_CAPS & bnd)),
+        "{so}"
+    );
+    assert!(
+        so.contains(&format!("CapEff:\t{:016x}", NSPAWN_CAPS & bnd)),
+        "{so}"
+    );
+    assert!(so.contains("NoNewPrivs:\t1"), "{so}");
+    assert!(so.contains("Seccomp:\t2"), "{so}");
+    // On the host's network (the rig's host namespace here), no CAP_NET_ADMIN.
+    assert!(so.contains("SIOCSIFFLAGS: Operation not permitted"), "{so}");
+    assert_ne!(field(&so, "iplink"), "0", "{so}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        before
+    );
+
+    // With a private network: CAP_NET_ADMIN over its own interfaces, /proc/sys/net writable.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--private-network", "--no-new-privileges=no"],
+        "grep -E 'CapBnd|NoNewPrivs' /proc/self/status; ip link set lo down; echo iplink=$?; \
+         echo 0 > /proc/sys/net/ipv4/ip_forward; echo netsys=$?; \
+         echo x > /proc/sys/kernel/hostname 2>/dev/null; echo procsys=$?",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert!(
+        so.contains(&format!(
+            "CapBnd:\t{:016x}",
+            (NSPAWN_CAPS | CAP_NET_ADMIN) & bnd
+        )),
+        "{so}"
+    );
+    assert!(so.contains("NoNewPrivs:\t0"), "{so}");
+    assert_eq!(field(&so, "iplink"), "0", "{so}{se}");
+    assert_eq!(field(&so, "netsys"), "0", "{so}{se}");
+    assert_eq!(field(&so, "procsys"), "1", "{so}");
+}
+
+#[test]
+fn reboot_and_poweroff_end_only_the_container() {
+    let t = "reboot_and_poweroff_end_only_the_container";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    // Belt and braces: the script reboots only when it sees a PID namespace other than ours.
+    let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let guard = format!(
+        "[ \"$(readlink /proc/self/ns/pid)\" != '{}' ] || exit 99;",
+        host_ns.display()
+    );
+    // reboot(2) in a PID namespace kills its init with SIGHUP (reboot) or SIGINT (power off):
+    // nspawn's codes 133 and 0.
+    let out = run_sh(&rig, &tree, &[], &format!("{guard} reboot -f; sleep 10"));
+    assert_eq!(out.status.code(), Some(133), "{:?}", text(&out));
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--as-pid1"],
+        &format!("{guard} poweroff -f; sleep 10"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+}
+
+#[test]
+fn binds_tmpfs_user_chdir_and_read_only() {
+    let t = "binds_tmpfs_user_chdir_and_read_only";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(shared.path().join("in"), "from the host\n").unwrap();
+    let src = shared.path().display().to_string();
+    let script = "echo id=$(id -u):$(id -g):$(id -G | tr ' ' ,); echo cwd=$(pwd); \
+                  echo home=$HOME; echo in=$(cat /mnt/rw/in); echo out > /mnt/rw/out; \
+                  echo ro=$(cat /mnt/ro/in); touch /mnt/ro/no 2>/dev/null; echo rotouch=$?; \
+                  touch /scratch/x && echo scratch=$(stat -c %a /scratch)";
+    let out = run_sh(
+        &rig,
+        &tree,
+        &[
+            "--bind",
+            &format!("{src}:/mnt/rw"),
+            "--bind-ro",
+            &format!("{src}:/mnt/ro:norbind"),
+            "--tmpfs",
+            "/scratch:mode=0777",
+            "-u",
+            "web",
+            "--chdir",
+            "/mnt",
+        ],
+        script,
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "id"), "1000:1000:1000,10");
+    assert_eq!(field(&so, "cwd"), "/mnt");
+    assert_eq!(field(&so, "home"), "/home/web");
+    assert_eq!(field(&so, "in"), "from the host");
+    assert_eq!(field(&so, "ro"), "from the host");
+    assert_eq!(field(&so, "rotouch"), "1");
+    assert_eq!(field(&so, "scratch"), "777");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("out")).unwrap(),
+        "out\n"
+    );
+    assert!(!shared.path().join("no").exists());
+
+    // --read-only: the tree cannot be written, /tmp and /run still can.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--read-only"],
+        "touch /etc/new 2>/dev/null; echo etc=$?; touch /tmp/a /run/b; echo tmp=$?",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "etc"), "1");
+    assert_eq!(field(&so, "tmp"), "0");
+    assert!(!tree.path().join("etc/new").exists());
+}
+
+#[test]
+fn ephemeral_changes_are_gone() {
+    let t = "ephemeral_changes_are_gone";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["-x"],
+        "echo new > /etc/new && rm /etc/passwd && echo seen=$(cat /etc/new)$(ls /etc/passwd 2>&1 | grep -c 'No such')",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "seen"), "new1");
+    assert!(!tree.path().join("etc/new").exists());
+    assert!(tree.path().join("etc/passwd").exists());
+    // Without -x a change stays.
+    let out = run_sh(&rig, &tree, &[], "echo kept > /srv/kept");
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(tree.path().join("srv/kept")).unwrap(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_nothing() {
+    let t = "bad_input_is_one_line_and_leaves_nothing";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let mut rig = Rig::new();
+    let not_os = tempfile::tempdir().unwrap();
+    let nd = not_os.path().display().to_string();
+    let tr = tree.arg();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["-D".into(), format!("{nd}/missing"), "true".into()],
+            format!("rnet: Directory {nd}/missing cannot be used: No such file or directory"),
+        ),
+        (
+            vec!["-D".into(), nd.clone(), "true".into()],
+            format!(
+                "rnet: Directory {nd} doesn't look like it has an OS tree (/usr/ directory is missing). Refusing."
+            ),
+        ),
+        (
+            vec!["-D".into(), nd.clone(), "-b".into()],
+            format!(
+                "rnet: Directory {nd} doesn't look like an OS root directory (os-release file is missing). Refusing."
+            ),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "--bind".into(), format!("{nd}/nope:/x"), "true".into()],
+            format!("rnet: --bind source {nd}/nope: No such file or directory"),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "--bind".into(), "/srv:/x:idmap".into(), "true".into()],
+            "rnet: invalid --bind \"/srv:/x:idmap\": idmap needs a user namespace (--private-users), which rnet does not provide yet".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "-u".into(), "nobody".into(), "true".into()],
+            format!("rnet: user \"nobody\" is not in {tr}/etc/passwd"),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "/no/such/program".into()],
+            "rnet: cannot execute /no/such/program: No such file or directory".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "--console=tty".into(), "true".into()],
+            "rnet: invalid --console mode \"tty\": use interactive, read-only, passive or pipe"
+                .into(),
+        ),
+        (
+            vec!["-b".into(), "true".into()],
+            "rnet: the following required arguments were not provided: --directory <DIR>".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = output(rig.rnet().arg("run").args(&args));
+        let (so, se) = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {so}");
+        assert_eq!(se.lines().count(), 1, "{args:?}: {se}");
+        assert!(
+            se.trim_end().starts_with(&want),
+            "{args:?}:\n got {se}\nwant {want}"
+        );
+    }
+    // A container that fails after rnetd attached it: one line, and its networking is gone.
+    rig.start_rnetd();
+    let out = output(
+        rig.rnet()
+            .args(["run", "-D", &tr, "-n", "-M", "bad", "/no/such/program"]),
+    );
+    let (so, se) = text(&out);
+    assert!(!out.status.success(), "{so}");
+    assert_eq!(
+        se.trim_end(),
+        "rnet: cannot execute /no/such/program: No such file or directory"
+    );
+    rig.assert_all_gone();
+    std::fs::remove_file(tree.path().join("sbin/init")).unwrap();
+    let out = output(rig.rnet().args(["run", "-D", &tr, "-b"]));
+    assert_eq!(
+        text(&out).1.trim_end(),
+        format!(
+            "rnet: no init found in {tr} (looked for /usr/lib/systemd/systemd, /lib/systemd/systemd, /sbin/init)"
+        )
+    );
+}
+
+/// The busybox init of `--boot`: its sysinit asks rnetd's DHCP server for a lease on host0,
+/// records what it sees in the bound `/out`, waits for the test's go, then powers off.
+const INITTAB: &str = "::sysinit:/etc/rc\n::shutdown:/bin/echo shutdown\n";
+const RC: &str = "#!/bin/sh
+echo started > /out/started
+ip link set host0 up
+udhcpc -i host0 -n -q -f -t 10 -T 1 -s /etc/udhcpc.sh > /out/udhcpc.log 2>&1
+echo $? > /out/udhcpc.rc
+tr '\\0' '\\n' < /proc/1/environ > /out/environ
+cat /proc/1/comm > /out/comm
+cat /run/host/container-manager > /out/manager
+i=0; while [ ! -e /out/go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+poweroff
+";
+const HOOK: &str = "#!/bin/sh
+case \"$1\" in bound|renew)
+  ip addr add $ip/$mask dev $interface
+  ip route add default via $router
+  echo $ip > /out/lease ;;
+esac
+";
+
+#[test]
+fn boot_with_busybox_init_gets_its_lease_from_rnetd() {
+    let t = "boot_with_busybox_init_gets_its_lease_from_rnetd";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    tree.write("/etc/inittab", INITTAB, 0o644);
+    tree.write("/etc/rc", RC, 0o755);
+    tree.write("/etc/udhcpc.sh", HOOK, 0o755);
+    let out_dir = tempfile::tempdir().unwrap();
+    let od = out_dir.path().to_owned();
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let mut cmd = rig.rnet();
+    cmd.args(["run", "-D", &tree.arg(), "-b", "-n", "-M", "booted"])
+        .args(["--bind", &format!("{}:/out", od.display())]);
+    let pid = rig.spawn(&mut cmd);
+    let leased = wait_until(Duration::from_secs(30), || od.join("udhcpc.rc").exists());
+    let m = rig.wait_machine("booted");
+    let read = |f: &str| std::fs::read_to_string(od.join(f)).unwrap_or_default();
+    assert!(
+        leased,
+        "no DHCP result from the booted container (rc started: {:?}, udhcpc: {:?}); rnetd log:\n{}",
+        read("started"),
+        read("udhcpc.log"),
+        rig::tail(&rig.log(), 40)
+    );
+    assert_eq!(read("udhcpc.rc").trim(), "0", "{}", read("udhcpc.log"));
+    // The address rnetd reserved for the machine is what its own DHCP client got.
+    assert_eq!(
+        read("lease").trim(),
+        m["container_address"].as_str().unwrap(),
+        "{m}"
+    );
+    assert_eq!(read("comm").trim(), "init");
+    let env = read("environ");
+    assert!(env.lines().any(|l| l == "container=rnet"), "{env}");
+    assert!(
+        env.lines().any(|l| l.starts_with("container_uuid=")),
+        "{env}"
+    );
+    assert_eq!(read("manager").trim(), "rnet");
+    std::fs::write(od.join("go"), "").unwrap();
+    // busybox poweroff: init runs its shutdown actions, then reboot(2) ends the container: 0.
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    rig.assert_all_gone();
+}
+
+#[test]
+fn rnet_stop_ends_a_container_through_its_init() {
+    let t = "rnet_stop_ends_a_container_through_its_init";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let out_dir = tempfile::tempdir().unwrap();
+    let up = out_dir.path().join("up");
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let mut cmd = rig.rnet();
+    cmd.args(["run", "-D", &tree.arg(), "-n", "-M", "stopme"])
+        .args([
+            "--bind",
+            &format!("{}:/out", out_dir.path().display()),
+            "--",
+        ])
+        .args([
+            "/bin/sh",
+            "-c",
+            "trap 'exit 42' TERM; echo up > /out/up; while :; do sleep 0.1; done",
+        ]);
+    let pid = rig.spawn(&mut cmd);
+    rig.wait_machine("stopme");
+    assert!(wait_until(Duration::from_secs(10), || up.exists()));
+    // rnetd signals the container's PID 1 (rnet's init), which passes SIGTERM to the payload.
+    let out = output(rig.rnet().args(["stop", "stopme"]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(42), "{:?}", text(&out));
+    rig.assert_all_gone();
+}
+
+#[test]
+fn console_modes() {
+    let t = "console_modes";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    // read-only: a pty as stdio and /dev/console, its output relayed.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["--console=read-only"],
+        "echo tty=$(tty); echo console=$(stat -c %t /dev/console); exit 4",
+    );
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{so}{se}");
+    assert_eq!(field(&so, "tty").trim(), "/dev/console");
+    // 0x88: a pts (major 136), not /dev/null.
+    assert_eq!(field(&so, "console").trim(), "88");
+    // passive: the pty is connected nowhere.
+    let out = run_sh(&rig, &tree, &["--console=passive"], "echo hidden; exit 5");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(text(&out).0.is_empty(), "{:?}", text(&out));
+    // pipe (the default off a terminal): the launcher's own stdio.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &[],
+        "tty; echo console=$(stat -c %t:%T /dev/console)",
+    );
+    let (so, _) = text(&out);
+    assert!(so.starts_with("not a tty"), "{so}");
+    assert_eq!(field(&so, "console"), "1:3");
+
+    // interactive (the default on a terminal), from a terminal `script` provides.
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let line = line.join(" ");
+    let interactive = |inner: &str, input: &str| -> Output {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "(sleep 1; printf '{input}'; sleep 3) | script -qec \"{line} run -D {} -- {inner}\" /dev/null",
+            tree.arg()
+        ));
+        output(&mut c)
+    };
+    let out = interactive("/bin/sh", "echo typed-$((6*7))\\nexit 9\\n");
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(9), "{so}{se}");
+    assert!(so.contains("typed-42"), "{so}");
+    // Ctrl-] three times ends the session: the container is killed.
+    let out = interactive("/bin/sleep 60", "\\035\\035\\035");
+    assert_eq!(out.status.code(), Some(137), "{:?}", text(&out));
+}
