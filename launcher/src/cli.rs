@@ -206,6 +206,17 @@ pub struct RunArgs {
     /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.
     #[arg(short = 'p', long = "port", value_name = "SPEC")]
     pub ports: Vec<PortSpec>,
+    /// Whether the machine's `.nspawn` settings file is read (`yes`: trusted only from
+    /// /etc/systemd/nspawn and /run/systemd/nspawn, the command line wins), ignored (`no`),
+    /// trusted wherever it is (`trusted`), or wins over the command line (`override`); with
+    /// --directory.
+    #[arg(
+        long = "settings",
+        value_enum,
+        default_value = "yes",
+        value_name = "MODE"
+    )]
+    pub settings: crate::settings::Mode,
     /// A resource limit of the container's cgroup, as systemd-nspawn's `--property=`:
     /// `MemoryMax=`, `MemoryHigh=`, `CPUQuota=`, `TasksMax=`, `CPUWeight=` (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]

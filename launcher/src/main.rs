@@ -6,6 +6,7 @@ mod container;
 mod images;
 mod netconf;
 mod run;
+mod settings;
 
 use std::process::ExitCode;
 

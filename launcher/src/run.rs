@@ -173,7 +173,11 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
 }
 
 /// Runs the command; returns the exit code to leave with.
-pub fn run(args: RunArgs, client: &Client) -> Result<u8, String> {
+pub fn run(mut args: RunArgs, client: &Client) -> Result<u8, String> {
+    let mode = args.settings;
+    for warning in crate::settings::apply(&mut args, mode)? {
+        eprintln!("rnet: warning: {warning}");
+    }
     let plan = Plan::new(args)?;
     if plan.network == Network::Host && plan.container.is_none() {
         return Err(exec_error(&plan.command));

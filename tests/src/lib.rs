@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod tree;
+
 /// The uplink's address ("the internet").
 pub const UPLINK_ADDR: &str = "203.0.113.1";
 /// The host's address on the uplink.
