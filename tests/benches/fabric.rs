@@ -32,7 +32,6 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::os::fd::AsFd;
-use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,7 +166,8 @@ struct Bench {
     host: File,
     client: Client,
     rnetd: u32,
-    tree: PathBuf,
+    /// The OS tree nspawn and `rnet run -D` run in (a static busybox).
+    tree: rig::tree::Tree,
     launcher_has_directory: bool,
     nspawn: Option<PathBuf>,
     cni: Option<Cni>,
@@ -199,7 +199,15 @@ impl Bench {
                 .is_ok()),
             "rnetd did not come up"
         );
-        let tree = busybox_tree(&rig);
+        let busybox = rig::tree::static_busybox("bench fabric")
+            .expect("a static busybox (Debian busybox-static) for the OS tree");
+        let tree = rig::tree::Tree::new(&busybox);
+        // nspawn runs many containers on one tree only read-only, and then needs its mount
+        // points to exist.
+        for d in ["tmp", "run", "proc", "sys", "dev", "var/tmp", "var/log"] {
+            fs::create_dir_all(tree.path().join(d)).expect("tree mount points");
+        }
+        fs::write(tree.path().join("etc/localtime"), "").expect("tree localtime");
         let help = output(Command::new(rig::bin("rnet")).args(["run", "--help"]));
         let launcher_has_directory = String::from_utf8_lossy(&help.stdout).contains("--directory");
         let nspawn = which("systemd-nspawn");
@@ -331,7 +339,7 @@ impl Bench {
             name,
             "-D",
         ])
-        .arg(&self.tree);
+        .arg(self.tree.path());
         c
     }
 
@@ -474,7 +482,7 @@ impl Bench {
             push("run -p5", timed(cmd.args(["--", "true"])));
             if self.launcher_has_directory {
                 let mut cmd = self.rnet();
-                cmd.args(["run", "-n", "-D"]).arg(&self.tree);
+                cmd.args(["run", "-n", "-D"]).arg(self.tree.path());
                 push("run -D", timed(cmd.args(["--", "/bin/true"])));
             }
             for ports in [0, 5] {
@@ -574,24 +582,6 @@ fn forget_nspawn_leftovers() {
             }
         }
     }
-}
-
-/// A minimal OS tree for nspawn (and `rnet run -D`): busybox-static and `/etc/os-release`.
-fn busybox_tree(rig: &Rig) -> PathBuf {
-    let root = rig.runtime_dir().with_file_name("tree");
-    for d in [
-        "bin", "sbin", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var",
-    ] {
-        fs::create_dir_all(root.join(d)).expect("tree dirs");
-    }
-    let busybox = which("busybox").expect("busybox (Debian busybox-static) is needed for the tree");
-    fs::copy(&busybox, root.join("bin/busybox")).expect("copying busybox");
-    for cmd in ["sh", "true", "sleep", "ip", "ping", "cat"] {
-        let _ = symlink("busybox", root.join("bin").join(cmd));
-    }
-    fs::write(root.join("etc/os-release"), "ID=busybox\nNAME=busybox\n").expect("os-release");
-    fs::write(root.join("etc/machine-id"), "").expect("machine-id");
-    root
 }
 
 /// The CNI reference chain: bridge (with host-local IPAM, gateway and masquerade) + portmap,
@@ -856,7 +846,7 @@ fn print_report(r: &Report, opts: &Opts) {
     for row in &r.rows {
         let mut vs = String::new();
         let peer = match row.what {
-            "run" => Some("nspawn"),
+            "run" | "run -D" => Some("nspawn"),
             "attach" => Some("cni add"),
             "detach" => Some("cni del"),
             _ => None,
