@@ -105,12 +105,12 @@ pub struct HostView {
 }
 
 impl HostView {
-    /// This view without the chains of tables named `table` (any family), which another
-    /// mechanism lets our traffic through (firewalld's own zones, see rnetd's `firewalld`):
-    /// rules of ours still found there are then no longer needed, and [`plan_host`] removes
-    /// them.
-    pub fn without_table(mut self, table: &str) -> Self {
-        self.chains.retain(|c| c.table != table);
+    /// This view without the chains of the tables named in `tables` (any family), through
+    /// which another mechanism lets our traffic (firewalld's own zones, see rnetd's
+    /// `firewalld`): rules of ours still found there are then no longer needed, and
+    /// [`plan_host`] removes them.
+    pub fn without_tables(mut self, tables: &[&str]) -> Self {
+        self.chains.retain(|c| !tables.contains(&c.table.as_str()));
         self
     }
 }
@@ -895,7 +895,7 @@ mod tests {
         let view = detect(&listing);
         assert_eq!(view.chains.len(), 1);
         assert_eq!(restored_families(&listing), Vec::<&str>::new());
-        let view = view.without_table("firewalld");
+        let view = view.without_tables(&["firewalld"]);
         assert!(view.chains.is_empty());
         let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
         assert_eq!(cmds.len(), 1);

@@ -200,14 +200,15 @@ async fn host_view<N: AsyncNft>(
     let saves: Vec<(&str, &str)> = saves.iter().map(|(f, t)| (*f, t.as_str())).collect();
     let view = nat::detect_with_saves(&listing, &saves);
     Ok(if firewalld {
-        view.without_table(FIREWALLD_TABLE)
+        view.without_tables(&FIREWALLD_TABLES)
     } else {
         view
     })
 }
 
-/// The name of firewalld's nftables table (`inet firewalld`; `ip`/`ip6` in older versions).
-const FIREWALLD_TABLE: &str = "firewalld";
+/// firewalld's nftables tables: `inet firewalld` (`ip`/`ip6 firewalld` in older versions), and
+/// `inet firewalld_policy_drop`, which holds traffic with policy drop while it reloads.
+const FIREWALLD_TABLES: [&str; 2] = ["firewalld", "firewalld_policy_drop"];
 
 /// The links whose traffic other firewalls must let through: ours, unless `--host-firewall=off`.
 fn host_links(mode: HostFwMode, installed: &Ruleset) -> BTreeSet<IfName> {
