@@ -333,6 +333,31 @@ fn rules_restored_by_iptables_restore_are_ours_and_not_duplicated() {
     }
 }
 
+/// Container `name` (of `pid`) reaches the uplink, its published port answers, and DHCP and
+/// DNS to rnetd answer it; `what` names the moment for the failure message.
+fn works_for(rig: &Rig, pid: u64, name: &str, what: &str) {
+    assert!(
+        reaches_uplink(pid),
+        "{what}: no egress; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        published_answers(rig),
+        "{what}: published port; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        dhcp_answers(pid),
+        "{what}: no DHCP answer; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        dns_answers(rig, name),
+        "{what}: no DNS answer; log:\n{}",
+        rig.log()
+    );
+}
+
 /// The interfaces of firewalld's runtime zone `trusted`.
 fn trusted(fw: &rig::PrivateFirewalld) -> String {
     fw.cmd(&["--zone=trusted", "--list-interfaces"])
@@ -343,8 +368,9 @@ fn trusted(fw: &rig::PrivateFirewalld) -> String {
 /// firewalld (Debian's, with a private system bus in the rig's host netns) with its default
 /// zone public, which rejects forwarding and input other than ssh: rnetd binds its links to the
 /// zone `trusted` at runtime over D-Bus, again after `firewall-cmd --reload` and a restart of
-/// firewalld, and unbinds them with the last link; with `--host-firewall=off` it leaves firewalld
-/// alone (the control).
+/// firewalld, keeps them over its own restart (unbinding a link that went meanwhile), and
+/// unbinds them with the last link; with `--host-firewall=off` it leaves firewalld alone (the
+/// control).
 #[test]
 fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
     const TEST: &str = "firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads";
@@ -384,28 +410,7 @@ fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
 
     rig.start_rnetd();
     let pid = server(&mut rig, "web");
-    let works = |what: &str| {
-        assert!(
-            reaches_uplink(pid),
-            "{what}: no egress; log:\n{}",
-            rig.log()
-        );
-        assert!(
-            published_answers(&rig),
-            "{what}: published port; log:\n{}",
-            rig.log()
-        );
-        assert!(
-            dhcp_answers(pid),
-            "{what}: no DHCP answer; log:\n{}",
-            rig.log()
-        );
-        assert!(
-            dns_answers(&rig, "web"),
-            "{what}: no DNS answer; log:\n{}",
-            rig.log()
-        );
-    };
+    let works = |what: &str| works_for(&rig, pid, "web", what);
     works("firewalld running");
     assert_eq!(trusted(&fw), "ve-web");
     assert_eq!(
@@ -442,6 +447,27 @@ fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
         assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
     }
 
+    // rnetd stopped (SIGTERM) keeps the container's networking, firewalld's binding included;
+    // the container dies meanwhile; the restarted rnetd tears it down and unbinds its link (it
+    // recorded what it bound).
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(trusted(&fw), "ve-web", "rnetd's exit took the binding");
+    assert!(
+        reaches_uplink(pid),
+        "rnetd's exit stopped the container's traffic"
+    );
+    rig::kill_container(pid);
+    rig.start_rnetd();
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "the restarted rnetd left the stale binding: {}; log:\n{}",
+        trusted(&fw),
+        rig::tail(&rig.log(), 30)
+    );
+
+    let pid = server(&mut rig, "two");
+    assert_eq!(trusted(&fw), "ve-two");
+    works_for(&rig, pid, "two", "a second container");
     end(&rig, &[pid]);
     assert!(
         wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
