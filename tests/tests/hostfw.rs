@@ -370,7 +370,7 @@ fn trusted(fw: &rig::PrivateFirewalld) -> String {
 /// zone `trusted` at runtime over D-Bus, again after `firewall-cmd --reload` and a restart of
 /// firewalld, keeps them over its own restart (unbinding a link that went meanwhile), and
 /// unbinds them with the last link; with `--host-firewall=off` it leaves firewalld alone (the
-/// control).
+/// control), after removing a binding a killed rnetd left.
 #[test]
 fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
     const TEST: &str = "firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads";
@@ -468,6 +468,26 @@ fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
     let pid = server(&mut rig, "two");
     assert_eq!(trusted(&fw), "ve-two");
     works_for(&rig, pid, "two", "a second container");
+    end(&rig, &[pid]);
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "firewalld still holds ours after the last link: {}",
+        trusted(&fw)
+    );
+
+    // A binding left by an rnetd that was killed goes with the next start, even with
+    // --host-firewall=off (which then leaves firewalld alone).
+    let pid = server(&mut rig, "three");
+    assert_eq!(trusted(&fw), "ve-three");
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGKILL);
+    rig.start_rnetd_with(&["--host-firewall=off"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "--host-firewall=off left our binding: {}; log:\n{}",
+        trusted(&fw),
+        rig::tail(&rig.log(), 30)
+    );
+    assert!(!reaches_uplink(pid), "forwarded without the binding");
     end(&rig, &[pid]);
     assert!(
         wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
