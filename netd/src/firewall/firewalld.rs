@@ -95,10 +95,21 @@ impl Firewalld {
     /// when firewalld appears, goes or reloads (the firewall's check then looks at the nft
     /// tables again: firewalld's own table is left to firewalld only while it runs).
     pub fn spawn(record: PathBuf, links: BTreeSet<IfName>, checks: mpsc::Sender<()>) -> Self {
+        Self::spawn_on(None, record, links, checks)
+    }
+
+    /// [`Firewalld::spawn`] on the bus at `address` (`None`: the system bus).
+    fn spawn_on(
+        address: Option<String>,
+        record: PathBuf,
+        links: BTreeSet<IfName>,
+        checks: mpsc::Sender<()>,
+    ) -> Self {
         let (desired, desired_rx) = watch::channel((0, links));
         let (applied_tx, applied) = watch::channel(0);
         let shared = Arc::new(Shared::default());
         tokio::spawn(run(
+            address,
             Task {
                 record,
                 bound: BTreeSet::new(),
@@ -173,6 +184,7 @@ enum Wake {
 }
 
 async fn run(
+    address: Option<String>,
     mut task: Task,
     mut desired: watch::Receiver<(u64, BTreeSet<IfName>)>,
     applied: watch::Sender<u64>,
@@ -181,7 +193,7 @@ async fn run(
     task.bound = task.load();
     let mut warned = false;
     loop {
-        match connect().await {
+        match connect(address.as_deref()).await {
             Ok((conn, mut owners, mut signals, running)) => {
                 warned = false;
                 debug!(running, "watching firewalld on the system bus");
@@ -259,8 +271,15 @@ type Connected = (Connection, MessageStream, MessageStream, bool);
 /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, or the default socket), subscribes
 /// to firewalld's owner changes and signals, then asks whether it runs (in that order, so an
 /// appearance between the two is not missed).
-async fn connect() -> Result<Connected, FirewalldError> {
-    let conn = timed("connecting to the system bus", Connection::system()).await?;
+async fn connect(address: Option<&str>) -> Result<Connected, FirewalldError> {
+    let conn = match address {
+        None => timed("connecting to the system bus", Connection::system()).await?,
+        Some(address) => {
+            let builder = zbus::connection::Builder::address(address)
+                .map_err(|source| bus_error(format!("the bus address {address}"), source))?;
+            timed(format!("connecting to {address}"), builder.build()).await?
+        }
+    };
     let owners = MatchRule::builder()
         .msg_type(MessageType::Signal)
         .sender("org.freedesktop.DBus")
@@ -480,4 +499,53 @@ pub fn recorded(record: &std::path::Path) -> bool {
         .ok()
         .and_then(|b| serde_json::from_slice::<BTreeSet<String>>(&b).ok())
         .is_some_and(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(names: &[&str]) -> BTreeSet<IfName> {
+        names.iter().map(|n| IfName::new(*n).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn without_a_bus_changes_do_not_wait_and_nothing_is_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checks, _events) = mpsc::channel(1);
+        let bus = format!("unix:path={}", dir.path().join("no-bus").display());
+        let mut fw =
+            Firewalld::spawn_on(Some(bus), dir.path().join(RECORD), BTreeSet::new(), checks);
+        // A hang guard, not a timing assertion: sync never waits for a firewalld that is not
+        // running.
+        tokio::time::timeout(Duration::from_secs(30), fw.sync(&links(&["ve-a", "vz-b"])))
+            .await
+            .expect("a change waited for a bus that is not there");
+        assert!(!fw.handles());
+        assert_eq!(fw.describe(), None);
+        assert!(!dir.path().join(RECORD).exists());
+    }
+
+    #[test]
+    fn the_record_lists_what_we_bound_and_goes_with_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join(RECORD);
+        let mut task = Task {
+            record: record.clone(),
+            bound: ["ve-a".to_owned(), "vz-b".to_owned()].into(),
+            conflicts: BTreeSet::new(),
+            shared: Arc::default(),
+        };
+        task.save();
+        assert!(recorded(&record));
+        assert_eq!(task.load(), task.bound);
+        task.bound.clear();
+        task.save();
+        assert!(!record.exists());
+        assert!(!recorded(&record));
+        // An unreadable record is ignored (nothing to unbind), not fatal.
+        std::fs::write(&record, b"{").unwrap();
+        assert!(!recorded(&record));
+        assert!(task.load().is_empty());
+    }
 }
