@@ -21,7 +21,7 @@
 //! (or without firewalld) nothing here waits: the task connects on its own, and the firewall
 //! waits for a binding only while firewalld runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -198,11 +198,13 @@ async fn run(
                 warned = false;
                 debug!(running, "watching firewalld on the system bus");
                 task.set_running(running, &checks);
+                let mut dirty = true;
                 loop {
                     let (generation, links) = desired.borrow_and_update().clone();
-                    if task.shared.running.load(Ordering::Acquire) {
+                    if dirty && task.shared.running.load(Ordering::Acquire) {
                         task.apply(&conn, &links).await;
                     }
+                    dirty = true;
                     applied.send_replace(generation);
                     let wake = tokio::select! {
                         changed = desired.changed() => match changed {
@@ -226,12 +228,16 @@ async fn run(
                             }
                             task.set_running(present, &checks);
                         }
-                        Wake::Changed(what) => {
-                            if what == "Reloaded" {
+                        Wake::Changed(what) => match what.as_str() {
+                            "Reloaded" => {
                                 info!("firewalld reloaded; binding our links again");
                                 let _ = checks.try_send(());
                             }
-                        }
+                            // A binding changed (ours included): look again.
+                            "InterfaceRemoved" | "ZoneOfInterfaceChanged" | "ZoneChanged" => {}
+                            // Anything else (our own additions too) changes no binding.
+                            _ => dirty = false,
+                        },
                         Wake::Lost => {
                             warn!("lost the system bus; firewalld is not watched until it is back");
                             task.set_running(false, &checks);
@@ -359,35 +365,91 @@ async fn timed<T>(
     }
 }
 
-/// Calls a method of firewalld's zone interface with string arguments, returning its string
-/// answer.
-async fn zone_call(
-    conn: &Connection,
-    method: &str,
-    args: &[&str],
-) -> Result<String, FirewalldError> {
-    let step = format!("zone.{method} {}", args.join(" "));
-    let reply: Message = match args {
-        [a] => {
-            timed(
-                step.clone(),
-                conn.call_method(Some(NAME), PATH, Some(ZONE_INTERFACE), method, &(*a,)),
-            )
-            .await?
-        }
-        [a, b] => {
-            timed(
-                step.clone(),
-                conn.call_method(Some(NAME), PATH, Some(ZONE_INTERFACE), method, &(*a, *b)),
-            )
-            .await?
-        }
-        _ => unreachable!("zone calls take one or two strings"),
-    };
-    reply
+/// Calls `method` (`addInterface`, `removeInterface`) of firewalld's zone interface for
+/// `interface` in zone [`ZONE`] (a runtime change).
+async fn zone_call(conn: &Connection, method: &str, interface: &str) -> Result<(), FirewalldError> {
+    timed(
+        format!("zone.{method} {ZONE} {interface}"),
+        conn.call_method(
+            Some(NAME),
+            PATH,
+            Some(ZONE_INTERFACE),
+            method,
+            &(ZONE, interface),
+        ),
+    )
+    .await
+    .map(drop)
+}
+
+/// firewalld's active zones as interface -> zone (`zone.getActiveZones`: zone -> {"interfaces":
+/// [...], "sources": [...]}).
+async fn active_zones(conn: &Connection) -> Result<BTreeMap<String, String>, FirewalldError> {
+    let step = "zone.getActiveZones";
+    let reply: Message = timed(
+        step,
+        conn.call_method(
+            Some(NAME),
+            PATH,
+            Some(ZONE_INTERFACE),
+            "getActiveZones",
+            &(),
+        ),
+    )
+    .await?;
+    let zones: HashMap<String, HashMap<String, Vec<String>>> = reply
         .body()
-        .deserialize::<String>()
-        .map_err(|source| bus_error(step, source))
+        .deserialize()
+        .map_err(|source| bus_error(step, source))?;
+    let mut out = BTreeMap::new();
+    for (zone, settings) in zones {
+        for interface in settings.get("interfaces").into_iter().flatten() {
+            out.insert(interface.clone(), zone.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// What [`Task::apply`] does, decided from firewalld's bindings (interface -> zone), our links
+/// and the links we bound.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Our links in no zone: bind them to [`ZONE`].
+    bind: Vec<String>,
+    /// Our links already in [`ZONE`] (bound by us before a restart of rnetd): ours.
+    adopt: Vec<String>,
+    /// Links we bound that are no longer ours and still in [`ZONE`]: unbind them.
+    unbind: Vec<String>,
+    /// Links we bound that firewalld no longer has in [`ZONE`] (a reload, a restart, the
+    /// admin): no longer ours to unbind.
+    forget: Vec<String>,
+    /// Our links the admin bound to another zone, with that zone: left there.
+    elsewhere: Vec<(String, String)>,
+}
+
+fn plan(
+    zones: &BTreeMap<String, String>,
+    links: &BTreeSet<IfName>,
+    bound: &BTreeSet<String>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for link in links {
+        let name = link.as_str().to_owned();
+        match zones.get(&name).map(String::as_str) {
+            None => plan.bind.push(name),
+            Some(ZONE) => plan.adopt.push(name),
+            Some(other) => plan.elsewhere.push((name, other.to_owned())),
+        }
+    }
+    let wanted: BTreeSet<&str> = links.iter().map(IfName::as_str).collect();
+    for name in bound.iter().filter(|b| !wanted.contains(b.as_str())) {
+        if zones.get(name).map(String::as_str) == Some(ZONE) {
+            plan.unbind.push(name.clone());
+        } else {
+            plan.forget.push(name.clone());
+        }
+    }
+    plan
 }
 
 impl Task {
@@ -399,70 +461,57 @@ impl Task {
     }
 
     /// Binds the links of `links` that are in no zone to [`ZONE`], unbinds the ones we bound
-    /// that are no longer ours; failures are logged (the next change, reload or owner change
-    /// tries again).
+    /// that are no longer ours ([`plan`] on firewalld's active zones); failures are logged (the
+    /// next change, reload or owner change tries again).
     async fn apply(&mut self, conn: &Connection, links: &BTreeSet<IfName>) {
+        let zones = match active_zones(conn).await {
+            Ok(z) => z,
+            Err(e) => {
+                warn!(error = %e, "reading firewalld's zones failed");
+                return;
+            }
+        };
+        let plan = plan(&zones, links, &self.bound);
         let before = self.bound.clone();
-        for link in links {
-            let name = link.as_str();
-            match self.bind(conn, name).await {
-                Ok(()) => {}
-                Err(e) => warn!(error = %e, link = name, "binding our link in firewalld failed"),
+        self.bound.extend(plan.adopt);
+        for name in plan.bind {
+            match zone_call(conn, "addInterface", &name).await {
+                Ok(_) => {
+                    info!(link = %name, "bound our link to firewalld's zone {ZONE} (runtime)");
+                    self.bound.insert(name);
+                }
+                Err(e) => warn!(error = %e, "binding our link in firewalld failed"),
             }
         }
-        let wanted: BTreeSet<&str> = links.iter().map(IfName::as_str).collect();
-        let gone: Vec<String> = self
-            .bound
-            .iter()
-            .filter(|l| !wanted.contains(l.as_str()))
-            .cloned()
-            .collect();
-        for name in gone {
-            match zone_call(conn, "getZoneOfInterface", &[&name]).await {
-                Ok(zone) if zone == ZONE => {
-                    match zone_call(conn, "removeInterface", &[ZONE, &name]).await {
-                        Ok(_) => {
-                            info!(link = %name, "unbound our link from firewalld's zone {ZONE}");
-                            self.bound.remove(&name);
-                        }
-                        Err(e) => warn!(error = %e, "unbinding our link in firewalld failed"),
-                    }
-                }
+        for name in plan.forget {
+            self.bound.remove(&name);
+        }
+        for name in plan.unbind {
+            match zone_call(conn, "removeInterface", &name).await {
                 Ok(_) => {
+                    info!(link = %name, "unbound our link from firewalld's zone {ZONE}");
                     self.bound.remove(&name);
                 }
                 Err(e) => warn!(error = %e, "unbinding our link in firewalld failed"),
             }
         }
+        let wanted: BTreeSet<&str> = links.iter().map(IfName::as_str).collect();
         self.conflicts.retain(|l| wanted.contains(l.as_str()));
+        for (name, zone) in plan.elsewhere {
+            if self.conflicts.insert(name.clone()) {
+                warn!(
+                    link = %name,
+                    zone = %zone,
+                    "firewalld has our link in another zone (the admin's choice); left there"
+                );
+            }
+        }
         self.shared
             .bound
             .store(!self.bound.is_empty(), Ordering::Release);
         if self.bound != before {
             self.save();
         }
-    }
-
-    /// Binds `name` to [`ZONE`] unless it is bound already (by us, or by the admin elsewhere).
-    async fn bind(&mut self, conn: &Connection, name: &str) -> Result<(), FirewalldError> {
-        let zone = zone_call(conn, "getZoneOfInterface", &[name]).await?;
-        if zone.is_empty() {
-            zone_call(conn, "addInterface", &[ZONE, name]).await?;
-            info!(
-                link = name,
-                "bound our link to firewalld's zone {ZONE} (runtime)"
-            );
-            self.bound.insert(name.to_owned());
-        } else if zone == ZONE {
-            self.bound.insert(name.to_owned());
-        } else if self.conflicts.insert(name.to_owned()) {
-            warn!(
-                link = name,
-                zone = %zone,
-                "firewalld has our link in another zone (the admin's choice); left there"
-            );
-        }
-        Ok(())
     }
 
     /// The recorded links (none if there is no record or it cannot be read).
@@ -524,6 +573,55 @@ mod tests {
         assert!(!fw.handles());
         assert_eq!(fw.describe(), None);
         assert!(!dir.path().join(RECORD).exists());
+    }
+
+    #[test]
+    fn links_are_bound_adopted_unbound_or_left_to_the_admin() {
+        let zones: BTreeMap<String, String> = [
+            ("ve-old", "trusted"),
+            ("ve-adopted", "trusted"),
+            ("ve-admin", "internal"),
+            ("eth0", "public"),
+        ]
+        .into_iter()
+        .map(|(i, z)| (i.to_owned(), z.to_owned()))
+        .collect();
+        let bound: BTreeSet<String> = ["ve-old", "ve-reloaded", "ve-adopted"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let p = plan(
+            &zones,
+            &links(&["ve-new", "ve-adopted", "ve-admin"]),
+            &bound,
+        );
+        assert_eq!(
+            p,
+            Plan {
+                bind: vec!["ve-new".to_owned()],
+                adopt: vec!["ve-adopted".to_owned()],
+                unbind: vec!["ve-old".to_owned()],
+                forget: vec!["ve-reloaded".to_owned()],
+                elsewhere: vec![("ve-admin".to_owned(), "internal".to_owned())],
+            }
+        );
+        // Nothing to do when all is in place; everything of ours goes with no links.
+        let done = plan(
+            &zones,
+            &links(&["ve-adopted"]),
+            &["ve-adopted".to_owned()].into(),
+        );
+        assert_eq!(
+            done,
+            Plan {
+                adopt: vec!["ve-adopted".to_owned()],
+                ..Plan::default()
+            }
+        );
+        let none = plan(&zones, &BTreeSet::new(), &bound);
+        assert_eq!(none.unbind, ["ve-adopted", "ve-old"]);
+        assert_eq!(none.forget, ["ve-reloaded"]);
+        assert!(none.bind.is_empty() && none.elsewhere.is_empty());
     }
 
     #[test]
