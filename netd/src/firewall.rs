@@ -235,7 +235,8 @@ impl<N: AsyncNft> Firewall<N> {
         }
     }
 
-    /// Hands our links to the firewalld task from now on (and the links we have now).
+    /// Hands our links to the firewalld task from now on (it was spawned with the links we
+    /// had then).
     pub fn attach_firewalld(&mut self, firewalld: Firewalld) {
         self.firewalld = Some(firewalld);
     }

@@ -194,17 +194,19 @@ async fn run(
     let mut warned = false;
     loop {
         match connect(address.as_deref()).await {
-            Ok((conn, mut owners, mut signals, running)) => {
+            Ok((conn, mut owners, mut signals, mut running)) => {
                 warned = false;
                 debug!(running, "watching firewalld on the system bus");
-                task.set_running(running, &checks);
                 let mut dirty = true;
                 loop {
                     let (generation, links) = desired.borrow_and_update().clone();
-                    if dirty && task.shared.running.load(Ordering::Acquire) {
+                    if dirty && running {
                         task.apply(&conn, &links).await;
                     }
                     dirty = true;
+                    // Only now (our links bound) is firewalld's table left to it: the check this
+                    // triggers removes our rules there.
+                    task.set_running(running, &checks);
                     applied.send_replace(generation);
                     let wake = tokio::select! {
                         changed = desired.changed() => match changed {
@@ -226,7 +228,7 @@ async fn run(
                             if present {
                                 info!("firewalld started; binding our links to its zone {ZONE}");
                             }
-                            task.set_running(present, &checks);
+                            running = present;
                         }
                         Wake::Changed(what) => match what.as_str() {
                             "Reloaded" => {
