@@ -932,7 +932,7 @@ pub fn udhcpc_once(pid: u64, hook: &str) -> Output {
 // firewalld with a private system bus in the host netns (tests/tests/firewalld.rs).
 
 /// firewalld's own program and the tools the firewalld test needs.
-const FIREWALLD_TOOLS: [&str; 3] = ["firewalld", "firewall-cmd", "dbus-daemon"];
+const FIREWALLD_TOOLS: [&str; 4] = ["firewalld", "firewall-cmd", "dbus-daemon", "dbus-send"];
 
 /// A private `dbus-daemon` (system bus type, its own socket in the rig's temp dir, root only)
 /// and a `firewalld --nofork --nopid` on it, both in the rig's host netns (as netavark's tests
@@ -969,7 +969,7 @@ impl Rig {
                 .any(|d| Path::new(d).join(tool).exists());
             if !found {
                 return Err(format!(
-                    "{tool} is not installed (Debian packages firewalld, dbus-daemon)"
+                    "{tool} is not installed (Debian packages firewalld, dbus-daemon, dbus-bin)"
                 ));
             }
         }
@@ -1091,6 +1091,25 @@ impl PrivateFirewalld {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
+    }
+
+    /// The zone firewalld has `interface` in at runtime (`""`: none), asked with `dbus-send`
+    /// (`zone.getZoneOfInterface`): a C client, quick enough to poll, unlike `firewall-cmd`
+    /// (a Python program that takes a few hundred milliseconds to start).
+    pub fn zone_of_interface(&self, interface: &str) -> String {
+        let out = Command::new("dbus-send")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .args([
+                "--system",
+                "--print-reply=literal",
+                "--dest=org.fedoraproject.FirewallD1",
+                "/org/fedoraproject/FirewallD1",
+                "org.fedoraproject.FirewallD1.zone.getZoneOfInterface",
+            ])
+            .arg(format!("string:{interface}"))
+            .output()
+            .expect("running dbus-send");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// firewalld's and the bus's output so far.

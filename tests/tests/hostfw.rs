@@ -441,7 +441,9 @@ fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
                 .unwrap_or_else(|why| panic!("restarting firewalld: {why}"));
         }
         let started = Instant::now();
-        let back = wait_until(Duration::from_secs(1), || trusted(&fw) == "ve-web");
+        let back = wait_until(Duration::from_secs(1), || {
+            fw.zone_of_interface("ve-web") == "trusted"
+        });
         assert!(
             back,
             "after {what} our link was not bound again within 1 s: {:?}; log:\n{}",
