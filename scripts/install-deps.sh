@@ -14,5 +14,5 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  scripts/no-services.sh apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

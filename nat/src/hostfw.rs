@@ -104,6 +104,17 @@ pub struct HostView {
     pub ours: Vec<OurRule>,
 }
 
+impl HostView {
+    /// This view without the chains of the tables named in `tables` (any family), through
+    /// which another mechanism lets our traffic (firewalld's own zones, see rnetd's
+    /// `firewalld`): rules of ours still found there are then no longer needed, and
+    /// [`plan_host`] removes them.
+    pub fn without_tables(mut self, tables: &[&str]) -> Self {
+        self.chains.retain(|c| !tables.contains(&c.table.as_str()));
+        self
+    }
+}
+
 /// One chain of the listing.
 #[derive(Default)]
 struct ListedChain {
@@ -121,10 +132,21 @@ type ChainKey = (String, String, String);
 /// the chain or in a chain it jumps or goes to), and the rules of ours in foreign chains.
 /// Tables `inet rnet` and `bridge rnet` are ours and never foreign.
 pub fn detect(listing: &Value) -> HostView {
+    detect_with_saves(listing, &[])
+}
+
+/// [`detect`], also recognising rules of ours that `iptables-save | iptables-restore` brought
+/// back: iptables-restore turns our comment into an `xt` comment match, which `nft -j` does not
+/// show. `saves` are `(family, text)`: the output of `iptables-save` (`ip`) and
+/// `ip6tables-save` (`ip6`) taken with the listing, whose rules they list in the same order
+/// ([`SavedComments`] matches them up, and only where they agree).
+pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
     let mut chains: BTreeMap<ChainKey, ListedChain> = BTreeMap::new();
     let mut order: Vec<ChainKey> = Vec::new();
     let mut ours = Vec::new();
     let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    let saved = SavedComments::new(&objects, saves);
+    let mut position: BTreeMap<ChainKey, usize> = BTreeMap::new();
     for object in &objects {
         if let Some(c) = object.get("chain") {
             let Some(key) = foreign_key(c, "name") else {
@@ -143,7 +165,13 @@ pub fn detect(listing: &Value) -> HostView {
             let Some(key) = foreign_key(r, "chain") else {
                 continue;
             };
-            let comment = r["comment"].as_str().unwrap_or_default();
+            let index = position.entry(key.clone()).or_default();
+            let at = *index;
+            *index += 1;
+            let comment = match r["comment"].as_str() {
+                Some(c) => c,
+                None => saved.comment(&key, at).unwrap_or_default(),
+            };
             if comment.starts_with(COMMENT_PREFIX) {
                 if let Some(handle) = r["handle"].as_u64().and_then(|h| u32::try_from(h).ok()) {
                     ours.push(OurRule {
@@ -195,6 +223,161 @@ pub fn detect(listing: &Value) -> HostView {
         chains: found,
         ours,
     }
+}
+
+/// The families (`ip`, `ip6`) whose foreign chains hold a rule that may be one of ours restored
+/// by `iptables-restore`: an accept with an `xt` comment match and no nft comment. Only for
+/// these is `iptables-save`/`ip6tables-save` worth running ([`detect_with_saves`]).
+pub fn restored_families(listing: &Value) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for object in listing["nftables"].as_array().into_iter().flatten() {
+        let Some(r) = object.get("rule") else {
+            continue;
+        };
+        let family = match r["family"].as_str() {
+            Some("ip") => "ip",
+            Some("ip6") => "ip6",
+            _ => continue,
+        };
+        if r.get("comment").is_none()
+            && xt_comment(&r["expr"])
+            && r["expr"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|s| s.get("accept").is_some()))
+            && !out.contains(&family)
+        {
+            out.push(family);
+        }
+    }
+    out
+}
+
+/// True if a rule's statements hold iptables' `-m comment` (an `xt` match `comment`).
+fn xt_comment(expr: &Value) -> bool {
+    expr.as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|s| s["xt"]["type"] == "match" && s["xt"]["name"] == "comment")
+    })
+}
+
+/// The comments of `iptables-save` output matched up with the rules of the nft listing, chain
+/// by chain: both list a chain's rules in the same order. A chain is used only where the two
+/// agree (as many rules; a comment in the save exactly where the listing has a comment, nft's
+/// own or an `xt` match; nft's own comments equal), so a change between the two listings, or a
+/// table iptables cannot read, makes nothing recognised rather than something wrong.
+struct SavedComments {
+    chains: BTreeMap<ChainKey, Vec<Option<String>>>,
+}
+
+impl SavedComments {
+    fn new(objects: &[Value], saves: &[(&str, &str)]) -> Self {
+        let mut saved: BTreeMap<ChainKey, Vec<Option<String>>> = BTreeMap::new();
+        for (family, text) in saves {
+            for (table, chain, comment) in parse_save(text) {
+                saved
+                    .entry(((*family).to_owned(), table, chain))
+                    .or_default()
+                    .push(comment);
+            }
+        }
+        if saved.is_empty() {
+            return Self { chains: saved };
+        }
+        // What the listing says of each rule: its nft comment, or whether it has an xt one.
+        let mut listed: BTreeMap<ChainKey, Vec<(Option<&str>, bool)>> = BTreeMap::new();
+        for r in objects.iter().filter_map(|o| o.get("rule")) {
+            if let Some(key) = foreign_key(r, "chain") {
+                listed
+                    .entry(key)
+                    .or_default()
+                    .push((r["comment"].as_str(), xt_comment(&r["expr"])));
+            }
+        }
+        saved.retain(|key, comments| {
+            listed.get(key).is_some_and(|rules| {
+                rules.len() == comments.len()
+                    && rules
+                        .iter()
+                        .zip(comments.iter())
+                        .all(|((native, xt), saved)| match (native, saved) {
+                            (Some(n), Some(s)) => n == s,
+                            (None, Some(_)) => *xt,
+                            (None, None) => !*xt,
+                            (Some(_), None) => false,
+                        })
+            })
+        });
+        Self { chains: saved }
+    }
+
+    /// The saved comment of the `at`-th rule of chain `key`, if the chain's listings agree.
+    fn comment(&self, key: &ChainKey, at: usize) -> Option<&str> {
+        self.chains.get(key)?.get(at)?.as_deref()
+    }
+}
+
+/// The rules of `iptables-save` output: `(table, chain, comment)` of each `-A` line, in order.
+fn parse_save(text: &str) -> Vec<(String, String, Option<String>)> {
+    let mut table = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Some(name.trim().to_owned());
+            continue;
+        }
+        let Some(table) = &table else { continue };
+        let words = split_words(line);
+        let [append, chain, rest @ ..] = words.as_slice() else {
+            continue;
+        };
+        if append != "-A" {
+            continue;
+        }
+        let comment = rest
+            .windows(2)
+            .find(|w| w[0] == "--comment")
+            .map(|w| w[1].clone());
+        out.push((table.clone(), chain.clone(), comment));
+    }
+    out
+}
+
+/// The words of an `iptables-save` line: split at blanks, `"..."` quoting with `\` escapes (how
+/// iptables-save writes a comment).
+fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
 }
 
 /// `(family, table, name)` of a listed chain or rule, unless it is ours or of a family whose
@@ -574,5 +757,148 @@ mod tests {
         let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0]["delete"]["rule"]["handle"], 4);
+    }
+    /// `iptables-save | iptables-restore` of a chain with two rules of ours and one of the
+    /// admin's, as iptables-nft 1.8.9 and nft 1.0.6 list it: our comments became `xt` matches.
+    fn restored_listing() -> Value {
+        json!({"nftables": [
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2,
+                       "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 4,
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                          "right": "ve-a"}},
+                               {"xt": {"type": "match", "name": "comment"}},
+                               {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 5,
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                                          "right": "ve-a"}},
+                               {"xt": {"type": "match", "name": "comment"}},
+                               {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 6,
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                          "right": "eth9"}},
+                               {"xt": {"type": "match", "name": "comment"}},
+                               {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
+            {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 7,
+                      "comment": "rnet: from ve-a",
+                      "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                          "right": "ve-a"}}, {"accept": null}]}},
+        ]})
+    }
+
+    const RESTORED_SAVE: &str = "# Generated by iptables-save v1.8.9 (nf_tables)\n*filter\n\
+        :INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        -A FORWARD -i ve-a -m comment --comment \"rnet: from ve-a\" -j ACCEPT\n\
+        -A FORWARD -o ve-a -m comment --comment \"rnet: to ve-a\" -j ACCEPT\n\
+        -A FORWARD -i eth9 -m comment --comment \"admin \\\"rnet: \\\" look-alike\" -j ACCEPT\n\
+        -A FORWARD -i ve-a -m comment --comment \"rnet: from ve-a\" -j ACCEPT\n\
+        COMMIT\n";
+
+    #[test]
+    fn rules_restored_by_iptables_restore_are_recognised_through_iptables_save() {
+        let listing = restored_listing();
+        assert_eq!(restored_families(&listing), ["ip"]);
+        // Without the save, only the rule nft added since is ours: the restored ones are not
+        // seen, and a plan would add copies of them.
+        assert_eq!(detect(&listing).ours.len(), 1);
+        let view = detect_with_saves(&listing, &[("ip", RESTORED_SAVE)]);
+        let ours: Vec<(u32, &str)> = view
+            .ours
+            .iter()
+            .map(|r| (r.handle, r.comment.as_str()))
+            .collect();
+        assert_eq!(
+            ours,
+            [
+                (4, "rnet: from ve-a"),
+                (5, "rnet: to ve-a"),
+                (7, "rnet: from ve-a")
+            ]
+        );
+        // Exactly one copy of each stays: the later duplicate goes, nothing is added.
+        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        assert_eq!(cmds.len(), 1, "{cmds:?}");
+        assert_eq!(cmds[0]["delete"]["rule"]["handle"], 7);
+        // With the last link all three go, and the admin's rule stays.
+        let cmds = commands(&plan_host(&view, &BTreeSet::new()).unwrap());
+        let handles: Vec<&Value> = cmds
+            .iter()
+            .map(|c| &c["delete"]["rule"]["handle"])
+            .collect();
+        assert_eq!(handles, [4, 5, 7]);
+    }
+
+    #[test]
+    fn a_save_that_disagrees_with_the_listing_recognises_nothing() {
+        let listing = restored_listing();
+        // A rule added between the two listings: the counts differ.
+        let longer = RESTORED_SAVE.replace("COMMIT", "-A FORWARD -j ACCEPT\nCOMMIT");
+        assert_eq!(
+            detect_with_saves(&listing, &[("ip", &longer)]).ours.len(),
+            1
+        );
+        // A comment where the listing has none.
+        let moved = RESTORED_SAVE.replace(
+            "-i eth9 -m comment --comment \"admin \\\"rnet: \\\" look-alike\"",
+            "-i eth9",
+        );
+        assert_eq!(detect_with_saves(&listing, &[("ip", &moved)]).ours.len(), 1);
+        // Another family's save, or a table iptables cannot read, says nothing of this one.
+        assert_eq!(
+            detect_with_saves(&listing, &[("ip6", RESTORED_SAVE)])
+                .ours
+                .len(),
+            1
+        );
+        let incompatible = "*filter\n# Table `filter' is incompatible, use 'nft' tool.\nCOMMIT\n";
+        assert_eq!(
+            detect_with_saves(&listing, &[("ip", incompatible)])
+                .ours
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn save_lines_are_split_as_iptables_quotes_them() {
+        assert_eq!(
+            split_words(r#"-A X -m comment --comment "a \"b\" \\c" -j ACCEPT"#),
+            [
+                "-A",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                r#"a "b" \c"#,
+                "-j",
+                "ACCEPT"
+            ]
+        );
+        assert_eq!(
+            split_words("-A X --comment plain"),
+            ["-A", "X", "--comment", "plain"]
+        );
+        assert_eq!(split_words(r#"--comment """#), ["--comment", ""]);
+    }
+
+    #[test]
+    fn a_table_left_to_another_mechanism_loses_our_rules() {
+        let listing = json!({"nftables": [
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_INPUT",
+                       "type": "filter", "hook": "input", "prio": 10, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_INPUT",
+                      "handle": 3, "comment": "rnet: DHCP udp from ve-a",
+                      "expr": [{"accept": null}]}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_INPUT",
+                      "handle": 4, "expr": [{"reject": null}]}},
+        ]});
+        let view = detect(&listing);
+        assert_eq!(view.chains.len(), 1);
+        assert_eq!(restored_families(&listing), Vec::<&str>::new());
+        let view = view.without_tables(&["firewalld"]);
+        assert!(view.chains.is_empty());
+        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0]["delete"]["rule"]["handle"], 3);
     }
 }

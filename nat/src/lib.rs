@@ -18,7 +18,7 @@ pub use apply::FakeNft;
 pub use apply::{AsyncNft, Nft, NftCli};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
-pub use hostfw::{ForeignChain, HostView, detect, plan_host};
+pub use hostfw::{ForeignChain, HostView, detect, detect_with_saves, plan_host, restored_families};
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 pub use observe::{Observed, observe, plan};
 pub use rules::{render_delete_table, render_table, rule_count};

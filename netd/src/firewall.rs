@@ -2,8 +2,9 @@
 //! the machines we have, one atomic batch per change, rebuilds them when someone removes them from
 //! outside, and removes them (and restores `net.ipv4.ip_forward`) when the last machine goes.
 //! With them it keeps our accept rules in other firewalls' chains that would drop our traffic
-//! ([`hostfw`]).
+//! ([`hostfw`]), and, while firewalld runs, our links bound in firewalld ([`firewalld`]).
 
+pub mod firewalld;
 pub mod hostfw;
 
 use std::collections::BTreeSet;
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::api::PortSpec;
 use crate::sysctl::Sysctl;
+use firewalld::Firewalld;
 use hostfw::HostFwMode;
 
 /// A firewall step failed.
@@ -143,6 +145,8 @@ pub struct Firewall<N> {
     /// paid with a listing of the whole ruleset. The `nft monitor` watch and the periodic check
     /// ([`Firewall::reconcile`]) look again whenever the ruleset changes.
     foreign_quiet: bool,
+    /// The firewalld task, when rnetd watches the system bus for firewalld.
+    firewalld: Option<Firewalld>,
 }
 
 /// What a periodic check needs, taken under the firewall's lock and used without it.
@@ -153,6 +157,8 @@ pub struct Probe<N> {
     pub desired: Ruleset,
     /// The generation the check is valid for.
     pub generation: u64,
+    /// firewalld runs and handles our links: its own table is left out.
+    pub firewalld: bool,
 }
 
 impl<N: AsyncNft> Probe<N> {
@@ -171,10 +177,38 @@ impl<N: AsyncNft> Probe<N> {
     /// firewalls' chains differ from what our links need. Runs without any lock of the daemon.
     pub async fn host_needs_sync(&mut self, mode: HostFwMode) -> Result<bool, FirewallError> {
         let links = host_links(mode, &self.desired);
-        let view = nat::detect(&self.nft.list_ruleset_async().await?);
+        let view = host_view(&mut self.nft, self.firewalld).await?;
         Ok(nat::plan_host(&view, &links).is_some())
     }
 }
+
+/// What the ruleset says of the other firewalls: `nft -j list ruleset`, with `iptables-save`'s
+/// text where rules of ours may have been restored by `iptables-restore`
+/// ([`nat::detect_with_saves`]); firewalld's own table left out while firewalld handles our
+/// links through its D-Bus API (`firewalld`).
+async fn host_view<N: AsyncNft>(
+    nft: &mut N,
+    firewalld: bool,
+) -> Result<nat::HostView, FirewallError> {
+    let listing = nft.list_ruleset_async().await?;
+    let families = nat::restored_families(&listing);
+    let saves = if families.is_empty() {
+        Vec::new()
+    } else {
+        hostfw::iptables_saves(&families).await
+    };
+    let saves: Vec<(&str, &str)> = saves.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let view = nat::detect_with_saves(&listing, &saves);
+    Ok(if firewalld {
+        view.without_tables(&FIREWALLD_TABLES)
+    } else {
+        view
+    })
+}
+
+/// firewalld's nftables tables: `inet firewalld` (`ip`/`ip6 firewalld` in older versions), and
+/// `inet firewalld_policy_drop`, which holds traffic with policy drop while it reloads.
+const FIREWALLD_TABLES: [&str; 2] = ["firewalld", "firewalld_policy_drop"];
 
 /// The links whose traffic other firewalls must let through: ours, unless `--host-firewall=off`.
 fn host_links(mode: HostFwMode, installed: &Ruleset) -> BTreeSet<IfName> {
@@ -197,7 +231,24 @@ impl<N: AsyncNft> Firewall<N> {
             host_mode: HostFwMode::Auto,
             host_chains: Vec::new(),
             foreign_quiet: false,
+            firewalld: None,
         }
+    }
+
+    /// Hands our links to the firewalld task from now on (it was spawned with the links we
+    /// had then).
+    pub fn attach_firewalld(&mut self, firewalld: Firewalld) {
+        self.firewalld = Some(firewalld);
+    }
+
+    /// The links other firewalls must let through now.
+    pub fn host_links(&self) -> BTreeSet<IfName> {
+        host_links(self.host_mode, &self.installed)
+    }
+
+    /// True if firewalld runs and handles our links.
+    fn firewalld_handles(&self) -> bool {
+        self.firewalld.as_ref().is_some_and(Firewalld::handles)
     }
 
     /// Sets `--host-firewall` (default [`HostFwMode::Auto`]).
@@ -211,9 +262,14 @@ impl<N: AsyncNft> Firewall<N> {
         self.host_mode
     }
 
-    /// The foreign chains holding our rules, as last synced.
-    pub fn host_chains(&self) -> &[String] {
-        &self.host_chains
+    /// Where other firewalls let our traffic through: firewalld's zone (while it runs and holds
+    /// links of ours), then the foreign chains holding our rules, as last synced.
+    pub fn host_chains(&self) -> Vec<String> {
+        let firewalld = self.firewalld.as_ref().and_then(Firewalld::describe);
+        firewalld
+            .into_iter()
+            .chain(self.host_chains.iter().cloned())
+            .collect()
     }
 
     /// Makes our rules in other firewalls' chains exactly what our links need
@@ -222,7 +278,8 @@ impl<N: AsyncNft> Firewall<N> {
     /// changed anything.
     pub async fn sync_host(&mut self) -> Result<bool, FirewallError> {
         let links = host_links(self.host_mode, &self.installed);
-        let view = nat::detect(&self.nft.list_ruleset_async().await?);
+        let firewalld = self.firewalld_handles();
+        let view = host_view(&mut self.nft, firewalld).await?;
         let chains: Vec<String> = view
             .chains
             .iter()
@@ -252,9 +309,13 @@ impl<N: AsyncNft> Firewall<N> {
         Ok(true)
     }
 
-    /// After a change of our links: [`Firewall::sync_host`], unless the last look found no other
-    /// firewall to deal with.
+    /// After a change of our links: firewalld's bindings (when rnetd watches for firewalld),
+    /// then [`Firewall::sync_host`], unless the last look found no other firewall to deal with.
     async fn sync_host_on_change(&mut self) {
+        let links = self.host_links();
+        if let Some(firewalld) = &mut self.firewalld {
+            firewalld.sync(&links).await;
+        }
         if !self.foreign_quiet {
             self.sync_host_logged().await;
         }
@@ -283,6 +344,7 @@ impl<N: AsyncNft> Firewall<N> {
             nft: self.nft.clone(),
             desired: self.installed.clone(),
             generation: self.generation,
+            firewalld: self.firewalld_handles(),
         })
     }
 

@@ -514,6 +514,9 @@ impl Rig {
             .unwrap();
         let child = self
             .in_host(bin("rnetd"))
+            // Never the machine's own system bus: a firewalld there would get our links. It is
+            // the private bus of `Rig::start_firewalld` when a test made one.
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
             .arg("--runtime-dir")
             .arg(self.runtime_dir())
             .arg("--state-dir")
@@ -926,4 +929,238 @@ pub fn udhcpc_once(pid: u64, hook: &str) -> Output {
     output(in_pid_netns(pid, "udhcpc").args([
         "-i", "host0", "-n", "-q", "-f", "-t", "3", "-T", "1", "-s", hook,
     ]))
+}
+
+// firewalld with a private system bus in the host netns (tests/tests/firewalld.rs).
+
+/// firewalld's own program and the tools the firewalld test needs.
+const FIREWALLD_TOOLS: [&str; 4] = ["firewalld", "firewall-cmd", "dbus-daemon", "dbus-send"];
+
+/// A private `dbus-daemon` (system bus type, its own socket in the rig's temp dir, root only)
+/// and a `firewalld --nofork --nopid` on it, both in the rig's host netns (as netavark's tests
+/// run firewalld): firewalld rewrites the ruleset of the namespace it runs in, so it is started
+/// only through `nsenter --net=/run/netns/HOST` after checking that this is not the machine's
+/// own namespace. Both are stopped on drop (and killed with the host netns's processes when the
+/// rig drops, also on panic).
+pub struct PrivateFirewalld {
+    /// `DBUS_SYSTEM_BUS_ADDRESS` of the private bus.
+    pub address: String,
+    log: PathBuf,
+    bus: Child,
+    firewalld: Option<Child>,
+    host_netns: String,
+}
+
+impl Rig {
+    /// The system bus address rnetd gets: the private bus when [`Rig::start_firewalld`] made
+    /// one, else a socket that does not exist.
+    fn bus_address(&self) -> String {
+        format!(
+            "unix:path={}",
+            self.tmp.path().join("system_bus_socket").display()
+        )
+    }
+
+    /// Starts a private system bus and firewalld (default zone public) in the host netns, and
+    /// waits until firewalld answers `firewall-cmd --state`. `Err` says why it cannot run here
+    /// (not installed, or it did not start: its log).
+    pub fn start_firewalld(&self) -> Result<PrivateFirewalld, String> {
+        for tool in FIREWALLD_TOOLS {
+            let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).exists());
+            if !found {
+                return Err(format!(
+                    "{tool} is not installed (Debian packages firewalld, dbus-daemon, dbus-bin)"
+                ));
+            }
+        }
+        let netns = format!("/run/netns/{}", self.host_ns);
+        let ino = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        assert_ne!(
+            ino(&netns).expect("the host netns exists"),
+            ino("/proc/self/ns/net").expect("/proc/self/ns/net"),
+            "the rig's host netns is the test's own: firewalld must never run there"
+        );
+        let socket = self.tmp.path().join("system_bus_socket");
+        let config = self.tmp.path().join("system-bus.conf");
+        fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy user="root">
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = self.tmp.path().join("firewalld.log");
+        let log_file = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap()
+        };
+        let bus = self
+            .in_host("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file())
+            .spawn()
+            .map_err(|e| format!("cannot run dbus-daemon: {e}"))?;
+        let address = self.bus_address();
+        let mut fw = PrivateFirewalld {
+            address,
+            log: log.clone(),
+            bus,
+            firewalld: None,
+            host_netns: self.host_ns.clone(),
+        };
+        if !wait_until(Duration::from_secs(10), || socket.exists()) {
+            return Err(format!(
+                "the private dbus-daemon did not start: {}",
+                fw.log()
+            ));
+        }
+        fw.start()?;
+        Ok(fw)
+    }
+}
+
+impl PrivateFirewalld {
+    /// Starts firewalld on the bus and waits until it answers `firewall-cmd --state`.
+    fn start(&mut self) -> Result<(), String> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = in_netns(&format!("/run/netns/{}", self.host_netns), "firewalld")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .args(["--nofork", "--nopid"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run firewalld: {e}"))?;
+        self.firewalld = Some(child);
+        let mut state = String::new();
+        let up = wait_until(Duration::from_secs(60), || {
+            state = self.cmd(&["--state"]);
+            state.trim() == "running"
+        });
+        if !up {
+            return Err(format!(
+                "firewalld did not start within 60 s (firewall-cmd --state: {:?}); its log: {}",
+                state.trim(),
+                self.log()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops firewalld (SIGTERM) and starts it again.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if let Some(mut child) = self.firewalld.take() {
+            stop_child(&mut child);
+        }
+        self.start()
+    }
+
+    /// `firewall-cmd ARGS` on the private bus (it talks D-Bus only: it runs anywhere), its
+    /// stdout and stderr.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("firewall-cmd")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .args(args)
+            .output()
+            .expect("running firewall-cmd");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The zone firewalld has `interface` in at runtime (`""`: none), asked with `dbus-send`
+    /// (`zone.getZoneOfInterface`): a C client, quick enough to poll, unlike `firewall-cmd`
+    /// (a Python program that takes a few hundred milliseconds to start).
+    pub fn zone_of_interface(&self, interface: &str) -> String {
+        let out = Command::new("dbus-send")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .args([
+                "--system",
+                "--print-reply=literal",
+                "--dest=org.fedoraproject.FirewallD1",
+                "/org/fedoraproject/FirewallD1",
+                "org.fedoraproject.FirewallD1.zone.getZoneOfInterface",
+            ])
+            .arg(format!("string:{interface}"))
+            .output()
+            .expect("running dbus-send");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// firewalld's and the bus's output so far.
+    pub fn log(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 30)
+    }
+
+    /// The processes of the host netns whose command line names `what`.
+    fn running(&self, what: &str) -> bool {
+        let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.host_netns])
+            .output()
+        else {
+            return false;
+        };
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(what))
+            })
+    }
+
+    /// Stops firewalld (SIGTERM: it removes its table) and the bus; returns whether any of
+    /// them is still running afterwards.
+    pub fn stop(&mut self) -> bool {
+        if let Some(mut child) = self.firewalld.take() {
+            stop_child(&mut child);
+        }
+        stop_child(&mut self.bus);
+        self.running("firewalld") || self.running("dbus-daemon")
+    }
+}
+
+/// SIGTERM, at most 10 s to exit, then SIGKILL.
+fn stop_child(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let gone = wait_until(Duration::from_secs(10), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !gone {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PrivateFirewalld {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -277,3 +277,233 @@ fn with_host_firewall_off_nothing_of_ours_appears_and_the_drops_apply() {
     let forward = ok(rig.in_host("iptables").args(["-S", "FORWARD"]));
     assert!(forward.contains("-P FORWARD DROP"), "{forward}");
 }
+
+/// The lines of `PROGRAM -S CHAIN` in the host netns carrying comment `comment`.
+fn copies(rig: &Rig, program: &str, chain: &str, comment: &str) -> usize {
+    ok(rig.in_host(program).args(["-S", chain]))
+        .lines()
+        .filter(|l| l.contains(&format!("--comment \"{comment}\"")))
+        .count()
+}
+
+#[test]
+fn rules_restored_by_iptables_restore_are_ours_and_not_duplicated() {
+    if !privileged("rules_restored_by_iptables_restore_are_ours_and_not_duplicated") {
+        return;
+    }
+    let mut rig = Rig::new();
+    uplink_server(&mut rig);
+    rig.host_sh("iptables -P FORWARD DROP && ip6tables -P FORWARD DROP");
+    rig.start_rnetd();
+    let pid = server(&mut rig, "rst");
+    await_ours(&rig, 4, Duration::from_secs(1));
+    let comments = ["rnet: from ve-rst", "rnet: to ve-rst"];
+    for round in 1..=2 {
+        // What a firewall service does on reload: our rules come back as iptables' `-m
+        // comment` (an xt match, which `nft -j` does not show as a comment).
+        rig.host_sh("iptables-save | iptables-restore && ip6tables-save | ip6tables-restore");
+        assert_eq!(
+            rig.our_foreign_rules(),
+            Vec::<String>::new(),
+            "restored rules still carry nft comments: the test no longer shows the xt case"
+        );
+        // The restore is an nft event: rnetd checks at once; a periodic check goes by too.
+        std::thread::sleep(Duration::from_millis(2500));
+        for program in ["iptables", "ip6tables"] {
+            for comment in comments {
+                assert_eq!(
+                    copies(&rig, program, "FORWARD", comment),
+                    1,
+                    "round {round}: {program} -S FORWARD:\n{}\nrnetd log:\n{}",
+                    ok(rig.in_host(program).args(["-S", "FORWARD"])),
+                    rig::tail(&rig.log(), 30)
+                );
+            }
+        }
+        assert!(reaches_uplink(pid), "round {round}: {}", rig.log());
+    }
+    end(&rig, &[pid]);
+    for program in ["iptables", "ip6tables"] {
+        let rules = ok(rig.in_host(program).args(["-S", "FORWARD"]));
+        assert!(
+            !rules.contains("rnet: "),
+            "left after the last link: {rules}"
+        );
+        assert!(rules.contains("-P FORWARD DROP"), "{rules}");
+    }
+}
+
+/// Container `name` (of `pid`) reaches the uplink, its published port answers, and DHCP and
+/// DNS to rnetd answer it; `what` names the moment for the failure message.
+fn works_for(rig: &Rig, pid: u64, name: &str, what: &str) {
+    assert!(
+        reaches_uplink(pid),
+        "{what}: no egress; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        published_answers(rig),
+        "{what}: published port; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        dhcp_answers(pid),
+        "{what}: no DHCP answer; log:\n{}",
+        rig.log()
+    );
+    assert!(
+        dns_answers(rig, name),
+        "{what}: no DNS answer; log:\n{}",
+        rig.log()
+    );
+}
+
+/// The interfaces of firewalld's runtime zone `trusted`.
+fn trusted(fw: &rig::PrivateFirewalld) -> String {
+    fw.cmd(&["--zone=trusted", "--list-interfaces"])
+        .trim()
+        .to_owned()
+}
+
+/// firewalld (Debian's, with a private system bus in the rig's host netns) with its default
+/// zone public, which rejects forwarding and input other than ssh: rnetd binds its links to the
+/// zone `trusted` at runtime over D-Bus, again after `firewall-cmd --reload` and a restart of
+/// firewalld, keeps them over its own restart (unbinding a link that went meanwhile), and
+/// unbinds them with the last link; with `--host-firewall=off` it leaves firewalld alone (the
+/// control), after removing a binding a killed rnetd left.
+#[test]
+fn firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads() {
+    const TEST: &str = "firewalld_gets_our_links_over_dbus_and_keeps_them_across_reloads";
+    if !privileged(TEST) {
+        return;
+    }
+    let mut rig = Rig::new();
+    let mut fw = match rig.start_firewalld() {
+        Ok(fw) => fw,
+        Err(why) => {
+            eprintln!("SKIP {TEST}: {why}");
+            return;
+        }
+    };
+    assert_eq!(fw.cmd(&["--get-default-zone"]).trim(), "public");
+    uplink_server(&mut rig);
+
+    // The control: rnetd leaves firewalld alone, and firewalld drops our traffic.
+    rig.start_rnetd_with(&["--host-firewall=off"]);
+    let pid = server(&mut rig, "off");
+    assert!(
+        !reaches_uplink(pid),
+        "forwarded through firewalld's public zone"
+    );
+    assert!(
+        !dhcp_answers(pid),
+        "DHCP answered through firewalld's public zone"
+    );
+    assert!(
+        !dns_answers(&rig, "off"),
+        "DNS answered through firewalld's public zone"
+    );
+    // Published ports are firewalld's own business: its forward chain accepts DNAT'd traffic
+    // (`ct status dnat accept`) whatever the zones.
+    assert!(
+        published_answers(&rig),
+        "firewalld dropped a published port by itself"
+    );
+    assert_eq!(trusted(&fw), "");
+    rig::kill_container(pid);
+    rig.assert_all_gone();
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+
+    rig.start_rnetd();
+    let pid = server(&mut rig, "web");
+    let works = |what: &str| works_for(&rig, pid, "web", what);
+    works("firewalld running");
+    assert_eq!(trusted(&fw), "ve-web");
+    assert_eq!(
+        fw.cmd(&["--permanent", "--zone=trusted", "--list-interfaces"])
+            .trim(),
+        "",
+        "runtime only"
+    );
+    let status = ok(rig.rnet().args(["status", "web"]));
+    assert!(
+        status.contains("Host firewall: firewalld: zone trusted (runtime)"),
+        "{status}"
+    );
+    // firewalld's own table gets no rules of ours (it would flush them on every reload).
+    assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+
+    for (what, action) in [("--reload", true), ("a restart of firewalld", false)] {
+        if action {
+            assert_eq!(fw.cmd(&["--reload"]).trim(), "success");
+        } else {
+            fw.restart()
+                .unwrap_or_else(|why| panic!("restarting firewalld: {why}"));
+        }
+        let started = Instant::now();
+        let back = wait_until(Duration::from_secs(1), || {
+            fw.zone_of_interface("ve-web") == "trusted"
+        });
+        assert!(
+            back,
+            "after {what} our link was not bound again within 1 s: {:?}; log:\n{}",
+            trusted(&fw),
+            rig::tail(&rig.log(), 30)
+        );
+        eprintln!("after {what}: bound again in {:?}", started.elapsed());
+        works(what);
+        assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+    }
+
+    // rnetd stopped (SIGTERM) keeps the container's networking, firewalld's binding included;
+    // the container dies meanwhile; the restarted rnetd tears it down and unbinds its link (it
+    // recorded what it bound).
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(trusted(&fw), "ve-web", "rnetd's exit took the binding");
+    assert!(
+        reaches_uplink(pid),
+        "rnetd's exit stopped the container's traffic"
+    );
+    rig::kill_container(pid);
+    rig.start_rnetd();
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "the restarted rnetd left the stale binding: {}; log:\n{}",
+        trusted(&fw),
+        rig::tail(&rig.log(), 30)
+    );
+
+    let pid = server(&mut rig, "two");
+    assert_eq!(trusted(&fw), "ve-two");
+    works_for(&rig, pid, "two", "a second container");
+    end(&rig, &[pid]);
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "firewalld still holds ours after the last link: {}",
+        trusted(&fw)
+    );
+
+    // A binding left by an rnetd that was killed goes with the next start, even with
+    // --host-firewall=off (which then leaves firewalld alone).
+    let pid = server(&mut rig, "three");
+    assert_eq!(trusted(&fw), "ve-three");
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGKILL);
+    rig.start_rnetd_with(&["--host-firewall=off"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "--host-firewall=off left our binding: {}; log:\n{}",
+        trusted(&fw),
+        rig::tail(&rig.log(), 30)
+    );
+    assert!(!reaches_uplink(pid), "forwarded without the binding");
+    end(&rig, &[pid]);
+    assert!(
+        wait_until(Duration::from_secs(2), || trusted(&fw).is_empty()),
+        "firewalld still holds ours after the last link: {}",
+        trusted(&fw)
+    );
+    assert!(!fw.cmd(&["--get-active-zones"]).contains("ve-"));
+    assert!(!rig.runtime_dir().join("firewalld.json").exists());
+    rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+    assert!(!fw.stop(), "firewalld or its bus still runs");
+}

@@ -50,8 +50,9 @@ struct Args {
     resolved_conf: PathBuf,
     /// Other firewalls on the host (Docker's iptables FORWARD DROP, an input chain with policy
     /// drop, firewalld): `auto` puts accept rules for exactly our links' traffic at the head of
-    /// their dropping chains (comment "rnet: ...") and keeps them there; `off` leaves them alone
-    /// (and removes rules of ours left in them).
+    /// their dropping chains (comment "rnet: ...") and keeps them there, and while firewalld
+    /// runs binds our links to its zone `trusted` at runtime (over D-Bus); `off` leaves them
+    /// alone (and removes rules and bindings of ours left in them).
     #[arg(long, value_name = "auto|off", default_value = "auto")]
     host_firewall: HostFwMode,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
@@ -126,12 +127,6 @@ async fn run(args: Args) -> Result<()> {
         veth_prefix: args.veth_prefix,
         host_firewall: args.host_firewall,
     };
-    if args.host_firewall == HostFwMode::Auto && firewalld_running() {
-        info!(
-            "firewalld is running: rnetd's accept rules go into its nftables chains directly \
-             (not through its D-Bus zones), and are put back within a second after a reload"
-        );
-    }
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
     let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
     let machines = Machines::start(settings, rtnl, dns)
@@ -149,18 +144,6 @@ async fn run(args: Args) -> Result<()> {
     netd::server::run(machines, listener, shutdown).await;
     let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
     Ok(())
-}
-
-/// Whether firewalld runs (`firewall-cmd --state`). Said at start only: our nft rules in
-/// firewalld's tables work without its D-Bus API, and firewalld's reloads are put right by the
-/// `nft monitor` watch (see `firewall::hostfw`).
-fn firewalld_running() -> bool {
-    std::process::Command::new("firewall-cmd")
-        .arg("--state")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Raises the soft limit on open files to the hard one: every client connection, netns fd and

@@ -119,6 +119,40 @@ pub async fn monitor(program: &str, events: mpsc::Sender<()>) {
     }
 }
 
+/// `iptables-save` (family `ip`) and `ip6tables-save` (`ip6`) of the iptables-nft tables, for
+/// the `families` given ([`nat::restored_families`]): iptables-restore turns the comment of a
+/// rule of ours into an `xt` match that only iptables reads back. The iptables-nft variant is
+/// run where it is installed under its own name (`iptables-nft-save`), so hosts whose
+/// `iptables` is the legacy one still read the nft tables. A save that cannot run is left out
+/// (logged at debug): those rules are then not recognised, as before.
+pub async fn iptables_saves(families: &[&'static str]) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for family in families {
+        let programs: &[&str] = match *family {
+            "ip" => &["iptables-nft-save", "iptables-save"],
+            "ip6" => &["ip6tables-nft-save", "ip6tables-save"],
+            _ => continue,
+        };
+        for program in programs {
+            let run = tokio::process::Command::new(program)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(5), run).await {
+                Ok(Ok(o)) if o.status.success() => {
+                    out.push((*family, String::from_utf8_lossy(&o.stdout).into_owned()));
+                    break;
+                }
+                Ok(Ok(o)) => debug!(program, status = %o.status, "iptables-save failed"),
+                Ok(Err(e)) => debug!(program, error = %e, "cannot run iptables-save"),
+                Err(_) => debug!(program, "iptables-save took more than 5 s"),
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

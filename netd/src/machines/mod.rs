@@ -51,6 +51,7 @@ use crate::api::{
 };
 use crate::dhcp_glue::DhcpService;
 use crate::firewall::Firewall;
+use crate::firewall::firewalld::{self, Firewalld};
 use crate::firewall::hostfw::{self, HostFwMode};
 use crate::naming::MachineId;
 use crate::pool::Pool;
@@ -145,6 +146,7 @@ impl Machines<Host> {
                 ))
             })?;
         let watch_others = settings.host_firewall == HostFwMode::Auto;
+        let record = settings.runtime_dir.join(firewalld::RECORD);
         let me = Self::start_with(
             settings,
             rtnl,
@@ -154,8 +156,16 @@ impl Machines<Host> {
             Sysctl::default(),
         )
         .await?;
+        let checks = me.spawn_firewall_events();
         if watch_others {
-            me.spawn_firewall_monitor("nft");
+            tokio::spawn(hostfw::monitor("nft", checks.clone()));
+        }
+        // firewalld through D-Bus (its task connects on its own: no wait here without a bus);
+        // with --host-firewall=off only to unbind links a previous rnetd bound.
+        if watch_others || firewalld::recorded(&record) {
+            let mut firewall = me.firewall.lock().await;
+            let links = firewall.host_links();
+            firewall.attach_firewalld(Firewalld::spawn(record, links, checks));
         }
         Ok(me)
     }
@@ -224,12 +234,12 @@ impl<S: System> Machines<S> {
         });
     }
 
-    /// Reacts to `nft monitor` (changes of any table, ours or another firewall's) with a
-    /// firewall check, within [`hostfw`]'s settle time. The monitor is read with no lock held;
-    /// each check takes the firewall's lock as [`Machines::check_firewall`] says.
-    fn spawn_firewall_monitor(&self, program: &'static str) {
+    /// Runs a firewall check on every event of the returned sender: `nft monitor` (changes of
+    /// any table, ours or another firewall's, within [`hostfw`]'s settle time) and firewalld
+    /// appearing, going or reloading. Events are read with no lock held; each check takes the
+    /// firewall's lock as [`Machines::check_firewall`] says.
+    fn spawn_firewall_events(&self) -> tokio::sync::mpsc::Sender<()> {
         let (events, mut received) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(hostfw::monitor(program, events));
         let this = self.this.clone();
         tokio::spawn(async move {
             while received.recv().await.is_some() {
@@ -237,6 +247,7 @@ impl<S: System> Machines<S> {
                 me.check_firewall().await;
             }
         });
+        events
     }
 
     /// One check of the firewall: our tables, then our rules in other firewalls' chains. What
@@ -560,7 +571,7 @@ impl<S: System> Machines<S> {
             .ok_or_else(|| not_found(name))?;
         // Routed by us (a ve- link or a zone's bridge): our rules in other firewalls are for it.
         if matches!(machine.network, NetworkSpec::Veth | NetworkSpec::Zone(_)) {
-            machine.host_firewall = self.firewall.lock().await.host_chains().to_vec();
+            machine.host_firewall = self.firewall.lock().await.host_chains();
         }
         Ok(machine)
     }
