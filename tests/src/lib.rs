@@ -417,8 +417,51 @@ impl Default for Rig {
     }
 }
 
+/// Every process below `roots` in the process tree (children, grandchildren, ...).
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split after its ')'.
+            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found: Vec<u32> = Vec::new();
+    let mut frontier = roots.to_vec();
+    while let Some(p) = frontier.pop() {
+        for &(pid, ppid) in &parent_of {
+            if ppid == p && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
 impl Drop for Rig {
     fn drop(&mut self) {
+        // A payload's own children (a shell's background job) would outlive a killed launcher
+        // and keep its namespace: everything below the rig's processes goes first.
+        let roots: Vec<u32> = self.children.iter().map(Child::id).collect();
+        for pid in descendants(&roots) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
