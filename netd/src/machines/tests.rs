@@ -123,6 +123,7 @@ fn req(name: &str, pid: u32, network: NetworkSpec, ports: &[&str]) -> AttachRequ
             .map(|p| PortSpec::from_str(p).unwrap())
             .collect(),
         links: Vec::new(),
+        held: None,
     }
 }
 
@@ -488,8 +489,10 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             links: Vec::new(),
             teardown_errors: Vec::new(),
             host_firewall: Vec::new(),
+            held: None,
         },
         pid_start_time: 1,
+        held_ns: None,
     };
     let mut lab = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
     lab.subnet = Some("10.0.0.0/24".parse().unwrap());
