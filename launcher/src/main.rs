@@ -1,6 +1,8 @@
 //! `rnet`: the container launcher and CLI client of `rnetd`.
 
 mod cli;
+mod netns;
+mod oci;
 mod run;
 
 use std::process::ExitCode;
@@ -54,6 +56,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Zone(cmd) => zone(&client, cmd),
+        Command::Netns(cmd) => netns::run(&client, cmd).map(|()| ExitCode::SUCCESS),
+        Command::OciHook { stage } => oci::run(&client, stage).map(|()| ExitCode::SUCCESS),
         Command::Stop { machine } => {
             call(&client, &Request::Stop { machine })?;
             Ok(ExitCode::SUCCESS)
