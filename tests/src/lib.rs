@@ -74,6 +74,8 @@ pub fn bin_dir() -> &'static Path {
             "rnet-netd",
             "-p",
             "rnet-launcher",
+            "-p",
+            "rnet-cni",
             "--bins",
         ]);
         if release {

@@ -26,9 +26,8 @@ fn from_addr(answer: &str) -> String {
 /// Whether `program` is installed; a test without it skips visibly (a failure under CI's
 /// `RNET_REQUIRE_PRIVILEGED=1`, which installs `scripts/packages.txt`).
 fn have(test: &str, program: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(program).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
     if !found {
         if std::env::var("RNET_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
             panic!("{test}: needs {program} (scripts/packages.txt), and RNET_REQUIRE_PRIVILEGED=1");
@@ -104,10 +103,17 @@ impl Drop for NspawnGuard {
 /// machine needs it (no machined: `--register=no`; no unit of its own: `--keep-unit`).
 fn nspawn(rig: &Rig, machine: &str, tree: &Path, netns: &str) -> Command {
     let mut c = rig.in_host("systemd-nspawn");
-    c.args(["--quiet", "--register=no", "--keep-unit", "--pipe", "-M", machine])
-        .arg(format!("--network-namespace-path=/run/netns/{netns}"))
-        .arg("-D")
-        .arg(tree);
+    c.args([
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--pipe",
+        "-M",
+        machine,
+    ])
+    .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+    .arg("-D")
+    .arg(tree);
     c
 }
 
@@ -147,16 +153,19 @@ fn a_named_namespace_serves_systemd_nspawn_and_survives_an_rnetd_restart() {
 
     // The real systemd-nspawn in that namespace reaches the uplink, masqueraded.
     let reach = |rig: &Rig| {
-        let out = output(
-            nspawn(rig, &machine, tree.path(), &name).args([
-                "/bin/netprobe",
-                "connect",
-                "tcp",
-                UPLINK_ADDR,
-                "7000",
-            ]),
+        let out = output(nspawn(rig, &machine, tree.path(), &name).args([
+            "/bin/netprobe",
+            "connect",
+            "tcp",
+            UPLINK_ADDR,
+            "7000",
+        ]));
+        assert!(
+            out.status.success(),
+            "nspawn: {}\n{}",
+            stderr(&out),
+            rig.log()
         );
-        assert!(out.status.success(), "nspawn: {}\n{}", stderr(&out), rig.log());
         assert_eq!(from_addr(&String::from_utf8_lossy(&out.stdout)), HOST_ADDR);
     };
     reach(&rig);
