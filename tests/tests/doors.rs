@@ -219,3 +219,277 @@ fn a_held_namespace_whose_path_went_is_removed_at_restart() {
     rig.start_rnetd();
     rig.assert_all_gone();
 }
+
+// ---- the CNI plugin ----
+
+/// `rnet-cni` called as a runtime calls it (env, config on stdin), in the rig's host netns.
+fn cni(rig: &Rig, env: &[(&str, &str)], stdin: &str) -> (bool, serde_json::Value, String) {
+    use std::io::Write;
+    let mut cmd = rig.in_host(rig::bin("rnet-cni"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("rnet-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    (out.status.success(), json, stderr(&out))
+}
+
+/// `rnet-cni` called for container `id` in the named namespace `ns`, as libcni calls it.
+fn call(
+    rig: &Rig,
+    cmd: &str,
+    id: &str,
+    ns: &str,
+    stdin: &str,
+) -> (bool, serde_json::Value, String) {
+    let netns = format!("/run/netns/{ns}");
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAME={id}");
+    let env = [
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/nonexistent"),
+        ("CNI_ARGS", args.as_str()),
+    ];
+    cni(rig, &env, stdin)
+}
+
+/// The network configuration `conf` with `key` set to `value`.
+fn with_key(conf: &str, key: &str, value: serde_json::Value) -> String {
+    let mut c: serde_json::Value = serde_json::from_str(conf).unwrap();
+    c[key] = value;
+    c.to_string()
+}
+
+/// A network configuration for `rnet-cni` pointing at the rig's rnetd.
+fn netconf(rig: &Rig, version: &str, extra: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"{version}","name":"rnetnet","type":"rnet","runtimeDir":"{}"{extra}}}"#,
+        rig.runtime_dir().display()
+    )
+}
+
+#[test]
+fn bad_cni_input_gets_a_spec_error_and_changes_nothing() {
+    let test = "bad_cni_input_gets_a_spec_error_and_changes_nothing";
+    if !privileged(test) {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let conf = netconf(&rig, "1.1.0", "");
+    let ns = format!("/run/netns/{}", rig.uplink_ns);
+    fn add<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc123"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/nonexistent"),
+        ];
+        env.extend_from_slice(extra);
+        env
+    }
+    let cases: Vec<(Vec<(&str, &str)>, String, u64, &str)> = vec![
+        // Missing CNI_NETNS.
+        (add(&[]), conf.clone(), 4, "CNI_NETNS is not set"),
+        // No command at all.
+        (vec![], conf.clone(), 4, "CNI_COMMAND is not set"),
+        // Malformed JSON.
+        (
+            add(&[("CNI_NETNS", &ns)]),
+            "{\"cniVersion\":".into(),
+            6,
+            "the network configuration on stdin is not valid",
+        ),
+        // A version we do not implement.
+        (
+            add(&[("CNI_NETNS", &ns)]),
+            netconf(&rig, "0.4.0", ""),
+            1,
+            "cniVersion \"0.4.0\" is not supported",
+        ),
+        // A namespace that does not exist.
+        (
+            add(&[("CNI_NETNS", "/run/netns/rnet-no-such-netns")]),
+            conf.clone(),
+            3,
+            "CNI_NETNS /run/netns/rnet-no-such-netns: No such file or directory",
+        ),
+        // Not a namespace at all.
+        (
+            add(&[("CNI_NETNS", "/etc/hostname")]),
+            conf.clone(),
+            4,
+            "CNI_NETNS /etc/hostname is not a network namespace",
+        ),
+        // An unknown mode.
+        (
+            add(&[("CNI_NETNS", &ns)]),
+            netconf(&rig, "1.0.0", r#","mode":"macvlan""#),
+            7,
+            "mode \"macvlan\": use veth, zone or bridge",
+        ),
+    ];
+    for (env, stdin, code, msg) in cases {
+        let (success, out, _) = cni(&rig, &env, &stdin);
+        assert!(!success, "{env:?} succeeded");
+        assert_eq!(out["code"], code, "{env:?}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap_or("").starts_with(msg),
+            "{env:?}: {out}"
+        );
+        assert!(out["cniVersion"].is_string(), "{out}");
+    }
+    assert!(rig.machines().is_empty());
+    assert!(rig.host_links().is_empty());
+    assert!(rig.nft_table().is_none());
+    // VERSION, and STATUS with and without rnetd.
+    let (ok_, v, _) = cni(
+        &rig,
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"1.1.0"}"#,
+    );
+    assert!(ok_);
+    assert_eq!(
+        v["supportedVersions"],
+        serde_json::json!(["1.0.0", "1.1.0"])
+    );
+    let status = [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/x")];
+    assert!(cni(&rig, &status, &conf).0);
+    rig.stop_rnetd(Signal::SIGTERM);
+    let (ok_, out, _) = cni(&rig, &status, &conf);
+    assert!(!ok_);
+    assert_eq!(out["code"], 50, "{out}");
+}
+
+#[test]
+fn the_cni_plugin_follows_libcnis_calling_convention_add_check_del_gc() {
+    let test = "the_cni_plugin_follows_libcnis_calling_convention_add_check_del_gc";
+    if !privileged(test) {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    rig.spawn_ready(rig.in_uplink(netprobe()).args(["serve", "tcp:7000"]));
+    // Two "containers": namespaces as a runtime makes them.
+    let names = [format!("{}c1", rig.prefix), format!("{}c2", rig.prefix)];
+    let _guards: Vec<NetnsGuard> = names.iter().map(|n| NetnsGuard(n.clone())).collect();
+    for n in &names {
+        ok(Command::new("ip").args(["netns", "add", n]));
+    }
+    let conf = netconf(
+        &rig,
+        "1.0.0",
+        r#","zone":"cz","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}]}"#,
+    );
+    let (success, r1, err) = call(&rig, "ADD", "one", &names[0], &conf);
+    assert!(success, "{r1} {err}\n{}", rig.log());
+    assert_eq!(r1["cniVersion"], "1.0.0");
+    assert_eq!(r1["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        r1["interfaces"][1]["sandbox"],
+        format!("/run/netns/{}", names[0])
+    );
+    let addr1 = r1["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(r1["dns"]["nameservers"][0].is_string(), "{r1}");
+    // The container has eth0 with that address and reaches the uplink.
+    let shown = ok(rig::in_netns(&format!("/run/netns/{}", names[0]), "ip")
+        .args(["-o", "addr", "show", "eth0"]));
+    assert!(shown.contains(&addr1), "{shown}");
+    let a = ok(
+        rig::in_netns(&format!("/run/netns/{}", names[0]), netprobe()).args([
+            "connect",
+            "tcp",
+            UPLINK_ADDR,
+            "7000",
+        ]),
+    );
+    assert_eq!(from_addr(&a), HOST_ADDR);
+    // A repeated ADD without DEL is refused.
+    let (success, out, _) = call(&rig, "ADD", "one", &names[0], &conf);
+    assert!(!success);
+    assert_eq!(out["code"], 100, "{out}");
+    // CHECK with the cached result as prevResult (as libcni does).
+    let with_prev = with_key(&conf, "prevResult", r1.clone());
+    let (success, out, _) = call(&rig, "CHECK", "one", &names[0], &with_prev);
+    assert!(success, "{out}");
+    // The published port answers from the uplink.
+    let srv = rig.spawn_ready(
+        &mut rig::in_netns(&format!("/run/netns/{}", names[0]), netprobe())
+            .args(["serve", "tcp:80"]),
+    );
+    let a = ok(rig
+        .in_uplink(netprobe())
+        .args(["connect", "tcp", HOST_ADDR, "8080"]));
+    assert_eq!(from_addr(&a), UPLINK_ADDR);
+    // A second container in the same zone reaches the first by address.
+    let conf2 = netconf(&rig, "1.1.0", r#","zone":"cz""#);
+    let (success, r2, err) = call(&rig, "ADD", "two", &names[1], &conf2);
+    assert!(success, "{r2} {err}");
+    let ip1 = addr1.split('/').next().unwrap();
+    let a = ok(
+        rig::in_netns(&format!("/run/netns/{}", names[1]), netprobe())
+            .args(["connect", "tcp", ip1, "80"]),
+    );
+    assert_eq!(
+        from_addr(&a),
+        r2["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    rig.signal(srv, Signal::SIGKILL);
+    let _ = rig.wait(srv);
+    // GC keeps what is valid and removes the rest.
+    let gc = with_key(
+        &conf2,
+        "cni.dev/valid-attachments",
+        serde_json::json!([{"containerID": "two", "ifname": "eth0"}]),
+    );
+    let (success, out, _) = cni(&rig, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], &gc);
+    assert!(success, "{out}");
+    let left: Vec<String> = rig
+        .machines()
+        .iter()
+        .map(|m| m["machine"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["two"]);
+    // CHECK of the collected one fails; DEL is idempotent (twice, and once without a netns).
+    let (success, out, _) = call(&rig, "CHECK", "one", &names[0], &with_prev);
+    assert!(!success);
+    assert_eq!(out["code"], 101, "{out}");
+    for _ in 0..2 {
+        let (success, out, _) = call(&rig, "DEL", "two", &names[1], &conf2);
+        assert!(success, "{out}");
+    }
+    let (success, out, _) = cni(
+        &rig,
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "gone"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ],
+        &conf2,
+    );
+    assert!(success, "{out}");
+    rig.assert_all_gone();
+}
