@@ -4,11 +4,13 @@
 //! afterwards.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sys::signal::Signal;
-use rig::{HOST_ADDR, Rig, UPLINK_ADDR, netprobe, ok, output, privileged};
+use std::time::Duration;
+
+use rig::{HOST_ADDR, Rig, UPLINK_ADDR, netprobe, ok, output, privileged, wait_until};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -492,4 +494,308 @@ fn the_cni_plugin_follows_libcnis_calling_convention_add_check_del_gc() {
     );
     assert!(success, "{out}");
     rig.assert_all_gone();
+}
+
+// ---- Podman (CNI backend) ----
+
+/// This process's hard limit of `resource`.
+fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid rlimit we pass.
+    unsafe { libc::getrlimit(resource, &mut r) };
+    r.rlim_max
+}
+
+/// A Podman whose state (storage, run root, tmp, CNI configs and plugins, events) is all in a
+/// temporary directory, run in the rig's host netns, so nothing of the machine's own Podman
+/// is used or left.
+struct Podman {
+    dir: tempfile::TempDir,
+    host_ns: String,
+    /// Directories Podman and libcni make outside its settings (libcni's result cache, the
+    /// image library's blob-info cache, crun's state root) that did not exist before: removed
+    /// at the end.
+    made: Vec<PathBuf>,
+}
+
+/// Where Podman, libcni and crun put state whatever they are configured with.
+const STRAY_DIRS: [&str; 3] = ["/var/lib/cni", "/var/lib/containers", "/run/crun"];
+
+impl Podman {
+    fn new(rig: &Rig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["root", "runroot", "tmp", "cni", "plugins", "cache"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        // The plugin is found by its type, "rnet", in cni_plugin_dirs.
+        if std::env::var_os("DOORS_DEBUG").is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let w = d.join("plugins/rnet");
+            fs::write(&w, format!("#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $CNI_ARGS $in\" >> /tmp/doors-cni.log\necho \"$in\" | {}\n", rig::bin("rnet-cni").display())).unwrap();
+            fs::set_permissions(&w, fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            std::os::unix::fs::symlink(rig::bin("rnet-cni"), d.join("plugins/rnet")).unwrap();
+        }
+        fs::write(
+            d.join("containers.conf"),
+            format!(
+                r#"[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+runtime = "runc"
+tmp_dir = "{d}/tmp"
+static_dir = "{d}/root/libpod"
+volume_path = "{d}/root/volumes"
+[containers]
+default_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{d}/plugins"]
+network_config_dir = "{d}/cni"
+"#,
+                d = d.display(),
+                // Podman raises nofile and nproc to 1048576 for root by default, above what
+                // this machine lets the runtime set: the container gets our nofile and a
+                // modest nproc.
+                nofile = hard_limit(libc::RLIMIT_NOFILE),
+                nproc = hard_limit(libc::RLIMIT_NPROC).min(4096),
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            host_ns: rig.host_ns.clone(),
+            made: STRAY_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| !p.exists())
+                .collect(),
+        }
+    }
+
+    /// `podman ARGS` with this instance's settings.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = rig::in_netns(&format!("/run/netns/{}", self.host_ns), "podman");
+        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(args);
+        c
+    }
+
+    /// Writes a conflist.
+    fn network(&self, name: &str, plugin: &str) {
+        fs::write(
+            self.dir.path().join("cni").join(format!("{name}.conflist")),
+            format!(r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{plugin}]}}"#),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        // Every container goes (their namespaces and CNI attachments with them), then the
+        // storage; nothing is mounted in the temporary directory afterwards.
+        let _ = output(&mut self.cmd(&["rm", "-a", "-f", "-t", "0"]));
+        let _ = output(&mut self.cmd(&["system", "reset", "-f"]));
+        for d in &self.made {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[test]
+fn podman_runs_containers_on_rnets_network_through_the_cni_plugin() {
+    let test = "podman_runs_containers_on_rnets_network_through_the_cni_plugin";
+    // runc, not crun: crun 1.8 refuses this machine's hybrid cgroups (a v2 mount holding the
+    // hugetlb controller) even with cgroups disabled; the OCI hook test runs crun in a mount
+    // namespace without that mount instead.
+    if !privileged(test) || !have(test, "podman") || !have(test, "runc") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    rig.spawn_ready(rig.in_uplink(netprobe()).args(["serve", "tcp:7000"]));
+    let netns_before: Vec<String> = fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let podman = Podman::new(&rig);
+    podman.network(
+        "rnetnet",
+        &format!(
+            r#"{{"type":"rnet","zone":"pz","runtimeDir":"{}","capabilities":{{"portMappings":true}}}}"#,
+            rig.runtime_dir().display()
+        ),
+    );
+    // The image: a busybox tree the test builds, imported (no registry is reachable).
+    let tree = tempfile::tempdir().unwrap();
+    os_tree(tree.path());
+    let tar = tree.path().with_extension("tar");
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(tree.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let out = output(
+        &mut podman
+            .cmd(&["import"])
+            .arg(&tar)
+            .arg("localhost/rnettest:1"),
+    );
+    let _ = fs::remove_file(&tar);
+    assert!(out.status.success(), "podman import: {}", stderr(&out));
+
+    // A container reaches the uplink, masqueraded.
+    let out = output(&mut podman.cmd(&[
+        "run",
+        "--rm",
+        "--network",
+        "rnetnet",
+        "--name",
+        "pc1",
+        "localhost/rnettest:1",
+        "/bin/netprobe",
+        "connect",
+        "tcp",
+        UPLINK_ADDR,
+        "7000",
+    ]));
+    assert!(
+        out.status.success(),
+        "podman run: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    assert_eq!(from_addr(&String::from_utf8_lossy(&out.stdout)), HOST_ADDR);
+    assert!(rig.machines().is_empty(), "--rm left an attachment");
+
+    // A server with a published port, reached from the uplink.
+    let out = output(&mut podman.cmd(&[
+        "run",
+        "-d",
+        "--network",
+        "rnetnet",
+        "--name",
+        "psrv",
+        "-p",
+        "8080:80",
+        "localhost/rnettest:1",
+        "/bin/netprobe",
+        "serve",
+        "tcp:80",
+    ]));
+    assert!(
+        out.status.success(),
+        "podman run -d: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    let srv = rig.wait_machine("psrv");
+    assert_eq!(
+        srv["held"]["owner"].as_str().unwrap().split('/').nth(1),
+        Some("rnetnet")
+    );
+    let reach = |rig: &Rig| {
+        let ok_ = wait_until(Duration::from_secs(10), || {
+            output(
+                rig.in_uplink(netprobe())
+                    .args(["connect", "tcp", HOST_ADDR, "8080"]),
+            )
+            .status
+            .success()
+        });
+        assert!(ok_, "port 8080 does not answer\n{}", rig.log());
+        let a = ok(rig
+            .in_uplink(netprobe())
+            .args(["connect", "tcp", HOST_ADDR, "8080"]));
+        assert_eq!(from_addr(&a), UPLINK_ADDR);
+    };
+    reach(&rig);
+
+    // A second container of the same zone reaches the server by address.
+    let srv_addr = srv["container_address"].as_str().unwrap().to_owned();
+    let out = output(&mut podman.cmd(&[
+        "run",
+        "--rm",
+        "--network",
+        "rnetnet",
+        "--name",
+        "pc2",
+        "localhost/rnettest:1",
+        "/bin/netprobe",
+        "connect",
+        "tcp",
+        &srv_addr,
+        "80",
+    ]));
+    assert!(
+        out.status.success(),
+        "zone peer: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+
+    // `podman network reload` (DEL, then ADD): the container is attached again and reaches
+    // the uplink. Podman 4.3 calls that ADD without the portMappings (its CNI_ARGS ask for the
+    // old IP= and MAC= instead), so the published port comes back with the restart below.
+    let out = output(&mut podman.cmd(&["network", "reload", "psrv"]));
+    assert!(out.status.success(), "network reload: {}", stderr(&out));
+    rig.wait_machine("psrv");
+    let out = output(&mut podman.cmd(&[
+        "exec",
+        "psrv",
+        "/bin/netprobe",
+        "connect",
+        "tcp",
+        UPLINK_ADDR,
+        "7000",
+    ]));
+    assert!(
+        out.status.success(),
+        "after reload: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    assert_eq!(from_addr(&String::from_utf8_lossy(&out.stdout)), HOST_ADDR);
+    let out = output(&mut podman.cmd(&["restart", "-t", "0", "psrv"]));
+    assert!(
+        out.status.success(),
+        "restart: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    reach(&rig);
+    assert_eq!(rig.machines().len(), 1);
+
+    // `podman rm -f` leaves nothing: no attachment, link, table or namespace.
+    let out = output(&mut podman.cmd(&["rm", "-f", "-t", "0", "psrv"]));
+    assert!(out.status.success(), "rm -f: {}", stderr(&out));
+    rig.assert_all_gone();
+    let netns_after: Vec<String> = fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let new: Vec<&String> = netns_after
+        .iter()
+        .filter(|n| !netns_before.contains(n) && !n.starts_with("rnt"))
+        .collect();
+    assert!(new.is_empty(), "podman left namespaces {new:?}");
 }
