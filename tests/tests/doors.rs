@@ -222,6 +222,176 @@ fn a_held_namespace_whose_path_went_is_removed_at_restart() {
     rig.assert_all_gone();
 }
 
+// ---- the OCI hook (crun, runc) ----
+
+/// An OCI runtime (`crun` or `runc`) with its state in a temporary directory, run in the rig's
+/// host netns. crun 1.8 refuses this machine's hybrid cgroups (a cgroup2 mount holding the
+/// hugetlb controller), so it runs in a mount namespace of its own without that mount and with
+/// its cgroup manager disabled; nothing of the host's mounts changes.
+struct Oci {
+    runtime: &'static str,
+    state: tempfile::TempDir,
+    host_ns: String,
+}
+
+impl Oci {
+    fn new(rig: &Rig, runtime: &'static str) -> Self {
+        Self {
+            runtime,
+            state: tempfile::tempdir().unwrap(),
+            host_ns: rig.host_ns.clone(),
+        }
+    }
+
+    /// `RUNTIME --root STATE ARGS`.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = rig::in_netns(&format!("/run/netns/{}", self.host_ns), "unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"]);
+        let root = self.state.path().display().to_string();
+        let script = match self.runtime {
+            "crun" => format!(
+                r#"umount /sys/fs/cgroup/unified 2>/dev/null; exec crun --cgroup-manager=disabled --root {root} "$@""#
+            ),
+            _ => format!(r#"exec {} --root {root} "$@""#, self.runtime),
+        };
+        c.arg(script).arg("oci").args(args);
+        c
+    }
+
+    /// A bundle in `dir` running `args` in `tree`, with rnet's hooks and annotations.
+    fn bundle(&self, rig: &Rig, dir: &Path, tree: &Path, notes: &[(&str, &str)], args: &[&str]) {
+        ok(Command::new(self.runtime).arg("spec").current_dir(dir));
+        let path = dir.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        c["process"]["terminal"] = false.into();
+        c["process"]["args"] = serde_json::json!(args);
+        c["root"] = serde_json::json!({"path": tree, "readonly": true});
+        let rnet = rig::bin("rnet");
+        let hook = |stage: &str| {
+            serde_json::json!([{
+                "path": rnet,
+                "args": ["rnet", "--runtime-dir", rig.runtime_dir(), "oci-hook", stage],
+            }])
+        };
+        c["hooks"] = serde_json::json!({
+            "createRuntime": hook("createRuntime"),
+            "poststop": hook("poststop"),
+        });
+        c["annotations"] = notes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        // No cgroup settings: nothing for the runtime to write there.
+        if let Some(linux) = c["linux"].as_object_mut() {
+            linux.remove("resources");
+        }
+        fs::write(&path, c.to_string()).unwrap();
+    }
+}
+
+/// crun or runc runs a bundle with `rnet oci-hook`: the container reaches the uplink, its
+/// published port answers, and after `delete` nothing is left.
+fn oci_hook_case(runtime: &'static str) {
+    let test = format!("an_oci_runtime_runs_a_bundle_on_rnets_network ({runtime})");
+    if !privileged(&test) || !have(&test, runtime) {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    rig.spawn_ready(rig.in_uplink(netprobe()).args(["serve", "tcp:7000"]));
+    let tree = tempfile::tempdir().unwrap();
+    os_tree(tree.path());
+    let oci = Oci::new(&rig, runtime);
+    let id = format!("{}o1", rig.prefix);
+
+    // A client: reaches the uplink, masqueraded; detached when it ends.
+    let b1 = tempfile::tempdir().unwrap();
+    oci.bundle(
+        &rig,
+        b1.path(),
+        tree.path(),
+        &[("rnet.network", "veth")],
+        &["/bin/netprobe", "connect", "tcp", UPLINK_ADDR, "7000"],
+    );
+    let out = output(&mut oci.cmd(&["run", "-b"]).arg(b1.path()).arg(&id));
+    assert!(
+        out.status.success(),
+        "{runtime} run: {}\n{}",
+        stderr(&out),
+        rig.log()
+    );
+    assert_eq!(from_addr(&String::from_utf8_lossy(&out.stdout)), HOST_ADDR);
+    let _ = output(&mut oci.cmd(&["delete", "-f", &id]));
+    rig.assert_all_gone();
+
+    // A server with a published port, reached from the uplink; deleted, nothing is left.
+    let b2 = tempfile::tempdir().unwrap();
+    let srv = format!("{}o2", rig.prefix);
+    oci.bundle(
+        &rig,
+        b2.path(),
+        tree.path(),
+        &[
+            ("rnet.network", "veth"),
+            ("rnet.ports", "tcp:8080:80"),
+            ("rnet.machine", "osrv"),
+        ],
+        &["/bin/netprobe", "serve", "tcp:80"],
+    );
+    // Detached: the container must not hold our pipes; its runtime's errors go to a file.
+    let errors = b2.path().join("stderr");
+    let status = oci
+        .cmd(&["run", "-d", "-b"])
+        .arg(b2.path())
+        .arg(&srv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&errors).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{runtime} run -d: {}\n{}",
+        fs::read_to_string(&errors).unwrap_or_default(),
+        rig.log()
+    );
+    let m = rig.wait_machine("osrv");
+    assert!(m["pid"].as_u64().unwrap() > 0, "{m}");
+    let answered = wait_until(Duration::from_secs(10), || {
+        output(
+            rig.in_uplink(netprobe())
+                .args(["connect", "tcp", HOST_ADDR, "8080"]),
+        )
+        .status
+        .success()
+    });
+    assert!(answered, "port 8080 does not answer\n{}", rig.log());
+    let a = ok(rig
+        .in_uplink(netprobe())
+        .args(["connect", "tcp", HOST_ADDR, "8080"]));
+    assert_eq!(from_addr(&a), UPLINK_ADDR);
+    ok(&mut oci.cmd(&["kill", &srv, "KILL"]));
+    let _ = wait_until(Duration::from_secs(10), || {
+        String::from_utf8_lossy(&output(&mut oci.cmd(&["state", &srv])).stdout).contains("stopped")
+    });
+    ok(&mut oci.cmd(&["delete", &srv]));
+    rig.assert_all_gone();
+    let left = String::from_utf8_lossy(&output(&mut oci.cmd(&["list", "-q"])).stdout).into_owned();
+    assert!(left.trim().is_empty(), "{runtime} still lists {left}");
+}
+
+#[test]
+fn crun_runs_a_bundle_on_rnets_network_through_the_oci_hook() {
+    oci_hook_case("crun");
+}
+
+#[test]
+fn runc_runs_a_bundle_on_rnets_network_through_the_oci_hook() {
+    oci_hook_case("runc");
+}
+
 // ---- the CNI plugin ----
 
 /// `rnet-cni` called as a runtime calls it (env, config on stdin), in the rig's host netns.
@@ -532,14 +702,7 @@ impl Podman {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
         // The plugin is found by its type, "rnet", in cni_plugin_dirs.
-        if std::env::var_os("DOORS_DEBUG").is_some() {
-            use std::os::unix::fs::PermissionsExt;
-            let w = d.join("plugins/rnet");
-            fs::write(&w, format!("#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $CNI_ARGS $in\" >> /tmp/doors-cni.log\necho \"$in\" | {}\n", rig::bin("rnet-cni").display())).unwrap();
-            fs::set_permissions(&w, fs::Permissions::from_mode(0o755)).unwrap();
-        } else {
-            std::os::unix::fs::symlink(rig::bin("rnet-cni"), d.join("plugins/rnet")).unwrap();
-        }
+        std::os::unix::fs::symlink(rig::bin("rnet-cni"), d.join("plugins/rnet")).unwrap();
         fs::write(
             d.join("containers.conf"),
             format!(
