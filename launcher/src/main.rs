@@ -189,6 +189,9 @@ fn print_table(list: &[Machine]) {
 fn print_status(m: &Machine) {
     println!("{}", m.machine);
     println!("          PID: {}", m.pid);
+    if let Some(h) = &m.held {
+        println!("      Held by: {} ({})", h.owner, h.netns.display());
+    }
     if let (Some(ifname), Some(mac)) = (&m.host_ifname, &m.host_mac) {
         match &m.host_altname {
             Some(alt) => println!("    Host link: {ifname} (altname {alt}), {mac}"),

@@ -235,7 +235,11 @@ impl<S: System> Machines<S> {
             warn!(machine = %m.machine, %addr, "its zone address is leased to another client");
         }
         let netns = if super::extras::needs_netns(&m.links) {
-            self.procs.open_netns(m.pid).ok()
+            match &m.held {
+                // Checked to be the saved namespace by `held_alive`.
+                Some(h) => std::fs::File::open(&h.netns).ok().map(Into::into),
+                None => self.procs.open_netns(m.pid).ok(),
+            }
         } else {
             None
         };
