@@ -653,6 +653,21 @@ fn the_cni_plugin_follows_libcnis_calling_convention_add_check_del_gc() {
         let (success, out, _) = call(&rig, "DEL", "two", &names[1], &conf2);
         assert!(success, "{out}");
     }
+    // In an explicit zone (which outlives its members) a container gets its address back
+    // after DEL and ADD, as after `podman network reload` or a restart.
+    ok(rig.rnet().args(["zone", "create", "cz2"]));
+    let conf3 = netconf(&rig, "1.1.0", r#","zone":"cz2""#);
+    let (success, first, _) = call(&rig, "ADD", "two", &names[1], &conf3);
+    assert!(success, "{first}");
+    let (success, out, _) = call(&rig, "DEL", "two", &names[1], &conf3);
+    assert!(success, "{out}");
+    let (success, again, _) = call(&rig, "ADD", "two", &names[1], &conf3);
+    assert!(success, "{again}");
+    assert_eq!(again["ips"], first["ips"]);
+    assert_eq!(again["interfaces"], first["interfaces"]);
+    let (success, out, _) = call(&rig, "DEL", "two", &names[1], &conf3);
+    assert!(success, "{out}");
+    ok(rig.rnet().args(["zone", "delete", "cz2"]));
     let (success, out, _) = cni(
         &rig,
         &[
