@@ -13,6 +13,8 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # No service may start or stay enabled on install (firewalld, podman's units):
+  # scripts/no-services.sh.
   apt-get update -qq
   scripts/no-services.sh apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -1,6 +1,7 @@
 //! Request and response types. Every struct rejects unknown fields.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,21 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Detach the attachment held for `owner` (see [`Holder`]); answered with the machines
+    /// released, none when nothing was held for it (so a repeated release succeeds).
+    Release {
+        /// The holder's owner key, e.g. `cni/NETWORK/CONTAINERID/IFNAME` or `netns/NAME`.
+        owner: String,
+    },
+    /// Detach every attachment whose owner starts with `prefix` and is not in `keep` (CNI's
+    /// GC); answered with the machines released.
+    ReleaseExcept {
+        /// The owners concerned, e.g. `cni/NETWORK/`.
+        prefix: String,
+        /// The owners to keep.
+        #[serde(default)]
+        keep: Vec<String>,
+    },
 }
 
 impl Request {
@@ -68,6 +84,10 @@ impl Request {
                     if *force { " (forced)" } else { "" }
                 )
             }
+            Request::Release { owner } => format!("release {owner}"),
+            Request::ReleaseExcept { prefix, keep } => {
+                format!("release {prefix}* but {} kept", keep.len())
+            }
         }
     }
 
@@ -80,6 +100,8 @@ impl Request {
                 | Request::Stop { .. }
                 | Request::ZoneCreate(_)
                 | Request::ZoneDelete { .. }
+                | Request::Release { .. }
+                | Request::ReleaseExcept { .. }
         )
     }
 }
@@ -101,6 +123,68 @@ pub struct AttachRequest {
     /// Links besides the primary one: macvlan, ipvlan, moved interfaces, extra veths.
     #[serde(default)]
     pub links: Vec<ExtraLink>,
+    /// An attachment no process owns (a CNI container, a named namespace): `pid` is 0, the
+    /// fd must be the namespace at `held.netns`, and rnetd keeps the attachment until it is
+    /// released or detached, across its own restarts while that namespace exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Holder>,
+}
+
+/// Who holds an attachment that no process owns, and where its network namespace is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawHolder")]
+pub struct Holder {
+    /// A key naming the holder, unique among attachments: `cni/NETWORK/CONTAINERID/IFNAME`,
+    /// `netns/NAME`. Printable ASCII without spaces, at most [`MAX_OWNER_LEN`] bytes.
+    pub owner: String,
+    /// The namespace's path (a bind mount of an nsfs file, as `ip netns add` makes, or
+    /// `/proc/PID/ns/net`): reopened when rnetd restarts.
+    pub netns: PathBuf,
+}
+
+/// Longest holder owner key.
+pub const MAX_OWNER_LEN: usize = 512;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHolder {
+    owner: String,
+    netns: PathBuf,
+}
+
+impl Holder {
+    /// Checks an owner key: 1 to [`MAX_OWNER_LEN`] bytes of printable ASCII, no spaces.
+    pub fn check_owner(owner: &str) -> Result<(), String> {
+        if owner.is_empty() || owner.len() > MAX_OWNER_LEN {
+            return Err(format!(
+                "holder owner must be 1 to {MAX_OWNER_LEN} bytes long"
+            ));
+        }
+        if let Some(c) = owner.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "holder owner {owner:?} contains {c:?}; use printable ASCII without spaces"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<RawHolder> for Holder {
+    type Error = String;
+
+    fn try_from(raw: RawHolder) -> Result<Self, String> {
+        Holder::check_owner(&raw.owner)?;
+        if !raw.netns.is_absolute() {
+            return Err(format!(
+                "holder netns path {} is not absolute",
+                raw.netns.display()
+            ));
+        }
+        Ok(Self {
+            owner: raw.owner,
+            netns: raw.netns,
+        })
+    }
 }
 
 /// A link of a container besides the primary veth. Every name is checked with
@@ -449,6 +533,8 @@ pub enum Response {
     Zones(Vec<Zone>),
     /// `ZoneDelete` succeeded.
     ZoneDeleted,
+    /// The answer to `Release` and `ReleaseExcept`: the machines detached.
+    Released(Vec<MachineName>),
     /// The request failed; nothing was changed.
     Error(ApiError),
 }
@@ -496,6 +582,9 @@ pub struct Machine {
     /// (`ip filter DOCKER-USER (forward: policy drop)`); filled by `Status` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_firewall: Vec<String>,
+    /// Who holds it when no process does (see [`Holder`]); `pid` is then 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Holder>,
 }
 
 /// A failed request: a stable kind for programs, a sentence for people.
@@ -549,6 +638,7 @@ mod tests {
             network: NetworkSpec::Veth,
             ports: vec![],
             links: vec![],
+            held: None,
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -557,6 +647,37 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
         assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);
+    }
+
+    #[test]
+    fn holders_round_trip_and_bad_ones_are_refused() {
+        let req = r#"{"attach":{"machine":"c1","pid":0,"network":"veth","held":{"owner":"cni/n/abc/eth0","netns":"/run/netns/x"}}}"#;
+        let Request::Attach(a) = serde_json::from_str::<Request>(req).unwrap() else {
+            panic!("not an attach");
+        };
+        let held = a.held.clone().unwrap();
+        assert_eq!(held.owner, "cni/n/abc/eth0");
+        assert_eq!(
+            serde_json::from_str::<Request>(
+                &serde_json::to_string(&Request::Attach(a.clone())).unwrap()
+            )
+            .unwrap(),
+            Request::Attach(a)
+        );
+        assert_eq!(
+            refusal::<Holder>(r#"{"owner":"a b","netns":"/x"}"#),
+            r#"holder owner "a b" contains ' '; use printable ASCII without spaces"#
+        );
+        assert_eq!(
+            refusal::<Holder>(r#"{"owner":"","netns":"/x"}"#),
+            "holder owner must be 1 to 512 bytes long"
+        );
+        assert_eq!(
+            refusal::<Holder>(r#"{"owner":"o","netns":"x"}"#),
+            "holder netns path x is not absolute"
+        );
+        let rel = r#"{"release_except":{"prefix":"cni/n/","keep":["cni/n/a/eth0"]}}"#;
+        assert!(serde_json::from_str::<Request>(rel).unwrap().is_change());
     }
 
     #[test]

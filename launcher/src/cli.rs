@@ -41,6 +41,14 @@ pub enum Command {
         /// The machine.
         machine: MachineName,
     },
+    /// Named network namespaces (/run/netns/NAME) that rnetd networks and holds.
+    #[command(subcommand)]
+    Netns(crate::netns::NetnsCommand),
+    /// OCI runtime hook (createRuntime: attach; poststop: detach); reads the state on stdin.
+    OciHook {
+        /// The hook (default: from the state's status).
+        stage: Option<crate::oci::Stage>,
+    },
     /// Show one attached machine.
     Status {
         /// The machine.

@@ -5,6 +5,8 @@ mod cli;
 mod container;
 mod images;
 mod netconf;
+mod netns;
+mod oci;
 mod run;
 mod settings;
 
@@ -93,6 +95,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         | Command::Rename { .. }) => {
             image_command(&images, &client, cmd).map_err(|e| e.to_string())
         }
+        Command::Netns(cmd) => netns::run(&client, cmd).map(|()| ExitCode::SUCCESS),
+        Command::OciHook { stage } => oci::run(&client, stage).map(|()| ExitCode::SUCCESS),
         Command::Stop { machine } => {
             call(&client, &Request::Stop { machine })?;
             Ok(ExitCode::SUCCESS)
@@ -379,6 +383,9 @@ fn print_table(list: &[Machine]) {
 fn print_status(m: &Machine) {
     println!("{}", m.machine);
     println!("          PID: {}", m.pid);
+    if let Some(h) = &m.held {
+        println!("      Held by: {} ({})", h.owner, h.netns.display());
+    }
     if let (Some(ifname), Some(mac)) = (&m.host_ifname, &m.host_mac) {
         match &m.host_altname {
             Some(alt) => println!("    Host link: {ifname} (altname {alt}), {mac}"),

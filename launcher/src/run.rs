@@ -346,6 +346,7 @@ fn parent(
             network: spec.clone(),
             ports: plan.ports.clone(),
             links: plan.links.clone(),
+            held: None,
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),

@@ -106,6 +106,11 @@ async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, Ap
             .zone_delete(&zone, force)
             .await
             .map(|()| Response::ZoneDeleted),
+        Request::Release { owner } => machines.release(&owner).await.map(Response::Released),
+        Request::ReleaseExcept { prefix, keep } => machines
+            .release_except(&prefix, &keep)
+            .await
+            .map(Response::Released),
     }
 }
 

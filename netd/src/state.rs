@@ -26,6 +26,11 @@ pub struct SavedMachine {
     /// Start time of the watched pid (field 22 of `/proc/PID/stat`), so a reused pid is not
     /// mistaken for the container after a restart.
     pub pid_start_time: u64,
+    /// For an attachment no process owns (`machine.held`): the namespace's identity (device
+    /// and inode of its nsfs file), so that a restart adopts it only if the path still names
+    /// that namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ns: Option<(u64, u64)>,
 }
 
 /// A zone as saved: its settings with the subnet in use filled in.
@@ -211,8 +216,10 @@ mod tests {
                 links: vec![],
                 teardown_errors: vec![],
                 host_firewall: vec![],
+                held: None,
             },
             pid_start_time: 99,
+            held_ns: None,
         }
     }
 

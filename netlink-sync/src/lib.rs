@@ -19,6 +19,9 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
+mod container;
+pub use container::{ContainerLink, configure_in};
+
 /// A route netlink socket in the calling thread's network namespace.
 pub struct BlockingRtnl {
     sock: Socket,
@@ -82,6 +85,14 @@ impl BlockingRtnl {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::NetNsFd(netns));
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// `ip link set dev INDEX name NAME` (the link must be down).
+    pub fn set_name(&mut self, index: u32, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
     }

@@ -413,6 +413,7 @@ impl Bench {
             network: NetworkSpec::Veth,
             ports: specs,
             links: vec![],
+            held: None,
         });
         let t = Instant::now();
         let attached = self.client.call(&req, Some(ns.as_fd()));

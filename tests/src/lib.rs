@@ -76,6 +76,8 @@ pub fn bin_dir() -> &'static Path {
             "rnet-netd",
             "-p",
             "rnet-launcher",
+            "-p",
+            "rnet-cni",
             "--bins",
         ]);
         if release {

@@ -22,6 +22,7 @@
 
 mod apply;
 mod extras;
+mod held;
 pub mod plan;
 pub mod registry;
 mod restore;
@@ -383,17 +384,27 @@ impl<S: System> Machines<S> {
     /// is left behind.
     pub async fn attach(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
         let pid = req.pid;
-        self.check_netns(pid, &netns)?;
-        let pid_start_time = self
-            .procs
-            .start_time(pid)
-            .map_err(|e| bad(format!("process {pid} does not exist: {e}")))?;
-        let pidfd = self
-            .procs
-            .pidfd(pid)
-            .map_err(|e| bad(format!("cannot watch process {pid}: {e}")))?;
+        // An attachment no process owns is checked against its path instead (`held.rs`).
+        let (pid_start_time, pidfd, held_ns) = match &req.held {
+            Some(holder) => (0, None, Some(self.check_held(pid, holder, &netns)?)),
+            None => {
+                self.check_netns(pid, &netns)?;
+                let start = self
+                    .procs
+                    .start_time(pid)
+                    .map_err(|e| bad(format!("process {pid} does not exist: {e}")))?;
+                let pidfd = self
+                    .procs
+                    .pidfd(pid)
+                    .map_err(|e| bad(format!("cannot watch process {pid}: {e}")))?;
+                (start, Some(pidfd), None)
+            }
+        };
 
         let mut registry = self.registry.lock().await;
+        if let Some(holder) = &req.held {
+            held::check_owner_free(&registry, holder)?;
+        }
         let seen = self.observe_attach(&registry, &req).await?;
         let plan = registry.plan_attach(&self.settings, &req, &seen)?;
         registry.reserve(&plan)?;
@@ -444,10 +455,11 @@ impl<S: System> Machines<S> {
                 saved: SavedMachine {
                     machine: machine.clone(),
                     pid_start_time,
+                    held_ns,
                 },
                 index,
                 watcher: None,
-                pidfd: pidfd.try_clone().ok(),
+                pidfd: pidfd.as_ref().and_then(|p| p.try_clone().ok()),
                 netns,
                 teardown_errors: Vec::new(),
             },
@@ -456,9 +468,11 @@ impl<S: System> Machines<S> {
             let _ = self.remove_machine(&mut registry, &name).await;
             return Err(e);
         }
-        let watcher = self.watch(name.clone(), pidfd);
-        if let Some(entry) = registry.machines.get_mut(&name) {
-            entry.watcher = Some(watcher);
+        if let Some(pidfd) = pidfd {
+            let watcher = self.watch(name.clone(), pidfd);
+            if let Some(entry) = registry.machines.get_mut(&name) {
+                entry.watcher = Some(watcher);
+            }
         }
         info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
         Ok(machine)

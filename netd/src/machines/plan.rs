@@ -221,6 +221,7 @@ fn machine(
         links: Vec::new(),
         teardown_errors: Vec::new(),
         host_firewall: Vec::new(),
+        held: req.held.clone(),
     }
 }
 

@@ -98,7 +98,10 @@ impl<S: System> Machines<S> {
         let mut seen = RestartObserved::default();
         for s in &saved.machines {
             let m = &s.machine;
-            let alive = self.procs.start_time(m.pid).ok() == Some(s.pid_start_time);
+            let alive = match &m.held {
+                Some(holder) => self.held_alive(holder, s.held_ns),
+                None => self.procs.start_time(m.pid).ok() == Some(s.pid_start_time),
+            };
             seen.alive.insert(m.machine.clone(), alive);
         }
         for name in saved_links(&saved) {
@@ -204,11 +207,18 @@ impl<S: System> Machines<S> {
             warn!(machine = %m.machine, %net, "saved subnet overlaps another; removing the machine");
             return false;
         }
-        let Ok(pidfd) = self.procs.pidfd(m.pid) else {
-            if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
-                registry.pool.release(net);
-            }
-            return false;
+        // An attachment no process owns has no process to watch (`held.rs`).
+        let pidfd = match &m.held {
+            Some(_) => None,
+            None => match self.procs.pidfd(m.pid) {
+                Ok(pidfd) => Some(pidfd),
+                Err(_) => {
+                    if let (NetworkSpec::Veth, Some(net)) = (&m.network, m.subnet) {
+                        registry.pool.release(net);
+                    }
+                    return false;
+                }
+            },
         };
         if let Some(plan) = veth_dhcp(m)
             && let Err(e) = self.leases.serve(&plan.link(index)).await
@@ -225,12 +235,16 @@ impl<S: System> Machines<S> {
             warn!(machine = %m.machine, %addr, "its zone address is leased to another client");
         }
         let netns = if super::extras::needs_netns(&m.links) {
-            self.procs.open_netns(m.pid).ok()
+            match &m.held {
+                // Checked to be the saved namespace by `held_alive`.
+                Some(h) => std::fs::File::open(&h.netns).ok().map(Into::into),
+                None => self.procs.open_netns(m.pid).ok(),
+            }
         } else {
             None
         };
-        let signal_fd = pidfd.try_clone().ok();
-        let watcher = Some(self.watch(m.machine.clone(), pidfd));
+        let signal_fd = pidfd.as_ref().and_then(|p| p.try_clone().ok());
+        let watcher = pidfd.map(|p| self.watch(m.machine.clone(), p));
         info!(machine = %m.machine, ifname = m.host_ifname.as_deref().unwrap_or("-"), "adopted");
         registry.commit_machine(
             m.clone(),

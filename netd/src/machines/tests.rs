@@ -123,6 +123,7 @@ fn req(name: &str, pid: u32, network: NetworkSpec, ports: &[&str]) -> AttachRequ
             .map(|p| PortSpec::from_str(p).unwrap())
             .collect(),
         links: Vec::new(),
+        held: None,
     }
 }
 
@@ -488,8 +489,10 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             links: Vec::new(),
             teardown_errors: Vec::new(),
             host_firewall: Vec::new(),
+            held: None,
         },
         pid_start_time: 1,
+        held_ns: None,
     };
     let mut lab = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
     lab.subnet = Some("10.0.0.0/24".parse().unwrap());
@@ -628,4 +631,144 @@ async fn an_isolated_zone_port_that_cannot_be_isolated_is_undone() {
     assert_eq!(w.leases.lease_count(index), 0, "its lease was left");
     w.attach("b", 2, zone("iso"), &[]).await.unwrap();
     assert!(w.links.link("vb-b").unwrap().isolated);
+}
+
+/// A held attach of `name` (owner `netns/NAME`) whose namespace is the file `path`.
+async fn attach_held(
+    w: &World,
+    name: &str,
+    path: &std::path::Path,
+) -> Result<crate::api::Machine, crate::api::ApiError> {
+    std::fs::write(path, b"").unwrap();
+    let fd = std::fs::File::open(path).unwrap().into();
+    let mut r = req(name, 0, NetworkSpec::Veth, &["8080:80"]);
+    r.held = Some(crate::api::Holder {
+        owner: format!("netns/{name}"),
+        netns: path.to_owned(),
+    });
+    w.m.attach(r, fd).await
+}
+
+#[tokio::test]
+async fn a_held_attachment_has_no_process_and_lives_until_released() {
+    let w = world().await;
+    let path = w.dir.path().join("ns-a");
+    let m = attach_held(&w, "a", &path).await.unwrap();
+    assert_eq!(m.pid, 0);
+    assert_eq!(m.held.as_ref().unwrap().owner, "netns/a");
+    assert_eq!(w.links.names(), ["ve-a"]);
+    // A second attachment for the same owner is refused and changes nothing.
+    let path2 = w.dir.path().join("ns-a2");
+    std::fs::write(&path2, b"").unwrap();
+    let mut r = req("a2", 0, NetworkSpec::Veth, &[]);
+    r.held = m.held.clone().map(|mut h| {
+        h.netns = path2.clone();
+        h
+    });
+    let err =
+        w.m.attach(r, std::fs::File::open(&path2).unwrap().into())
+            .await
+            .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists);
+    assert_eq!(
+        err.message,
+        "netns/a is already attached (as machine a); release it first"
+    );
+    // Stop has no process to signal.
+    assert!(w.m.stop(&MachineName::new("a").unwrap()).await.is_err());
+    // Release, then again: nothing held is not an error.
+    let released = w.m.release("netns/a").await.unwrap();
+    assert_eq!(released, [MachineName::new("a").unwrap()]);
+    assert!(w.m.release("netns/a").await.unwrap().is_empty());
+    assert!(w.links.names().is_empty());
+    assert!(!w.nft.get().table_exists());
+}
+
+#[tokio::test]
+async fn a_held_attach_must_name_its_namespace_and_no_pid() {
+    let w = world().await;
+    let path = w.dir.path().join("ns");
+    std::fs::write(&path, b"").unwrap();
+    let other = w.dir.path().join("other");
+    std::fs::write(&other, b"").unwrap();
+    let holder = crate::api::Holder {
+        owner: "cni/n/c1/eth0".into(),
+        netns: path.clone(),
+    };
+    let mut r = req("c1", 7, NetworkSpec::Veth, &[]);
+    r.held = Some(holder.clone());
+    let err =
+        w.m.attach(r.clone(), std::fs::File::open(&path).unwrap().into())
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.message,
+        "an attachment held for cni/n/c1/eth0 has no process: pid must be 0, not 7"
+    );
+    r.pid = 0;
+    let err =
+        w.m.attach(r.clone(), std::fs::File::open(&other).unwrap().into())
+            .await
+            .unwrap_err();
+    assert_eq!(
+        err.message,
+        format!(
+            "the passed fd is not the network namespace at {}",
+            path.display()
+        )
+    );
+    r.held = Some(crate::api::Holder {
+        netns: w.dir.path().join("missing"),
+        ..holder
+    });
+    let err =
+        w.m.attach(r, std::fs::File::open(&path).unwrap().into())
+            .await
+            .unwrap_err();
+    assert!(
+        err.message.starts_with("cannot open network namespace "),
+        "{}",
+        err.message
+    );
+    assert!(w.m.list().await.is_empty());
+    assert!(w.links.names().is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_adopts_held_attachments_whose_namespace_is_still_there() {
+    let mut w = world().await;
+    let (pa, pb) = (w.dir.path().join("ns-a"), w.dir.path().join("ns-b"));
+    attach_held(&w, "a", &pa).await.unwrap();
+    attach_held(&w, "b", &pb).await.unwrap_err(); // port 8080 is a's
+    let mut r = req("b", 0, NetworkSpec::Veth, &[]);
+    r.held = Some(crate::api::Holder {
+        owner: "netns/b".into(),
+        netns: pb.clone(),
+    });
+    w.m.attach(r, std::fs::File::open(&pb).unwrap().into())
+        .await
+        .unwrap();
+    // While rnetd is down, b's namespace goes.
+    std::fs::remove_file(&pb).unwrap();
+    w.restart().await;
+    let names: Vec<String> =
+        w.m.list()
+            .await
+            .iter()
+            .map(|m| m.machine.to_string())
+            .collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(w.links.names(), ["ve-a"]);
+    // GC-like release: everything of the prefix but what is kept.
+    assert!(
+        w.m.release_except("netns/", &["netns/a".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        w.m.release_except("netns/", &[]).await.unwrap(),
+        [MachineName::new("a").unwrap()]
+    );
+    assert!(w.links.names().is_empty());
 }
