@@ -101,6 +101,29 @@ pub struct AttachRequest {
     /// Links besides the primary one: macvlan, ipvlan, moved interfaces, extra veths.
     #[serde(default)]
     pub links: Vec<ExtraLink>,
+    /// What the process `pid` is, which tells how `Stop` asks it to end.
+    #[serde(default, skip_serializing_if = "InitKind::is_other")]
+    pub init: InitKind,
+}
+
+/// The kind of a container's first process, for `Stop` (systemd-nspawn's `--kill-signal=`
+/// default): systemd takes SIGTERM as "re-execute" and powers off on SIGRTMIN+3; anything
+/// else gets SIGTERM. Either gets SIGKILL when it has not ended after a timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitKind {
+    /// Not systemd (rnet's own init, busybox init, a payload as PID 1).
+    #[default]
+    Other,
+    /// systemd as PID 1 (`rnet run -b` of a tree whose init is systemd).
+    Systemd,
+}
+
+impl InitKind {
+    /// The default (left out of the wire format, so older peers read the request).
+    pub fn is_other(&self) -> bool {
+        *self == Self::Other
+    }
 }
 
 /// A link of a container besides the primary veth. Every name is checked with
@@ -549,6 +572,7 @@ mod tests {
             network: NetworkSpec::Veth,
             ports: vec![],
             links: vec![],
+            init: InitKind::Other,
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -556,6 +580,17 @@ mod tests {
             r#"{"attach":{"machine":"web","pid":42,"network":"veth","ports":[],"links":[]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        // A systemd init is said; a request without the field (an older rnet) is "other".
+        let Request::Attach(mut a) = req.clone() else {
+            unreachable!()
+        };
+        a.init = InitKind::Systemd;
+        let text = serde_json::to_string(&Request::Attach(a.clone())).unwrap();
+        assert!(text.ends_with(r#""links":[],"init":"systemd"}}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).unwrap(),
+            Request::Attach(a)
+        );
         assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);
     }
 

@@ -17,8 +17,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use api::{
-    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec,
-    PortSpec, Request,
+    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, InitKind, Machine, MachineName,
+    NetworkSpec, PortSpec, Request,
 };
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -401,6 +401,11 @@ fn parent(
             network: spec.clone(),
             ports: plan.ports.clone(),
             links: plan.links.clone(),
+            init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
+                InitKind::Systemd
+            } else {
+                InitKind::Other
+            },
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),

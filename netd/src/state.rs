@@ -26,6 +26,9 @@ pub struct SavedMachine {
     /// Start time of the watched pid (field 22 of `/proc/PID/stat`), so a reused pid is not
     /// mistaken for the container after a restart.
     pub pid_start_time: u64,
+    /// What the process is, for `Stop`.
+    #[serde(default, skip_serializing_if = "crate::api::InitKind::is_other")]
+    pub init: crate::api::InitKind,
 }
 
 /// A zone as saved: its settings with the subnet in use filled in.
@@ -213,6 +216,7 @@ mod tests {
                 host_firewall: vec![],
             },
             pid_start_time: 99,
+            init: crate::api::InitKind::Other,
         }
     }
 

@@ -405,6 +405,7 @@ impl Bench {
             network: NetworkSpec::Veth,
             ports: specs,
             links: vec![],
+            init: Default::default(),
         });
         let t = Instant::now();
         let attached = self.client.call(&req, Some(ns.as_fd()));

@@ -958,3 +958,88 @@ fn user_namespace_with_a_private_network() {
     assert!(so.contains("host0"), "{so}");
     rig.assert_all_gone();
 }
+
+/// A stand-in for systemd as PID 1 (`-b` finds it at systemd's path): it records the signal
+/// that asks it to stop. SIGRTMIN+3 is 37 for glibc and the kernel alike (34 + 3).
+const FAKE_SYSTEMD: &str = "#!/bin/sh
+trap 'echo rtmin3 > /out/sig; exit 0' 37
+trap 'echo term > /out/sig' TERM
+echo up > /out/up
+while :; do sleep 0.1; done
+";
+
+#[test]
+fn rnet_stop_asks_systemd_with_sigrtmin3_and_kills_after_the_timeout() {
+    let t = "rnet_stop_asks_systemd_with_sigrtmin3_and_kills_after_the_timeout";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    std::fs::create_dir_all(tree.path().join("usr/lib/systemd")).unwrap();
+    tree.write("/usr/lib/systemd/systemd", FAKE_SYSTEMD, 0o755);
+    let out_dir = tempfile::tempdir().unwrap();
+    let od = out_dir.path().to_owned();
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let bind = format!("{}:/out", od.display());
+    let mut cmd = rig.rnet();
+    cmd.args([
+        "run",
+        "-D",
+        &tree.arg(),
+        "-b",
+        "-n",
+        "-M",
+        "sd",
+        "--bind",
+        &bind,
+    ]);
+    let pid = rig.spawn(&mut cmd);
+    rig.wait_machine("sd");
+    assert!(wait_until(Duration::from_secs(20), || od
+        .join("up")
+        .exists()));
+    let out = output(rig.rnet().args(["stop", "sd"]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(od.join("sig")).unwrap_or_default(),
+        "rtmin3\n"
+    );
+    rig.assert_all_gone();
+
+    // Any other PID 1 gets SIGTERM; one that does not end is killed after the timeout.
+    std::fs::remove_file(od.join("up")).unwrap();
+    let mut cmd = rig.rnet();
+    cmd.args([
+        "run",
+        "-D",
+        &tree.arg(),
+        "--as-pid1",
+        "-n",
+        "-M",
+        "stubborn",
+    ])
+    .args(["--bind", &bind, "--", "/bin/sh", "-c"])
+    .arg("trap 'echo term > /out/sig' TERM; echo up > /out/up; while :; do sleep 0.1; done");
+    let pid = rig.spawn(&mut cmd);
+    rig.wait_machine("stubborn");
+    assert!(wait_until(Duration::from_secs(20), || od
+        .join("up")
+        .exists()));
+    let out = output(rig.rnet().args(["stop", "stubborn"]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(137), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(od.join("sig")).unwrap_or_default(),
+        "term\n"
+    );
+    assert!(
+        rig.log()
+            .contains("still running after the stop request: killed")
+    );
+    rig.assert_all_gone();
+}
