@@ -464,7 +464,15 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         ),
         (
             vec!["-D".into(), tr.clone(), "--bind".into(), "/srv:/x:idmap".into(), "true".into()],
-            "rnet: invalid --bind \"/srv:/x:idmap\": idmap needs a user namespace (--private-users), which rnet does not provide yet".into(),
+            "rnet: invalid --bind \"/srv:/x:idmap\": idmap is not supported yet (idmapped mounts apply to the tree only, --private-users-ownership=map)".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "--private-users=maybe".into(), "true".into()],
+            "rnet: invalid --private-users=\"maybe\": use no, yes, pick, identity or UID[:RANGE]".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "-U".into(), "--private-users-ownership=copy".into(), "true".into()],
+            "rnet: invalid --private-users-ownership=\"copy\": use off, chown, map or auto".into(),
         ),
         (
             vec!["-D".into(), tr.clone(), "-u".into(), "nobody".into(), "true".into()],
