@@ -308,6 +308,10 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
+        if plan.container.as_ref().is_some_and(|c| c.systemd) {
+            // The launcher placed us in our cgroups: they become the roots of our hierarchies.
+            container::cgroupfs::unshare_cgroupns()?;
+        }
         let machine: Option<Machine> = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
         let Some(c) = &plan.container else {
@@ -375,6 +379,8 @@ fn parent(
 ) -> Result<u8, String> {
     let mut cgroup_slot = None;
     let cgroup = &mut cgroup_slot;
+    let mut systemd_cgroups_slot = None;
+    let systemd_cgroups = &mut systemd_cgroups_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
@@ -390,6 +396,16 @@ fn parent(
             container::userns::send_tree(&sock, tree.as_ref())?;
         }
         *cgroup = container_cgroup(&plan, child)?;
+        if let Some(c) = &plan.container
+            && c.systemd
+        {
+            let owner = c.userns.as_ref().map(|u| u.shift);
+            *systemd_cgroups = Some(container::cgroupfs::SystemdCgroups::create(
+                plan.machine.as_str(),
+                child.as_raw(),
+                owner,
+            )?);
+        }
         let Network::Attached(spec) = &plan.network else {
             return Ok(None);
         };

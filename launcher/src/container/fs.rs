@@ -90,6 +90,8 @@ pub struct Layout<'a> {
     /// The idmapped tree (`--private-users-ownership=map`), attached instead of a bind of
     /// `root`.
     pub tree: Option<&'a OwnedFd>,
+    /// `/sys/fs/cgroup` for a booted systemd (`cgroupfs::mount_all`).
+    pub cgroups: bool,
 }
 
 /// Where the new root is assembled: a tmpfs mounted on the host's `/tmp` in the container's
@@ -343,6 +345,9 @@ fn api_filesystems(new: &Path, l: &Layout) -> Result<Option<OwnedFd>, String> {
             nsn | MsFlags::MS_RDONLY,
             None,
         )?;
+    }
+    if l.cgroups {
+        crate::container::cgroupfs::mount_all(&sysfs.join("fs/cgroup"))?;
     }
     let master = dev(new, l.console_pty, l.userns)?;
     let run = chase(new, Path::new("/run"))?;

@@ -14,6 +14,7 @@
 //! 3. `init::run` (PID 1 stays rnet's init, the payload is PID 2) or an exec of the payload or
 //!    the tree's init as PID 1 (`--as-pid1`, `--boot`).
 
+pub mod cgroupfs;
 pub mod console;
 pub mod fs;
 pub mod init;
@@ -327,6 +328,7 @@ fn prepare(
         console_pty: c.console != Console::Pipe,
         userns: c.userns.is_some(),
         tree,
+        cgroups: c.systemd,
     })?;
     let retain = isolate::retained(private_network, c.userns.is_some()) & c.bounding;
     isolate::apply(retain, false)?;
