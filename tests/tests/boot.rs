@@ -157,22 +157,24 @@ fn leftover_cgroups(machine: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn debian_boots_systemd_networked_by_networkd_and_stops_cleanly() {
-    let t = "debian_boots_systemd_networked_by_networkd_and_stops_cleanly";
-    if !privileged(t) {
-        return;
-    }
-    let Some(tree) = debian_tree(t) else { return };
+/// Boots the tree as `machine` with `extra` options, checks systemd reached
+/// `multi-user.target` with host0 configured by networkd, stops it with `rnet stop`; returns
+/// the machine as rnetd listed it and the launcher's stderr. `None`: skipped (said why).
+fn boot_and_stop(
+    t: &str,
+    rig: &mut Rig,
+    tree: &Path,
+    machine: &str,
+    extra: &[&str],
+) -> Option<(rig::Value, String, u32)> {
     let out_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let od = out_dir.path().to_owned();
-    let mut rig = Rig::new();
-    rig.start_rnetd();
     let mut cmd = rig.rnet();
     cmd.args(["run", "-D", &tree.display().to_string(), "-b", "-x", "-n"])
-        .args(["-M", "debian", "--console=passive"])
-        .args(["--bind", &format!("{}:/out", od.display())]);
+        .args(["-M", machine, "--console=passive"])
+        .args(["--bind", &format!("{}:/out", od.display())])
+        .args(extra);
     let pid = rig.spawn(&mut cmd);
     let read = |f: &str| std::fs::read_to_string(od.join(f)).unwrap_or_default();
     let up = wait_until(Duration::from_secs(240), || od.join("done").exists());
@@ -185,16 +187,26 @@ fn debian_boots_systemd_networked_by_networkd_and_stops_cleanly() {
                 t,
                 &format!("systemd needs a cgroup hierarchy to manage: {err}"),
             );
-            return;
+            return None;
         }
         panic!(
-            "systemd did not report multi-user.target with host0 configured (launcher: {:?}; wait-online: {:?}); rnetd log:\n{}",
+            "{machine}: systemd did not report multi-user.target with host0 configured (launcher: {:?}; wait-online: {:?}); rnetd log:\n{}",
             err,
             read("wait-online"),
             rig::tail(&rig.log(), 40)
         );
     }
-    let m = rig.wait_machine("debian");
+    let m = rig.wait_machine(machine);
+    eprintln!("{machine}: up; host0: {}", read("addr").trim());
+    // The container's PID 1 as the host sees it: its UID (the range's root with -U).
+    let pid1 = m["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap();
     assert_eq!(read("target").trim(), "active");
     assert_eq!(read("pid1").trim(), "/usr/lib/systemd/systemd");
     assert_eq!(read("wait-online").trim(), "0", "{}", read("addr"));
@@ -212,18 +224,47 @@ fn debian_boots_systemd_networked_by_networkd_and_stops_cleanly() {
         read("route")
     );
     // rnet stop: SIGRTMIN+3 to systemd, which powers off (its units stop): exit code 0.
-    let stop = output(rig.rnet().args(["stop", "debian"]));
+    let stop = output(rig.rnet().args(["stop", machine]));
     assert!(stop.status.success(), "{stop:?}");
     let out = rig.wait(pid);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(read("stopped").trim(), "stopping");
     rig.assert_all_gone();
-    assert_eq!(leftover_cgroups("debian"), Vec::<String>::new());
+    assert_eq!(leftover_cgroups(machine), Vec::<String>::new());
     // -x: the cache is as it was.
     assert!(!tree.join("etc/rnet-was-here").exists());
+    Some((m, err, uid))
+}
+
+#[test]
+fn debian_boots_systemd_networked_by_networkd_and_stops_cleanly() {
+    let t = "debian_boots_systemd_networked_by_networkd_and_stops_cleanly";
+    if !privileged(t) {
+        return;
+    }
+    let Some(tree) = debian_tree(t) else { return };
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let Some((_, _, uid)) = boot_and_stop(t, &mut rig, &tree, "debian", &[]) else {
+        return;
+    };
+    assert_eq!(uid, 0);
+    // The same in a user namespace (-U): systemd runs as the picked range's root; the tree is
+    // idmapped here (ext4), so the cache stays owned by 0.
+    let Some((_, err, uid)) = boot_and_stop(t, &mut rig, &tree, "debian-u", &["-U"]) else {
+        return;
+    };
+    let base: u32 = err
+        .split("are host UIDs ")
+        .nth(1)
+        .and_then(|r| r.split('-').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no user namespace note in {err:?}"));
+    assert_eq!(uid, base);
+    assert!(base >= 0x0008_0000, "{base}");
+    if err.contains("idmapped") {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(tree.join("usr/bin")).unwrap().uid(), 0);
+    }
 }
