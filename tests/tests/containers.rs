@@ -1051,3 +1051,50 @@ fn rnet_stop_asks_systemd_with_sigrtmin3_and_kills_after_the_timeout() {
     );
     rig.assert_all_gone();
 }
+
+#[test]
+fn auto_ownership_falls_back_to_chown_where_the_tree_cannot_be_idmapped() {
+    let t = "auto_ownership_falls_back_to_chown_where_the_tree_cannot_be_idmapped";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    // ramfs cannot be idmapped: the tree is copied onto one, in a mount namespace of the
+    // test's own (gone with it), where rnet runs.
+    let ram = tempfile::tempdir().unwrap();
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let line = line.join(" ");
+    let (r, src) = (ram.path().display(), tree.arg());
+    let script = format!(
+        "set -e; mount -t ramfs none {r}; cp -a {src} {r}/t; chown 0:0 {r}/t; \
+         {line} run -D {r}/t --private-users=pick --private-users-ownership=map -- /bin/true || echo map=$?; \
+         {line} run -D {r}/t -M rammed -U -- /bin/sh -c 'echo owner=$(stat -c %u /bin/busybox)'; \
+         echo outside=$(stat -c %u {r}/t/bin/busybox)"
+    );
+    let out = output(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(&script),
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    // map alone refuses, with the kernel's word, and nothing runs.
+    assert_eq!(field(&so, "map"), "1", "{so}{se}");
+    assert!(
+        se.contains(&format!(
+            "rnet: --private-users-ownership=map: idmapping {r}/t: Invalid argument"
+        )),
+        "{se}"
+    );
+    // auto shifts the tree instead: root inside, the range outside.
+    let (base, how) = userns_note(&se);
+    assert_eq!(how, "the tree's owners are shifted (chowned now)");
+    assert_eq!(field(&so, "owner"), "0");
+    assert_eq!(field(&so, "outside"), base.to_string());
+}
