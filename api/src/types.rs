@@ -128,6 +128,9 @@ pub struct AttachRequest {
     /// released or detached, across its own restarts while that namespace exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Holder>,
+    /// What the process `pid` is, which tells how `Stop` asks it to end.
+    #[serde(default, skip_serializing_if = "InitKind::is_other")]
+    pub init: InitKind,
 }
 
 /// Who holds an attachment that no process owns, and where its network namespace is.
@@ -184,6 +187,26 @@ impl TryFrom<RawHolder> for Holder {
             owner: raw.owner,
             netns: raw.netns,
         })
+    }
+}
+
+/// The kind of a container's first process, for `Stop` (systemd-nspawn's `--kill-signal=`
+/// default): systemd takes SIGTERM as "re-execute" and powers off on SIGRTMIN+3; anything
+/// else gets SIGTERM. Either gets SIGKILL when it has not ended after a timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitKind {
+    /// Not systemd (rnet's own init, busybox init, a payload as PID 1).
+    #[default]
+    Other,
+    /// systemd as PID 1 (`rnet run -b` of a tree whose init is systemd).
+    Systemd,
+}
+
+impl InitKind {
+    /// The default (left out of the wire format, so older peers read the request).
+    pub fn is_other(&self) -> bool {
+        *self == Self::Other
     }
 }
 
@@ -639,6 +662,7 @@ mod tests {
             ports: vec![],
             links: vec![],
             held: None,
+            init: InitKind::Other,
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -646,6 +670,17 @@ mod tests {
             r#"{"attach":{"machine":"web","pid":42,"network":"veth","ports":[],"links":[]}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        // A systemd init is said; a request without the field (an older rnet) is "other".
+        let Request::Attach(mut a) = req.clone() else {
+            unreachable!()
+        };
+        a.init = InitKind::Systemd;
+        let text = serde_json::to_string(&Request::Attach(a.clone())).unwrap();
+        assert!(text.ends_with(r#""links":[],"init":"systemd"}}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).unwrap(),
+            Request::Attach(a)
+        );
         assert_eq!(serde_json::to_string(&Request::List).unwrap(), r#""list""#);
     }
 

@@ -147,6 +147,7 @@ fn add(client: &Client, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             owner: owner.clone(),
             netns: netns.clone(),
         }),
+        init: Default::default(),
     };
     let m = match client.call(&Request::Attach(req), Some(ns.as_fd())) {
         Ok(Response::Attached(m)) => m,

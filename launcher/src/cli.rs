@@ -293,6 +293,24 @@ pub struct RunArgs {
     /// Run on an overlay of DIR whose changes live in memory and are gone at exit.
     #[arg(short = 'x', long = "ephemeral", requires = "directory")]
     pub ephemeral: bool,
+    /// A user namespace for the container: `no` (the default), `yes` (the range the tree's root
+    /// directory's owner tells), `pick` (that, or a free 64K range), `identity` (UIDs map to
+    /// themselves), or `UID[:RANGE]` (container UID 0 is host UID UID; RANGE 65536 by default).
+    #[arg(long = "private-users", value_name = "MODE", requires = "directory")]
+    pub private_users: Option<String>,
+    /// How the tree's file ownership follows the user namespace's range: `off`, `chown`
+    /// (rewritten once, on disk), `map` (an idmapped mount, the tree unchanged) or `auto` (map
+    /// where the kernel and filesystem allow it, else chown); default `auto` with `pick`, else
+    /// `off`.
+    #[arg(
+        long = "private-users-ownership",
+        value_name = "MODE",
+        requires = "directory"
+    )]
+    pub private_users_ownership: Option<String>,
+    /// `--private-users=pick --private-users-ownership=auto`.
+    #[arg(short = 'U', requires = "directory", conflicts_with = "private_users")]
+    pub userns: bool,
     /// Set the payload's no_new_privs flag (`yes`, the default, or `no`; needs --directory).
     #[arg(
         long = "no-new-privileges",

@@ -53,7 +53,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let client = Client::new(&cli.runtime_dir);
     let images = images::Images::new(&cli.machines_dir);
     match cli.command {
-        Command::Run(args) => run::run(args, &client).map(ExitCode::from),
+        Command::Run(args) => run::run(args, &client, &cli.runtime_dir).map(ExitCode::from),
         Command::List { json } => {
             let Response::Machines(list) = call(&client, &Request::List)? else {
                 return Err("rnetd sent an unexpected answer to list".into());

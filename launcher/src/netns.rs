@@ -107,6 +107,7 @@ fn create(client: &Client, args: CreateArgs, dir: &Path) -> Result<(), String> {
             owner: owner(&args.name),
             netns: path.clone(),
         }),
+        init: Default::default(),
     };
     make_netns(dir, &path)?;
     let ns = match File::open(&path) {

@@ -172,6 +172,7 @@ fn attach(client: &Client, state: &State, want: Wanted) -> Result<(), String> {
         ports: want.ports,
         links: Vec::new(),
         held: None,
+        init: Default::default(),
     };
     let machine = match client.call(&Request::Attach(req), Some(ns.as_fd())) {
         Ok(Response::Attached(m)) => m,

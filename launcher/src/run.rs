@@ -17,8 +17,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use api::{
-    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec,
-    PortSpec, Request,
+    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, InitKind, Machine, MachineName,
+    NetworkSpec, PortSpec, Request,
 };
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -56,7 +56,7 @@ enum Network {
 }
 
 impl Plan {
-    fn new(args: RunArgs) -> Result<Self, String> {
+    fn new(args: RunArgs, runtime_dir: &std::path::Path) -> Result<Self, String> {
         let command = args
             .command
             .iter()
@@ -76,7 +76,7 @@ impl Plan {
             },
         };
         let container = match &args.directory {
-            Some(_) => Some(Container::new(&args, machine.as_str())?),
+            Some(_) => Some(Container::new(&args, machine.as_str(), runtime_dir)?),
             None => None,
         };
         // nspawn's rules (`parse_argv()` and `verify_arguments()` in src/nspawn/nspawn.c,
@@ -173,12 +173,16 @@ fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
 }
 
 /// Runs the command; returns the exit code to leave with.
-pub fn run(mut args: RunArgs, client: &Client) -> Result<u8, String> {
+pub fn run(
+    mut args: RunArgs,
+    client: &Client,
+    runtime_dir: &std::path::Path,
+) -> Result<u8, String> {
     let mode = args.settings;
     for warning in crate::settings::apply(&mut args, mode)? {
         eprintln!("rnet: warning: {warning}");
     }
-    let plan = Plan::new(args)?;
+    let plan = Plan::new(args, runtime_dir)?;
     if plan.network == Network::Host && plan.container.is_none() {
         return Err(exec_error(&plan.command));
     }
@@ -200,15 +204,25 @@ pub fn run(mut args: RunArgs, client: &Client) -> Result<u8, String> {
     let old = sigprocmask_swap(&mask)?;
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
-    if plan.container.is_some() {
+    let with_userns = plan.container.as_ref().is_some_and(|c| c.userns.is_some());
+    if plan.container.is_some() && !with_userns {
         // The child is PID 1 of a new PID namespace; the launcher itself stays where it is and
         // forks nothing else.
         unshare(CloneFlags::CLONE_NEWPID)
             .map_err(|e| format!("creating the container's PID namespace: {e}"))?;
     }
-    // SAFETY: the launcher is single-threaded, so the child may allocate and run arbitrary code
-    // after fork.
-    match unsafe { fork() }.map_err(|e| format!("fork failed: {e}"))? {
+    let forked = if with_userns {
+        // The user namespace and the PID namespace in one clone, so the PID namespace (and
+        // every namespace the child creates next) is owned by the user namespace: its root may
+        // mount /proc, configure its network, and so on.
+        // SAFETY: the launcher is single-threaded (a clone without a stack is a fork).
+        unsafe { clone_userns() }
+    } else {
+        // SAFETY: the launcher is single-threaded, so the child may allocate and run arbitrary
+        // code after fork.
+        unsafe { fork() }.map_err(|e| format!("fork failed: {e}"))
+    };
+    match forked? {
         ForkResult::Child => {
             drop(parent_end);
             child(plan, child_end, &old, &forwarded)
@@ -217,6 +231,35 @@ pub fn run(mut args: RunArgs, client: &Client) -> Result<u8, String> {
             drop(child_end);
             parent(plan, client, parent_end, child, &forwarded)
         }
+    }
+}
+
+/// `fork()` into new user and PID namespaces (`clone(CLONE_NEWUSER | CLONE_NEWPID)`).
+///
+/// # Safety
+/// As `fork()`: the caller is single-threaded.
+unsafe fn clone_userns() -> Result<ForkResult, String> {
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD;
+    // SAFETY: a clone without a new stack behaves as fork(); the caller is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_ulong::try_from(flags).unwrap_or(0),
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match r {
+        0 => Ok(ForkResult::Child),
+        r if r > 0 => Ok(ForkResult::Parent {
+            child: Pid::from_raw(i32::try_from(r).unwrap_or(-1)),
+        }),
+        _ => Err(format!(
+            "creating the container's user and PID namespaces: {}",
+            std::io::Error::last_os_error()
+        )),
     }
 }
 
@@ -245,6 +288,7 @@ fn sigprocmask_swap(mask: &SigSet) -> Result<SigSet, String> {
 /// The child: never returns.
 fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
     let private = plan.network != Network::Host;
+    let mut tree = None;
     let result = (|| -> Result<Option<Machine>, String> {
         // Die with the launcher: if it is SIGKILLed, the container goes too, and rnetd's pidfd
         // watch cleans up its links.
@@ -264,9 +308,18 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet
         sethostname(hostname).map_err(|e| format!("setting the hostname: {e}"))?;
         sock.write_all(b"R")
             .map_err(|e| format!("signalling the launcher: {e}"))?;
+        if plan.container.as_ref().is_some_and(|c| c.userns.is_some()) {
+            // The launcher wrote our maps and made the tree ours (or an idmapped mount of it).
+            tree = container::userns::recv_tree(&sock)?;
+            container::userns::become_root()?;
+        }
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
+        if plan.container.as_ref().is_some_and(|c| c.systemd) {
+            // The launcher placed us in our cgroups: they become the roots of our hierarchies.
+            container::cgroupfs::unshare_cgroupns()?;
+        }
         let machine: Option<Machine> = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
         let Some(c) = &plan.container else {
@@ -297,7 +350,15 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet
         }
     };
     if let Some(c) = &plan.container {
-        container::enter(c, machine.as_ref(), private, sock, old_mask, forwarded);
+        container::enter(
+            c,
+            machine.as_ref(),
+            private,
+            tree.as_ref(),
+            sock,
+            old_mask,
+            forwarded,
+        );
     }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
     let err = exec_error(&plan.command);
@@ -326,6 +387,8 @@ fn parent(
 ) -> Result<u8, String> {
     let mut cgroup_slot = None;
     let cgroup = &mut cgroup_slot;
+    let mut systemd_cgroups_slot = None;
+    let systemd_cgroups = &mut systemd_cgroups_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
@@ -334,7 +397,23 @@ fn parent(
                 "the container process died during setup",
             ));
         }
+        if let Some(c) = &plan.container
+            && let Some(u) = &c.userns
+        {
+            let tree = container::userns::prepare(u, &c.root, child)?;
+            container::userns::send_tree(&sock, tree.as_ref())?;
+        }
         *cgroup = container_cgroup(&plan, child)?;
+        if let Some(c) = &plan.container
+            && c.systemd
+        {
+            let owner = c.userns.as_ref().map(|u| u.shift);
+            *systemd_cgroups = Some(container::cgroupfs::SystemdCgroups::create(
+                plan.machine.as_str(),
+                child.as_raw(),
+                owner,
+            )?);
+        }
         let Network::Attached(spec) = &plan.network else {
             return Ok(None);
         };
@@ -347,6 +426,11 @@ fn parent(
             ports: plan.ports.clone(),
             links: plan.links.clone(),
             held: None,
+            init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
+                InitKind::Systemd
+            } else {
+                InitKind::Other
+            },
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),

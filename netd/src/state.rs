@@ -31,6 +31,9 @@ pub struct SavedMachine {
     /// that namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_ns: Option<(u64, u64)>,
+    /// What the process is, for `Stop`.
+    #[serde(default, skip_serializing_if = "crate::api::InitKind::is_other")]
+    pub init: crate::api::InitKind,
 }
 
 /// A zone as saved: its settings with the subnet in use filled in.
@@ -220,6 +223,7 @@ mod tests {
             },
             pid_start_time: 99,
             held_ns: None,
+            init: crate::api::InitKind::Other,
         }
     }
 

@@ -414,6 +414,7 @@ impl Bench {
             ports: specs,
             links: vec![],
             held: None,
+            init: Default::default(),
         });
         let t = Instant::now();
         let attached = self.client.call(&req, Some(ns.as_fd()));

@@ -464,7 +464,15 @@ fn bad_input_is_one_line_and_leaves_nothing() {
         ),
         (
             vec!["-D".into(), tr.clone(), "--bind".into(), "/srv:/x:idmap".into(), "true".into()],
-            "rnet: invalid --bind \"/srv:/x:idmap\": idmap needs a user namespace (--private-users), which rnet does not provide yet".into(),
+            "rnet: invalid --bind \"/srv:/x:idmap\": idmap is not supported yet (idmapped mounts apply to the tree only, --private-users-ownership=map)".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "--private-users=maybe".into(), "true".into()],
+            "rnet: invalid --private-users=\"maybe\": use no, yes, pick, identity or UID[:RANGE]".into(),
+        ),
+        (
+            vec!["-D".into(), tr.clone(), "-U".into(), "--private-users-ownership=copy".into(), "true".into()],
+            "rnet: invalid --private-users-ownership=\"copy\": use off, chown, map or auto".into(),
         ),
         (
             vec!["-D".into(), tr.clone(), "-u".into(), "nobody".into(), "true".into()],
@@ -683,4 +691,410 @@ fn console_modes() {
     // Ctrl-] three times ends the session: the container is killed.
     let out = interactive("/bin/sleep 60", "\\035\\035\\035");
     assert_eq!(out.status.code(), Some(137), "{:?}", text(&out));
+}
+
+/// The range `rnet` reports on stderr ("... are host UIDs B-E; the tree ...") and how the tree's
+/// ownership was handled (the rest of that line).
+fn userns_note(stderr: &str) -> (u32, String) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("rnet: user namespace: "))
+        .unwrap_or_else(|| panic!("no user namespace note in {stderr:?}"));
+    let rest = line.split("are host UIDs ").nth(1).unwrap();
+    let base = rest.split('-').next().unwrap().parse().unwrap();
+    (base, rest.split("; ").nth(1).unwrap_or_default().to_owned())
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// What the payload reports of its user namespace: its UID and GID, the owner of a tree file
+/// and its map; it creates `/root/made` in the tree and `/out/made` in a bind of the host.
+const USERNS_SCRIPT: &str = "echo id=$(id -u):$(id -g); echo owner=$(stat -c %u:%g /bin/busybox); \
+     echo webhome=$(stat -c %u /home/web); echo map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'); \
+     touch /root/made; echo made=$?; touch /out/made; echo out=$?; grep CapBnd /proc/self/status";
+
+#[test]
+fn user_namespace_ownership_inside_and_outside() {
+    let t = "user_namespace_ownership_inside_and_outside";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let rig = Rig::new();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bind = format!("{}:/out", shared.path().display());
+    let bnd = host_cap_bnd();
+    const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+
+    // map: the tree is unchanged on disk, yet root's inside; the payload is the range's root.
+    let tree = Tree::new(&bb);
+    let out = run_sh(
+        &rig,
+        &tree,
+        &[
+            "-M",
+            "mapped",
+            "--private-users=pick",
+            "--private-users-ownership=map",
+            "--bind",
+            &bind,
+        ],
+        USERNS_SCRIPT,
+    );
+    let (so, se) = text(&out);
+    if se.contains("--private-users-ownership=map: idmapping") {
+        // The kernel or the tree's filesystem cannot idmap: say so, and auto must chown.
+        eprintln!("NOTE {t}: no idmapped mounts here: {se}");
+    } else {
+        assert!(out.status.success(), "{so}{se}");
+        let (base, how) = userns_note(&se);
+        assert_eq!(how, "the tree is idmapped (unchanged on disk)");
+        assert_eq!(base & 0xFFFF, 0);
+        assert!((0x0008_0000..=0x6FFF_0000).contains(&base), "{base:#x}");
+        assert_eq!(field(&so, "id"), "0:0");
+        assert_eq!(field(&so, "owner"), "0:0");
+        assert_eq!(field(&so, "webhome"), "1000");
+        assert_eq!(field(&so, "map"), format!("0 {base} 65536"));
+        assert_eq!(field(&so, "made"), "0");
+        assert_eq!(field(&so, "out"), "0");
+        // Outside: the tree as it was, what the payload made in it owned by 0 on disk; what it
+        // made in the host's directory owned by the range.
+        assert_eq!(owner(&tree.path().join("bin/busybox")), (0, 0));
+        assert_eq!(owner(&tree.path().join("home/web")), (1000, 1000));
+        assert_eq!(owner(&tree.path().join("root/made")), (0, 0));
+        assert_eq!(owner(&shared.path().join("made")), (base, base));
+        // On the host's network the namespace's root may not bind privileged ports.
+        assert!(
+            so.contains(&format!(
+                "CapBnd:\t{:016x}",
+                NSPAWN_CAPS & bnd & !CAP_NET_BIND_SERVICE
+            )),
+            "{so}"
+        );
+        // The range is stable for the machine, and free again once it ended.
+        let again = run_sh(
+            &rig,
+            &tree,
+            &["-M", "mapped", "-U", "--bind", &bind],
+            "true",
+        );
+        assert_eq!(userns_note(&text(&again).1).0, base);
+        assert_eq!(
+            std::fs::read_dir(rig.runtime_dir().join("uid"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    // chown: the tree's owners shifted on disk once; a second run changes nothing.
+    let tree = Tree::new(&bb);
+    std::fs::remove_file(shared.path().join("made")).ok();
+    let out = run_sh(
+        &rig,
+        &tree,
+        &[
+            "-M",
+            "chowned",
+            "--private-users=pick",
+            "--private-users-ownership=chown",
+            "--bind",
+            &bind,
+        ],
+        USERNS_SCRIPT,
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    let (base, how) = userns_note(&se);
+    assert_eq!(how, "the tree's owners are shifted (chowned now)");
+    assert_eq!(field(&so, "id"), "0:0");
+    assert_eq!(field(&so, "owner"), "0:0");
+    assert_eq!(field(&so, "webhome"), "1000");
+    assert_eq!(field(&so, "map"), format!("0 {base} 65536"));
+    assert_eq!(field(&so, "made"), "0");
+    assert_eq!(owner(&tree.path().join("bin/busybox")), (base, base));
+    assert_eq!(owner(tree.path()), (base, base));
+    assert_eq!(
+        owner(&tree.path().join("home/web")),
+        (base + 1000, base + 1000)
+    );
+    assert_eq!(owner(&tree.path().join("root/made")), (base, base));
+    assert_eq!(owner(&shared.path().join("made")), (base, base));
+    let ctime = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let before = ctime(&tree.path().join("bin/busybox"));
+    // -U on a shifted tree: its range (from the root's owner), nothing chowned again, even
+    // under another machine name.
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["-M", "other", "-U"],
+        "stat -c owner=%u /bin/busybox",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(
+        userns_note(&se),
+        (base, "the tree's owners are shifted (already)".into())
+    );
+    assert_eq!(field(&so, "owner"), "0");
+    assert_eq!(ctime(&tree.path().join("bin/busybox")), before);
+
+    // identity: UIDs map to themselves.
+    let plain = Tree::new(&bb);
+    let out = run_sh(
+        &rig,
+        &plain,
+        &["--private-users=identity"],
+        "echo map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'); id -u",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert_eq!(field(&so, "map"), "0 0 65536");
+}
+
+#[test]
+fn an_occupied_uid_range_is_refused() {
+    let t = "an_occupied_uid_range_is_refused";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let other = Tree::new(&bb);
+    let mut rig = Rig::new();
+    let out_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let up = out_dir.path().join("up");
+    let mut cmd = rig.rnet();
+    cmd.args(["run", "-D", &tree.arg(), "-M", "holder", "-U"])
+        .args(["--private-users-ownership=chown"])
+        .args(["--bind", &format!("{}:/out", out_dir.path().display())])
+        .args(["--", "/bin/sh", "-c", "echo up > /out/up; sleep 1000"]);
+    let pid = rig.spawn(&mut cmd);
+    assert!(wait_until(Duration::from_secs(20), || up.exists()));
+    let locks = rig.runtime_dir().join("uid");
+    let held: Vec<String> = std::fs::read_dir(&locks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let base: u32 = held[0].parse().unwrap();
+    assert_eq!(owner(tree.path()), (base, base));
+    let want = format!(
+        "rnet: UID range {base}-{} is in use by a running container (lock {}/{base})",
+        base + 0xFFFF,
+        locks.display()
+    );
+    let cases: Vec<Vec<String>> = vec![
+        // The same tree again: its range is the running container's.
+        vec![
+            "-D".into(),
+            tree.arg(),
+            "-M".into(),
+            "second".into(),
+            "-U".into(),
+            "true".into(),
+        ],
+        // Another tree asking for that range.
+        vec![
+            "-D".into(),
+            other.arg(),
+            format!("--private-users={base}"),
+            "-n".into(),
+            "true".into(),
+        ],
+    ];
+    for args in cases {
+        let out = output(rig.rnet().arg("run").args(&args));
+        let (so, se) = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {so}");
+        assert_eq!(se.trim_end(), want, "{args:?}");
+    }
+    // Nothing half-made: the other tree untouched, no second lock, no cgroup, no link.
+    assert_eq!(owner(other.path()), (0, 0));
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 1);
+    assert!(!rig.host_links().iter().any(|l| l.starts_with("ve-")));
+    rig.signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(143), "{:?}", text(&out));
+    // The lock file goes with the container.
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
+}
+
+#[test]
+fn user_namespace_with_a_private_network() {
+    let t = "user_namespace_with_a_private_network";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let out = run_sh(
+        &rig,
+        &tree,
+        &["-U", "-n", "-M", "unet"],
+        "echo addr=$(ip -o -4 addr show host0 | awk '{print $4}'); \
+         echo gw=$(ip route | awk '/default/ {print $3}'); \
+         ping -c 1 -W 5 $(ip route | awk '/default/ {print $3}') >/dev/null; echo ping=$?; \
+         grep CapBnd /proc/self/status; echo id=$(id -u); ls /sys/class/net | tr '\\n' ' '",
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    assert!(field(&so, "addr").contains('/'), "{so}");
+    assert_eq!(field(&so, "ping"), "0", "{so}{se}");
+    assert_eq!(field(&so, "id"), "0");
+    // Its own network: CAP_NET_ADMIN and CAP_NET_BIND_SERVICE stay (over its own namespace).
+    assert!(
+        so.contains(&format!(
+            "CapBnd:\t{:016x}",
+            (NSPAWN_CAPS | CAP_NET_ADMIN) & host_cap_bnd()
+        )),
+        "{so}"
+    );
+    // Its own sysfs, of its network namespace.
+    assert!(so.contains("host0"), "{so}");
+    rig.assert_all_gone();
+}
+
+/// A stand-in for systemd as PID 1 (`-b` finds it at systemd's path): it records the signal
+/// that asks it to stop. SIGRTMIN+3 is 37 for glibc and the kernel alike (34 + 3).
+const FAKE_SYSTEMD: &str = "#!/bin/sh
+trap 'echo rtmin3 > /out/sig; exit 0' 37
+trap 'echo term > /out/sig' TERM
+echo up > /out/up
+while :; do sleep 0.1; done
+";
+
+#[test]
+fn rnet_stop_asks_systemd_with_sigrtmin3_and_kills_after_the_timeout() {
+    let t = "rnet_stop_asks_systemd_with_sigrtmin3_and_kills_after_the_timeout";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    std::fs::create_dir_all(tree.path().join("usr/lib/systemd")).unwrap();
+    tree.write("/usr/lib/systemd/systemd", FAKE_SYSTEMD, 0o755);
+    let out_dir = tempfile::tempdir().unwrap();
+    let od = out_dir.path().to_owned();
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let bind = format!("{}:/out", od.display());
+    let mut cmd = rig.rnet();
+    cmd.args([
+        "run",
+        "-D",
+        &tree.arg(),
+        "-b",
+        "-n",
+        "-M",
+        "sd",
+        "--bind",
+        &bind,
+    ]);
+    let pid = rig.spawn(&mut cmd);
+    rig.wait_machine("sd");
+    assert!(wait_until(Duration::from_secs(20), || od
+        .join("up")
+        .exists()));
+    let out = output(rig.rnet().args(["stop", "sd"]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(od.join("sig")).unwrap_or_default(),
+        "rtmin3\n"
+    );
+    rig.assert_all_gone();
+
+    // Any other PID 1 gets SIGTERM; one that does not end is killed after the timeout.
+    std::fs::remove_file(od.join("up")).unwrap();
+    let mut cmd = rig.rnet();
+    cmd.args([
+        "run",
+        "-D",
+        &tree.arg(),
+        "--as-pid1",
+        "-n",
+        "-M",
+        "stubborn",
+    ])
+    .args(["--bind", &bind, "--", "/bin/sh", "-c"])
+    .arg("trap 'echo term > /out/sig' TERM; echo up > /out/up; while :; do sleep 0.1; done");
+    let pid = rig.spawn(&mut cmd);
+    rig.wait_machine("stubborn");
+    assert!(wait_until(Duration::from_secs(20), || od
+        .join("up")
+        .exists()));
+    let out = output(rig.rnet().args(["stop", "stubborn"]));
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = rig.wait(pid);
+    assert_eq!(out.status.code(), Some(137), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(od.join("sig")).unwrap_or_default(),
+        "term\n"
+    );
+    assert!(
+        rig.log()
+            .contains("still running after the stop request: killed")
+    );
+    rig.assert_all_gone();
+}
+
+#[test]
+fn auto_ownership_falls_back_to_chown_where_the_tree_cannot_be_idmapped() {
+    let t = "auto_ownership_falls_back_to_chown_where_the_tree_cannot_be_idmapped";
+    if !privileged(t) {
+        return;
+    }
+    let Some(bb) = static_busybox(t) else { return };
+    let tree = Tree::new(&bb);
+    let rig = Rig::new();
+    // ramfs cannot be idmapped: the tree is copied onto one, in a mount namespace of the
+    // test's own (gone with it), where rnet runs.
+    let ram = tempfile::tempdir().unwrap();
+    let rnet = rig.rnet();
+    let line: Vec<String> = std::iter::once(rnet.get_program())
+        .chain(rnet.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let line = line.join(" ");
+    let (r, src) = (ram.path().display(), tree.arg());
+    let script = format!(
+        "set -e; mount -t ramfs none {r}; cp -a {src} {r}/t; chown 0:0 {r}/t; \
+         {line} run -D {r}/t --private-users=pick --private-users-ownership=map -- /bin/true || echo map=$?; \
+         {line} run -D {r}/t -M rammed -U -- /bin/sh -c 'echo owner=$(stat -c %u /bin/busybox)'; \
+         echo outside=$(stat -c %u {r}/t/bin/busybox)"
+    );
+    let out = output(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(&script),
+    );
+    let (so, se) = text(&out);
+    assert!(out.status.success(), "{so}{se}");
+    // map alone refuses, with the kernel's word, and nothing runs.
+    assert_eq!(field(&so, "map"), "1", "{so}{se}");
+    assert!(
+        se.contains(&format!(
+            "rnet: --private-users-ownership=map: idmapping {r}/t: Invalid argument"
+        )),
+        "{se}"
+    );
+    // auto shifts the tree instead: root inside, the range outside.
+    let (base, how) = userns_note(&se);
+    assert_eq!(how, "the tree's owners are shifted (chowned now)");
+    assert_eq!(field(&so, "owner"), "0");
+    assert_eq!(field(&so, "outside"), base.to_string());
 }

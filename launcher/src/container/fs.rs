@@ -83,6 +83,15 @@ pub struct Layout<'a> {
     pub resolv_conf: Option<String>,
     /// `/dev/console` is a pty (every `--console` mode but `pipe`).
     pub console_pty: bool,
+    /// In a user namespace (`-U`): device nodes are bound from the host's `/dev` (mknod is the
+    /// initial namespace's), `/sys` is the host's, bound read-only, without a network namespace
+    /// of the container's own (sysfs is mounted only by the owner of the network namespace).
+    pub userns: bool,
+    /// The idmapped tree (`--private-users-ownership=map`), attached instead of a bind of
+    /// `root`.
+    pub tree: Option<&'a OwnedFd>,
+    /// `/sys/fs/cgroup` for a booted systemd (`cgroupfs::mount_all`).
+    pub cgroups: bool,
 }
 
 /// Where the new root is assembled: a tmpfs mounted on the host's `/tmp` in the container's
@@ -110,16 +119,28 @@ fn mnt(
     })
 }
 
-/// Remounts the mount at `target` read-only (with `extra` flags kept).
+/// Remounts the mount at `target` read-only, with `extra` flags and the ones it has (a mount
+/// from a more privileged mount namespace has them locked: a remount dropping them fails in a
+/// user namespace).
 fn remount_ro(target: &Path, extra: MsFlags) -> Result<(), String> {
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making {} read-only: {}", target.display(), e.desc()))
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra;
+    if let Ok(st) = nix::sys::statvfs::statvfs(target) {
+        use nix::sys::statvfs::FsFlags;
+        for (f, m) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if st.flags().contains(f) {
+                flags |= m;
+            }
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .map_err(|e| format!("making {} read-only: {}", target.display(), e.desc()))
 }
 
 fn bind_self(target: &Path) -> Result<(), String> {
@@ -204,13 +225,7 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
             mkdir_p(&scratch.join(d), 0o755)?;
         }
         let lower = scratch.join("lower");
-        mnt(
-            Some(&fd_path(&root_fd)),
-            &lower,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
+        attach_root(&root_fd, l.tree, &lower)?;
         let opts = format!(
             "lowerdir={},upperdir={SCRATCH}/upper,workdir={SCRATCH}/work",
             lower.display()
@@ -223,13 +238,7 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
             Some(&opts),
         )?;
     } else {
-        mnt(
-            Some(&fd_path(&root_fd)),
-            &new,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
+        attach_root(&root_fd, l.tree, &new)?;
     }
     drop(root_fd);
     let master = api_filesystems(&new, l)?;
@@ -256,6 +265,20 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
     }
     pivot(&new)?;
     Ok(master)
+}
+
+/// The tree on `target`: the idmapped tree if there is one, else a recursive bind of the tree.
+fn attach_root(root: &OwnedFd, tree: Option<&OwnedFd>, target: &Path) -> Result<(), String> {
+    match tree {
+        Some(t) => crate::container::userns::attach(t, target),
+        None => mnt(
+            Some(&fd_path(root)),
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ),
+    }
 }
 
 /// `/proc`, `/sys`, `/dev`, `/run`, `/tmp` (nspawn-mount.c's table, in its order).
@@ -305,14 +328,28 @@ fn api_filesystems(new: &Path, l: &Layout) -> Result<Option<OwnedFd>, String> {
     }
     let sysfs = chase(new, Path::new("/sys"))?;
     mkdir_p(&sysfs, 0o755)?;
-    mnt(
-        Some("sysfs"),
-        &sysfs,
-        Some("sysfs"),
-        nsn | MsFlags::MS_RDONLY,
-        None,
-    )?;
-    let master = dev(new, l.console_pty)?;
+    if l.userns && !l.private_network {
+        mnt(
+            Some("/sys"),
+            &sysfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        remount_ro(&sysfs, nsn)?;
+    } else {
+        mnt(
+            Some("sysfs"),
+            &sysfs,
+            Some("sysfs"),
+            nsn | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    if l.cgroups {
+        crate::container::cgroupfs::mount_all(&sysfs.join("fs/cgroup"))?;
+    }
+    let master = dev(new, l.console_pty, l.userns)?;
     let run = chase(new, Path::new("/run"))?;
     mkdir_p(&run, 0o755)?;
     mnt(
@@ -337,7 +374,7 @@ fn api_filesystems(new: &Path, l: &Layout) -> Result<Option<OwnedFd>, String> {
 
 /// A minimal `/dev` (nspawn's `copy_devnodes()`, `setup_pts()`, `setup_dev_console()`):
 /// `/dev/console` is a pty's peer when `console_pty`, else `/dev/null`.
-fn dev(new: &Path, console_pty: bool) -> Result<Option<OwnedFd>, String> {
+fn dev(new: &Path, console_pty: bool, userns: bool) -> Result<Option<OwnedFd>, String> {
     let dev = chase(new, Path::new("/dev"))?;
     mkdir_p(&dev, 0o755)?;
     mnt(
@@ -356,6 +393,18 @@ fn dev(new: &Path, console_pty: bool) -> Result<Option<OwnedFd>, String> {
         ("tty", 5, 0),
     ] {
         let p = dev.join(name);
+        if userns {
+            // nspawn's copy_devnodes() in a user namespace: a bind of the host's node.
+            touch(&p)?;
+            mnt(
+                Some(&format!("/dev/{name}")),
+                &p,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+            continue;
+        }
         mknod(
             &p,
             SFlag::S_IFCHR,

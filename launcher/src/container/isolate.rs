@@ -70,11 +70,27 @@ const NSPAWN_RETAIN: [u32; 26] = [
     cap::SYS_TTY_CONFIG,
 ];
 
-/// The capabilities a container keeps, as a mask.
-pub fn retained(private_network: bool) -> u64 {
+/// The launcher's own bounding set: a new user namespace starts with every capability in its
+/// bounding set, so a container in one is limited to this explicitly (as one without is by
+/// inheritance).
+pub fn bounding_set() -> u64 {
+    (0..64u32)
+        .filter(|&c| {
+            // SAFETY: PR_CAPBSET_READ with a capability number; no pointers.
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(c), 0, 0, 0) == 1 }
+        })
+        .fold(0u64, |m, c| m | (1 << c))
+}
+
+/// The capabilities a container keeps, as a mask. In a user namespace on the host's network,
+/// `CAP_NET_BIND_SERVICE` goes too (nspawn, systemd#11889): the namespace's root would bind
+/// the host's privileged ports.
+pub fn retained(private_network: bool, userns: bool) -> u64 {
     let mut mask = NSPAWN_RETAIN.iter().fold(0u64, |m, c| m | (1 << c));
     if private_network {
         mask |= 1 << cap::NET_ADMIN;
+    } else if userns {
+        mask &= !(1 << cap::NET_BIND_SERVICE);
     }
     mask
 }
@@ -165,11 +181,14 @@ mod tests {
 
     #[test]
     fn net_admin_only_with_a_private_network() {
-        assert_eq!(retained(false) & (1 << cap::NET_ADMIN), 0);
-        assert_ne!(retained(true) & (1 << cap::NET_ADMIN), 0);
+        assert_eq!(retained(false, false) & (1 << cap::NET_ADMIN), 0);
+        assert_ne!(retained(true, false) & (1 << cap::NET_ADMIN), 0);
         // nspawn's default set, as /proc/PID/status shows it (CapBnd).
-        assert_eq!(retained(false), 0x0000_0000_fdec_afff);
-        assert_eq!(retained(true), 0x0000_0000_fdec_bfff);
+        assert_eq!(retained(false, false), 0x0000_0000_fdec_afff);
+        assert_eq!(retained(true, false), 0x0000_0000_fdec_bfff);
+        // A user namespace on the host's network loses CAP_NET_BIND_SERVICE (systemd#11889).
+        assert_eq!(retained(false, true), 0x0000_0000_fdec_abff);
+        assert_eq!(retained(true, true), retained(true, false));
         for c in [
             cap::SYS_MODULE,
             cap::SYS_TIME,
@@ -177,7 +196,7 @@ mod tests {
             cap::SYSLOG,
             cap::IPC_LOCK,
         ] {
-            assert_eq!(retained(true) & (1 << c), 0, "capability {c}");
+            assert_eq!(retained(true, false) & (1 << c), 0, "capability {c}");
         }
     }
 }

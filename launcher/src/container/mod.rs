@@ -14,12 +14,14 @@
 //! 3. `init::run` (PID 1 stays rnet's init, the payload is PID 2) or an exec of the payload or
 //!    the tree's init as PID 1 (`--as-pid1`, `--boot`).
 
+pub mod cgroupfs;
 pub mod console;
 pub mod fs;
 pub mod init;
 pub mod isolate;
 pub mod seccomp;
 pub mod spec;
+pub mod userns;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -60,6 +62,10 @@ pub struct Container {
     pub uuid: String,
     /// The tree's init is systemd: a stop request becomes SIGRTMIN+3.
     pub systemd: bool,
+    /// `-U`, `--private-users=`: the user namespace, decided and its range locked.
+    pub userns: Option<userns::Plan>,
+    /// The launcher's capability bounding set (a user namespace's starts full again).
+    pub bounding: u64,
 }
 
 fn read_in_tree(root: &Path, file: &str) -> String {
@@ -71,7 +77,7 @@ fn read_in_tree(root: &Path, file: &str) -> String {
 
 impl Container {
     /// Checks every container option; nothing is created.
-    pub fn new(args: &RunArgs, machine: &str) -> Result<Self, String> {
+    pub fn new(args: &RunArgs, machine: &str, runtime_dir: &Path) -> Result<Self, String> {
         let dir = args.directory.as_deref().unwrap_or(Path::new("."));
         let root = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let start = if args.boot {
@@ -167,8 +173,20 @@ impl Container {
                     .map_err(|_| format!("argument {a:?} contains a NUL byte"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mode = match (&args.private_users, args.userns) {
+            (Some(m), _) => userns::Mode::parse(m)?,
+            (None, true) => userns::Mode::Pick,
+            (None, false) => userns::Mode::Off,
+        };
+        let ownership = match &args.private_users_ownership {
+            Some(o) => userns::Ownership::parse(o)?,
+            None if mode == userns::Mode::Pick => userns::Ownership::Auto,
+            None => userns::Ownership::Off,
+        };
         let uuid = spec::random_uuid()?;
         let term = std::env::var("TERM").ok();
+        // Last: it takes the range's lock.
+        let userns = userns::plan(mode, ownership, &root, machine, &runtime_dir.join("uid"))?;
         let env = spec::environment(&uuid, user.as_ref(), term.as_deref(), &setenv);
         Ok(Self {
             root,
@@ -186,6 +204,8 @@ impl Container {
             no_new_privs,
             uuid,
             systemd,
+            userns,
+            bounding: isolate::bounding_set(),
         })
     }
 
@@ -222,6 +242,7 @@ pub fn enter(
     c: &Container,
     machine: Option<&Machine>,
     private_network: bool,
+    tree: Option<&OwnedFd>,
     mut sock: UnixStream,
     old_mask: &SigSet,
     forwarded: &SigSet,
@@ -237,7 +258,7 @@ pub fn enter(
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    let sent = prepare(c, machine, private_network).and_then(|master| match master {
+    let sent = prepare(c, machine, private_network, tree).and_then(|master| match master {
         Some(m) => console::send_master(&sock, &m),
         None => Ok(()),
     });
@@ -275,6 +296,7 @@ fn prepare(
     c: &Container,
     machine: Option<&Machine>,
     private_network: bool,
+    tree: Option<&OwnedFd>,
 ) -> Result<Option<std::os::fd::OwnedFd>, String> {
     // nspawn's --resolv-conf=auto in spirit: a private network whose DNS server rnet knows (the
     // gateway's forwarder) gets a file naming it; a booted tree with a private network asks DHCP
@@ -304,8 +326,11 @@ fn prepare(
         ],
         resolv_conf,
         console_pty: c.console != Console::Pipe,
+        userns: c.userns.is_some(),
+        tree,
+        cgroups: c.systemd,
     })?;
-    let retain = isolate::retained(private_network);
+    let retain = isolate::retained(private_network, c.userns.is_some()) & c.bounding;
     isolate::apply(retain, false)?;
     seccomp::install(retain)?;
     if c.no_new_privs {

@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn module_clock_and_rawio_calls_need_capabilities_the_container_lacks() {
-        let a = allowed(retained(true));
+        let a = allowed(retained(true, false));
         for denied in [
             "finit_module",
             "init_module",
@@ -195,7 +195,7 @@ mod tests {
         let mut ctx = ScmpFilterContext::new(ScmpAction::Errno(libc::EPERM)).unwrap();
         archs(&mut ctx).unwrap();
         let mut added = 0;
-        for name in allowed(retained(true)) {
+        for name in allowed(retained(true, false)) {
             if let Ok(sc) = ScmpSyscall::from_name(name)
                 && ctx.add_rule(ScmpAction::Allow, sc).is_ok()
             {

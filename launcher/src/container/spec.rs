@@ -92,8 +92,8 @@ impl Bind {
                 "" | "noidmap" => {}
                 "idmap" | "rootidmap" => {
                     return Err(format!(
-                        "invalid {opt} {spec:?}: {o} needs a user namespace (--private-users), \
-                         which rnet does not provide yet"
+                        "invalid {opt} {spec:?}: {o} is not supported yet (idmapped mounts \
+                         apply to the tree only, --private-users-ownership=map)"
                     ));
                 }
                 other => {
@@ -399,7 +399,7 @@ mod tests {
         assert!(
             Bind::parse("/a:/b:idmap", false)
                 .unwrap_err()
-                .contains("user namespace")
+                .contains("not supported yet")
         );
         assert!(
             Bind::parse("/a:/b:bogus", false)

@@ -47,8 +47,8 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use crate::api::{
-    ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, Zone, ZoneConfig,
-    ZoneName,
+    ApiError, AttachRequest, ErrorKind, InitKind, Machine, MachineName, NetworkSpec, Zone,
+    ZoneConfig, ZoneName,
 };
 use crate::dhcp_glue::DhcpService;
 use crate::firewall::Firewall;
@@ -67,6 +67,8 @@ use system::{Host, HostProcs, Leases, Links, Procs, System};
 
 /// How often the firewall table is checked for changes made from outside.
 const FIREWALL_CHECK: Duration = Duration::from_secs(2);
+/// How long `Stop` waits before it kills a machine's process (systemd-nspawn's, too).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Name of the container end of the primary veth (fixed, as in nspawn).
 pub const CONTAINER_IFNAME: &str = "host0";
@@ -456,6 +458,7 @@ impl<S: System> Machines<S> {
                     machine: machine.clone(),
                     pid_start_time,
                     held_ns,
+                    init: req.init,
                 },
                 index,
                 watcher: None,
@@ -555,18 +558,42 @@ impl<S: System> Machines<S> {
         self.leases.sync().await;
     }
 
-    /// Asks a machine to stop: SIGTERM to its process (through its pidfd, so a reused pid is
-    /// never hit). Its launcher forwards nothing and sees the payload end; cleanup follows.
+    /// Asks a machine to stop: SIGRTMIN+3 to a systemd init (it powers off), SIGTERM to any
+    /// other process (through its pidfd, so a reused pid is never hit), SIGKILL after
+    /// [`STOP_TIMEOUT`] if it has not ended. Its launcher sees PID 1 end; cleanup follows.
     pub async fn stop(&self, name: &MachineName) -> Result<(), ApiError> {
+        self.stop_within(name, STOP_TIMEOUT).await
+    }
+
+    /// [`Self::stop`], with SIGKILL after `timeout`.
+    pub async fn stop_within(&self, name: &MachineName, timeout: Duration) -> Result<(), ApiError> {
         let registry = self.registry.lock().await;
         let entry = registry.machines.get(name).ok_or_else(|| not_found(name))?;
         let fd = entry
             .pidfd
             .as_ref()
             .ok_or_else(|| internal(format!("no handle on the process of {name}")))?;
+        let signal = match entry.saved.init {
+            InitKind::Systemd => libc::SIGRTMIN() + 3,
+            InitKind::Other => libc::SIGTERM,
+        };
         self.procs
-            .signal(fd, libc::SIGTERM)
-            .map_err(|e| internal(format!("signalling {name}: {e}")))
+            .signal(fd, signal)
+            .map_err(|e| internal(format!("signalling {name}: {e}")))?;
+        // Through a pidfd of its own: a process that ended meanwhile is not confused with a
+        // new one of the same pid (the signal then fails with ESRCH, ignored).
+        if let Ok(fd) = fd.try_clone() {
+            let this = self.this.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let Some(me) = this.upgrade() else { return };
+                if me.procs.signal(&fd, libc::SIGKILL).is_ok() {
+                    warn!(machine = %name, ?timeout, "still running after the stop request: killed");
+                }
+            });
+        }
+        Ok(())
     }
 
     /// All attached machines.

@@ -124,6 +124,7 @@ fn req(name: &str, pid: u32, network: NetworkSpec, ports: &[&str]) -> AttachRequ
             .collect(),
         links: Vec::new(),
         held: None,
+        init: crate::api::InitKind::Other,
     }
 }
 
@@ -421,6 +422,27 @@ async fn stop_signals_the_process_through_its_pidfd() {
     w.attach("a", 41, NetworkSpec::Veth, &[]).await.unwrap();
     w.m.stop(&MachineName::new("a").unwrap()).await.unwrap();
     assert_eq!(w.procs.signals(), [(41, libc::SIGTERM)]);
+    // A systemd init is asked with SIGRTMIN+3 (SIGTERM would make it re-execute); whatever
+    // has not ended after the timeout gets SIGKILL.
+    let mut r = req("sd", 42, NetworkSpec::Veth, &[]);
+    r.init = crate::api::InitKind::Systemd;
+    let netns = w.procs.spawn(42, 420);
+    w.m.attach(r, netns).await.unwrap();
+    let sd = MachineName::new("sd").unwrap();
+    w.m.stop_within(&sd, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(w.procs.signals()[1..], [(42, libc::SIGRTMIN() + 3)]);
+    for _ in 0..400 {
+        if w.procs.signals().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        w.procs.signals()[1..],
+        [(42, libc::SIGRTMIN() + 3), (42, libc::SIGKILL)]
+    );
     let err =
         w.m.stop(&MachineName::new("nope").unwrap())
             .await
@@ -493,6 +515,7 @@ fn plan_restart_decides_from_saved_state_and_observations() {
         },
         pid_start_time: 1,
         held_ns: None,
+        init: crate::api::InitKind::Other,
     };
     let mut lab = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
     lab.subnet = Some("10.0.0.0/24".parse().unwrap());
