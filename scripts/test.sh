@@ -15,7 +15,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 
-# Nothing may be left behind.
+# Nothing may be left behind (cgroups: the launcher's rnet-NAME ones).
 left=""
 ns=$(ip netns list | awk '{print $1}' | grep '^rnt' || true)
 [ -z "$ns" ] || left+=" netns:$ns"
@@ -23,6 +23,8 @@ links=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(ve-
 [ -z "$links" ] || left+=" links:$links"
 tables=$(nft list tables 2>/dev/null | grep -w rnet || true)
 [ -z "$tables" ] || left+=" nft:$tables"
+cgroups=$(find /sys/fs/cgroup -maxdepth 6 -type d -name 'rnet-*' 2>/dev/null || true)
+[ -z "$cgroups" ] || left+=" cgroups:$cgroups"
 procs=$(pgrep -x rnetd || true)
 [ -z "$procs" ] || left+=" rnetd:$procs"
 if [ -n "$left" ]; then

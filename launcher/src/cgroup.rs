@@ -306,6 +306,37 @@ fn procs(dir: &Path) -> Option<Vec<i32>> {
     Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// How long an empty `rnet-*` cgroup must have been left before [`sweep_stale`] takes it for
+/// the leftover of a launcher that was killed (a live one moves its child in at once).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the empty `rnet-*` cgroups below `parent` that launchers killed with SIGKILL left
+/// (nothing else removes them: the launcher does it when the machine ends). Only directories
+/// without processes and without child cgroups, unchanged for [`STALE_AFTER`].
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("rnet-") {
+            continue;
+        }
+        let dir = e.path();
+        let old = fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        let has_children = fs::read_dir(&dir)
+            .map(|mut d| d.any(|c| c.is_ok_and(|c| c.path().is_dir())))
+            .unwrap_or(true);
+        if old && !has_children && procs(&dir).is_some_and(|p| p.is_empty()) {
+            // rmdir fails harmlessly if a process arrived meanwhile.
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+}
+
 /// A cgroup's directory in each hierarchy, by controller.
 type Dirs = Vec<(&'static str, PathBuf)>;
 
@@ -367,6 +398,7 @@ impl Cgroup {
         let leaf = format!("rnet-{machine}");
         let mut dirs = Vec::new();
         for (controller, parent) in parents {
+            sweep_stale(&parent);
             if version == Version::V2 {
                 // Enable the controller for children (fails harmlessly if already on).
                 let _ = fs::write(

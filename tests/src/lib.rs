@@ -419,6 +419,52 @@ impl Default for Rig {
     }
 }
 
+/// Removes the empty `rnet-*` cgroups (of any hierarchy) that launchers killed by a test left.
+/// One younger than a second is looked at again once it is a second old: a live launcher moves
+/// its child into the cgroup it made at once, so an empty one of that age is a leftover.
+pub fn sweep_cgroups() {
+    let find = || -> Vec<PathBuf> {
+        let out = Command::new("find")
+            .args([
+                "/sys/fs/cgroup",
+                "-maxdepth",
+                "6",
+                "-type",
+                "d",
+                "-name",
+                "rnet-*",
+            ])
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let empty = |d: &Path| {
+        fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+            && fs::read_dir(d).is_ok_and(|mut e| !e.any(|c| c.is_ok_and(|c| c.path().is_dir())))
+    };
+    let age = |d: &Path| {
+        fs::metadata(d)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default()
+    };
+    let candidates: Vec<PathBuf> = find().into_iter().filter(|d| empty(d)).collect();
+    if candidates.iter().any(|d| age(d) < Duration::from_secs(1)) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for d in candidates {
+        if age(&d) >= Duration::from_secs(1) && empty(&d) {
+            let _ = fs::remove_dir(&d);
+        }
+    }
+}
+
 /// Every process below `roots` in the process tree (children, grandchildren, ...).
 pub fn descendants(roots: &[u32]) -> Vec<u32> {
     let mut parent_of = Vec::new();
@@ -468,6 +514,7 @@ impl Drop for Rig {
             let _ = c.kill();
             let _ = c.wait();
         }
+        sweep_cgroups();
         self.stop_rnetd(nix::sys::signal::Signal::SIGKILL);
         for ns in [&self.host_ns, &self.uplink_ns] {
             kill_netns_processes(ns);
