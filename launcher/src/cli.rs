@@ -224,7 +224,7 @@ pub struct RunArgs {
         default_value = "yes",
         value_name = "MODE"
     )]
-    pub settings: crate::settings::Mode,
+    pub settings: SettingsMode,
     /// A resource limit of the container's cgroup, as systemd-nspawn's `--property=`:
     /// `MemoryMax=`, `MemoryHigh=`, `CPUQuota=`, `TasksMax=`, `CPUWeight=` (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]
@@ -322,6 +322,20 @@ pub struct RunArgs {
     /// init's arguments).
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--settings=`: whether settings files are read, trusted, and win over the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SettingsMode {
+    /// Read them; a file beside the image is untrusted; the command line wins.
+    #[default]
+    Yes,
+    /// Ignore settings files.
+    No,
+    /// Read them and trust every file, also one beside the image.
+    Trusted,
+    /// Read them; the file wins over the command line (as `systemd-nspawn@.service` runs).
+    Override,
 }
 
 #[cfg(test)]

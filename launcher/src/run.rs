@@ -179,7 +179,7 @@ pub fn run(
     runtime_dir: &std::path::Path,
 ) -> Result<u8, String> {
     let mode = args.settings;
-    for warning in crate::settings::apply(&mut args, mode)? {
+    for warning in crate::settings::apply(&mut args, mode, Container::default_machine)? {
         eprintln!("rnet: warning: {warning}");
     }
     let plan = Plan::new(args, runtime_dir)?;

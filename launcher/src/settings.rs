@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use api::{IfName, IfPair, PortSpec, ZoneName};
 
+use crate::cli::{RunArgs, SettingsMode as Mode};
+
 /// The trusted directories, searched in this order.
 pub const TRUSTED_DIRS: [&str; 2] = ["/etc/systemd/nspawn", "/run/systemd/nspawn"];
 
@@ -320,27 +322,18 @@ pub fn find(name: &str, machines_dir: &Path, trust_all: bool) -> Option<(PathBuf
         })
 }
 
-/// `--settings=`: whether settings files are read, trusted, and win over the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Mode {
-    /// Read them; a file beside the image is untrusted; the command line wins.
-    #[default]
-    Yes,
-    /// Ignore settings files.
-    No,
-    /// Read them and trust every file, also one beside the image.
-    Trusted,
-    /// Read them; the file wins over the command line (as `systemd-nspawn@.service` runs).
-    Override,
-}
-
 /// Applies the settings file of a `-D` run to its arguments, as systemd-nspawn's
 /// `merge_settings()`: each group of settings the file sets replaces the command line's only if
 /// the command line left that group unset, or under `--settings=override`. The network is one
 /// group: the file's network settings replace all of the command line's network options or none
 /// of them, so the two are never mixed (nspawn can end up with a veth from one and a zone from
 /// the other under `override`). Returns the warnings to print.
-pub fn apply(args: &mut crate::cli::RunArgs, mode: Mode) -> Result<Vec<String>, String> {
+/// `default_name` is the machine's name when `-M` does not give one (the tree's base name).
+pub fn apply(
+    args: &mut RunArgs,
+    mode: Mode,
+    default_name: impl FnOnce(&Path) -> String,
+) -> Result<Vec<String>, String> {
     let Some(dir) = args.directory.clone() else {
         return Ok(Vec::new());
     };
@@ -349,7 +342,7 @@ pub fn apply(args: &mut crate::cli::RunArgs, mode: Mode) -> Result<Vec<String>, 
     }
     let name = match &args.machine {
         Some(m) => m.to_string(),
-        None => crate::container::Container::default_machine(&dir),
+        None => default_name(&dir),
     };
     // Beside the image: `PARENT/NAME.nspawn` for the tree `PARENT/NAME`.
     let beside_dir = std::path::absolute(&dir)

@@ -4,70 +4,16 @@
 //! `pivot_root`. Runs in the container's first process, in its new mount namespace, before
 //! any isolation is applied.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
+use crate::container::chase::chase;
 use crate::container::spec::{Bind, Tmpfs};
-
-/// Resolves `path` inside `root` as if `root` were `/`: symlinks (absolute ones from `root`) and
-/// `..` never leave `root` (systemd's `chase()` with `CHASE_PREFIX_ROOT`). What does not exist
-/// is appended as it is.
-pub fn chase(root: &Path, path: &Path) -> Result<PathBuf, String> {
-    let mut todo: Vec<OsString> = Vec::new();
-    push_components(&mut todo, path);
-    let mut done: Vec<OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(name) = todo.pop() {
-        if name == ".." {
-            done.pop();
-            continue;
-        }
-        let here: PathBuf = std::iter::once(root.as_os_str().to_owned())
-            .chain(done.iter().cloned())
-            .chain(std::iter::once(name.clone()))
-            .collect();
-        match std::fs::symlink_metadata(&here) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(format!(
-                        "{}: too many levels of symbolic links",
-                        path.display()
-                    ));
-                }
-                let target = std::fs::read_link(&here)
-                    .map_err(|e| format!("reading the link {}: {e}", here.display()))?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                push_components(&mut todo, &target);
-            }
-            _ => done.push(name),
-        }
-    }
-    Ok(std::iter::once(root.as_os_str().to_owned())
-        .chain(done)
-        .collect())
-}
-
-/// Pushes `p`'s components on the stack so that the first is popped first.
-fn push_components(todo: &mut Vec<OsString>, p: &Path) {
-    let comps: Vec<OsString> = p
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    todo.extend(comps.into_iter().rev());
-}
 
 /// What the filesystem setup needs besides the tree.
 pub struct Layout<'a> {
@@ -564,36 +510,4 @@ fn pivot(new: &Path) -> Result<(), String> {
     nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e.desc()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| err("detaching the old root", e.desc()))?;
     std::env::set_current_dir("/").map_err(|e| err("entering /", e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chase_stays_in_the_root() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
-        std::fs::create_dir_all(r.join("etc")).unwrap();
-        std::os::unix::fs::symlink("/usr/lib", r.join("lib")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc/passwd", r.join("etc/up")).unwrap();
-        std::os::unix::fs::symlink("../run/x/resolv.conf", r.join("etc/resolv.conf")).unwrap();
-        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
-        assert_eq!(chase(r, Path::new("/lib/a")).unwrap(), r.join("usr/lib/a"));
-        assert_eq!(
-            chase(r, Path::new("/etc/up")).unwrap(),
-            r.join("etc/passwd")
-        );
-        assert_eq!(chase(r, Path::new("/../../x")).unwrap(), r.join("x"));
-        assert_eq!(
-            chase(r, Path::new("/etc/resolv.conf")).unwrap(),
-            r.join("run/x/resolv.conf")
-        );
-        assert!(
-            chase(r, Path::new("/loop"))
-                .unwrap_err()
-                .contains("too many levels")
-        );
-    }
 }

@@ -15,6 +15,7 @@
 //!    the tree's init as PID 1 (`--as-pid1`, `--boot`).
 
 pub mod cgroupfs;
+pub mod chase;
 pub mod console;
 pub mod fs;
 pub mod init;
@@ -69,7 +70,7 @@ pub struct Container {
 }
 
 fn read_in_tree(root: &Path, file: &str) -> String {
-    fs::chase(root, Path::new(file))
+    chase::chase(root, Path::new(file))
         .ok()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default()
@@ -158,7 +159,7 @@ impl Container {
                 )
             })?;
             systemd = init.ends_with("systemd/systemd")
-                || fs::chase(&root, Path::new(init))
+                || chase::chase(&root, Path::new(init))
                     .ok()
                     .and_then(|p| p.canonicalize().ok())
                     .is_some_and(|p| p.ends_with("systemd/systemd"));

@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::container::fs::chase;
+use crate::container::chase::chase;
 
 /// How the payload starts (systemd-nspawn's `--as-pid2`, `--as-pid1`, `--boot`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
