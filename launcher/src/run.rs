@@ -40,6 +40,7 @@ struct Plan {
     ports: Vec<PortSpec>,
     links: Vec<ExtraLink>,
     command: Vec<CString>,
+    ipv6: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +130,7 @@ impl Plan {
             ports: args.ports,
             links,
             command,
+            ipv6: args.ipv6,
         })
     }
 }
@@ -262,6 +264,7 @@ fn configure(machine: Option<&Machine>) -> Result<(), String> {
         rtnl.add_default_route(idx, gw)
             .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
     }
+    crate::ipv6::configure_host0(&mut rtnl, idx, m)?;
     bind_resolv_conf(m)
 }
 
@@ -370,6 +373,7 @@ fn parent(
             network: spec.clone(),
             ports: plan.ports.clone(),
             links: plan.links.clone(),
+            ipv6: plan.ipv6,
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),

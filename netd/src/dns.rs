@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnetwork::Ipv4Network;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -85,6 +85,9 @@ pub struct DnsLink {
     pub subnet: Ipv4Network,
     /// The zone, for a zone bridge (`vz-ZONE`): its members' names are answered.
     pub zone: Option<String>,
+    /// The host's IPv6 address on it (`PREFIX::1`, named by the router advertisements' RDNSS
+    /// option), where the forwarder also listens; `_gateway` has it as AAAA.
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 impl DnsLink {
@@ -99,7 +102,14 @@ impl DnsLink {
                 .strip_prefix("vz-")
                 .filter(|z| !z.is_empty())
                 .map(str::to_ascii_lowercase),
+            gateway6: None,
         }
+    }
+
+    /// The link with its IPv6 gateway address.
+    pub fn with_gateway6(mut self, gateway6: Option<std::net::Ipv6Addr>) -> Self {
+        self.gateway6 = gateway6;
+        self
     }
 }
 
@@ -154,10 +164,22 @@ pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Dec
             .map(|(_, a)| *a)
     };
     if let Some(addr) = local(qname) {
-        let answers = match qtype {
-            RecordType::A | RecordType::ANY => {
+        let gateway6 = link.gateway6.filter(|_| addr == link.gateway);
+        let answers = match (qtype, gateway6) {
+            (RecordType::A, _) | (RecordType::ANY, None) => {
                 vec![Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr)))]
             }
+            (RecordType::AAAA, Some(a6)) => {
+                vec![Record::from_rdata(
+                    q.name.clone(),
+                    TTL,
+                    RData::AAAA(AAAA(a6)),
+                )]
+            }
+            (RecordType::ANY, Some(a6)) => vec![
+                Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr))),
+                Record::from_rdata(q.name.clone(), TTL, RData::AAAA(AAAA(a6))),
+            ],
             // The name exists, without data of that type (NODATA).
             _ => Vec::new(),
         };
@@ -392,28 +414,40 @@ impl DnsService {
     /// Starts answering on `link` (ifindex `index`): UDP and TCP on its gateway, port 53.
     pub fn add_link(&self, index: u32, link: DnsLink) -> io::Result<()> {
         let addr = SocketAddr::from((link.gateway, PORT));
-        let udp = bound(&link.ifname, addr, Type::DGRAM)?;
-        let tcp = bound(&link.ifname, addr, Type::STREAM)?;
-        tcp.listen(128)?;
-        let udp = UdpSocket::from_std(udp.into())?;
-        let tcp = TcpListener::from_std(tcp.into())?;
+        let mut addrs = vec![addr];
+        addrs.extend(link.gateway6.map(|a| SocketAddr::from((a, PORT))));
+        let mut sockets = Vec::new();
+        for a in &addrs {
+            let udp = bound(&link.ifname, *a, Type::DGRAM)?;
+            let tcp = bound(&link.ifname, *a, Type::STREAM)?;
+            tcp.listen(128)?;
+            sockets.push((
+                UdpSocket::from_std(udp.into())?,
+                TcpListener::from_std(tcp.into())?,
+            ));
+        }
         let link = Arc::new(link);
-        let tasks = vec![
-            tokio::spawn(serve_udp(
-                Arc::clone(&self.shared),
-                index,
-                Arc::clone(&link),
-                udp,
-            ))
-            .abort_handle(),
-            tokio::spawn(serve_tcp(
-                Arc::clone(&self.shared),
-                index,
-                Arc::clone(&link),
-                tcp,
-            ))
-            .abort_handle(),
-        ];
+        let mut tasks = Vec::new();
+        for (udp, tcp) in sockets {
+            tasks.push(
+                tokio::spawn(serve_udp(
+                    Arc::clone(&self.shared),
+                    index,
+                    Arc::clone(&link),
+                    udp,
+                ))
+                .abort_handle(),
+            );
+            tasks.push(
+                tokio::spawn(serve_tcp(
+                    Arc::clone(&self.shared),
+                    index,
+                    Arc::clone(&link),
+                    tcp,
+                ))
+                .abort_handle(),
+            );
+        }
         if let Some(old) = lock(&self.tasks).insert(link.ifname.clone(), tasks) {
             old.iter().for_each(AbortHandle::abort);
         }
@@ -457,9 +491,14 @@ fn bound(ifname: &str, addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     } else {
         Protocol::TCP
     };
-    let s = Socket::new(Domain::IPV4, ty, Some(proto))?;
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     s.set_reuse_address(true)?;
     s.bind_device(Some(ifname.as_bytes()))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        // Our address may still be tentative on a link without carrier yet.
+        s.set_freebind_v6(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s)

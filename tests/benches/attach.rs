@@ -80,6 +80,7 @@ fn main() {
                     network: NetworkSpec::Veth,
                     ports: specs,
                     links: vec![],
+                    ipv6: true,
                 });
                 let t = Instant::now();
                 client.call(&req, Some(ns.as_fd())).expect("attach");
