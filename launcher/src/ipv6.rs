@@ -29,9 +29,9 @@ pub fn configure_host0(
         }
         return disable(ifname);
     };
-    rtnl.add_address6(index, addr, subnet.prefix())
+    rtnl.replace_address6(index, addr, subnet.prefix())
         .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
-    rtnl.add_default_route6(index, gw)
+    rtnl.replace_default_route6(index, gw)
         .map_err(|e| format!("adding the IPv6 default route via {gw}: {e}"))
 }
 

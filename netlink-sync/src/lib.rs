@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -128,25 +128,28 @@ impl BlockingRtnl {
         )
     }
 
-    /// `ip -6 addr add ADDR/PREFIX dev INDEX nodad`: usable at once, no duplicate address
-    /// detection (the address is ours by construction: RFC 4862 section 5.4 allows skipping it).
-    pub fn add_address6(&mut self, index: u32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    /// `ip -6 addr replace ADDR/PREFIX dev INDEX nodad`: usable at once, no duplicate address
+    /// detection (the address is ours by construction: RFC 4862 section 5.4 allows skipping
+    /// it). Replace, not add: a router advertisement may have let the kernel's SLAAC form the
+    /// same address a moment before; it becomes permanent.
+    pub fn replace_address6(&mut self, index: u32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
         self.request(
             RouteNetlinkMessage::NewAddress(address6_message(index, addr, prefix)),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
 
-    /// `ip -6 route add default via GATEWAY dev INDEX`.
-    pub fn add_default_route6(&mut self, index: u32, gateway: Ipv6Addr) -> io::Result<()> {
+    /// `ip -6 route replace default via GATEWAY dev INDEX` (replacing a default route a router
+    /// advertisement may have added a moment before).
+    pub fn replace_default_route6(&mut self, index: u32, gateway: Ipv6Addr) -> io::Result<()> {
         self.request(
             RouteNetlinkMessage::NewRoute(default_route6_message(index, gateway)),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
 }
 
-/// The message of [`BlockingRtnl::add_address6`].
+/// The message of [`BlockingRtnl::replace_address6`].
 fn address6_message(index: u32, addr: Ipv6Addr, prefix: u8) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.family = AddressFamily::Inet6;
@@ -160,7 +163,7 @@ fn address6_message(index: u32, addr: Ipv6Addr, prefix: u8) -> AddressMessage {
     msg
 }
 
-/// The message of [`BlockingRtnl::add_default_route6`].
+/// The message of [`BlockingRtnl::replace_default_route6`].
 fn default_route6_message(index: u32, gateway: Ipv6Addr) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet6;
