@@ -94,11 +94,8 @@ fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
                 return Err("rnetd sent an unexpected answer to zone create".into());
             };
             println!(
-                "zone {} created: bridge {}, subnet {}{}",
-                z.name,
-                z.bridge,
-                z.subnet,
-                z.subnet6.map(|s| format!(", {s}")).unwrap_or_default()
+                "zone {} created: bridge {}, subnet {}",
+                z.name, z.bridge, z.subnet
             );
         }
         ZoneCommand::List { json } => {
