@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rig::{
-    HOST_ADDR6, POOL6, Rig, UPLINK_ADDR6, Value, in_pid_netns, netprobe, nft_element_list, ok,
-    output, privileged, wait_until,
+    HOST_ADDR6, POOL6, Rig, UPLINK_ADDR6, Value, hostile, in_pid_netns, netprobe, nft_element_list,
+    ok, output, privileged, wait_until,
 };
 
 fn stderr(out: &std::process::Output) -> String {
@@ -549,5 +549,90 @@ fn ipv6_is_off_per_machine_and_per_daemon() {
     assert_eq!(sysctl(&rig, "net.ipv6.conf.all.forwarding"), fwd);
     rig.signal(v4["pid"].as_u64().unwrap() as u32, Signal::SIGTERM);
     rig.assert_all_gone();
+    rig.assert_no_panic();
+}
+
+/// Datagrams the uplink received on udp `port` (an nft counter in its own table there).
+fn uplink_count(rig: &Rig, port: u16) -> u64 {
+    let out = ok(rig
+        .in_uplink("nft")
+        .args(["-j", "list", "table", "ip6", "count"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["expr"].to_string().contains(&format!("\"right\":{port}")))
+        .filter_map(|r| {
+            r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+        })
+        .sum()
+}
+
+#[test]
+fn spoofed_ipv6_sources_from_a_container_are_dropped() {
+    if !privileged("spoofed_ipv6_sources_from_a_container_are_dropped") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    // The uplink counts what arrives on udp 7001..7004.
+    ok(rig.in_uplink("sh").args([
+        "-c",
+        "nft add table ip6 count && \
+         nft add chain ip6 count input '{ type filter hook input priority 0; }' && \
+         for p in 7001 7002 7003 7004; do nft add rule ip6 count input udp dport $p counter; done",
+    ]));
+    rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "x", "--", "sleep", "60"]),
+    );
+    rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "y", "--", "sleep", "60"]),
+    );
+    let x = rig.wait_machine("x");
+    let y = rig.wait_machine("y");
+    let pid = x["pid"].as_u64().unwrap();
+    let own = field(&x, "container_address6");
+    assert!(wait_until(Duration::from_secs(5), || global6(pid).contains(&own)));
+    // x claims y's address, the host's, and a random one (the kernel's own reverse-path filter
+    // has no IPv6 counterpart: only rnet's rule can drop them).
+    let spoofs = [
+        field(&y, "container_address6"),
+        HOST_ADDR6.to_owned(),
+        "2001:db8:99::7".to_owned(),
+    ];
+    for (i, src) in spoofs.iter().enumerate() {
+        ok(in_pid_netns(pid, "ip").args([
+            "-6",
+            "addr",
+            "add",
+            &format!("{src}/128"),
+            "dev",
+            "host0",
+            "nodad",
+        ]));
+        let port = (7002 + i).to_string();
+        ok(in_pid_netns(pid, hostile()).args(["udp", src, UPLINK_ADDR6, &port]));
+    }
+    // The control: from its own address, the uplink gets the datagrams.
+    ok(in_pid_netns(pid, hostile()).args(["udp", &own, UPLINK_ADDR6, "7001"]));
+    assert!(
+        wait_until(Duration::from_secs(5), || uplink_count(&rig, 7001) == 3),
+        "the control did not arrive: {}",
+        uplink_count(&rig, 7001)
+    );
+    for port in 7002..=7004 {
+        assert_eq!(
+            uplink_count(&rig, port),
+            0,
+            "a spoof reached the uplink (udp {port})"
+        );
+    }
     rig.assert_no_panic();
 }
