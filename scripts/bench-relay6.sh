@@ -7,9 +7,10 @@
 # Environment: CONNECTS (connections per latency run, default 300), SECONDS_PER_RUN (iperf3
 # seconds per throughput run, default 5).
 #
-# Topology (namespaces named rnr<pid>*): a host namespace with rnetd (--pool6 fd52:6e65:7400::/48)
-# and one container `rnet run -n -p 8080:80 -p 5201:5201` running a netprobe server (tcp 80,
-# answers one line per connection) and `iperf3 -s`. Targets, from the host namespace:
+# Topology (namespace rnr<pid>h): a host namespace with rnetd (--pool6 fd52:6e65:7400::/48) and
+# two containers: `rnet run -n -p 8080:80` running a netprobe server (tcp 80, answers one line
+# per connection) and `rnet run -n -p 5201:5201` running `iperf3 -s`. Targets, from the host
+# namespace:
 #   direct      the container's IPv6 address (routed, no NAT)
 #   dnat6       the host's own IPv6 address (DNAT in the output chain)
 #   dnat4 lo    127.0.0.1 (DNAT, route_localnet), for reference
@@ -58,18 +59,27 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -S "$TMP/run/rnetd.sock" ] && break; sleep 0.1; done
 [ -S "$TMP/run/rnetd.sock" ] || { echo "rnetd did not start:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; }
 
-in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M srv -p 8080:80 -p 5201:5201 -- \
-  sh -c "iperf3 -s -D >/dev/null 2>&1; exec $BIN/netprobe serve tcp:80" >"$TMP/rnet.log" 2>&1 &
+# Two containers, each payload the launcher's own child (so it ends with the launcher): a
+# netprobe server for the latency figures, an iperf3 server for the throughput figures.
+in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M srv -p 8080:80 -- \
+  "$BIN/netprobe" serve tcp:80 >"$TMP/rnet.log" 2>&1 &
 PIDS+=($!)
-ADDR6=
+in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M perf -p 5201:5201 -- \
+  iperf3 -s >>"$TMP/rnet.log" 2>&1 &
+PIDS+=($!)
+address6() {
+  in_host "$BIN/rnet" --runtime-dir "$TMP/run" status "$1" --json 2>/dev/null |
+    sed -n 's/.*"container_address6": *"\([^"]*\)".*/\1/p'
+}
+ADDR6= PERF6=
 for _ in $(seq 100); do
-  ADDR6=$(in_host "$BIN/rnet" --runtime-dir "$TMP/run" status srv --json 2>/dev/null |
-    sed -n 's/.*"container_address6": *"\([^"]*\)".*/\1/p')
-  [ -n "$ADDR6" ] && in_host "$BIN/netprobe" connect tcp "$ADDR6" 80 >/dev/null 2>&1 && break
+  ADDR6=$(address6 srv) PERF6=$(address6 perf)
+  [ -n "$ADDR6" ] && [ -n "$PERF6" ] &&
+    in_host "$BIN/netprobe" connect tcp "$ADDR6" 80 >/dev/null 2>&1 && break
   sleep 0.1
 done
-[ -n "$ADDR6" ] || { echo "the container did not start:" >&2; cat "$TMP/rnet.log" "$TMP/rnetd.log" >&2; exit 1; }
-for _ in $(seq 50); do in_host iperf3 -c "$ADDR6" -t 0.1 >/dev/null 2>&1 && break; sleep 0.1; done
+[ -n "$ADDR6" ] && [ -n "$PERF6" ] || { echo "the containers did not start:" >&2; cat "$TMP/rnet.log" "$TMP/rnetd.log" >&2; exit 1; }
+for _ in $(seq 50); do in_host iperf3 -c "$PERF6" -t 1 >/dev/null 2>&1 && break; sleep 0.2; done
 
 # Mean microseconds per connect + request + answer + close, over CONNECTS connections.
 latency() {
@@ -87,22 +97,22 @@ latency() {
   ' _ "$addr" "$port" "$CONNECTS" || echo -
 }
 
-# Gbit/s of one iperf3 TCP stream.
+# Gbit/s of one iperf3 TCP stream (the receiver's figure).
 throughput() {
-  local addr=$1 port=$2
-  in_host iperf3 -c "$addr" -p "$port" -t "$SECONDS_PER_RUN" -J 2>/dev/null |
-    sed -n 's/.*"bits_per_second": *\([0-9.e+]*\).*/\1/p' | tail -1 |
-    awk '{ if ($1 == "") print "-"; else printf "%.2f\n", $1 / 1e9 }'
+  local addr=$1 port=$2 out
+  out=$(in_host iperf3 -c "$addr" -p "$port" -t "$SECONDS_PER_RUN" -f g 2>/dev/null |
+    awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i + 1) == "Gbits/sec") print $i }')
+  echo "${out:--}"
 }
 
 printf '%-11s %-34s %14s %12s\n' target address "us/connection" "Gbit/s"
 row() {
-  local label=$1 addr=$2 port=$3 iport=$4
+  local label=$1 addr=$2 port=$3 paddr=$4 pport=$5
   printf '%-11s %-34s %14s %12s\n' "$label" "$addr" "$(latency "$addr" "$port")" \
-    "$(throughput "$addr" "$iport")"
+    "$(throughput "$paddr" "$pport")"
 }
-row direct "$ADDR6" 80 5201
-row dnat6 2001:db8::2 8080 5201
-row "dnat4 lo" 127.0.0.1 8080 5201
-row "relay ::1" ::1 8080 5201
+row direct "$ADDR6" 80 "$PERF6" 5201
+row dnat6 2001:db8::2 8080 2001:db8::2 5201
+row "dnat4 lo" 127.0.0.1 8080 127.0.0.1 5201
+row "relay ::1" ::1 8080 ::1 5201
 echo "($CONNECTS connections per latency figure, ${SECONDS_PER_RUN}s per throughput figure; $(nproc) CPUs)"

@@ -215,7 +215,7 @@ fn print_status(m: &Machine) {
         println!("      Address: {addr} via {gw}");
     }
     if let Some(subnet6) = m.subnet6 {
-        println!("     Subnet6: {subnet6}");
+        println!("      Subnet6: {subnet6}");
     }
     if let (Some(addr), Some(gw)) = (m.container_address6, m.host_address6) {
         println!("     Address6: {addr} via {gw}");

@@ -641,9 +641,10 @@ mod tests {
             [""],
             "DOCKER-USER rather than FORWARD"
         );
+        // DHCP, DNS udp and tcp, and ICMPv6 (an inet chain also sees IPv6).
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
-            3
+            4
         );
         assert_eq!(
             fw.host_chains(),
@@ -677,7 +678,7 @@ mod tests {
         assert!(fw.nft.table_exists());
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
-            6
+            8
         );
 
         fw.remove(&a).await.unwrap();

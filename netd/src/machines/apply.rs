@@ -174,13 +174,18 @@ impl<S: System> Machines<S> {
                     .push(Removal::StopAdvertising(plan.ifname.clone()));
             }
             Step::Relay(relays) => {
+                // A host service already on [::1]:PORT (sshd on [::]:22) keeps it: the port
+                // still works on every other address, so the attach goes on, with a warning.
                 let mut started = Vec::new();
                 for (spec, target) in relays {
-                    if let Err(e) = self.ipv6.relay(spec, *target) {
-                        started.iter().for_each(|s| self.ipv6.stop_relay(s));
-                        return Err(ApiError::new(ErrorKind::AlreadyExists, e.to_string()));
+                    match self.ipv6.relay(spec, *target) {
+                        Ok(()) => started.push(spec.clone()),
+                        Err(e) => warn!(
+                            machine = machine.map(MachineName::as_str).unwrap_or("-"),
+                            error = %e,
+                            "published port not relayed on [::1] (a host service has it)"
+                        ),
                     }
-                    started.push(spec.clone());
                 }
                 done.undo.push(Removal::StopRelay(started));
             }

@@ -46,12 +46,19 @@ pub struct FakeIpv6 {
 struct Ipv6State {
     adverts: BTreeMap<String, crate::ra::RaLink>,
     relays: Vec<(crate::api::PortSpec, std::net::IpAddr)>,
+    /// The next relay fails (a host service has the port on ::1).
+    fail_relay: bool,
 }
 
 impl FakeIpv6 {
     /// The links advertised on, with what they advertise.
     pub fn adverts(&self) -> Vec<crate::ra::RaLink> {
         lock(&self.state).adverts.values().cloned().collect()
+    }
+
+    /// The next relay fails with EADDRINUSE.
+    pub fn fail_next_relay(&self) {
+        lock(&self.state).fail_relay = true;
     }
 
     /// The relayed specs and their targets.
@@ -73,7 +80,11 @@ impl Ipv6Services for FakeIpv6 {
     }
 
     fn relay(&self, spec: &crate::api::PortSpec, target: std::net::IpAddr) -> io::Result<()> {
-        lock(&self.state).relays.push((spec.clone(), target));
+        let mut s = lock(&self.state);
+        if std::mem::take(&mut s.fail_relay) {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        s.relays.push((spec.clone(), target));
         Ok(())
     }
 

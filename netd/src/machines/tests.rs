@@ -818,3 +818,19 @@ async fn ipv6_zone_and_member_and_restart_keeps_the_64s() {
     let n = w.attach("n", 102, NetworkSpec::Veth, &[]).await.unwrap();
     assert!(n.subnet6 != a.subnet6 && n.subnet6 != v.subnet6);
 }
+
+#[tokio::test]
+async fn a_port_a_host_service_has_on_loopback_is_not_relayed_but_the_attach_goes_on() {
+    let w = world6().await;
+    w.ipv6.fail_next_relay();
+    let m = w
+        .attach("web", 100, NetworkSpec::Veth, &["22:22", "8080:80"])
+        .await
+        .unwrap();
+    let relayed: Vec<String> = w.ipv6.relays().iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(relayed, ["tcp:8080:80"]);
+    // Still published on every other address, both families.
+    assert_eq!(w.nft.get().elements("ports6_addr").len(), 2);
+    w.m.detach(&m.machine).await.unwrap();
+    assert!(w.ipv6.relays().is_empty());
+}
