@@ -68,7 +68,7 @@ in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M perf -p 5201:5201 -- \
   iperf3 -s >>"$TMP/rnet.log" 2>&1 &
 PIDS+=($!)
 address6() {
-  in_host "$BIN/rnet" --runtime-dir "$TMP/run" status "$1" --json 2>/dev/null |
+  { in_host "$BIN/rnet" --runtime-dir "$TMP/run" status "$1" --json 2>/dev/null || true; } |
     sed -n 's/.*"container_address6": *"\([^"]*\)".*/\1/p'
 }
 ADDR6= PERF6=
