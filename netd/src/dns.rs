@@ -127,6 +127,17 @@ pub enum Decision {
 /// Decides what to do with `query` received on `link`; `names` lists the link's machines (name,
 /// address). Pure: the query path the fuzz target runs.
 pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Decision {
+    decide6(link, names, &[], query)
+}
+
+/// [`decide`] with the machines' IPv6 addresses too (`names6`: name, address), answered as
+/// AAAA.
+pub fn decide6(
+    link: &DnsLink,
+    names: &[(String, Ipv4Addr)],
+    names6: &[(String, std::net::Ipv6Addr)],
+    query: &[u8],
+) -> Decision {
     let Ok(msg) = Message::from_vec(query) else {
         return Decision::Drop("undecodable");
     };
@@ -146,7 +157,7 @@ pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Dec
     let qname = qname.trim_end_matches('.');
     let qtype = q.query_type;
     // Forward lookups: _gateway, and a zone's members as NAME or NAME.ZONE.
-    let local = |name: &str| -> Option<Ipv4Addr> {
+    let local = |name: &str| -> Option<(Ipv4Addr, Option<std::net::Ipv6Addr>)> {
         let bare = match &link.zone {
             Some(zone) => name
                 .strip_suffix(zone.as_str())
@@ -155,31 +166,25 @@ pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Dec
             None => name,
         };
         if bare == GATEWAY_NAME {
-            return Some(link.gateway);
+            return Some((link.gateway, link.gateway6));
         }
         link.zone.as_ref()?;
+        let addr6 = names6
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(bare))
+            .map(|(_, a)| *a);
         names
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(bare))
-            .map(|(_, a)| *a)
+            .map(|(_, a)| (*a, addr6))
     };
-    if let Some(addr) = local(qname) {
-        let gateway6 = link.gateway6.filter(|_| addr == link.gateway);
-        let answers = match (qtype, gateway6) {
-            (RecordType::A, _) | (RecordType::ANY, None) => {
-                vec![Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr)))]
-            }
-            (RecordType::AAAA, Some(a6)) => {
-                vec![Record::from_rdata(
-                    q.name.clone(),
-                    TTL,
-                    RData::AAAA(AAAA(a6)),
-                )]
-            }
-            (RecordType::ANY, Some(a6)) => vec![
-                Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr))),
-                Record::from_rdata(q.name.clone(), TTL, RData::AAAA(AAAA(a6))),
-            ],
+    if let Some((addr, addr6)) = local(qname) {
+        let a = || Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr)));
+        let aaaa = addr6.map(|a6| Record::from_rdata(q.name.clone(), TTL, RData::AAAA(AAAA(a6))));
+        let answers = match qtype {
+            RecordType::A => vec![a()],
+            RecordType::AAAA => aaaa.into_iter().collect(),
+            RecordType::ANY => std::iter::once(a()).chain(aaaa).collect(),
             // The name exists, without data of that type (NODATA).
             _ => Vec::new(),
         };
@@ -544,15 +549,24 @@ async fn serve_udp(shared: Arc<Shared>, index: u32, link: Arc<DnsLink>, socket: 
 
 /// Decides and counts; `None` for a dropped query, `Some(Forward)` for one to forward.
 fn handle(shared: &Shared, index: u32, link: &DnsLink, query: &[u8]) -> Option<Decision> {
-    let names: Vec<(String, Ipv4Addr)> = if link.zone.is_some() {
-        lock(&shared.names)
-            .get(&index)
-            .map(|l| l.iter().map(|n| (n.name.clone(), n.addr)).collect())
-            .unwrap_or_default()
+    let named: Vec<Named> = if link.zone.is_some() {
+        lock(&shared.names).get(&index).cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
-    match decide(link, &names, query) {
+    let names: Vec<(String, Ipv4Addr)> = named.iter().map(|n| (n.name.clone(), n.addr)).collect();
+    // A member's IPv6 address is the zone's /64 and the EUI-64 of its MAC (crate::ipv6).
+    let names6: Vec<(String, std::net::Ipv6Addr)> = link
+        .gateway6
+        .and_then(|gw| ipnetwork::Ipv6Network::new(gw, crate::ipv6::LINK_PREFIX).ok())
+        .map(|net| {
+            named
+                .iter()
+                .map(|n| (n.name.clone(), crate::ipv6::eui64(net, n.mac)))
+                .collect()
+        })
+        .unwrap_or_default();
+    match decide6(link, &names, &names6, query) {
         Decision::Drop(reason) => {
             let n = shared.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
             // Counted always, logged sparingly: a flood must not flood the log.
@@ -733,6 +747,31 @@ mod tests {
             answer(&link, &query("web.blue.", RecordType::AAAA)),
             ok(&[])
         );
+        // With IPv6: members' and the gateway's AAAA.
+        let link6 = zone_link().with_gateway6(Some("fd00:1:2:3::1".parse().unwrap()));
+        let names6 = [("web".to_owned(), "fd00:1:2:3::7".parse().unwrap())];
+        let answer6 = |q: &[u8]| match decide6(&link6, &names(), &names6, q) {
+            Decision::Reply(b) => Message::from_vec(&b)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            answer6(&query("web.blue.", RecordType::AAAA)),
+            ["fd00:1:2:3::7"]
+        );
+        assert_eq!(
+            answer6(&query("_gateway.", RecordType::AAAA)),
+            ["fd00:1:2:3::1"]
+        );
+        assert_eq!(
+            answer6(&query("web.", RecordType::ANY)),
+            ["10.0.0.7", "fd00:1:2:3::7"]
+        );
+        assert_eq!(answer6(&query("web.", RecordType::A)), ["10.0.0.7"]);
         assert_eq!(
             answer(&link, &query("_gateway.", RecordType::A)),
             ok(&["10.0.0.1"])

@@ -258,7 +258,16 @@ fn links_and_zones_are_isolated_over_ipv6_and_zone_members_reach_each_other() {
         );
     }
     let a6 = field(&rig.wait_machine("a"), "container_address6");
-    let z16 = field(&rig.wait_machine("z1"), "container_address6");
+    let z1 = rig.wait_machine("z1");
+    let z16 = field(&z1, "container_address6");
+    // The zone's DNS forwarder answers a member's AAAA at the IPv6 gateway.
+    let dns = ok(in_pid_netns(z1["pid"].as_u64().unwrap(), "busybox").args([
+        "nslookup",
+        "-type=AAAA",
+        "z1.lab",
+        &field(&z1, "host_address6"),
+    ]));
+    assert!(dns.contains(&z16), "{dns}");
     // The host reaches both (the servers are there).
     ok(rig.in_host(&probe).args(["connect", "tcp", &a6, "80"]));
     ok(rig.in_host(&probe).args(["connect", "tcp", &z16, "80"]));
