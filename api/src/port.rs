@@ -1,6 +1,6 @@
 //! `-p/--port [tcp:|udp:][ADDR:]HOST[:CONT]` — nspawn's syntax plus a host address and port
-//! ranges (`8000-8009:9000-9009`, shifted 1:1). An IPv6 host address (written in brackets) is
-//! refused: containers get IPv4 addresses only, so nothing could serve it yet.
+//! ranges (`8000-8009:9000-9009`, shifted 1:1). An IPv6 host address is written in brackets
+//! (`[2001:db8::2]:8080:80`, `[::1]:8080:80`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -198,12 +198,6 @@ impl PortSpec {
         {
             return Err("leave the address out to publish on every local address".into());
         }
-        if self.host_address.is_some_and(|a| a.is_ipv6()) {
-            return Err(
-                "an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"
-                    .into(),
-            );
-        }
         Ok(())
     }
 
@@ -292,22 +286,19 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_host_addresses_are_refused_in_one_line() {
-        let err = "udp:[fd00::1]:53:5353".parse::<PortSpec>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            r#"invalid port mapping "udp:[fd00::1]:53:5353": an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"#
-        );
-        let json = r#"{"proto":"tcp","host_address":"fd00::1","host_first":80,"host_last":80,"container_port":80}"#;
-        let err = serde_json::from_str::<PortSpec>(json)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                r#"invalid port mapping "tcp:[fd00::1]:80-80:80": an IPv6 host address"#
-            ),
-            "{err}"
-        );
+    fn ipv6_host_addresses_are_parsed_and_printed_in_brackets() {
+        let p = "udp:[fd00::1]:53:5353".parse::<PortSpec>().unwrap();
+        assert_eq!(p.host_address, Some("fd00::1".parse().unwrap()));
+        assert_eq!(p.to_string(), "udp:[fd00::1]:53:5353");
+        let p = "[::1]:8000-8002:80".parse::<PortSpec>().unwrap();
+        assert_eq!(p.to_string(), "tcp:[::1]:8000-8002:80-82");
+        let json = r#"{"proto":"tcp","host_address":"2001:db8::2","host_first":80,"host_last":80,"container_port":80}"#;
+        let p = serde_json::from_str::<PortSpec>(json).unwrap();
+        assert_eq!(p.to_string(), "tcp:[2001:db8::2]:80:80");
+        let e = "[::]:80".parse::<PortSpec>().unwrap_err().to_string();
+        assert!(e.contains("leave the address out"), "{e}");
+        let e = "[ff02::1]:80".parse::<PortSpec>().unwrap_err().to_string();
+        assert!(e.contains("leave the address out"), "{e}");
     }
 
     #[test]

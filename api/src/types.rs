@@ -1,9 +1,9 @@
 //! Request and response types. Every struct rejects unknown fields.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use super::{IfName, IfNameError, MachineName, PortSpec};
@@ -131,6 +131,10 @@ pub struct AttachRequest {
     /// What the process `pid` is, which tells how `Stop` asks it to end.
     #[serde(default, skip_serializing_if = "InitKind::is_other")]
     pub init: InitKind,
+    /// IPv6 on the primary link (`rnet run --ipv6=no` sets it false): a `/64`, the launcher's
+    /// address and default route, router advertisements. Left out of the JSON when true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub ipv6: bool,
 }
 
 /// Who holds an attachment that no process owns, and where its network namespace is.
@@ -208,6 +212,10 @@ impl InitKind {
     pub fn is_other(&self) -> bool {
         *self == Self::Other
     }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A link of a container besides the primary veth. Every name is checked with
@@ -430,6 +438,10 @@ pub struct ZoneConfig {
     /// Members cannot reach each other (bridge port isolation).
     #[serde(default)]
     pub isolated: bool,
+    /// The zone's IPv6 `/64` (`None`: chosen by rnetd from its ULA prefix when the zone is
+    /// created, or no IPv6 with `rnetd --ipv6=no`). A given one must be a `/64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Network>,
 }
 
 fn yes() -> bool {
@@ -449,6 +461,8 @@ struct RawZoneConfig {
     dhcp: bool,
     #[serde(default)]
     isolated: bool,
+    #[serde(default)]
+    subnet6: Option<Ipv6Network>,
 }
 
 impl TryFrom<RawZoneConfig> for ZoneConfig {
@@ -458,12 +472,16 @@ impl TryFrom<RawZoneConfig> for ZoneConfig {
         if let Some(net) = raw.subnet {
             ZoneConfig::check_subnet(net)?;
         }
+        if let Some(net) = raw.subnet6 {
+            ZoneConfig::check_subnet6(net)?;
+        }
         Ok(Self {
             name: raw.name,
             subnet: raw.subnet,
             masquerade: raw.masquerade,
             dhcp: raw.dhcp,
             isolated: raw.isolated,
+            subnet6: raw.subnet6,
         })
     }
 }
@@ -498,6 +516,27 @@ impl ZoneConfig {
         Ok(())
     }
 
+    /// Checks a fixed IPv6 zone subnet: a `/64` (SLAAC needs one), unicast, not link-local or
+    /// loopback.
+    pub fn check_subnet6(net: Ipv6Network) -> Result<(), String> {
+        if net.prefix() != 64 {
+            return Err(format!(
+                "zone subnet {net}: an IPv6 zone subnet must be a /64"
+            ));
+        }
+        let first = net.network();
+        if first.is_multicast()
+            || first.is_loopback()
+            || first.is_unspecified()
+            || first.is_unicast_link_local()
+        {
+            return Err(format!(
+                "zone subnet {net}: not a unicast range a zone can use (multicast, loopback and link-local are refused)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The defaults for a zone created implicitly by its first member.
     pub fn implicit(name: ZoneName) -> Self {
         Self {
@@ -506,6 +545,7 @@ impl ZoneConfig {
             masquerade: true,
             dhcp: true,
             isolated: false,
+            subnet6: None,
         }
     }
 }
@@ -534,6 +574,12 @@ pub struct Zone {
     pub dhcp: bool,
     /// Members cannot reach each other.
     pub isolated: bool,
+    /// The zone's IPv6 `/64`; none without IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Network>,
+    /// The bridge's IPv6 address (`PREFIX::1`), the members' IPv6 router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
 }
 
 /// A response from `rnetd`.
@@ -591,6 +637,16 @@ pub struct Machine {
     pub container_address: Option<Ipv4Addr>,
     /// DNS servers the container should use (may be empty).
     pub dns: Vec<Ipv4Addr>,
+    /// The link's (or zone's) IPv6 `/64`; none without IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Network>,
+    /// The host side's IPv6 address (`PREFIX::1`), the container's IPv6 router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_address6: Option<Ipv6Addr>,
+    /// The container's IPv6 address: the `/64` and the EUI-64 interface identifier of its MAC,
+    /// the address its own SLAAC would form from rnetd's router advertisements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_address6: Option<Ipv6Addr>,
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
@@ -663,6 +719,7 @@ mod tests {
             links: vec![],
             held: None,
             init: InitKind::Other,
+            ipv6: true,
         });
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(

@@ -148,6 +148,7 @@ fn add(client: &Client, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             netns: netns.clone(),
         }),
         init: Default::default(),
+        ipv6: true,
     };
     let m = match client.call(&Request::Attach(req), Some(ns.as_fd())) {
         Ok(Response::Attached(m)) => m,

@@ -54,6 +54,19 @@ pub fn add_result(
         }
         ips.push(ip);
     }
+    // IPv6: the address the container's SLAAC forms from rnetd's router advertisements (the
+    // EUI-64 of its MAC in the link's /64), which rnetd reports.
+    if let (Some(addr), Some(subnet)) = (m.container_address6, m.subnet6) {
+        let mut ip = json!({
+            "address": format!("{addr}/{}", subnet.prefix()),
+            "interface": container,
+        });
+        if let Some(gw) = m.host_address6 {
+            ip["gateway"] = json!(gw.to_string());
+            routes.push(json!({ "dst": "::/0", "gw": gw.to_string() }));
+        }
+        ips.push(ip);
+    }
     let mut result = json!({
         "cniVersion": version,
         "interfaces": interfaces,
@@ -101,7 +114,27 @@ mod tests {
             teardown_errors: vec![],
             host_firewall: vec![],
             held: None,
+            subnet6: None,
+            host_address6: None,
+            container_address6: None,
         }
+    }
+
+    #[test]
+    fn an_ipv6_address_is_listed_with_its_default_route() {
+        let mut m = machine();
+        m.subnet6 = Some("fd00:1:2:3::/64".parse().unwrap());
+        m.host_address6 = Some("fd00:1:2:3::1".parse().unwrap());
+        m.container_address6 = Some("fd00:1:2:3::5".parse().unwrap());
+        let r = add_result("1.0.0", &m, "eth0", Path::new("/run/netns/x"), None);
+        assert_eq!(
+            r["ips"][1],
+            json!({"address": "fd00:1:2:3::5/64", "interface": 1, "gateway": "fd00:1:2:3::1"})
+        );
+        assert_eq!(
+            r["routes"][1],
+            json!({"dst": "::/0", "gw": "fd00:1:2:3::1"})
+        );
     }
 
     #[test]

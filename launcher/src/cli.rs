@@ -210,8 +210,9 @@ pub struct RunArgs {
     #[arg(long = "network-veth-extra", value_name = "HOST[:CONT]")]
     pub network_veth_extra: Vec<IfPair>,
     /// Publish a host port to the container: `[tcp:|udp:][ADDR:]HOST[:CONT]`, ranges
-    /// `8000-8009:9000-9009`, ADDR an IPv4 address (repeatable; needs --network-veth).
-    /// Reachable on every local address of the host, 127.0.0.1 included, unless ADDR is given.
+    /// `8000-8009:9000-9009`, ADDR an IPv4 address or `[IPv6]` (repeatable; needs
+    /// --network-veth). Reachable on every local address of the host, IPv4 and IPv6,
+    /// 127.0.0.1 and [::1] included, unless ADDR is given.
     #[arg(short = 'p', long = "port", value_name = "SPEC")]
     pub ports: Vec<PortSpec>,
     /// Whether the machine's `.nspawn` settings file is read (`yes`: trusted only from
@@ -318,6 +319,11 @@ pub struct RunArgs {
         requires = "directory"
     )]
     pub no_new_privileges: Option<String>,
+    /// IPv6 on the container's veth (default yes): its address in a /64 of rnetd's, a default
+    /// route, router advertisements. `no`: IPv4 only (IPv6 switched off on host0).
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = yes_no,
+          action = clap::ArgAction::Set)]
+    pub ipv6: bool,
     /// The command and its arguments (with --directory: default `/bin/sh`; with --boot: the
     /// init's arguments).
     #[arg(trailing_var_arg = true, value_name = "CMD")]
@@ -338,6 +344,15 @@ pub enum SettingsMode {
     Override,
 }
 
+/// `yes`/`no` (also `true`/`false`, `1`/`0`, `on`/`off`), as systemd spells booleans.
+fn yes_no(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(format!("{text:?} is not yes or no")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -351,10 +366,31 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_port_address_is_refused_when_parsed() {
+    fn ipv6_ports_and_the_ipv6_switch_parse() {
+        let cli = Cli::try_parse_from([
+            "rnet",
+            "run",
+            "-n",
+            "-p",
+            "[fd00::1]:80",
+            "--ipv6=no",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let super::Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(!run.ipv6);
+        assert_eq!(run.ports[0].to_string(), "tcp:[fd00::1]:80:80");
+        let cli = Cli::try_parse_from(["rnet", "run", "-n", "--", "true"]).unwrap();
+        let super::Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.ipv6);
         assert_eq!(
-            refusal(&["rnet", "run", "-n", "-p", "[fd00::1]:80", "--", "true"]),
-            r#"error: invalid value '[fd00::1]:80' for '--port <SPEC>': invalid port mapping "[fd00::1]:80": an IPv6 host address cannot be published yet (containers get IPv4 addresses only)"#
+            refusal(&["rnet", "run", "--ipv6=maybe", "--", "true"]),
+            r#"error: invalid value 'maybe' for '--ipv6 <yes|no>': "maybe" is not yes or no"#
         );
     }
 

@@ -4,6 +4,7 @@ mod cgroup;
 mod cli;
 mod container;
 mod images;
+mod ipv6;
 mod netconf;
 mod netns;
 mod oci;
@@ -285,6 +286,7 @@ fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
                 masquerade: !no_masquerade,
                 dhcp: !no_dhcp,
                 isolated,
+                subnet6: None,
             });
             let Response::Zone(z) = call(client, &req)? else {
                 return Err("rnetd sent an unexpected answer to zone create".into());
@@ -326,8 +328,8 @@ fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
 
 fn print_zones(list: &[Zone]) {
     println!(
-        "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24}",
-        "ZONE", "BRIDGE", "SUBNET", "MEMBERS", "LEASES", "KIND", "FLAGS"
+        "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24} {:<22}",
+        "ZONE", "BRIDGE", "SUBNET", "MEMBERS", "LEASES", "KIND", "FLAGS", "SUBNET6"
     );
     for z in list {
         let mut flags = Vec::new();
@@ -341,14 +343,15 @@ fn print_zones(list: &[Zone]) {
             flags.push("isolated");
         }
         println!(
-            "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24}",
+            "{:<13} {:<16} {:<18} {:>7} {:>6} {:<8} {:<24} {:<22}",
             z.name,
             z.bridge,
             z.subnet.to_string(),
             z.members.len(),
             z.leases,
             if z.explicit { "explicit" } else { "implicit" },
-            flags.join(",")
+            flags.join(","),
+            z.subnet6.map_or_else(|| "-".into(), |s| s.to_string())
         );
     }
     println!("\n{} zone(s) listed.", list.len());
@@ -360,12 +363,12 @@ fn call(client: &Client, req: &Request) -> Result<Response, String> {
 
 fn print_table(list: &[Machine]) {
     println!(
-        "{:<24} {:>8} {:<16} {:<18} {:<16}",
-        "MACHINE", "PID", "HOST-IF", "SUBNET", "ADDRESS"
+        "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39}",
+        "MACHINE", "PID", "HOST-IF", "SUBNET", "ADDRESS", "ADDRESS6"
     );
     for m in list {
         println!(
-            "{:<24} {:>8} {:<16} {:<18} {:<16}",
+            "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39}",
             m.machine,
             m.pid,
             m.host_ifname.as_deref().unwrap_or("-"),
@@ -373,6 +376,9 @@ fn print_table(list: &[Machine]) {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "-".into()),
             m.container_address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            m.container_address6
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "-".into())
         );
@@ -408,6 +414,12 @@ fn print_status(m: &Machine) {
     }
     if let (Some(addr), Some(gw)) = (m.container_address, m.host_address) {
         println!("      Address: {addr} via {gw}");
+    }
+    if let Some(subnet6) = m.subnet6 {
+        println!("      Subnet6: {subnet6}");
+    }
+    if let (Some(addr), Some(gw)) = (m.container_address6, m.host_address6) {
+        println!("     Address6: {addr} via {gw}");
     }
     for p in &m.ports {
         println!("         Port: {p}");

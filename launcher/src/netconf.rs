@@ -31,7 +31,7 @@ pub fn configure(machine: Option<&Machine>) -> Result<(), String> {
         rtnl.add_default_route(idx, gw)
             .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
     }
-    Ok(())
+    crate::ipv6::configure_host0(&mut rtnl, idx, m)
 }
 
 /// The resolv.conf of a container whose DNS servers are `dns` (its gateway, where rnetd's

@@ -108,6 +108,7 @@ fn create(client: &Client, args: CreateArgs, dir: &Path) -> Result<(), String> {
             netns: path.clone(),
         }),
         init: Default::default(),
+        ipv6: true,
     };
     make_netns(dir, &path)?;
     let ns = match File::open(&path) {

@@ -173,6 +173,7 @@ fn attach(client: &Client, state: &State, want: Wanted) -> Result<(), String> {
         links: Vec::new(),
         held: None,
         init: Default::default(),
+        ipv6: true,
     };
     let machine = match client.call(&Request::Attach(req), Some(ns.as_fd())) {
         Ok(Response::Attached(m)) => m,

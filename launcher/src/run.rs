@@ -45,6 +45,7 @@ struct Plan {
     command: Vec<CString>,
     /// `-D`: a container in an OS tree.
     container: Option<Container>,
+    ipv6: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +152,7 @@ impl Plan {
             properties: args.properties,
             command,
             container,
+            ipv6: args.ipv6,
         })
     }
 }
@@ -431,6 +433,7 @@ fn parent(
             } else {
                 InitKind::Other
             },
+            ipv6: plan.ipv6,
         });
         match client.call(&req, Some(netns.as_fd())) {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),

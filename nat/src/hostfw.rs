@@ -482,6 +482,21 @@ fn specs(hook: Hook, link: &IfName) -> Vec<Spec> {
     }
 }
 
+/// Input in an `ip6` or `inet` chain: ICMPv6 from the link (router solicitations to rnetd,
+/// neighbour discovery of the gateway, echo): without it a container cannot even resolve its
+/// IPv6 gateway's MAC address. `meta l4proto 58` is what `ip6tables -p ipv6-icmp` writes.
+fn icmpv6_spec(link: &IfName) -> Spec {
+    let name = link.as_str();
+    Spec {
+        comment: format!("{COMMENT_PREFIX}ICMPv6 from {name}"),
+        expr: vec![
+            eq(meta(MetaKey::Iifname), string(name)),
+            eq(meta(MetaKey::L4proto), number(58)),
+            accept(),
+        ],
+    }
+}
+
 fn family(name: &str) -> NfFamily {
     match name {
         "ip" => NfFamily::IP,
@@ -520,6 +535,9 @@ pub fn plan_host(view: &HostView, links: &BTreeSet<IfName>) -> Option<Nftables<'
         let rules = wanted.entry(key).or_default();
         for link in links {
             rules.extend(specs(c.hook, link));
+            if matches!(c.hook, Hook::Input) && c.family != "ip" {
+                rules.push(icmpv6_spec(link));
+            }
         }
     }
     let mut batch = Batch::new();
@@ -653,8 +671,19 @@ mod tests {
         let view = detect(&recorded("docker-like.json"));
         let batch = plan_host(&view, &links(&["ve-a"])).unwrap();
         let cmds = commands(&batch);
-        // 2 forward rules in each of 2 chains, 3 input rules.
-        assert_eq!(cmds.len(), 7);
+        // 2 forward rules in each of 2 chains, 3 input rules and ICMPv6 (an inet chain).
+        assert_eq!(cmds.len(), 8);
+        assert_eq!(
+            cmds[0],
+            json!({"insert": {"rule": {"family": "inet", "table": "fw", "chain": "input",
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                    "right": "ve-a"}},
+                         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                                    "right": 58}},
+                         {"accept": null}],
+                "comment": "rnet: ICMPv6 from ve-a"}}})
+        );
+        let cmds = &cmds[1..];
         assert_eq!(
             cmds[0],
             json!({"insert": {"rule": {"family": "inet", "table": "fw", "chain": "input",
@@ -707,7 +736,7 @@ mod tests {
         let view = detect(&recorded("docker-like.json"));
         let two = links(&["ve-a", "vz-b"]);
         let after = applied(&view, &plan_host(&view, &two).unwrap());
-        assert_eq!(after.ours.len(), 14);
+        assert_eq!(after.ours.len(), 16);
         assert_eq!(plan_host(&after, &two), None, "nothing to do twice");
 
         // A duplicate (someone copied a rule of ours) is deleted, the original kept.
@@ -724,9 +753,9 @@ mod tests {
             ]
         );
 
-        // One link gone: exactly its 7 rules go; no link: all 14.
+        // One link gone: exactly its 8 rules go; no link: all 16.
         let one = applied(&after, &plan_host(&after, &links(&["vz-b"])).unwrap());
-        assert_eq!(one.ours.len(), 7);
+        assert_eq!(one.ours.len(), 8);
         assert!(one.ours.iter().all(|r| r.comment.ends_with("vz-b")));
         let none = applied(&after, &plan_host(&after, &BTreeSet::new()).unwrap());
         assert!(none.ours.is_empty());
@@ -734,7 +763,7 @@ mod tests {
         let mut relaxed = after.clone();
         relaxed.chains.retain(|c| c.hook == Hook::Forward);
         let cmds = commands(&plan_host(&relaxed, &two).unwrap());
-        assert_eq!(cmds.len(), 6);
+        assert_eq!(cmds.len(), 8);
         assert!(cmds.iter().all(|c| c["delete"]["rule"]["table"] == "fw"));
     }
 

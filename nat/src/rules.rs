@@ -277,13 +277,25 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
         ),
         // A container may only send from addresses routed back through its own link (or its
         // zone's bridge): not another container's, not the host's, not a random one. 0.0.0.0 is
-        // a DHCP client asking for its lease. IPv4 only: we give containers no IPv6 address.
+        // a DHCP client asking for its lease.
         rule(
             PREROUTING_RAW,
             "spoofed source: a reply would not go back out of the link it came in on",
             vec![
                 eq(iif(), set_ref(IFACES)),
                 ne(payload("ip", "saddr"), string("0.0.0.0")),
+                eq(fib_saddr_iif_oif(), missing()),
+                drop(),
+            ],
+        ),
+        // The same for IPv6: the link's /64 and its link-local addresses route back through it;
+        // :: is duplicate address detection.
+        rule(
+            PREROUTING_RAW,
+            "spoofed source: a reply would not go back out of the link it came in on (IPv6)",
+            vec![
+                eq(iif(), set_ref(IFACES)),
+                ne(payload("ip6", "saddr"), string("::")),
                 eq(fib_saddr_iif_oif(), missing()),
                 drop(),
             ],
@@ -696,7 +708,7 @@ mod tests {
         let ten = render_table(&ruleset(0..10));
         assert_eq!(count(&one, is_rule), count(&ten, is_rule));
         assert_eq!(count(&ten, is_rule), rule_count());
-        assert_eq!(rule_count(), 34);
+        assert_eq!(rule_count(), 35);
         let chains = |o: &NfListObject<'_>| matches!(o, NfListObject::Chain(_));
         assert_eq!(count(&ten, chains), CHAINS.len() + BRIDGE_CHAINS.len());
     }
@@ -899,7 +911,12 @@ mod tests {
     #[test]
     fn spoofed_sources_from_our_links_are_dropped_before_conntrack() {
         let rules = chain_rules(PREROUTING_RAW);
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[2][1],
+            json!({"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                             "right": "::", "op": "!="}})
+        );
         let mut rp = rules[1].clone();
         // fib flags are a set: any order.
         let flags = rp[2]["match"]["left"]["fib"]["flags"].take();

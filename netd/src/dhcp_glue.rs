@@ -114,6 +114,8 @@ pub struct DhcpLink {
     /// A lease to record for the container the launcher configured (client id 0x01+MAC), so a
     /// DHCP client inside it later gets the same address.
     pub container: Option<([u8; 6], Ipv4Addr)>,
+    /// The host side's IPv6 address, where the link's DNS forwarder also answers.
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// The engine and what waits for the disk: one lock (see the module docs).
@@ -224,7 +226,7 @@ impl DhcpService {
     /// loses none), records the container's lease, opens the socket. Returns once the leases
     /// are on disk.
     pub async fn add_link(&self, link: &DhcpLink) -> Result<(), DhcpError> {
-        let dns = DnsLink::new(&link.ifname, link.server, link.subnet);
+        let dns = DnsLink::new(&link.ifname, link.server, link.subnet).with_gateway6(link.gateway6);
         self.dns
             .add_link(link.index, dns)
             .map_err(|source| DhcpError::Dns {

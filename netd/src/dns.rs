@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnetwork::Ipv4Network;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -85,6 +85,9 @@ pub struct DnsLink {
     pub subnet: Ipv4Network,
     /// The zone, for a zone bridge (`vz-ZONE`): its members' names are answered.
     pub zone: Option<String>,
+    /// The host's IPv6 address on it (`PREFIX::1`, named by the router advertisements' RDNSS
+    /// option), where the forwarder also listens; `_gateway` has it as AAAA.
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 impl DnsLink {
@@ -99,7 +102,14 @@ impl DnsLink {
                 .strip_prefix("vz-")
                 .filter(|z| !z.is_empty())
                 .map(str::to_ascii_lowercase),
+            gateway6: None,
         }
+    }
+
+    /// The link with its IPv6 gateway address.
+    pub fn with_gateway6(mut self, gateway6: Option<std::net::Ipv6Addr>) -> Self {
+        self.gateway6 = gateway6;
+        self
     }
 }
 
@@ -117,6 +127,17 @@ pub enum Decision {
 /// Decides what to do with `query` received on `link`; `names` lists the link's machines (name,
 /// address). Pure: the query path the fuzz target runs.
 pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Decision {
+    decide6(link, names, &[], query)
+}
+
+/// [`decide`] with the machines' IPv6 addresses too (`names6`: name, address), answered as
+/// AAAA.
+pub fn decide6(
+    link: &DnsLink,
+    names: &[(String, Ipv4Addr)],
+    names6: &[(String, std::net::Ipv6Addr)],
+    query: &[u8],
+) -> Decision {
     let Ok(msg) = Message::from_vec(query) else {
         return Decision::Drop("undecodable");
     };
@@ -136,7 +157,7 @@ pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Dec
     let qname = qname.trim_end_matches('.');
     let qtype = q.query_type;
     // Forward lookups: _gateway, and a zone's members as NAME or NAME.ZONE.
-    let local = |name: &str| -> Option<Ipv4Addr> {
+    let local = |name: &str| -> Option<(Ipv4Addr, Option<std::net::Ipv6Addr>)> {
         let bare = match &link.zone {
             Some(zone) => name
                 .strip_suffix(zone.as_str())
@@ -145,19 +166,25 @@ pub fn decide(link: &DnsLink, names: &[(String, Ipv4Addr)], query: &[u8]) -> Dec
             None => name,
         };
         if bare == GATEWAY_NAME {
-            return Some(link.gateway);
+            return Some((link.gateway, link.gateway6));
         }
         link.zone.as_ref()?;
+        let addr6 = names6
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(bare))
+            .map(|(_, a)| *a);
         names
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(bare))
-            .map(|(_, a)| *a)
+            .map(|(_, a)| (*a, addr6))
     };
-    if let Some(addr) = local(qname) {
+    if let Some((addr, addr6)) = local(qname) {
+        let a = || Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr)));
+        let aaaa = addr6.map(|a6| Record::from_rdata(q.name.clone(), TTL, RData::AAAA(AAAA(a6))));
         let answers = match qtype {
-            RecordType::A | RecordType::ANY => {
-                vec![Record::from_rdata(q.name.clone(), TTL, RData::A(A(addr)))]
-            }
+            RecordType::A => vec![a()],
+            RecordType::AAAA => aaaa.into_iter().collect(),
+            RecordType::ANY => std::iter::once(a()).chain(aaaa).collect(),
             // The name exists, without data of that type (NODATA).
             _ => Vec::new(),
         };
@@ -392,28 +419,40 @@ impl DnsService {
     /// Starts answering on `link` (ifindex `index`): UDP and TCP on its gateway, port 53.
     pub fn add_link(&self, index: u32, link: DnsLink) -> io::Result<()> {
         let addr = SocketAddr::from((link.gateway, PORT));
-        let udp = bound(&link.ifname, addr, Type::DGRAM)?;
-        let tcp = bound(&link.ifname, addr, Type::STREAM)?;
-        tcp.listen(128)?;
-        let udp = UdpSocket::from_std(udp.into())?;
-        let tcp = TcpListener::from_std(tcp.into())?;
+        let mut addrs = vec![addr];
+        addrs.extend(link.gateway6.map(|a| SocketAddr::from((a, PORT))));
+        let mut sockets = Vec::new();
+        for a in &addrs {
+            let udp = bound(&link.ifname, *a, Type::DGRAM)?;
+            let tcp = bound(&link.ifname, *a, Type::STREAM)?;
+            tcp.listen(128)?;
+            sockets.push((
+                UdpSocket::from_std(udp.into())?,
+                TcpListener::from_std(tcp.into())?,
+            ));
+        }
         let link = Arc::new(link);
-        let tasks = vec![
-            tokio::spawn(serve_udp(
-                Arc::clone(&self.shared),
-                index,
-                Arc::clone(&link),
-                udp,
-            ))
-            .abort_handle(),
-            tokio::spawn(serve_tcp(
-                Arc::clone(&self.shared),
-                index,
-                Arc::clone(&link),
-                tcp,
-            ))
-            .abort_handle(),
-        ];
+        let mut tasks = Vec::new();
+        for (udp, tcp) in sockets {
+            tasks.push(
+                tokio::spawn(serve_udp(
+                    Arc::clone(&self.shared),
+                    index,
+                    Arc::clone(&link),
+                    udp,
+                ))
+                .abort_handle(),
+            );
+            tasks.push(
+                tokio::spawn(serve_tcp(
+                    Arc::clone(&self.shared),
+                    index,
+                    Arc::clone(&link),
+                    tcp,
+                ))
+                .abort_handle(),
+            );
+        }
         if let Some(old) = lock(&self.tasks).insert(link.ifname.clone(), tasks) {
             old.iter().for_each(AbortHandle::abort);
         }
@@ -457,9 +496,14 @@ fn bound(ifname: &str, addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     } else {
         Protocol::TCP
     };
-    let s = Socket::new(Domain::IPV4, ty, Some(proto))?;
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     s.set_reuse_address(true)?;
     s.bind_device(Some(ifname.as_bytes()))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        // Our address may still be tentative on a link without carrier yet.
+        s.set_freebind_v6(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s)
@@ -505,15 +549,24 @@ async fn serve_udp(shared: Arc<Shared>, index: u32, link: Arc<DnsLink>, socket: 
 
 /// Decides and counts; `None` for a dropped query, `Some(Forward)` for one to forward.
 fn handle(shared: &Shared, index: u32, link: &DnsLink, query: &[u8]) -> Option<Decision> {
-    let names: Vec<(String, Ipv4Addr)> = if link.zone.is_some() {
-        lock(&shared.names)
-            .get(&index)
-            .map(|l| l.iter().map(|n| (n.name.clone(), n.addr)).collect())
-            .unwrap_or_default()
+    let named: Vec<Named> = if link.zone.is_some() {
+        lock(&shared.names).get(&index).cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
-    match decide(link, &names, query) {
+    let names: Vec<(String, Ipv4Addr)> = named.iter().map(|n| (n.name.clone(), n.addr)).collect();
+    // A member's IPv6 address is the zone's /64 and the EUI-64 of its MAC (crate::ipv6).
+    let names6: Vec<(String, std::net::Ipv6Addr)> = link
+        .gateway6
+        .and_then(|gw| ipnetwork::Ipv6Network::new(gw, crate::ipv6::LINK_PREFIX).ok())
+        .map(|net| {
+            named
+                .iter()
+                .map(|n| (n.name.clone(), crate::ipv6::eui64(net, n.mac)))
+                .collect()
+        })
+        .unwrap_or_default();
+    match decide6(link, &names, &names6, query) {
         Decision::Drop(reason) => {
             let n = shared.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
             // Counted always, logged sparingly: a flood must not flood the log.
@@ -694,6 +747,31 @@ mod tests {
             answer(&link, &query("web.blue.", RecordType::AAAA)),
             ok(&[])
         );
+        // With IPv6: members' and the gateway's AAAA.
+        let link6 = zone_link().with_gateway6(Some("fd00:1:2:3::1".parse().unwrap()));
+        let names6 = [("web".to_owned(), "fd00:1:2:3::7".parse().unwrap())];
+        let answer6 = |q: &[u8]| match decide6(&link6, &names(), &names6, q) {
+            Decision::Reply(b) => Message::from_vec(&b)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            answer6(&query("web.blue.", RecordType::AAAA)),
+            ["fd00:1:2:3::7"]
+        );
+        assert_eq!(
+            answer6(&query("_gateway.", RecordType::AAAA)),
+            ["fd00:1:2:3::1"]
+        );
+        assert_eq!(
+            answer6(&query("web.", RecordType::ANY)),
+            ["10.0.0.7", "fd00:1:2:3::7"]
+        );
+        assert_eq!(answer6(&query("web.", RecordType::A)), ["10.0.0.7"]);
         assert_eq!(
             answer(&link, &query("_gateway.", RecordType::A)),
             ok(&["10.0.0.1"])

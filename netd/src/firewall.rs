@@ -47,6 +47,8 @@ pub struct LinkRules {
     pub ifname: Option<String>,
     /// A masqueraded subnet.
     pub subnet: Option<Ipv4Network>,
+    /// A masqueraded IPv6 subnet (`masq6`).
+    pub subnet6: Option<ipnetwork::Ipv6Network>,
     /// Published ports.
     pub ports: Vec<PortMapping>,
     /// A `vb-` port (zone member, admin's bridge) held to its container's MAC address, and for a
@@ -65,6 +67,7 @@ impl LinkRules {
         Ok(Self {
             ifname: Some(ifname.to_owned()),
             subnet: Some(subnet),
+            subnet6: None,
             ports: Self::mappings(container, ports)?,
             guard: None,
         })
@@ -88,8 +91,8 @@ impl LinkRules {
                 Change::DelIface(ifname)
             });
         }
-        if let Some(subnet) = self.subnet {
-            let subnet = IpNetwork::V4(subnet);
+        let subnets = self.subnet.map(IpNetwork::V4).into_iter();
+        for subnet in subnets.chain(self.subnet6.map(IpNetwork::V6)) {
             out.push(if add {
                 Change::AddSubnet(subnet)
             } else {
@@ -113,6 +116,11 @@ impl LinkRules {
     /// port of an admin's bridge alone does not.
     fn forwards(&self) -> bool {
         self.ifname.is_some() || self.subnet.is_some() || !self.ports.is_empty()
+    }
+
+    /// True if these rules route IPv6 (and so need `net.ipv6.conf.all.forwarding`).
+    fn forwards6(&self) -> bool {
+        self.subnet6.is_some() || self.ports.iter().any(|p| p.container_addr().is_ipv6())
     }
 }
 
@@ -140,6 +148,8 @@ pub struct Firewall<N> {
     /// The foreign chains that hold our rules, as last synced (`ip filter DOCKER-USER (forward:
     /// policy drop)`).
     host_chains: Vec<String>,
+    /// IPv6 forwarding and the `accept_ra` values it made us change.
+    forward6: crate::forward6::Forward6,
     /// The last look at the ruleset found no other firewall's chain that would drop our traffic
     /// and no rule of ours in one: a change of our links then needs nothing there, and is not
     /// paid with a listing of the whole ruleset. The `nft monitor` watch and the periodic check
@@ -232,6 +242,7 @@ impl<N: AsyncNft> Firewall<N> {
             host_chains: Vec::new(),
             foreign_quiet: false,
             firewalld: None,
+            forward6: crate::forward6::Forward6::default(),
         }
     }
 
@@ -249,6 +260,17 @@ impl<N: AsyncNft> Firewall<N> {
     /// True if firewalld runs and handles our links.
     fn firewalld_handles(&self) -> bool {
         self.firewalld.as_ref().is_some_and(Firewalld::handles)
+    }
+
+    /// Sets the saved IPv6 forwarding state to restore (the state file's).
+    pub fn with_forward6(mut self, saved: Option<crate::forward6::Saved6>) -> Self {
+        self.forward6 = crate::forward6::Forward6::new(saved);
+        self
+    }
+
+    /// The IPv6 forwarding state to restore, for the state file.
+    pub fn forward6_restore(&self) -> Option<crate::forward6::Saved6> {
+        self.forward6.saved()
     }
 
     /// Sets `--host-firewall` (default [`HostFwMode::Auto`]).
@@ -359,6 +381,9 @@ impl<N: AsyncNft> Firewall<N> {
         if link.forwards() {
             self.ensure_forwarding()?;
         }
+        if link.forwards6() {
+            self.forward6.ensure(&self.sysctl)?;
+        }
         // Published ports must be reachable from the host's own 127.0.0.1 (systemd #6106):
         // loopback-sourced packets may then leave through this link, where they are
         // masqueraded to the link's address.
@@ -373,6 +398,7 @@ impl<N: AsyncNft> Firewall<N> {
         if result.is_err() && self.installed.is_empty() {
             // The first link was refused: nothing of ours needs forwarding.
             self.restore_forwarding();
+            self.forward6.restore(&self.sysctl);
         }
         result
     }
@@ -396,6 +422,7 @@ impl<N: AsyncNft> Firewall<N> {
             self.generation += 1;
             self.present = false;
             self.restore_forwarding();
+            self.forward6.restore(&self.sysctl);
             self.sync_host_on_change().await;
             return Ok(());
         }
@@ -495,6 +522,7 @@ impl<N: AsyncNft> Firewall<N> {
                 info!("removed stale tables inet rnet and bridge rnet");
             }
             self.restore_forwarding();
+            self.forward6.restore(&self.sysctl);
             return Ok(listing.is_some());
         }
         if self.installed.ifaces().next().is_some()
@@ -502,6 +530,11 @@ impl<N: AsyncNft> Firewall<N> {
             || self.installed.ports().next().is_some()
         {
             self.ensure_forwarding()?;
+        }
+        if self.installed.subnets().any(|n| n.is_ipv6())
+            || self.installed.ports().any(|p| p.container_addr().is_ipv6())
+        {
+            self.forward6.ensure(&self.sysctl)?;
         }
         let observed = match &listing {
             Some(l) => Some(nat::observe(l)?),
@@ -670,9 +703,10 @@ mod tests {
             [""],
             "DOCKER-USER rather than FORWARD"
         );
+        // DHCP, DNS udp and tcp, and ICMPv6 (an inet chain also sees IPv6).
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
-            3
+            4
         );
         assert_eq!(
             fw.host_chains(),
@@ -706,7 +740,7 @@ mod tests {
         assert!(fw.nft.table_exists());
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
-            6
+            8
         );
 
         fw.remove(&a).await.unwrap();

@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoBridgePort, InfoKind, LinkInfo};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
@@ -91,6 +91,15 @@ pub trait Links: Send + Sync + 'static {
         &self,
         index: u32,
         net: Ipv4Network,
+    ) -> impl Future<Output = LinkResult<()>> + Send;
+    /// `sysctl net.ipv6.conf.IFNAME.accept_dad=0; ip -6 addr add NET dev INDEX nodad`: no
+    /// duplicate address detection on a link of ours, so its link-local address (the source of
+    /// router advertisements) and `NET` are usable at once.
+    fn add_address6(
+        &self,
+        index: u32,
+        ifname: &str,
+        net: Ipv6Network,
     ) -> impl Future<Output = LinkResult<()>> + Send;
     /// `ip link set dev INDEX up`.
     fn set_up(&self, index: u32) -> impl Future<Output = LinkResult<()>> + Send;
@@ -370,6 +379,30 @@ impl Links for Rtnl {
             .address()
             .add(index, IpAddr::V4(net.ip()), net.prefix())
             .execute()
+            .await
+            .map_err(|e| RtnlError::new("adding address", net.to_string(), &e))
+    }
+
+    async fn add_address6(&self, index: u32, ifname: &str, net: Ipv6Network) -> Result<()> {
+        // The link's sysctl directory appears with the link; the path keeps its name whole.
+        let knob = std::path::Path::new("/proc/sys/net/ipv6/conf")
+            .join(ifname)
+            .join("accept_dad");
+        std::fs::write(&knob, "0").map_err(|e| RtnlError {
+            step: "disabling duplicate address detection on",
+            object: ifname.to_owned(),
+            errno: e.raw_os_error(),
+            reason: format!("{}: {e}", knob.display()),
+        })?;
+        let mut req = self
+            .handle
+            .address()
+            .add(index, IpAddr::V6(net.ip()), net.prefix());
+        let msg = req.message_mut();
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
             .await
             .map_err(|e| RtnlError::new("adding address", net.to_string(), &e))
     }

@@ -61,6 +61,10 @@ pub struct State {
     /// masqueraded link goes.
     #[serde(default)]
     pub forward_restore: Option<String>,
+    /// IPv6 forwarding and `accept_ra` as they were before rnetd changed them
+    /// (`crate::forward6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward6_restore: Option<crate::forward6::Saved6>,
 }
 
 /// Reading or writing the state failed.
@@ -214,6 +218,9 @@ mod tests {
                 subnet: Some("192.168.0.0/28".parse().unwrap()),
                 host_address: Some("192.168.0.1".parse().unwrap()),
                 container_address: Some("192.168.0.7".parse().unwrap()),
+                subnet6: Some("fd00:1:2:3::/64".parse().unwrap()),
+                host_address6: Some("fd00:1:2:3::1".parse().unwrap()),
+                container_address6: Some("fd00:1:2:3::7".parse().unwrap()),
                 dns: vec![],
                 ports: vec![],
                 links: vec![],

@@ -45,6 +45,35 @@ impl Sysctl {
         let path = self.root.join("net/ipv4/conf").join(ifname).join(knob);
         set_at(&format!("net.ipv4.conf.{ifname}.{knob}"), &path, value)
     }
+
+    /// Reads a per-link IPv6 knob, `net.ipv6.conf.IFNAME.KNOB`.
+    pub fn get_link6(&self, ifname: &str, knob: &str) -> io::Result<String> {
+        let path = self.root.join("net/ipv6/conf").join(ifname).join(knob);
+        read(&format!("net.ipv6.conf.{ifname}.{knob}"), &path)
+    }
+
+    /// Sets a per-link IPv6 knob, `net.ipv6.conf.IFNAME.KNOB`; returns the previous value.
+    pub fn set_link6(&self, ifname: &str, knob: &str, value: &str) -> io::Result<String> {
+        let path = self.root.join("net/ipv6/conf").join(ifname).join(knob);
+        set_at(&format!("net.ipv6.conf.{ifname}.{knob}"), &path, value)
+    }
+
+    /// The entries of `net.ipv6.conf` (every link with IPv6, plus `all` and `default`); none
+    /// when IPv6 is off in the kernel.
+    pub fn links6(&self) -> io::Result<Vec<String>> {
+        let dir = self.root.join("net/ipv6/conf");
+        match fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("listing {}: {e}", dir.display()),
+            )),
+        }
+    }
 }
 
 fn read(key: &str, path: &Path) -> io::Result<String> {

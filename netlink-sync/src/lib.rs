@@ -4,14 +4,16 @@
 //! it runs where no async runtime may (a forked child, a thread that called `setns`).
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -135,5 +137,91 @@ impl BlockingRtnl {
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+
+    /// `ip -6 addr replace ADDR/PREFIX dev INDEX nodad`: usable at once, no duplicate address
+    /// detection (the address is ours by construction: RFC 4862 section 5.4 allows skipping
+    /// it). Replace, not add: a router advertisement may have let the kernel's SLAAC form the
+    /// same address a moment before; it becomes permanent.
+    pub fn replace_address6(&mut self, index: u32, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewAddress(address6_message(index, addr, prefix)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// `ip -6 route replace default via GATEWAY dev INDEX` (replacing a default route a router
+    /// advertisement may have added a moment before).
+    pub fn replace_default_route6(&mut self, index: u32, gateway: Ipv6Addr) -> io::Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewRoute(default_route6_message(index, gateway)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+}
+
+/// The message of [`BlockingRtnl::replace_address6`].
+fn address6_message(index: u32, addr: Ipv6Addr, prefix: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    msg.header.prefix_len = prefix;
+    msg.header.index = index;
+    msg.header.flags = AddressHeaderFlags::Nodad;
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V6(addr)));
+    msg.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    msg
+}
+
+/// The message of [`BlockingRtnl::replace_default_route6`].
+fn default_route6_message(index: u32, gateway: Ipv6Addr) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    msg.header.table = libc::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_address_is_added_without_dad() {
+        let msg = address6_message(7, "fd00:1::1".parse().unwrap(), 64);
+        assert_eq!(msg.header.family, AddressFamily::Inet6);
+        assert_eq!(msg.header.prefix_len, 64);
+        assert_eq!(msg.header.index, 7);
+        assert!(msg.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            msg.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        assert!(
+            msg.attributes
+                .contains(&AddressAttribute::Address(IpAddr::V6(
+                    "fd00:1::1".parse().unwrap()
+                )))
+        );
+    }
+
+    #[test]
+    fn ipv6_default_route_names_gateway_and_link() {
+        let msg = default_route6_message(3, "fd00:1::1".parse().unwrap());
+        assert_eq!(msg.header.address_family, AddressFamily::Inet6);
+        assert_eq!(msg.header.destination_prefix_length, 0);
+        assert!(msg.attributes.contains(&RouteAttribute::Oif(3)));
+        assert!(
+            msg.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
+                    "fd00:1::1".parse().unwrap()
+                )))
+        );
     }
 }

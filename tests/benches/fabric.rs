@@ -415,6 +415,7 @@ impl Bench {
             links: vec![],
             held: None,
             init: Default::default(),
+            ipv6: true,
         });
         let t = Instant::now();
         let attached = self.client.call(&req, Some(ns.as_fd()));

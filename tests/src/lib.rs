@@ -2,9 +2,10 @@
 //! topology and never touches the real host network:
 //!
 //! ```text
-//!   [uplink netns]  203.0.113.1/24   ("the internet")
+//!   [uplink netns]  203.0.113.1/24, 2001:db8::1/64   ("the internet")
 //!         |  veth
-//!   [host netns]    203.0.113.2/24, default route via .1; rnetd runs here
+//!   [host netns]    203.0.113.2/24, 2001:db8::2/64, default routes via the uplink; rnetd
+//!                   runs here (IPv6 /64s from --pool6 fd52:6e65:7400::/48 unless a test says)
 //!         |  ve-/vz-/vb- links created by rnetd
 //!   [container netns ...]  created by `rnet run`
 //! ```
@@ -29,6 +30,12 @@ pub mod tree;
 pub const UPLINK_ADDR: &str = "203.0.113.1";
 /// The host's address on the uplink.
 pub const HOST_ADDR: &str = "203.0.113.2";
+/// The uplink's IPv6 address (documentation prefix, RFC 3849).
+pub const UPLINK_ADDR6: &str = "2001:db8::1";
+/// The host's IPv6 address on the uplink.
+pub const HOST_ADDR6: &str = "2001:db8::2";
+/// The prefix the rig's rnetd cuts IPv6 /64s from (independent of this machine's id).
+pub const POOL6: &str = "fd52:6e65:7400::/48";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -193,6 +200,23 @@ impl Rig {
             ip(&["-n", ns, "link", "set", dev, "up"]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
+        for (ns, dev, addr) in [
+            (&rig.host_ns, &h, HOST_ADDR6),
+            (&rig.uplink_ns, &u, UPLINK_ADDR6),
+        ] {
+            let net = format!("{addr}/64");
+            ip(&["-n", ns, "addr", "add", &net, "dev", dev, "nodad"]);
+        }
+        ip(&[
+            "-n",
+            &rig.host_ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            UPLINK_ADDR6,
+        ]);
         ip(&[
             "-n",
             &rig.host_ns,
@@ -614,6 +638,16 @@ impl Rig {
             .arg("--state-dir")
             .arg(self.state_dir())
             .args(["--log", "netd=debug,info"])
+            .args(
+                if extra
+                    .iter()
+                    .any(|a| a.starts_with("--pool6") || a.starts_with("--ipv6"))
+                {
+                    &[][..]
+                } else {
+                    &["--pool6", POOL6][..]
+                },
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

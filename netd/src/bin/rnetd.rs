@@ -55,6 +55,20 @@ struct Args {
     /// alone (and removes rules and bindings of ours left in them).
     #[arg(long, value_name = "auto|off", default_value = "auto")]
     host_firewall: HostFwMode,
+    /// IPv6 for containers: a /64 per `ve-` link and zone, router advertisements, NAT66,
+    /// published ports over IPv6 and on [::1]. `no` gives them IPv4 only.
+    #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = yes_no,
+          action = clap::ArgAction::Set)]
+    ipv6: bool,
+    /// The prefix (/16 to /63) the /64s are cut from; default: a ULA /48 derived from the
+    /// machine id (stable across restarts and reboots).
+    #[arg(long, value_name = "PREFIX")]
+    pool6: Option<ipnetwork::Ipv6Network>,
+    /// Seconds between unsolicited router advertisements (RFC 4861's MaxRtrAdvInterval; router
+    /// and DNS lifetimes are three times this). Solicitations are answered at once.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=1800))]
+    ra_interval: u64,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
     #[arg(long, env = "RNET_LOG", default_value = "info")]
     log: String,
@@ -76,6 +90,15 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run(args))
+}
+
+/// `yes`/`no` (also `true`/`false`, `1`/`0`), as systemd spells booleans.
+fn yes_no(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(format!("{text:?} is not yes or no")),
+    }
 }
 
 /// The `--log` filter, or an error that names the option.
@@ -126,10 +149,22 @@ async fn run(args: Args) -> Result<()> {
         dns: Vec::new(),
         veth_prefix: args.veth_prefix,
         host_firewall: args.host_firewall,
+        pool6: if args.ipv6 {
+            Some(match args.pool6 {
+                Some(p) => netd::ipv6::check_pool6(p).map_err(anyhow::Error::msg)?,
+                None => netd::ipv6::ula_prefix(machine_id),
+            })
+        } else {
+            None
+        },
     };
+    if let Some(p) = settings.pool6 {
+        info!(pool6 = %p, "IPv6 /64s are cut from this prefix");
+    }
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
     let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
-    let machines = Machines::start(settings, rtnl, dns)
+    let ra_interval = std::time::Duration::from_secs(args.ra_interval);
+    let machines = Machines::start(settings, rtnl, dns, ra_interval)
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
     let mut term = signal(SignalKind::terminate())?;

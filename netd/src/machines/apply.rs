@@ -11,7 +11,7 @@ use crate::api::{ApiError, AttachedLink, ErrorKind, MachineName};
 use crate::rtnl::RtnlError;
 
 use super::plan::{Removal, Step};
-use super::system::{Leases, Links, System};
+use super::system::{Ipv6Services, Leases, Links, System};
 use super::{Machines, internal};
 
 /// What applying steps built so far: ifindexes by name, the extra links made, and how to undo.
@@ -155,6 +155,40 @@ impl<S: System> Machines<S> {
                     .await
                     .map_err(on(ifname))?;
             }
+            Step::AddAddress6 { ifname, net } => {
+                let index = done.index(ifname)?;
+                self.links
+                    .add_address6(index, ifname, *net)
+                    .await
+                    .map_err(on(ifname))?;
+            }
+            Step::Advertise(plan) => {
+                let index = done.index(&plan.ifname)?;
+                self.ipv6.advertise(&plan.link(index)).map_err(|e| {
+                    internal(format!(
+                        "starting router advertisements on {}: {e}",
+                        plan.ifname
+                    ))
+                })?;
+                done.undo
+                    .push(Removal::StopAdvertising(plan.ifname.clone()));
+            }
+            Step::Relay(relays) => {
+                // A host service already on [::1]:PORT (sshd on [::]:22) keeps it: the port
+                // still works on every other address, so the attach goes on, with a warning.
+                let mut started = Vec::new();
+                for (spec, target) in relays {
+                    match self.ipv6.relay(spec, *target) {
+                        Ok(()) => started.push(spec.clone()),
+                        Err(e) => warn!(
+                            machine = machine.map(MachineName::as_str).unwrap_or("-"),
+                            error = %e,
+                            "published port not relayed on [::1] (a host service has it)"
+                        ),
+                    }
+                }
+                done.undo.push(Removal::StopRelay(started));
+            }
             Step::SetUp { ifname } => {
                 self.links
                     .set_up(done.index(ifname)?)
@@ -250,6 +284,8 @@ impl<S: System> Machines<S> {
                     self.leases.stop(&ifname, index).await;
                 }
                 Removal::Release { index, mac } => self.leases.release(index, mac),
+                Removal::StopAdvertising(ifname) => self.ipv6.stop_advertising(&ifname),
+                Removal::StopRelay(specs) => specs.iter().for_each(|s| self.ipv6.stop_relay(s)),
                 Removal::DelLink(ifname) => {
                     if let Err(e) = self.links.del_link(&ifname).await {
                         failed.push(format!("deleting link {ifname}: {e}"));

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use nat::{AsyncNft, FakeNft, Nft};
 use nftables::schema::Nftables;
 
@@ -19,7 +19,7 @@ use crate::dhcp_glue::{DhcpError, DhcpLink};
 use crate::procfs::NetnsFdError;
 use crate::rtnl::RtnlError;
 
-use super::system::{Leases, LinkResult, Links, Procs, System};
+use super::system::{Ipv6Services, Leases, LinkResult, Links, Procs, System};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -33,6 +33,64 @@ impl System for Fake {
     type Procs = FakeProcs;
     type Leases = FakeLeases;
     type Nft = SharedNft;
+    type Ipv6 = FakeIpv6;
+}
+
+/// Router advertisements and `[::1]` relays as lists of what runs.
+#[derive(Clone, Debug, Default)]
+pub struct FakeIpv6 {
+    state: Arc<Mutex<Ipv6State>>,
+}
+
+#[derive(Debug, Default)]
+struct Ipv6State {
+    adverts: BTreeMap<String, crate::ra::RaLink>,
+    relays: Vec<(crate::api::PortSpec, std::net::IpAddr)>,
+    /// The next relay fails (a host service has the port on ::1).
+    fail_relay: bool,
+}
+
+impl FakeIpv6 {
+    /// The links advertised on, with what they advertise.
+    pub fn adverts(&self) -> Vec<crate::ra::RaLink> {
+        lock(&self.state).adverts.values().cloned().collect()
+    }
+
+    /// The next relay fails with EADDRINUSE.
+    pub fn fail_next_relay(&self) {
+        lock(&self.state).fail_relay = true;
+    }
+
+    /// The relayed specs and their targets.
+    pub fn relays(&self) -> Vec<(crate::api::PortSpec, std::net::IpAddr)> {
+        lock(&self.state).relays.clone()
+    }
+}
+
+impl Ipv6Services for FakeIpv6 {
+    fn advertise(&self, link: &crate::ra::RaLink) -> io::Result<()> {
+        lock(&self.state)
+            .adverts
+            .insert(link.ifname.clone(), link.clone());
+        Ok(())
+    }
+
+    fn stop_advertising(&self, ifname: &str) {
+        lock(&self.state).adverts.remove(ifname);
+    }
+
+    fn relay(&self, spec: &crate::api::PortSpec, target: std::net::IpAddr) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        if std::mem::take(&mut s.fail_relay) {
+            return Err(io::Error::from_raw_os_error(libc::EADDRINUSE));
+        }
+        s.relays.push((spec.clone(), target));
+        Ok(())
+    }
+
+    fn stop_relay(&self, spec: &crate::api::PortSpec) {
+        lock(&self.state).relays.retain(|(s, _)| s != spec);
+    }
 }
 
 /// A link of the fake host.
@@ -44,6 +102,7 @@ pub struct FakeLink {
     pub up: bool,
     pub isolated: bool,
     pub addrs: Vec<Ipv4Network>,
+    pub addrs6: Vec<Ipv6Network>,
     pub altname: Option<String>,
     pub marked: bool,
 }
@@ -96,6 +155,7 @@ impl FakeLinks {
                 up: false,
                 isolated: false,
                 addrs: Vec::new(),
+                addrs6: Vec::new(),
                 altname: None,
                 marked,
             },
@@ -191,6 +251,12 @@ impl Links for FakeLinks {
     async fn add_address(&self, index: u32, net: Ipv4Network) -> LinkResult<()> {
         let mut s = self.call("add_address", &net.to_string())?;
         Self::by_index(&mut s, index)?.addrs.push(net);
+        Ok(())
+    }
+
+    async fn add_address6(&self, index: u32, _ifname: &str, net: Ipv6Network) -> LinkResult<()> {
+        let mut s = self.call("add_address6", &net.to_string())?;
+        Self::by_index(&mut s, index)?.addrs6.push(net);
         Ok(())
     }
 

@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
@@ -57,7 +57,7 @@ use crate::firewall::hostfw::{self, HostFwMode};
 use crate::naming::MachineId;
 use crate::pool::Pool;
 use crate::rtnl::Rtnl;
-use crate::state::{SavedMachine, StateFile, ZoneFile};
+use crate::state::{SavedMachine, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
 
 use apply::Applied;
@@ -97,6 +97,9 @@ pub struct Settings {
     pub dns: Vec<Ipv4Addr>,
     /// `--host-firewall`: let our traffic through other firewalls' chains, or not.
     pub host_firewall: HostFwMode,
+    /// The prefix the IPv6 `/64`s are cut from (`--pool6`, default the ULA `/48` derived from
+    /// the machine id: `crate::ipv6`); `None`: no IPv6 (`--ipv6=no`).
+    pub pool6: Option<Ipv6Network>,
 }
 
 /// An internal error (the daemon's side failed), with its cause's text.
@@ -126,6 +129,7 @@ pub struct Machines<S: System = Host> {
     links: S::Links,
     procs: S::Procs,
     leases: S::Leases,
+    ipv6: S::Ipv6,
     state: StateFile,
     zone_file: ZoneFile,
     registry: Mutex<Registry>,
@@ -140,6 +144,7 @@ impl Machines<Host> {
         settings: Settings,
         rtnl: Rtnl,
         dns: crate::dns::DnsConfig,
+        ra_interval: Duration,
     ) -> Result<Arc<Self>, ApiError> {
         let leases =
             DhcpService::start(&settings.runtime_dir.join("leases"), dns).map_err(|e| {
@@ -155,6 +160,7 @@ impl Machines<Host> {
             rtnl,
             HostProcs,
             leases,
+            system::HostIpv6::new(ra_interval),
             nat::NftCli::new(),
             Sysctl::default(),
         )
@@ -183,6 +189,7 @@ impl<S: System> Machines<S> {
         links: S::Links,
         procs: S::Procs,
         leases: S::Leases,
+        ipv6: S::Ipv6,
         nft: S::Nft,
         sysctl: Sysctl,
     ) -> Result<Arc<Self>, ApiError> {
@@ -200,6 +207,7 @@ impl<S: System> Machines<S> {
             .collect();
         let zone_pool =
             Pool::new(zone_ranges, ZONE_PREFIX).map_err(|e| internal(format!("--pool: {e}")))?;
+        let pool6 = settings.pool6.map(crate::ipv6::Pool6::new);
         let zone_file = ZoneFile::new(&settings.state_dir);
         let explicit = zone_file.load().map_err(internal)?;
         let host_mode = settings.host_firewall;
@@ -208,11 +216,14 @@ impl<S: System> Machines<S> {
             links,
             procs,
             leases,
+            ipv6,
             state,
             zone_file,
-            registry: Mutex::new(Registry::new(pool, zone_pool)),
+            registry: Mutex::new(Registry::new(pool, zone_pool, pool6)),
             firewall: Mutex::new(
-                Firewall::new(nft, sysctl, saved.forward_restore.clone()).with_host_mode(host_mode),
+                Firewall::new(nft, sysctl, saved.forward_restore.clone())
+                    .with_host_mode(host_mode)
+                    .with_forward6(saved.forward6_restore.clone()),
             ),
             this: this.clone(),
         });
@@ -300,14 +311,18 @@ impl<S: System> Machines<S> {
 
     /// Writes the state file (atomically).
     async fn save(&self, registry: &Registry) -> Result<(), ApiError> {
-        let forward_restore = self
-            .firewall
-            .lock()
-            .await
-            .forward_restore()
-            .map(str::to_owned);
+        let (forward_restore, forward6_restore) = {
+            let firewall = self.firewall.lock().await;
+            (
+                firewall.forward_restore().map(str::to_owned),
+                firewall.forward6_restore(),
+            )
+        };
         self.state
-            .save(registry.state(forward_restore))
+            .save(State {
+                forward6_restore,
+                ..registry.state(forward_restore)
+            })
             .map_err(internal)
     }
 

@@ -3,17 +3,18 @@
 //! a list of [`Step`]s (or [`Removal`]s) that `apply` executes; everything here is unit-tested
 //! as plain data.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::api::Mac;
 use crate::api::{
-    ApiError, AttachRequest, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec, ZoneConfig,
-    ZoneName,
+    ApiError, AttachRequest, ErrorKind, ExtraLink, Machine, MachineName, NetworkSpec, PortSpec,
+    ZoneConfig, ZoneName,
 };
 use crate::dhcp_glue::DhcpLink;
 use crate::firewall::{FirewallError, LinkRules};
+use crate::ipv6::{LINK_PREFIX, eui64, gateway6};
 use crate::naming::{LinkName, MacKey, generate_mac};
 
 use super::registry::Registry;
@@ -53,6 +54,14 @@ pub enum Step {
         /// Address and prefix.
         net: Ipv4Network,
     },
+    /// `ip -6 addr add NET dev IFNAME nodad`, duplicate address detection off on the link
+    /// (undone with the link).
+    AddAddress6 {
+        /// The link.
+        ifname: String,
+        /// Address and prefix.
+        net: Ipv6Network,
+    },
     /// `ip link set IFNAME up` (undone with the link).
     SetUp {
         /// The link.
@@ -82,6 +91,44 @@ pub enum Step {
     },
     /// Add firewall elements (one atomic batch). Undo: remove them.
     AddRules(LinkRules),
+    /// Send router advertisements on a link (`crate::ra`). Undo: stop them.
+    Advertise(AdvertPlan),
+    /// Relay published ports on `[::1]` to the container (`crate::relay6`), each spec to its
+    /// target. Undo: stop them.
+    Relay(Vec<(PortSpec, IpAddr)>),
+}
+
+/// What a link's router advertisements announce; its ifindex is known only once the link
+/// exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdvertPlan {
+    /// The link.
+    pub ifname: String,
+    /// Its `/64`.
+    pub prefix: Ipv6Network,
+    /// The DNS server announced (RDNSS): the gateway, where the DNS forwarder listens.
+    pub dns: Vec<Ipv6Addr>,
+}
+
+impl AdvertPlan {
+    /// The advertisements of a link with `/64` `prefix`, naming its gateway as DNS server.
+    pub fn new(ifname: &str, prefix: Ipv6Network) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            prefix,
+            dns: vec![gateway6(prefix)],
+        }
+    }
+
+    /// The service's view, with the link's ifindex.
+    pub fn link(&self, index: u32) -> crate::ra::RaLink {
+        crate::ra::RaLink {
+            ifname: self.ifname.clone(),
+            index,
+            prefix: self.prefix,
+            dns: self.dns.clone(),
+        }
+    }
 }
 
 /// What a link's DHCP server hands out; its ifindex is known only once the link exists.
@@ -97,6 +144,8 @@ pub struct DhcpPlan {
     pub dns: Vec<Ipv4Addr>,
     /// The container's lease to record (MAC, address).
     pub container: Option<([u8; 6], Ipv4Addr)>,
+    /// The host side's IPv6 address, where the DNS forwarder also listens.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl DhcpPlan {
@@ -109,6 +158,7 @@ impl DhcpPlan {
             server: self.server,
             dns: self.dns.clone(),
             container: self.container,
+            gateway6: self.gateway6,
         }
     }
 }
@@ -136,6 +186,10 @@ pub enum Removal {
     },
     /// A link (a link already gone counts as removed).
     DelLink(String),
+    /// A link's router advertisements.
+    StopAdvertising(String),
+    /// `[::1]` relays of published ports.
+    StopRelay(Vec<PortSpec>),
 }
 
 /// Everything an attach will do, decided before anything is done.
@@ -222,6 +276,9 @@ fn machine(
         teardown_errors: Vec::new(),
         host_firewall: Vec::new(),
         held: req.held.clone(),
+        subnet6: None,
+        host_address6: None,
+        container_address6: None,
     }
 }
 
@@ -229,7 +286,7 @@ fn rules(m: &Machine) -> Result<LinkRules, ApiError> {
     link_rules(m).map_err(|e| bad(e.to_string()))
 }
 
-/// The firewall contribution of a machine: a `ve-` link's interface, subnet and ports; a zone
+/// The firewall contribution of a machine: a `ve-` link's interface, subnets and ports; a zone
 /// member's ports and its `vb-` port held to its MAC and address (its zone has the rest); on an
 /// admin's bridge, its `vb-` port held to its MAC only.
 pub fn link_rules(m: &Machine) -> Result<LinkRules, FirewallError> {
@@ -253,33 +310,110 @@ pub fn link_rules(m: &Machine) -> Result<LinkRules, FirewallError> {
             ..LinkRules::default()
         });
     };
-    let ip = IpAddr::V4(addr);
+    let ports = port_mappings(m)?;
     match (&m.network, m.subnet) {
-        (NetworkSpec::Veth, Some(subnet)) => LinkRules::new(
-            m.host_ifname.as_deref().unwrap_or_default(),
-            subnet,
-            ip,
-            &m.ports,
-        ),
+        (NetworkSpec::Veth, Some(subnet)) => Ok(LinkRules {
+            ifname: Some(m.host_ifname.clone().unwrap_or_default()),
+            subnet: Some(subnet),
+            subnet6: m.subnet6,
+            ports,
+            guard: None,
+        }),
         (NetworkSpec::Zone(_), _) => Ok(LinkRules {
-            ports: LinkRules::mappings(ip, &m.ports)?,
+            ports,
             guard: guard(Some(addr))?,
             ..LinkRules::default()
         }),
         _ => Ok(LinkRules {
-            ports: LinkRules::mappings(ip, &m.ports)?,
+            ports,
             ..LinkRules::default()
         }),
     }
 }
 
-/// The firewall contribution of a zone: its bridge and, when masqueraded, its subnet.
+/// Which families a published port is DNATed for: a port on every address for both (where the
+/// machine has the address), one on an address for that address's family; `[::1]` for none
+/// (the kernel cannot DNAT it: `crate::relay6` answers there).
+fn port_families(p: &PortSpec) -> (bool, bool) {
+    match p.host_address {
+        None => (true, true),
+        Some(IpAddr::V4(_)) => (true, false),
+        Some(IpAddr::V6(a)) => (false, !a.is_loopback()),
+    }
+}
+
+/// The nft mappings of a machine's published ports, IPv4 and IPv6.
+fn port_mappings(m: &Machine) -> Result<Vec<nat::PortMapping>, FirewallError> {
+    let mut out = Vec::new();
+    for p in &m.ports {
+        let (v4, v6) = port_families(p);
+        let one = std::slice::from_ref(p);
+        if let (true, Some(a)) = (v4, m.container_address) {
+            out.extend(LinkRules::mappings(IpAddr::V4(a), one)?);
+        }
+        if let (true, Some(a)) = (v6, m.container_address6) {
+            out.extend(LinkRules::mappings(IpAddr::V6(a), one)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The `[::1]` relays of a machine: its ports published on every address or on `::1`, to its
+/// IPv6 address, or its IPv4 address without one.
+pub fn relays(m: &Machine) -> Vec<(PortSpec, IpAddr)> {
+    let target = m
+        .container_address6
+        .map(IpAddr::V6)
+        .or(m.container_address.map(IpAddr::V4));
+    let Some(target) = target else {
+        return Vec::new();
+    };
+    m.ports
+        .iter()
+        .filter(|p| !crate::relay6::loopback_ports(p).is_empty())
+        .map(|p| (p.clone(), target))
+        .collect()
+}
+
+/// A port on a specific IPv6 address needs an IPv6 address in the container.
+fn check_ports6(m: &Machine) -> Result<(), ApiError> {
+    if m.container_address6.is_some() {
+        return Ok(());
+    }
+    match m
+        .ports
+        .iter()
+        .find(|p| matches!(p.host_address, Some(IpAddr::V6(a)) if !a.is_loopback()))
+    {
+        Some(p) => Err(bad(format!(
+            "port {p} is on an IPv6 address, but machine {} gets no IPv6 address (IPv6 is off for it or for rnetd)",
+            m.machine
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The firewall contribution of a zone: its bridge and, when masqueraded, its subnets.
 pub fn zone_rules(config: &ZoneConfig) -> LinkRules {
     LinkRules {
         ifname: Some(config.name.bridge()),
         subnet: config.subnet.filter(|_| config.masquerade),
+        subnet6: config.subnet6.filter(|_| config.masquerade),
         ..LinkRules::default()
     }
+}
+
+/// The router advertisements of a `ve-` machine's link (`None` without IPv6).
+pub fn veth_advert(m: &Machine) -> Option<AdvertPlan> {
+    if m.network != NetworkSpec::Veth {
+        return None;
+    }
+    Some(AdvertPlan::new(m.host_ifname.as_deref()?, m.subnet6?))
+}
+
+/// The router advertisements of a zone's bridge (`None` without IPv6).
+pub fn zone_advert(config: &ZoneConfig) -> Option<AdvertPlan> {
+    Some(AdvertPlan::new(&config.name.bridge(), config.subnet6?))
 }
 
 /// Parses a MAC as the API writes it (`aa:bb:cc:dd:ee:ff`).
@@ -303,6 +437,7 @@ pub fn veth_dhcp(m: &Machine) -> Option<DhcpPlan> {
         server: m.host_address?,
         dns: m.dns.clone(),
         container: machine_mac(m).zip(m.container_address),
+        gateway6: m.host_address6,
     })
 }
 
@@ -343,7 +478,12 @@ impl Registry {
             NetworkSpec::Zone(zone) => self.plan_member(settings, req, zone, seen, steps)?,
             NetworkSpec::Bridge(bridge) => plan_bridge_port(settings, req, bridge, seen, steps)?,
         };
+        check_ports6(&plan.machine)?;
         plan.rules = rules(&plan.machine)?;
+        let relays = relays(&plan.machine);
+        if !relays.is_empty() {
+            plan.steps.push(Step::Relay(relays));
+        }
         if plan.rules != LinkRules::default() {
             // Before a port joins a bridge (and before anything is served): no frame with
             // another MAC or address gets through, not even for a moment.
@@ -378,6 +518,13 @@ impl Registry {
         m.subnet = Some(subnet);
         m.host_address = Some(host_address);
         m.container_address = Some(container);
+        if req.ipv6
+            && let Some(subnet6) = self.propose6()?
+        {
+            m.subnet6 = Some(subnet6);
+            m.host_address6 = Some(gateway6(subnet6));
+            m.container_address6 = Some(eui64(subnet6, peer_mac.0));
+        }
         if m.dns.is_empty() {
             // The link's DNS forwarder (crate::dns), started with its DHCP server.
             m.dns = vec![host_address];
@@ -387,11 +534,20 @@ impl Registry {
             ifname: link.ifname.clone(),
             net: Ipv4Network::new(host_address, subnet.prefix()).map_err(internal)?,
         });
+        if let (Some(subnet6), Some(gw6)) = (m.subnet6, m.host_address6) {
+            steps.push(Step::AddAddress6 {
+                ifname: link.ifname.clone(),
+                net: Ipv6Network::new(gw6, subnet6.prefix()).map_err(internal)?,
+            });
+        }
         steps.push(Step::SetUp {
             ifname: link.ifname.clone(),
         });
         if let Some(dhcp) = veth_dhcp(&m) {
             steps.push(Step::Serve(dhcp));
+        }
+        if let Some(ra) = veth_advert(&m) {
+            steps.push(Step::Advertise(ra));
         }
         Ok(AttachPlan {
             machine: m,
@@ -450,6 +606,13 @@ impl Registry {
         m.subnet = Some(subnet);
         m.host_address = Some(gw);
         m.container_address = Some(address);
+        if req.ipv6
+            && let Some(subnet6) = config.subnet6
+        {
+            m.subnet6 = Some(subnet6);
+            m.host_address6 = Some(gateway6(subnet6));
+            m.container_address6 = Some(eui64(subnet6, peer_mac.0));
+        }
         if m.dns.is_empty() && config.dhcp {
             m.dns = vec![gw];
         }
@@ -516,6 +679,14 @@ impl Registry {
         };
         debug_assert!(subnet.prefix() <= ZONE_PREFIX || config.subnet.is_some());
         config.subnet = Some(subnet);
+        config.subnet6 = match (config.subnet6, &self.pool6) {
+            (Some(net), _) if self.taken6().contains(&net) => {
+                return Err(bad(format!("subnet {net} is in use")));
+            }
+            (Some(net), _) => Some(net),
+            (None, Some(_)) => self.propose6()?,
+            (None, None) => None,
+        };
         let gw = gateway(subnet);
         let mut steps = vec![
             Step::AddBridge {
@@ -525,10 +696,16 @@ impl Registry {
                 ifname: bridge.clone(),
                 net: Ipv4Network::new(gw, subnet.prefix()).map_err(internal)?,
             },
-            Step::SetUp {
-                ifname: bridge.clone(),
-            },
         ];
+        if let Some(subnet6) = config.subnet6 {
+            steps.push(Step::AddAddress6 {
+                ifname: bridge.clone(),
+                net: Ipv6Network::new(gateway6(subnet6), LINK_PREFIX).map_err(internal)?,
+            });
+        }
+        steps.push(Step::SetUp {
+            ifname: bridge.clone(),
+        });
         if config.dhcp {
             steps.push(Step::Serve(DhcpPlan {
                 ifname: bridge,
@@ -536,7 +713,11 @@ impl Registry {
                 server: gw,
                 dns: settings.dns.clone(),
                 container: None,
+                gateway6: config.subnet6.map(gateway6),
             }));
+        }
+        if let Some(ra) = zone_advert(&config) {
+            steps.push(Step::Advertise(ra));
         }
         steps.push(Step::AddRules(zone_rules(&config)));
         Ok(ZonePlan {
@@ -570,11 +751,20 @@ pub fn machine_removals(m: &Machine, index: u32, zone: Option<&ZoneEntry>) -> Ve
     {
         out.push(Removal::Rules(r));
     }
+    let relayed = relays(m);
+    if !relayed.is_empty() {
+        out.push(Removal::StopRelay(
+            relayed.into_iter().map(|(p, _)| p).collect(),
+        ));
+    }
     if !m.links.is_empty() {
         out.push(Removal::Extras(m.links.clone()));
     }
     if let Some(ifname) = &m.host_ifname {
         if m.network == NetworkSpec::Veth {
+            if m.subnet6.is_some() {
+                out.push(Removal::StopAdvertising(ifname.clone()));
+            }
             out.push(Removal::StopServing {
                 ifname: ifname.clone(),
                 index,
@@ -598,6 +788,9 @@ pub fn machine_removals(m: &Machine, index: u32, zone: Option<&ZoneEntry>) -> Ve
 pub fn plan_zone_removal(zone: &ZoneEntry) -> Vec<Removal> {
     let bridge = zone.config.name.bridge();
     let mut out = vec![Removal::Rules(zone_rules(&zone.config))];
+    if zone.config.subnet6.is_some() {
+        out.push(Removal::StopAdvertising(bridge.clone()));
+    }
     if zone.config.dhcp {
         out.push(Removal::StopServing {
             ifname: bridge.clone(),
@@ -670,6 +863,11 @@ impl Registry {
         if let Some(net) = plan.subnet {
             self.pool.take(net).map_err(super::internal)?;
         }
+        if plan.machine.network == NetworkSpec::Veth
+            && let (Some(net), Some(pool)) = (plan.machine.subnet6, self.pool6.as_mut())
+        {
+            pool.advance(net);
+        }
         if let Some(z) = &plan.new_zone {
             self.reserve_zone(z)?;
         }
@@ -688,6 +886,9 @@ impl Registry {
 
     /// Takes a zone plan's subnet.
     pub fn reserve_zone(&mut self, z: &ZonePlan) -> Result<(), ApiError> {
+        if let (Some(net), Some(pool)) = (z.config.subnet6, self.pool6.as_mut()) {
+            pool.advance(net);
+        }
         match z.config.subnet {
             Some(net) => self.zones.reserve_subnet(net).map_err(super::internal),
             None => Ok(()),

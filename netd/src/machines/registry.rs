@@ -2,15 +2,16 @@
 //! changes only when a plan has been applied (commit) or a teardown has run (forget), and it is
 //! what the state file is made of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::task::AbortHandle;
 
 use crate::api::{
     ApiError, AttachRequest, ErrorKind, Machine, MachineName, NetworkSpec, ZoneConfig, ZoneName,
 };
+use crate::ipv6::Pool6;
 use crate::pool::Pool;
 
 pub use super::zones::{ZoneEntry, Zones};
@@ -52,16 +53,44 @@ pub struct Registry {
     pub zones: Zones,
     /// Subnets (`/28` by default) of `ve-` links.
     pub pool: Pool,
+    /// The IPv6 `/64`s of `ve-` links and zones; `None` without IPv6.
+    pub pool6: Option<Pool6>,
 }
 
 impl Registry {
     /// An empty registry over two pools.
-    pub fn new(pool: Pool, zone_pool: Pool) -> Self {
+    pub fn new(pool: Pool, zone_pool: Pool, pool6: Option<Pool6>) -> Self {
         Self {
             machines: BTreeMap::new(),
             zones: Zones::new(zone_pool),
             pool,
+            pool6,
         }
+    }
+
+    /// The IPv6 `/64`s in use: those of `ve-` machines and of zones (a zone member's is its
+    /// zone's).
+    pub fn taken6(&self) -> BTreeSet<Ipv6Network> {
+        self.machines
+            .values()
+            .filter(|e| e.saved.machine.network == NetworkSpec::Veth)
+            .filter_map(|e| e.saved.machine.subnet6)
+            .chain(self.zones.iter().filter_map(|z| z.config.subnet6))
+            .collect()
+    }
+
+    /// A free `/64` for a new link or zone, or `None` without IPv6; an error when all are
+    /// taken.
+    pub fn propose6(&self) -> Result<Option<Ipv6Network>, ApiError> {
+        let Some(pool) = &self.pool6 else {
+            return Ok(None);
+        };
+        pool.propose(&self.taken6()).map(Some).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::PoolExhausted,
+                format!("no IPv6 /64 left in {}", pool.base()),
+            )
+        })
     }
 
     /// Everything in use on the host plus what either pool handed out.

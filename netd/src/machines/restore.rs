@@ -13,7 +13,7 @@ use crate::state::{SavedMachine, State};
 
 use super::plan::{link_rules, machine_mac, machine_removals, veth_dhcp, zone_rules};
 use super::registry::{Entry, Registry};
-use super::system::{Leases, Links, Procs, System};
+use super::system::{Ipv6Services, Leases, Links, Procs, System};
 use super::{Machines, internal};
 
 /// What was observed of the saved machines and zones.
@@ -187,11 +187,17 @@ impl<S: System> Machines<S> {
                 server: super::plan::gateway(subnet),
                 dns: self.settings.dns.clone(),
                 container: None,
+                gateway6: config.subnet6.map(crate::ipv6::gateway6),
             }
             .link(index);
             if let Err(e) = self.leases.serve(&link).await {
                 warn!(zone = %name, error = %e, "restarting the zone's DHCP server failed");
             }
+        }
+        if let Some(ra) = super::plan::zone_advert(&config)
+            && let Err(e) = self.ipv6.advertise(&ra.link(index))
+        {
+            warn!(zone = %name, error = %e, "restarting the zone's router advertisements failed");
         }
         info!(zone = %name, bridge = %name.bridge(), "zone adopted");
         registry.zones.add(config, index, explicit);
@@ -224,6 +230,16 @@ impl<S: System> Machines<S> {
             && let Err(e) = self.leases.serve(&plan.link(index)).await
         {
             warn!(machine = %m.machine, error = %e, "restarting the DHCP server failed");
+        }
+        if let Some(ra) = super::plan::veth_advert(m)
+            && let Err(e) = self.ipv6.advertise(&ra.link(index))
+        {
+            warn!(machine = %m.machine, error = %e, "restarting the router advertisements failed");
+        }
+        for (spec, target) in super::plan::relays(m) {
+            if let Err(e) = self.ipv6.relay(&spec, target) {
+                warn!(machine = %m.machine, error = %e, "restarting a [::1] relay failed");
+            }
         }
         if let NetworkSpec::Zone(z) = &m.network
             && let Some(zone) = registry.zones.get(z)

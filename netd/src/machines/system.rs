@@ -5,12 +5,15 @@
 
 use std::future::Future;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use crate::api::PortSpec;
 use crate::dhcp_glue::{DhcpError, DhcpLink, DhcpService};
 use crate::procfs::{self, NetnsFdError};
+use crate::ra::{RaLink, RaService};
+use crate::relay6::Relays;
 use crate::rtnl::Rtnl;
 pub use crate::rtnl::{LinkResult, Links};
 
@@ -128,6 +131,53 @@ impl Leases for Arc<DhcpService> {
     }
 }
 
+/// The IPv6 services: router advertisements on a served link (`crate::ra`) and the `[::1]`
+/// relays of published ports (`crate::relay6`).
+pub trait Ipv6Services: Send + Sync + 'static {
+    /// Starts sending router advertisements on a link (and answering its solicitations).
+    fn advertise(&self, link: &RaLink) -> io::Result<()>;
+    /// Stops them.
+    fn stop_advertising(&self, ifname: &str);
+    /// Relays the `[::1]` ports of `spec` to `target`.
+    fn relay(&self, spec: &PortSpec, target: IpAddr) -> io::Result<()>;
+    /// Stops the relays of `spec`.
+    fn stop_relay(&self, spec: &PortSpec);
+}
+
+/// The real IPv6 services.
+pub struct HostIpv6 {
+    ra: RaService,
+    relays: Relays,
+}
+
+impl HostIpv6 {
+    /// Advertisements every `interval` (`MaxRtrAdvInterval`).
+    pub fn new(interval: std::time::Duration) -> Self {
+        Self {
+            ra: RaService::new(interval),
+            relays: Relays::new(),
+        }
+    }
+}
+
+impl Ipv6Services for HostIpv6 {
+    fn advertise(&self, link: &RaLink) -> io::Result<()> {
+        self.ra.start(link.clone())
+    }
+
+    fn stop_advertising(&self, ifname: &str) {
+        self.ra.stop(ifname);
+    }
+
+    fn relay(&self, spec: &PortSpec, target: IpAddr) -> io::Result<()> {
+        self.relays.start(spec, target)
+    }
+
+    fn stop_relay(&self, spec: &PortSpec) {
+        self.relays.stop(spec);
+    }
+}
+
 /// Everything the machine logic touches outside itself.
 pub trait System: Send + Sync + 'static {
     /// Links.
@@ -138,6 +188,8 @@ pub trait System: Send + Sync + 'static {
     type Leases: Leases;
     /// nftables.
     type Nft: nat::AsyncNft + Clone + Send + Sync + 'static;
+    /// Router advertisements and `[::1]` relays.
+    type Ipv6: Ipv6Services;
 }
 
 /// The real host: rtnetlink, `/proc`, the DHCP service, the `nft` program.
@@ -149,4 +201,5 @@ impl System for Host {
     type Procs = HostProcs;
     type Leases = Arc<DhcpService>;
     type Nft = nat::NftCli;
+    type Ipv6 = HostIpv6;
 }

@@ -14,7 +14,7 @@ use crate::api::{
 use crate::naming::MachineId;
 use crate::sysctl::Sysctl;
 
-use super::fake::{Fake, FakeLeases, FakeLinks, FakeProcs, SharedNft};
+use super::fake::{Fake, FakeIpv6, FakeLeases, FakeLinks, FakeProcs, SharedNft};
 use super::plan::{AttachObserved, Step};
 use super::restore::{RestartObserved, plan_restart};
 use super::system::Leases;
@@ -26,6 +26,7 @@ struct World {
     procs: FakeProcs,
     leases: FakeLeases,
     nft: SharedNft,
+    ipv6: FakeIpv6,
     m: Arc<Machines<Fake>>,
 }
 
@@ -40,6 +41,11 @@ fn settings(dir: &std::path::Path) -> Settings {
         veth_prefix: 28,
         dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
         host_firewall: Default::default(),
+        // IPv6 on when the test made the sysctl files of it (`world6`).
+        pool6: dir
+            .join("sys/net/ipv6/conf/all/forwarding")
+            .exists()
+            .then(|| "fd00:7:7::/48".parse().unwrap()),
     }
 }
 
@@ -53,7 +59,22 @@ fn sysctl_root(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 async fn world() -> World {
+    world_in(tempfile::tempdir().unwrap()).await
+}
+
+/// A world whose rnetd gives IPv6 (`--pool6 fd00:7:7::/48`), with the host's IPv6 knobs.
+async fn world6() -> World {
     let dir = tempfile::tempdir().unwrap();
+    for (link, ra) in [("all", "1"), ("eth0", "1")] {
+        let d = dir.path().join("sys/net/ipv6/conf").join(link);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("forwarding"), "0").unwrap();
+        std::fs::write(d.join("accept_ra"), ra).unwrap();
+    }
+    world_in(dir).await
+}
+
+async fn world_in(dir: tempfile::TempDir) -> World {
     let root = sysctl_root(dir.path());
     let links = FakeLinks::new(root);
     let (procs, leases, nft) = (
@@ -61,13 +82,15 @@ async fn world() -> World {
         FakeLeases::default(),
         SharedNft::default(),
     );
-    let m = start(&dir, &links, &procs, &leases, &nft).await;
+    let ipv6 = FakeIpv6::default();
+    let m = start(&dir, &links, &procs, &leases, &ipv6, &nft).await;
     World {
         dir,
         links,
         procs,
         leases,
         nft,
+        ipv6,
         m,
     }
 }
@@ -77,6 +100,7 @@ async fn start(
     links: &FakeLinks,
     procs: &FakeProcs,
     leases: &FakeLeases,
+    ipv6: &FakeIpv6,
     nft: &SharedNft,
 ) -> Arc<Machines<Fake>> {
     Machines::<Fake>::start_with(
@@ -84,6 +108,7 @@ async fn start(
         links.clone(),
         procs.clone(),
         leases.clone(),
+        ipv6.clone(),
         nft.clone(),
         Sysctl::new(sysctl_root(dir.path())),
     )
@@ -94,7 +119,15 @@ async fn start(
 impl World {
     /// rnetd restarts (its processes and the host's links stay).
     async fn restart(&mut self) {
-        self.m = start(&self.dir, &self.links, &self.procs, &self.leases, &self.nft).await;
+        self.m = start(
+            &self.dir,
+            &self.links,
+            &self.procs,
+            &self.leases,
+            &self.ipv6,
+            &self.nft,
+        )
+        .await;
     }
 
     async fn attach(
@@ -125,6 +158,7 @@ fn req(name: &str, pid: u32, network: NetworkSpec, ports: &[&str]) -> AttachRequ
         links: Vec::new(),
         held: None,
         init: crate::api::InitKind::Other,
+        ipv6: true,
     }
 }
 
@@ -506,6 +540,9 @@ fn plan_restart_decides_from_saved_state_and_observations() {
             subnet: None,
             host_address: None,
             container_address: None,
+            subnet6: None,
+            host_address6: None,
+            container_address6: None,
             dns: Vec::new(),
             ports: Vec::new(),
             links: Vec::new(),
@@ -794,4 +831,172 @@ async fn a_restart_adopts_held_attachments_whose_namespace_is_still_there() {
         [MachineName::new("a").unwrap()]
     );
     assert!(w.links.names().is_empty());
+}
+
+fn ipv6_knob(w: &World, link: &str, knob: &str) -> String {
+    std::fs::read_to_string(w.dir.path().join("sys/net/ipv6/conf").join(link).join(knob)).unwrap()
+}
+
+#[tokio::test]
+async fn ipv6_veth_gets_a_64_its_eui64_address_adverts_masquerade_and_forwarding() {
+    let w = world6().await;
+    let m = w
+        .attach("web", 100, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    let net6 = "fd00:7:7:1::/64";
+    assert_eq!(m.subnet6, Some(net6.parse().unwrap()));
+    assert_eq!(m.host_address6, Some("fd00:7:7:1::1".parse().unwrap()));
+    let mac = super::plan::parse_mac(m.container_mac.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        m.container_address6,
+        Some(crate::ipv6::eui64(net6.parse().unwrap(), mac))
+    );
+    let link = w.links.link("ve-web").unwrap();
+    assert_eq!(link.addrs6, vec!["fd00:7:7:1::1/64".parse().unwrap()]);
+    let ads = w.ipv6.adverts();
+    assert_eq!(ads.len(), 1);
+    assert_eq!(ads[0].ifname, "ve-web");
+    assert_eq!(ads[0].prefix, net6.parse().unwrap());
+    assert_eq!(
+        ads[0].dns,
+        vec!["fd00:7:7:1::1".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
+    // Both families masqueraded and published; ::1 relayed to the IPv6 address.
+    let masq6 = format!("{:?}", w.nft.get().elements("masq6"));
+    assert!(masq6.contains("fd00:7:7:1::"), "{masq6}");
+    let ports6 = format!("{:?}", w.nft.get().elements("ports6_addr"));
+    assert!(
+        ports6.contains(&m.container_address6.unwrap().to_string()),
+        "{ports6}"
+    );
+    assert!(!format!("{:?}", w.nft.get().elements("ports4_addr")).is_empty());
+    assert_eq!(
+        w.ipv6.relays(),
+        vec![(
+            PortSpec::from_str("8080:80").unwrap(),
+            std::net::IpAddr::V6(m.container_address6.unwrap())
+        )]
+    );
+    assert_eq!(ipv6_knob(&w, "all", "forwarding"), "1");
+    assert_eq!(ipv6_knob(&w, "eth0", "accept_ra"), "2");
+    // A second machine gets the next /64.
+    let m2 = w.attach("db", 101, NetworkSpec::Veth, &[]).await.unwrap();
+    assert_eq!(m2.subnet6, Some("fd00:7:7:2::/64".parse().unwrap()));
+    // Everything goes with the machines; forwarding and accept_ra come back.
+    w.m.detach(&MachineName::new("web").unwrap()).await.unwrap();
+    assert!(w.ipv6.relays().is_empty());
+    assert_eq!(w.ipv6.adverts().len(), 1);
+    w.m.detach(&MachineName::new("db").unwrap()).await.unwrap();
+    assert!(w.ipv6.adverts().is_empty());
+    assert!(!w.nft.get().table_exists());
+    assert_eq!(ipv6_knob(&w, "all", "forwarding"), "0");
+    assert_eq!(ipv6_knob(&w, "eth0", "accept_ra"), "1");
+}
+
+#[tokio::test]
+async fn ipv6_ports_per_family_and_loopback_relay_only() {
+    let w = world6().await;
+    let m = w
+        .attach(
+            "web",
+            100,
+            NetworkSpec::Veth,
+            &[
+                "[::1]:9000:90",
+                "[2001:db8::2]:9001:91",
+                "203.0.113.2:9002:92",
+            ],
+        )
+        .await
+        .unwrap();
+    let a6 = m.container_address6.unwrap().to_string();
+    let bound6 = format!("{:?}", w.nft.get().elements("bound6_addr"));
+    assert!(
+        bound6.contains("2001:db8::2") && bound6.contains(&a6),
+        "{bound6}"
+    );
+    assert!(!bound6.contains("::1\""), "::1 is not DNATed: {bound6}");
+    assert!(w.nft.get().elements("ports6_addr").is_empty());
+    let relays = w.ipv6.relays();
+    assert_eq!(relays.len(), 1);
+    assert_eq!(relays[0].0.to_string(), "tcp:[::1]:9000:90");
+}
+
+#[tokio::test]
+async fn ipv6_off_for_a_machine_or_for_rnetd() {
+    let w = world6().await;
+    let mut r = req("web", 100, NetworkSpec::Veth, &["8080:80"]);
+    r.ipv6 = false;
+    let netns = w.procs.spawn(100, 1000);
+    let m = w.m.attach(r, netns).await.unwrap();
+    assert_eq!((m.subnet6, m.container_address6), (None, None));
+    assert!(w.ipv6.adverts().is_empty());
+    // ::1 is still relayed, to the IPv4 address.
+    assert_eq!(
+        w.ipv6.relays()[0].1,
+        std::net::IpAddr::V4(m.container_address.unwrap())
+    );
+    // A port on an IPv6 address needs one.
+    let err = w
+        .attach("db", 101, NetworkSpec::Veth, &[])
+        .await
+        .map(|m| m.subnet6.is_some());
+    assert_eq!(err, Ok(true));
+    let mut r = req("x", 102, NetworkSpec::Veth, &["[2001:db8::2]:80"]);
+    r.ipv6 = false;
+    let netns = w.procs.spawn(102, 1020);
+    let err = w.m.attach(r, netns).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+    assert!(
+        err.message.contains("gets no IPv6 address"),
+        "{}",
+        err.message
+    );
+    // rnetd without IPv6: nothing of it.
+    let w = world().await;
+    let m = w.attach("web", 100, NetworkSpec::Veth, &[]).await.unwrap();
+    assert_eq!(m.subnet6, None);
+    assert!(w.links.link("ve-web").unwrap().addrs6.is_empty());
+}
+
+#[tokio::test]
+async fn ipv6_zone_and_member_and_restart_keeps_the_64s() {
+    let mut w = world6().await;
+    let a = w.attach("a", 100, zone("lab"), &[]).await.unwrap();
+    let v = w.attach("v", 101, NetworkSpec::Veth, &[]).await.unwrap();
+    let z = w.m.zone_list().await;
+    let net6 = z[0].subnet6.unwrap();
+    assert_eq!(z[0].address6, Some(crate::ipv6::gateway6(net6)));
+    assert_eq!(a.subnet6, Some(net6));
+    assert_eq!(a.host_address6, z[0].address6);
+    let bridge = w.links.link("vz-lab").unwrap();
+    assert_eq!(bridge.addrs6.len(), 1);
+    let ads: Vec<String> = w.ipv6.adverts().into_iter().map(|l| l.ifname).collect();
+    assert_eq!(ads, ["ve-v", "vz-lab"]);
+    w.restart().await;
+    let listed = w.m.list().await;
+    let after: Vec<_> = listed.iter().map(|m| m.subnet6).collect();
+    assert_eq!(after, [a.subnet6, v.subnet6]);
+    assert_eq!(w.m.zone_list().await[0].subnet6, Some(net6));
+    assert_eq!(w.ipv6.adverts().len(), 2);
+    // A new link after the restart does not take an adopted /64.
+    let n = w.attach("n", 102, NetworkSpec::Veth, &[]).await.unwrap();
+    assert!(n.subnet6 != a.subnet6 && n.subnet6 != v.subnet6);
+}
+
+#[tokio::test]
+async fn a_port_a_host_service_has_on_loopback_is_not_relayed_but_the_attach_goes_on() {
+    let w = world6().await;
+    w.ipv6.fail_next_relay();
+    let m = w
+        .attach("web", 100, NetworkSpec::Veth, &["22:22", "8080:80"])
+        .await
+        .unwrap();
+    let relayed: Vec<String> = w.ipv6.relays().iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(relayed, ["tcp:8080:80"]);
+    // Still published on every other address, both families.
+    assert_eq!(w.nft.get().elements("ports6_addr").len(), 2);
+    w.m.detach(&m.machine).await.unwrap();
+    assert!(w.ipv6.relays().is_empty());
 }

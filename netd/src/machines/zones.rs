@@ -56,6 +56,8 @@ impl ZoneEntry {
             masquerade: self.config.masquerade,
             dhcp: self.config.dhcp,
             isolated: self.config.isolated,
+            subnet6: self.config.subnet6,
+            address6: self.config.subnet6.map(crate::ipv6::gateway6),
         }
     }
 }

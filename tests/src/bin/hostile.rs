@@ -15,7 +15,7 @@
 //! It runs until killed.
 //!
 //! `udp` sends three datagrams from SRC (an address of the namespace, e.g. a spoofed one added
-//! with `ip addr add`) to DST:PORT and exits without waiting for an answer: the port marks the
+//! with `ip addr add`; IPv4 or IPv6) to DST:PORT and exits without waiting for an answer: the port marks the
 //! attempt in a sniffer's log.
 
 use std::ffi::CString;
@@ -90,8 +90,8 @@ fn main() {
 }
 
 fn udp(src: &str, dst: &str, port: &str) {
-    let src: Ipv4Addr = src.parse().expect("source address");
-    let dst: Ipv4Addr = dst.parse().expect("destination address");
+    let src: std::net::IpAddr = src.parse().expect("source address");
+    let dst: std::net::IpAddr = dst.parse().expect("destination address");
     let port: u16 = port.parse().expect("port");
     let socket = UdpSocket::bind((src, 0)).expect("bind to the source address");
     for _ in 0..3 {

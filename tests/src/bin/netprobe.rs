@@ -4,10 +4,11 @@
 //!                                          "FROM <peer address>\n"
 //!   netprobe connect tcp|udp ADDR PORT     send "hello", print the answer; exit 1 on timeout
 //!
-//! The answer names the peer as the server saw it, so a test can check what NAT did.
+//! The answer names the peer as the server saw it, so a test can check what NAT did. Servers
+//! listen on both families (`[::]`, IPv4 peers shown as IPv4); ADDR may be IPv6.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 fn main() {
@@ -28,14 +29,19 @@ fn serve(specs: &[String]) {
     let mut threads = Vec::new();
     for spec in specs {
         let (proto, port) = spec.split_once(':').expect("PROTO:PORT");
-        let bind: SocketAddr = format!("0.0.0.0:{port}").parse().expect("port");
+        let port: u16 = port.parse().expect("port");
+        // Dual stack where the kernel has IPv6, else IPv4 only.
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+        let any4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
         match proto {
             "tcp" => {
-                let l = TcpListener::bind(bind).expect("bind tcp");
+                let l = TcpListener::bind(any6)
+                    .or_else(|_| TcpListener::bind(any4))
+                    .expect("bind tcp");
                 threads.push(std::thread::spawn(move || {
                     for s in l.incoming().flatten() {
                         let mut s = s;
-                        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                        let peer = s.peer_addr().map(shown).unwrap_or_default();
                         let mut buf = [0u8; 64];
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                         let _ = s.read(&mut buf);
@@ -44,11 +50,13 @@ fn serve(specs: &[String]) {
                 }));
             }
             "udp" => {
-                let u = UdpSocket::bind(bind).expect("bind udp");
+                let u = UdpSocket::bind(any6)
+                    .or_else(|_| UdpSocket::bind(any4))
+                    .expect("bind udp");
                 threads.push(std::thread::spawn(move || {
                     let mut buf = [0u8; 512];
                     while let Ok((_, peer)) = u.recv_from(&mut buf) {
-                        let _ = u.send_to(format!("FROM {peer}\n").as_bytes(), peer);
+                        let _ = u.send_to(format!("FROM {}\n", shown(peer)).as_bytes(), peer);
                     }
                 }));
             }
@@ -63,8 +71,24 @@ fn serve(specs: &[String]) {
     }
 }
 
+/// A peer as the tests compare it: an IPv4 peer of a dual-stack socket as IPv4.
+fn shown(peer: SocketAddr) -> String {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())).to_string(),
+            None => peer.to_string(),
+        },
+        v4 => v4.to_string(),
+    }
+}
+
 fn connect(proto: &str, addr: &str, port: &str) {
-    let target: SocketAddr = format!("{addr}:{port}").parse().expect("address");
+    let ip: IpAddr = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .expect("address");
+    let target = SocketAddr::new(ip, port.parse().expect("port"));
     // Generous: under a loaded CI machine a first connection through fresh NAT state can be slow.
     let timeout = Duration::from_secs(5);
     let answer = match proto {
@@ -75,7 +99,7 @@ fn connect(proto: &str, addr: &str, port: &str) {
             s.read_to_string(&mut out)?;
             Ok(out)
         }),
-        "udp" => UdpSocket::bind("0.0.0.0:0").and_then(|u| {
+        "udp" => UdpSocket::bind(if ip.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).and_then(|u| {
             u.set_read_timeout(Some(timeout))?;
             u.send_to(b"hello", target)?;
             let mut buf = [0u8; 512];
