@@ -202,10 +202,13 @@ pub struct RuntimeConfig {
     /// `portMappings`.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
-    /// `ips`: not supported (rnet picks the address as its DHCP server would).
+    /// `ips`: rnet picks addresses as its DHCP server would and cannot take others; a request
+    /// for other addresses (`podman network reload` asks for the previous ADD's, which a zone
+    /// re-created in the meantime no longer has) is answered with rnet's own, reported in the
+    /// result and named in a warning on stderr.
     #[serde(default)]
     pub ips: Vec<String>,
-    /// `mac`: not supported (rnet derives MACs as systemd does).
+    /// `mac`: likewise: rnet derives MACs as systemd does.
     #[serde(default)]
     pub mac: Option<String>,
 }
@@ -327,15 +330,50 @@ impl NetConf {
         }
     }
 
+    /// Warnings for `ips`/`mac` that are not what rnet gave the container `m` (rnet keeps its
+    /// own; the result tells the runtime what the container has).
+    pub fn unmet_requests(&self, m: &api::Machine) -> Vec<String> {
+        let mut unmet = Vec::new();
+        let rc = &self.runtime_config;
+        let given: Vec<std::net::IpAddr> = m
+            .container_address
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(m.container_address6.map(std::net::IpAddr::V6))
+            .collect();
+        for ip in &rc.ips {
+            let addr = ip.split('/').next().unwrap_or(ip);
+            let ok = addr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| given.contains(&a));
+            if !ok {
+                unmet.push(format!(
+                    "the ips capability asks for {ip}, but rnet gives this container {}: it picks addresses as its DHCP server would and cannot take others",
+                    given
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        if let Some(mac) = &rc.mac
+            && !m
+                .container_mac
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(mac))
+        {
+            unmet.push(format!(
+                "the mac capability asks for {mac}, but rnet derives {} for this container (as systemd does)",
+                m.container_mac.as_deref().unwrap_or("none")
+            ));
+        }
+        unmet
+    }
+
     /// The published ports (`portMappings`), as rnet's port specs.
     pub fn ports(&self) -> Result<Vec<PortSpec>, CniError> {
         let rc = &self.runtime_config;
-        if !rc.ips.is_empty() || rc.mac.is_some() {
-            return Err(CniError::new(
-                Code::UnsupportedField,
-                "the ips and mac capabilities are not supported: rnet picks the address as its DHCP server would and derives the MAC as systemd does",
-            ));
-        }
         rc.port_mappings
             .iter()
             .map(|p| {
@@ -446,10 +484,21 @@ mod tests {
             c.network().unwrap_err().msg,
             r#"mode "macvlan": use veth, zone or bridge"#
         );
+        // ips and mac: rnet keeps its own and names what it could not give.
         let c = NetConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["10.0.0.5/24"]}}"#,
+            br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"ips":["10.0.0.5/24"],"mac":"02:00:00:00:00:0A"}}"#,
         )
         .unwrap();
-        assert_eq!(c.ports().unwrap_err().code, Code::UnsupportedField);
+        let mut m: api::Machine = serde_json::from_str(
+            r#"{"machine":"m","pid":0,"network":"veth","container_address":"10.0.0.5","container_mac":"02:00:00:00:00:0a","dns":[],"ports":[],"links":[]}"#,
+        )
+        .unwrap();
+        assert!(c.unmet_requests(&m).is_empty());
+        m.container_address = Some("10.0.0.6".parse().unwrap());
+        let unmet = c.unmet_requests(&m);
+        assert!(unmet[0].contains("asks for 10.0.0.5/24, but rnet gives this container 10.0.0.6"));
+        m.container_address = Some("10.0.0.5".parse().unwrap());
+        m.container_mac = Some("02:00:00:00:00:0b".into());
+        assert!(c.unmet_requests(&m)[0].contains("mac capability"));
     }
 }

@@ -8,8 +8,6 @@ use serde::Serialize;
 pub enum Code {
     /// 1: incompatible CNI version.
     IncompatibleVersion,
-    /// 2: unsupported field in the network configuration.
-    UnsupportedField,
     /// 3: container unknown or does not exist (no cleanup needed).
     UnknownContainer,
     /// 4: invalid necessary environment variables.
@@ -35,7 +33,6 @@ impl Code {
     pub fn number(self) -> u32 {
         match self {
             Code::IncompatibleVersion => 1,
-            Code::UnsupportedField => 2,
             Code::UnknownContainer => 3,
             Code::InvalidEnv => 4,
             Code::Io => 5,

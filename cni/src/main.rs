@@ -160,6 +160,9 @@ fn add(client: &Client, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         }
         Err(e) => return Err(rnetd_error(e)),
     };
+    for unmet in conf.unmet_requests(&m) {
+        eprintln!("rnet-cni: warning: {unmet}");
+    }
     if let Err(e) = configure_in(ns.as_fd(), container_link(&m, &env.ifname).as_ref()) {
         let _ = release(client, &owner);
         return Err(CniError::new(
