@@ -6,7 +6,6 @@
 //! reads and drops it (connected nowhere, yet never blocking the payload).
 
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -14,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use nix::unistd::Pid;
 
+use crate::container::fdpass;
 use crate::container::spec::Console;
 
 /// Opens a new pty in the devpts mounted at `pts`; returns the master and the peer's path.
@@ -64,46 +63,17 @@ pub fn attach_stdio() -> Result<(), String> {
 
 /// The child's side: the master goes to the launcher with one byte, `C`.
 pub fn send_master(sock: &UnixStream, master: &OwnedFd) -> Result<(), String> {
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(b"C")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map(drop)
-    .map_err(|e| format!("passing the console to the launcher: {}", e.desc()))
+    fdpass::send(sock, b'C', Some(master))
+        .map_err(|e| format!("passing the console to the launcher: {}", e.desc()))
 }
 
 /// The launcher's side: the master, or (no descriptor came) what the child wrote instead: the
 /// start of its error report.
 pub fn recv_master(sock: &UnixStream) -> Result<OwnedFd, String> {
     let mut buf = [0u8; 1024];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("receiving the console: {}", e.desc()))?;
-    let fd = msg
-        .cmsgs()
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        });
-    let n = msg.bytes;
-    match fd {
-        // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-        Some(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-        None => Err(String::from_utf8_lossy(&buf[..n]).into_owned()),
-    }
+    let (n, fd) =
+        fdpass::recv(sock, &mut buf).map_err(|e| format!("receiving the console: {}", e.desc()))?;
+    fd.ok_or_else(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// The launcher's terminal in raw mode while it lives.

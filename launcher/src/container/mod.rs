@@ -17,6 +17,7 @@
 pub mod cgroupfs;
 pub mod chase;
 pub mod console;
+pub mod fdpass;
 pub mod fs;
 pub mod init;
 pub mod isolate;

@@ -16,11 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use std::io::{IoSlice, IoSliceMut};
 use std::os::unix::net::UnixStream;
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::container::fdpass;
 
 /// nspawn's `CONTAINER_UID_BASE_MIN`/`MAX`: where `pick` looks for a range.
 pub const BASE_MIN: u32 = 0x0008_0000;
@@ -500,50 +500,20 @@ pub fn prepare(p: &Plan, root: &Path, child: nix::unistd::Pid) -> Result<Option<
 
 /// The launcher tells the child its maps are written, passing the idmapped tree if there is one.
 pub fn send_tree(sock: &UnixStream, tree: Option<&OwnedFd>) -> Result<(), String> {
-    let fds: Vec<i32> = tree.iter().map(|t| t.as_raw_fd()).collect();
-    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&fds)]
-    };
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(b"U")],
-        &cmsgs,
-        MsgFlags::empty(),
-        None,
-    )
-    .map(drop)
-    .map_err(|e| format!("passing the user namespace's tree: {}", e.desc()))
+    fdpass::send(sock, b'U', tree)
+        .map_err(|e| format!("passing the user namespace's tree: {}", e.desc()))
 }
 
 /// The child's side of [`send_tree`]: one byte (never more: the configuration follows on the
 /// same stream) and the descriptor, if any.
 pub fn recv_tree(sock: &UnixStream) -> Result<Option<OwnedFd>, String> {
     let mut buf = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("waiting for the user namespace's maps: {}", e.desc()))?;
-    if msg.bytes != 1 {
+    let (n, fd) = fdpass::recv(sock, &mut buf)
+        .map_err(|e| format!("waiting for the user namespace's maps: {}", e.desc()))?;
+    if n != 1 {
         return Err("the launcher ended during setup".into());
     }
-    let fd = msg
-        .cmsgs()
-        .ok()
-        .into_iter()
-        .flatten()
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-            _ => None,
-        });
-    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-    Ok(fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+    Ok(fd)
 }
 
 /// In the child, once its maps are written: become the namespace's root (its credentials are
