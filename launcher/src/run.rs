@@ -362,7 +362,8 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet
             forwarded,
         );
     }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    let _ = old_mask;
+    container::init::reset_signals();
     let err = exec_error(&plan.command);
     // exec failed: tell the parent (the socket closes on a successful exec, CLOEXEC).
     let _ = sock.write_all(err.as_bytes());

@@ -91,13 +91,31 @@ pub fn exec(p: &Payload) -> String {
     )
 }
 
+/// The payload starts as systemd-nspawn starts it (`reset_all_signal_handlers()`,
+/// `reset_signal_mask()`): every signal at its default action and none blocked, whatever the
+/// launcher inherited (a shell's background job has SIGINT and SIGQUIT ignored, which `exec`
+/// would pass on, so a forwarded SIGINT would do nothing).
+pub fn reset_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; invalid numbers fail harmlessly.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
 /// Runs as PID 1: forks the payload (PID 2), closes the launcher's socket once the payload
 /// holds it (it closes on exec), then reaps and forwards until the payload ends.
 pub fn run(p: &Payload, sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
     // SAFETY: the launcher is single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+            let _ = old_mask;
+            reset_signals();
             let msg = exec(p);
             let mut sock = sock;
             let _ = sock.write_all(msg.as_bytes());

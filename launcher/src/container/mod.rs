@@ -283,7 +283,7 @@ pub fn enter(
     if c.start == Start::Pid2 {
         init::run(&payload, sock, old_mask, forwarded);
     }
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    init::reset_signals();
     let msg = init::exec(&payload);
     let _ = sock.write_all(msg.as_bytes());
     // SAFETY: as above.
