@@ -218,6 +218,15 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// Whether IPv6 space starting at `first` can be handed to containers: not multicast,
+/// loopback, unspecified or link-local (zone subnets and rnetd's `--pool6`).
+pub fn usable_unicast6(first: Ipv6Addr) -> bool {
+    !(first.is_multicast()
+        || first.is_loopback()
+        || first.is_unspecified()
+        || first.is_unicast_link_local())
+}
+
 /// A link of a container besides the primary veth. Every name is checked with
 /// [`IfName`] when the link is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -524,12 +533,7 @@ impl ZoneConfig {
                 "zone subnet {net}: an IPv6 zone subnet must be a /64"
             ));
         }
-        let first = net.network();
-        if first.is_multicast()
-            || first.is_loopback()
-            || first.is_unspecified()
-            || first.is_unicast_link_local()
-        {
+        if !usable_unicast6(net.network()) {
             return Err(format!(
                 "zone subnet {net}: not a unicast range a zone can use (multicast, loopback and link-local are refused)"
             ));

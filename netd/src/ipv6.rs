@@ -51,11 +51,7 @@ pub fn check_pool6(net: Ipv6Network) -> Result<Ipv6Network, String> {
         ));
     }
     let first = net.network();
-    if first.is_multicast()
-        || first.is_loopback()
-        || first.is_unspecified()
-        || first.is_unicast_link_local()
-    {
+    if !crate::api::usable_unicast6(first) {
         return Err(format!(
             "--pool6 {net}: multicast, loopback and link-local prefixes cannot be used"
         ));
