@@ -327,10 +327,14 @@ fn sweep_stale(parent: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= STALE_AFTER);
+        if !old {
+            // Every live machine's cgroup is here: only a stat each on a launch's path.
+            continue;
+        }
         let has_children = fs::read_dir(&dir)
             .map(|mut d| d.any(|c| c.is_ok_and(|c| c.path().is_dir())))
             .unwrap_or(true);
-        if old && !has_children && procs(&dir).is_some_and(|p| p.is_empty()) {
+        if !has_children && procs(&dir).is_some_and(|p| p.is_empty()) {
             // rmdir fails harmlessly if a process arrived meanwhile.
             let _ = fs::remove_dir(&dir);
         }
