@@ -203,7 +203,8 @@ pub fn run(
     let forwarded = forwarded_signals();
     let mut mask = forwarded;
     mask.add(Signal::SIGCHLD);
-    let old = sigprocmask_swap(&mask)?;
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| format!("blocking signals: {e}"))?;
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
     let with_userns = plan.container.as_ref().is_some_and(|c| c.userns.is_some());
@@ -227,7 +228,7 @@ pub fn run(
     match forked? {
         ForkResult::Child => {
             drop(parent_end);
-            child(plan, child_end, &old, &forwarded)
+            child(plan, child_end, &forwarded)
         }
         ForkResult::Parent { child } => {
             drop(child_end);
@@ -280,15 +281,8 @@ fn forwarded_signals() -> SigSet {
     s
 }
 
-fn sigprocmask_swap(mask: &SigSet) -> Result<SigSet, String> {
-    let mut old = SigSet::empty();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(mask), Some(&mut old))
-        .map_err(|e| format!("blocking signals: {e}"))?;
-    Ok(old)
-}
-
 /// The child: never returns.
-fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
+fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
     let private = plan.network != Network::Host;
     let mut tree = None;
     let result = (|| -> Result<Option<Machine>, String> {
@@ -352,17 +346,8 @@ fn child(plan: Plan, mut sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet
         }
     };
     if let Some(c) = &plan.container {
-        container::enter(
-            c,
-            machine.as_ref(),
-            private,
-            tree.as_ref(),
-            sock,
-            old_mask,
-            forwarded,
-        );
+        container::enter(c, machine.as_ref(), private, tree.as_ref(), sock, forwarded);
     }
-    let _ = old_mask;
     container::init::reset_signals();
     let err = exec_error(&plan.command);
     // exec failed: tell the parent (the socket closes on a successful exec, CLOEXEC).

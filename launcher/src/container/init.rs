@@ -110,11 +110,10 @@ pub fn reset_signals() {
 
 /// Runs as PID 1: forks the payload (PID 2), closes the launcher's socket once the payload
 /// holds it (it closes on exec), then reaps and forwards until the payload ends.
-pub fn run(p: &Payload, sock: UnixStream, old_mask: &SigSet, forwarded: &SigSet) -> ! {
+pub fn run(p: &Payload, sock: UnixStream, forwarded: &SigSet) -> ! {
     // SAFETY: the launcher is single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let _ = old_mask;
             reset_signals();
             let msg = exec(p);
             let mut sock = sock;

@@ -246,7 +246,6 @@ pub fn enter(
     private_network: bool,
     tree: Option<&OwnedFd>,
     mut sock: UnixStream,
-    old_mask: &SigSet,
     forwarded: &SigSet,
 ) -> ! {
     // Descriptors the launcher inherited stay outside (nspawn closes all but stdio): each one
@@ -281,7 +280,7 @@ pub fn enter(
         console: c.console != Console::Pipe,
     };
     if c.start == Start::Pid2 {
-        init::run(&payload, sock, old_mask, forwarded);
+        init::run(&payload, sock, forwarded);
     }
     init::reset_signals();
     let msg = init::exec(&payload);
