@@ -27,7 +27,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new container (host network unless a network option is given).
     Run(RunArgs),
-    /// List the machines rnetd has attached.
+    /// List the running machines (rnet's launchers and rnetd's attachments).
     List {
         /// Print JSON.
         #[arg(long)]
@@ -36,7 +36,8 @@ pub enum Command {
     /// Manage zones (shared bridges `vz-NAME` with a /24, DHCP and masquerade).
     #[command(subcommand)]
     Zone(ZoneCommand),
-    /// Stop a machine (SIGTERM to its payload; its networking goes with it).
+    /// Stop a machine: `poweroff` (SIGRTMIN+3 to a systemd init, else SIGTERM; its networking
+    /// goes with it).
     Stop {
         /// The machine.
         machine: MachineName,
@@ -49,7 +50,7 @@ pub enum Command {
         /// The hook (default: from the state's status).
         stage: Option<crate::oci::Stage>,
     },
-    /// Show one attached machine.
+    /// Show one machine: leader, image, network, addresses, uptime, resource use.
     Status {
         /// The machine.
         machine: MachineName,
@@ -124,6 +125,85 @@ pub enum Command {
         name: MachineName,
         /// Its new name.
         new: MachineName,
+    },
+    /// Start machine images in the background as machinectl does (`-b --network-veth -U`; the
+    /// `.nspawn` file decides over these), supervised (a reboot starts them again); returns
+    /// when they run. Their output goes to RUNTIME_DIR/logs/NAME.log.
+    Start {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// Be the supervisor, in the foreground (as `rnet@NAME.service` runs it; one machine,
+        /// output on stdout and stderr).
+        #[arg(long)]
+        foreground: bool,
+        /// The log file the supervisor records in the machine's entry.
+        #[arg(long, hide = true, requires = "foreground")]
+        log: Option<PathBuf>,
+    },
+    /// Power machines off (SIGRTMIN+3 to a systemd init, else SIGTERM) and wait for them.
+    Poweroff {
+        /// The machines.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Reboot machines (SIGINT to a systemd init, else a restart by the supervisor) and wait
+    /// until they run again.
+    Reboot {
+        /// The machines.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Kill machines at once (SIGKILL to the whole container) and wait for them to end.
+    Terminate {
+        /// The machines.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// Return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Run a command (default: the user's shell) in a running machine, with a pty on a terminal.
+    Shell {
+        /// The user (a name or UID of the machine's /etc/passwd; default root; also `USER@NAME`).
+        #[arg(long)]
+        uid: Option<String>,
+        /// `[USER@]NAME`.
+        #[arg(value_name = "[USER@]NAME")]
+        target: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// The machine's login prompt on a pty (interactive only).
+    Login {
+        /// The machine.
+        machine: MachineName,
+    },
+    /// Start a machine image at boot: install `rnet@.service` and link `rnet@NAME.service`
+    /// into `machines.target.wants/`.
+    Enable {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// The root the units are installed below (default `/`).
+        #[arg(long, env = "RNET_SYSTEMD_ROOT", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Stop starting machine images at boot (removes the `machines.target.wants/` link).
+    Disable {
+        /// The images.
+        #[arg(required = true)]
+        names: Vec<MachineName>,
+        /// The root the units are installed below (default `/`).
+        #[arg(long, env = "RNET_SYSTEMD_ROOT", default_value = "/")]
+        root: PathBuf,
     },
 }
 

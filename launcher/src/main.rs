@@ -5,6 +5,7 @@ mod cli;
 mod container;
 mod images;
 mod ipv6;
+mod machines;
 mod netconf;
 mod netns;
 mod oci;
@@ -56,14 +57,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Run(args) => run::run(args, &client, &cli.runtime_dir).map(ExitCode::from),
         Command::List { json } => {
-            let Response::Machines(list) = call(&client, &Request::List)? else {
-                return Err("rnetd sent an unexpected answer to list".into());
-            };
+            let list = machines::all(&client, &cli.runtime_dir)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
+                let v: Vec<serde_json::Value> = list.iter().map(machines::Shown::json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 print_table(&list);
             }
@@ -99,20 +96,39 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Netns(cmd) => netns::run(&client, cmd).map(|()| ExitCode::SUCCESS),
         Command::OciHook { stage } => oci::run(&client, stage).map(|()| ExitCode::SUCCESS),
         Command::Stop { machine } => {
-            call(&client, &Request::Stop { machine })?;
+            machines::act(
+                &client,
+                &cli.runtime_dir,
+                machines::Verb::Poweroff,
+                &machine,
+                false,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { machine, json } => {
-            let Response::Status(m) = call(&client, &Request::Status { machine })? else {
-                return Err("rnetd sent an unexpected answer to status".into());
-            };
+            let m = machines::one(&client, &cli.runtime_dir, &machine)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&m.json()).unwrap_or_default()
+                );
             } else {
-                print_status(&m);
+                match &m.attached {
+                    Some(a) => print_status(a),
+                    None => machines::print_status_head(&m),
+                }
+                machines::print_status_extra(&m);
             }
             Ok(ExitCode::SUCCESS)
         }
+        cmd @ (Command::Start { .. }
+        | Command::Poweroff { .. }
+        | Command::Reboot { .. }
+        | Command::Terminate { .. }
+        | Command::Shell { .. }
+        | Command::Login { .. }
+        | Command::Enable { .. }
+        | Command::Disable { .. }) => machine_command(&cli.runtime_dir, &cli.machines_dir, &client, cmd),
     }
 }
 
@@ -361,29 +377,118 @@ fn call(client: &Client, req: &Request) -> Result<Response, String> {
     client.call(req, None).map_err(|e| e.to_string())
 }
 
-fn print_table(list: &[Machine]) {
+fn print_table(list: &[machines::Shown]) {
     println!(
-        "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39}",
-        "MACHINE", "PID", "HOST-IF", "SUBNET", "ADDRESS", "ADDRESS6"
+        "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39} {:<10} {:<14} {:<10} {:<8}",
+        "MACHINE",
+        "PID",
+        "HOST-IF",
+        "SUBNET",
+        "ADDRESS",
+        "ADDRESS6",
+        "CLASS",
+        "NETWORK",
+        "UPTIME",
+        "STATE"
     );
-    for m in list {
+    let dash = || "-".to_owned();
+    for s in list {
+        let m: Option<&Machine> = s.attached.as_ref();
         println!(
-            "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39}",
-            m.machine,
-            m.pid,
-            m.host_ifname.as_deref().unwrap_or("-"),
-            m.subnet
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into()),
-            m.container_address
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into()),
-            m.container_address6
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "-".into())
+            "{:<24} {:>8} {:<16} {:<18} {:<16} {:<39} {}",
+            s.name,
+            s.entry
+                .as_ref()
+                .map(|e| e.leader)
+                .or(m.map(|m| m.pid))
+                .unwrap_or_default(),
+            m.and_then(|m| m.host_ifname.as_deref()).unwrap_or("-"),
+            m.and_then(|m| m.subnet).map_or_else(dash, |s| s.to_string()),
+            m.and_then(|m| m.container_address)
+                .map_or_else(dash, |a| a.to_string()),
+            m.and_then(|m| m.container_address6)
+                .map_or_else(dash, |a| a.to_string()),
+            machines::table_extra(s)
         );
     }
     println!("\n{} machine(s) listed.", list.len());
+}
+
+/// machinectl's verbs for running machines.
+fn machine_command(
+    runtime_dir: &std::path::Path,
+    machines_dir: &std::path::Path,
+    client: &Client,
+    command: Command,
+) -> Result<ExitCode, String> {
+    use machines::Verb;
+    let act = |verb, names: Vec<api::MachineName>, no_wait| -> Result<ExitCode, String> {
+        for name in &names {
+            machines::act(client, runtime_dir, verb, name, no_wait)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    };
+    match command {
+        Command::Start {
+            names,
+            foreground: true,
+            log,
+        } => {
+            let [name] = &names[..] else {
+                return Err("start --foreground takes one machine".into());
+            };
+            machines::supervisor::foreground(runtime_dir, machines_dir, name.as_str(), log.as_deref())
+        }
+        Command::Start { names, .. } => {
+            for name in &names {
+                machines::supervisor::start(runtime_dir, machines_dir, name.as_str())?;
+                if let Some(e) = machines::registry::get(runtime_dir, name.as_str()) {
+                    eprintln!("machine {name} started (leader pid {})", e.leader);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Poweroff { names, no_wait } => act(Verb::Poweroff, names, no_wait),
+        Command::Reboot { names, no_wait } => act(Verb::Reboot, names, no_wait),
+        Command::Terminate { names, no_wait } => act(Verb::Terminate, names, no_wait),
+        Command::Shell {
+            uid,
+            target,
+            command,
+        } => {
+            let (user, name) = machines::shell::split_target(&target);
+            let name = api::MachineName::new(name).map_err(|e| e.to_string())?;
+            let user = uid.as_deref().or(user);
+            let what = if command.is_empty() {
+                machines::shell::What::Shell
+            } else {
+                machines::shell::What::Command(command)
+            };
+            machines::shell::run(runtime_dir, name.as_str(), user, what).map(ExitCode::from)
+        }
+        Command::Login { machine } => {
+            machines::shell::run(runtime_dir, machine.as_str(), None, machines::shell::What::Login)
+                .map(ExitCode::from)
+        }
+        Command::Enable { names, root } => {
+            let images = images::Images::new(machines_dir);
+            for name in &names {
+                images.find(name.as_str()).map_err(|e| e.to_string())?;
+                let link = machines::unit::enable(&root, name.as_str())?;
+                eprintln!("rnet@{name}.service enabled ({})", link.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Disable { names, root } => {
+            for name in &names {
+                if !machines::unit::disable(&root, name.as_str())? {
+                    eprintln!("rnet@{name}.service was not enabled");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => unreachable!("not a machine command"),
+    }
 }
 
 fn print_status(m: &Machine) {

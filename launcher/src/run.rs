@@ -28,6 +28,7 @@ use nix::unistd::{ForkResult, Pid, execvp, fork, sethostname};
 use crate::cli::RunArgs;
 use crate::container::spec::{Console, Start};
 use crate::container::{self, Container};
+use crate::machines::registry;
 use crate::netconf::{bind_resolv_conf, configure};
 
 /// Exit code when the command cannot be executed (as shells use).
@@ -157,6 +158,56 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The registry entry of this run, its leader `leader` waited for by `launcher`.
+    fn entry(&self, leader: u32, launcher: u32) -> registry::Entry {
+        let network = match &self.network {
+            Network::Host => "host".to_owned(),
+            Network::Private => "private".to_owned(),
+            Network::Attached(NetworkSpec::Veth) => "veth".to_owned(),
+            Network::Attached(NetworkSpec::Zone(z)) => format!("zone:{z}"),
+            Network::Attached(NetworkSpec::Bridge(b)) => format!("bridge:{b}"),
+            Network::Attached(NetworkSpec::None) => "links".to_owned(),
+        };
+        let env_pid = |var| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        registry::Entry {
+            name: self.machine.to_string(),
+            leader,
+            leader_start: registry::start_time(leader).unwrap_or_default(),
+            launcher,
+            supervisor: env_pid(crate::machines::SUPERVISOR_ENV),
+            image: self.container.as_ref().map(|c| c.root.clone()),
+            class: if self.container.is_some() {
+                "container"
+            } else {
+                "host"
+            }
+            .to_owned(),
+            network,
+            started: registry::now(),
+            unit: registry::own_unit(),
+            systemd: self.container.as_ref().is_some_and(|c| c.systemd),
+            log: std::env::var_os(crate::machines::LOG_ENV).map(Into::into),
+        }
+    }
+}
+
+/// Refuses a name another running machine has (before rnetd attaches anything for it).
+fn check_not_running(runtime_dir: &std::path::Path, machine: &MachineName) -> Result<(), String> {
+    match registry::get(runtime_dir, machine.as_str()) {
+        Some(e) => Err(registry::RegistryError::Running {
+            name: e.name,
+            leader: e.leader,
+        }
+        .to_string()),
+        None => Ok(()),
+    }
+}
+
 /// The command's base name, reduced to hostname characters, plus four random hex digits.
 fn default_machine_name(cmd: &str) -> Result<MachineName, String> {
     let base = cmd.rsplit('/').next().unwrap_or(cmd);
@@ -185,7 +236,22 @@ pub fn run(
         eprintln!("rnet: warning: {warning}");
     }
     let plan = Plan::new(args, runtime_dir)?;
+    if let Some(e) = registry::get(runtime_dir, plan.machine.as_str()) {
+        return Err(registry::RegistryError::Running {
+            name: e.name,
+            leader: e.leader,
+        }
+        .to_string());
+    }
     if plan.network == Network::Host && plan.container.is_none() {
+        // The process itself is the machine; the entry goes stale (and is cleaned by the next
+        // reader) when it ends. Only root may write the runtime directory.
+        let me = std::process::id();
+        if let Err(e) = registry::register(runtime_dir, &plan.entry(me, me))
+            && nix::unistd::geteuid().is_root()
+        {
+            return Err(e.to_string());
+        }
         return Err(exec_error(&plan.command));
     }
     if !nix::unistd::geteuid().is_root() {
@@ -232,7 +298,7 @@ pub fn run(
         }
         ForkResult::Parent { child } => {
             drop(child_end);
-            parent(plan, client, parent_end, child, &forwarded)
+            parent(plan, client, parent_end, child, &forwarded, runtime_dir)
         }
     }
 }
@@ -372,6 +438,7 @@ fn parent(
     mut sock: UnixStream,
     child: Pid,
     forwarded: &SigSet,
+    runtime_dir: &std::path::Path,
 ) -> Result<u8, String> {
     let mut cgroup_slot = None;
     let cgroup = &mut cgroup_slot;
@@ -405,6 +472,7 @@ fn parent(
         let Network::Attached(spec) = &plan.network else {
             return Ok(None);
         };
+        check_not_running(runtime_dir, &plan.machine)?;
         let netns = File::open(format!("/proc/{child}/ns/net"))
             .map_err(|e| format!("opening the container's network namespace: {e}"))?;
         let req = Request::Attach(AttachRequest {
@@ -427,6 +495,18 @@ fn parent(
             Err(e) => Err(e.to_string()),
         }
     })();
+    // Registered once it runs and is networked (`rnet start` waits for this).
+    let leader = u32::try_from(child.as_raw()).unwrap_or_default();
+    let setup = setup.and_then(|m| {
+        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
+            .map_err(|e| e.to_string())
+            .inspect_err(|_| {
+                if m.is_some() {
+                    detach(client, &plan.machine);
+                }
+            })
+            .map(|()| m)
+    });
     let machine = match setup {
         Ok(m) => m,
         Err(e) => {
@@ -471,6 +551,7 @@ fn parent(
     if let Some(cg) = &cgroup_slot {
         cg.remove();
     }
+    registry::unregister(runtime_dir, plan.machine.as_str(), leader);
     if !report.is_empty() {
         return Err(report);
     }
