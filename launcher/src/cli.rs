@@ -178,7 +178,11 @@ pub enum Command {
         #[arg(value_name = "[USER@]NAME")]
         target: String,
         /// The command and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<String>,
     },
     /// The machine's login prompt on a pty (interactive only).

@@ -128,7 +128,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         | Command::Shell { .. }
         | Command::Login { .. }
         | Command::Enable { .. }
-        | Command::Disable { .. }) => machine_command(&cli.runtime_dir, &cli.machines_dir, &client, cmd),
+        | Command::Disable { .. }) => {
+            machine_command(&cli.runtime_dir, &cli.machines_dir, &client, cmd)
+        }
     }
 }
 
@@ -403,7 +405,8 @@ fn print_table(list: &[machines::Shown]) {
                 .or(m.map(|m| m.pid))
                 .unwrap_or_default(),
             m.and_then(|m| m.host_ifname.as_deref()).unwrap_or("-"),
-            m.and_then(|m| m.subnet).map_or_else(dash, |s| s.to_string()),
+            m.and_then(|m| m.subnet)
+                .map_or_else(dash, |s| s.to_string()),
             m.and_then(|m| m.container_address)
                 .map_or_else(dash, |a| a.to_string()),
             m.and_then(|m| m.container_address6)
@@ -437,7 +440,12 @@ fn machine_command(
             let [name] = &names[..] else {
                 return Err("start --foreground takes one machine".into());
             };
-            machines::supervisor::foreground(runtime_dir, machines_dir, name.as_str(), log.as_deref())
+            machines::supervisor::foreground(
+                runtime_dir,
+                machines_dir,
+                name.as_str(),
+                log.as_deref(),
+            )
         }
         Command::Start { names, .. } => {
             for name in &names {
@@ -466,10 +474,13 @@ fn machine_command(
             };
             machines::shell::run(runtime_dir, name.as_str(), user, what).map(ExitCode::from)
         }
-        Command::Login { machine } => {
-            machines::shell::run(runtime_dir, machine.as_str(), None, machines::shell::What::Login)
-                .map(ExitCode::from)
-        }
+        Command::Login { machine } => machines::shell::run(
+            runtime_dir,
+            machine.as_str(),
+            None,
+            machines::shell::What::Login,
+        )
+        .map(ExitCode::from),
         Command::Enable { names, root } => {
             let images = images::Images::new(machines_dir);
             for name in &names {

@@ -169,11 +169,7 @@ impl Plan {
             Network::Attached(NetworkSpec::Bridge(b)) => format!("bridge:{b}"),
             Network::Attached(NetworkSpec::None) => "links".to_owned(),
         };
-        let env_pid = |var| {
-            std::env::var(var)
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-        };
+        let env_pid = |var| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
         registry::Entry {
             name: self.machine.to_string(),
             leader,
@@ -495,18 +491,6 @@ fn parent(
             Err(e) => Err(e.to_string()),
         }
     })();
-    // Registered once it runs and is networked (`rnet start` waits for this).
-    let leader = u32::try_from(child.as_raw()).unwrap_or_default();
-    let setup = setup.and_then(|m| {
-        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
-            .map_err(|e| e.to_string())
-            .inspect_err(|_| {
-                if m.is_some() {
-                    detach(client, &plan.machine);
-                }
-            })
-            .map(|()| m)
-    });
     let machine = match setup {
         Ok(m) => m,
         Err(e) => {
@@ -541,6 +525,19 @@ fn parent(
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
     }
+    // Registered once the payload runs (the socket closed on its exec) and is networked:
+    // `rnet start` waits for this, and `rnet shell` finds the container's root in place.
+    let leader = u32::try_from(child.as_raw()).unwrap_or_default();
+    let mut registered = false;
+    if report.is_empty() {
+        match registry::register(runtime_dir, &plan.entry(leader, std::process::id())) {
+            Ok(()) => registered = true,
+            Err(e) => {
+                let _ = kill(child, Signal::SIGKILL);
+                report = e.to_string();
+            }
+        }
+    }
     let code = match &plan.container {
         Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
         None => wait_forwarding(child, forwarded)?,
@@ -551,7 +548,9 @@ fn parent(
     if let Some(cg) = &cgroup_slot {
         cg.remove();
     }
-    registry::unregister(runtime_dir, plan.machine.as_str(), leader);
+    if registered {
+        registry::unregister(runtime_dir, plan.machine.as_str(), leader);
+    }
     if !report.is_empty() {
         return Err(report);
     }

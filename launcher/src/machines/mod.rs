@@ -86,10 +86,7 @@ impl Shown {
             "class".into(),
             e.map_or("attachment", |e| e.class.as_str()).into(),
         );
-        obj.insert(
-            "network_mode".into(),
-            e.map(|e| e.network.clone()).into(),
-        );
+        obj.insert("network_mode".into(), e.map(|e| e.network.clone()).into());
         obj.insert("started".into(), e.map(|e| e.started).into());
         obj.insert(
             "uptime_secs".into(),
@@ -166,12 +163,7 @@ pub fn one(client: &Client, runtime_dir: &Path, name: &MachineName) -> Result<Sh
 
 /// `1d 2h`, `3h 4min`, `5min 6s`, `7s`.
 pub fn duration(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {
@@ -272,9 +264,7 @@ fn wait_for(name: &str, what: &str, mut done: impl FnMut() -> bool) -> Result<()
 
 /// Whether the entry's leader, launcher and supervisor are all gone.
 fn ended(e: &Entry) -> bool {
-    !e.alive()
-        && !registry::running(e.supervisor.unwrap_or(0))
-        && !registry::running(e.launcher)
+    !e.alive() && !registry::running(e.supervisor.unwrap_or(0)) && !registry::running(e.launcher)
 }
 
 /// What `poweroff`, `reboot` and `terminate` do.

@@ -150,19 +150,17 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
         for _ in 0..2 {
             match fs::hard_link(&tmp, &path) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    match read_entry(&path) {
-                        Some(old) if old.alive() => {
-                            return Err(RegistryError::Running {
-                                name: old.name,
-                                leader: old.leader,
-                            });
-                        }
-                        _ => {
-                            let _ = fs::remove_file(&path);
-                        }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match read_entry(&path) {
+                    Some(old) if old.alive() => {
+                        return Err(RegistryError::Running {
+                            name: old.name,
+                            leader: old.leader,
+                        });
                     }
-                }
+                    _ => {
+                        let _ = fs::remove_file(&path);
+                    }
+                },
                 Err(e) => return Err(io("registering", &path)(e)),
             }
         }

@@ -42,8 +42,10 @@ const NAMESPACES: [(&str, CloneFlags); 6] = [
 /// manager's: `container=`, `PATH=`, the locale).
 fn kept(var: &str) -> bool {
     let name = var.split('=').next().unwrap_or("");
-    matches!(name, "container" | "container_uuid" | "PATH" | "LANG" | "LANGUAGE")
-        || name.starts_with("LC_")
+    matches!(
+        name,
+        "container" | "container_uuid" | "PATH" | "LANG" | "LANGUAGE"
+    ) || name.starts_with("LC_")
 }
 
 /// The shell's environment: PID 1's filtered, then the user's own variables and `TERM`.
@@ -108,8 +110,8 @@ pub fn run(runtime_dir: &Path, name: &str, who: Option<&str>, what: What) -> Res
     if !nix::unistd::geteuid().is_root() {
         return Err("entering a machine needs root".into());
     }
-    let entry = registry::get(runtime_dir, name)
-        .ok_or_else(|| format!("no machine {name} is running"))?;
+    let entry =
+        registry::get(runtime_dir, name).ok_or_else(|| format!("no machine {name} is running"))?;
     let pid = entry.leader;
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let on_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)

@@ -94,7 +94,8 @@ pub fn start(runtime_dir: &Path, machines_dir: &Path, name: &str) -> Result<(), 
     let log = log_path(runtime_dir, name);
     let dir = log.parent().unwrap_or(runtime_dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let out = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let out =
+        std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
     let err = out
         .try_clone()
         .map_err(|e| format!("opening {}: {e}", log.display()))?;

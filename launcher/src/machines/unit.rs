@@ -56,8 +56,8 @@ pub fn enable(root: &Path, name: &str) -> Result<PathBuf, String> {
     let wants = dir.join("machines.target.wants");
     std::fs::create_dir_all(&wants).map_err(|e| format!("creating {}: {e}", wants.display()))?;
     if !template.exists() {
-        let binary = std::env::current_exe()
-            .map_err(|e| format!("finding rnet's own binary: {e}"))?;
+        let binary =
+            std::env::current_exe().map_err(|e| format!("finding rnet's own binary: {e}"))?;
         api::fsutil::write_atomic(&template, template_for(&binary).as_bytes())
             .map_err(|e| e.to_string())?;
     }
@@ -120,7 +120,11 @@ mod tests {
             std::fs::read_link(&link).unwrap(),
             Path::new("/etc/systemd/system/rnet@.service")
         );
-        assert!(root.path().join("etc/systemd/system/rnet@.service").is_file());
+        assert!(
+            root.path()
+                .join("etc/systemd/system/rnet@.service")
+                .is_file()
+        );
         // Twice is fine.
         enable(root.path(), "box").unwrap();
         assert!(disable(root.path(), "box").unwrap());
