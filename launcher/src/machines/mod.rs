@@ -287,14 +287,29 @@ pub fn act(
         return act_attached(client, verb, name, no_wait);
     };
     match verb {
-        // The supervisor stops the launcher and starts nothing again; without one, the
-        // launcher turns SIGTERM into SIGRTMIN+3 for systemd (SIGTERM for others) and SIGKILL
-        // after 10 s.
-        Verb::Poweroff => signal(
-            e.supervisor.unwrap_or(e.launcher),
-            libc::SIGTERM,
-            name.as_str(),
-        )?,
+        // The supervisor stops the launcher and starts nothing again. Without one, rnetd stops
+        // what it attached (`rnet stop`'s path: SIGRTMIN+3 to systemd, else SIGTERM, through
+        // its pidfd, SIGKILL after 10 s), and the launcher of any other machine does the same
+        // on SIGTERM.
+        Verb::Poweroff => match e.supervisor {
+            Some(s) => signal(s, libc::SIGTERM, name.as_str())?,
+            None => {
+                let stop = Request::Stop {
+                    machine: name.clone(),
+                };
+                match client.call(&stop, None) {
+                    Ok(_) => {}
+                    Err(api::ClientError::Api(a)) if a.kind == api::ErrorKind::NotFound => {
+                        signal(e.launcher, libc::SIGTERM, name.as_str())?;
+                    }
+                    // rnetd may not run at all for a machine without its links.
+                    Err(_) if e.network == "host" || e.network == "private" => {
+                        signal(e.launcher, libc::SIGTERM, name.as_str())?;
+                    }
+                    Err(err) => return Err(err.to_string()),
+                }
+            }
+        },
         Verb::Terminate => {
             if let Some(s) = e.supervisor {
                 signal(s, supervisor::SIG_NO_RESTART, name.as_str())?;
