@@ -110,7 +110,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&m.json()).unwrap_or_default()
+                    serde_json::to_string_pretty(&m.status_json()).unwrap_or_default()
                 );
             } else {
                 match &m.attached {

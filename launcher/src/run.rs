@@ -188,6 +188,7 @@ impl Plan {
             unit: registry::own_unit(),
             systemd: self.container.as_ref().is_some_and(|c| c.systemd),
             log: std::env::var_os(crate::machines::LOG_ENV).map(Into::into),
+            ready: false,
         }
     }
 }
@@ -195,11 +196,7 @@ impl Plan {
 /// Refuses a name another running machine has (before rnetd attaches anything for it).
 fn check_not_running(runtime_dir: &std::path::Path, machine: &MachineName) -> Result<(), String> {
     match registry::get(runtime_dir, machine.as_str()) {
-        Some(e) => Err(registry::RegistryError::Running {
-            name: e.name,
-            leader: e.leader,
-        }
-        .to_string()),
+        Some(e) => Err(registry::RegistryError::Running { name: e.name }.to_string()),
         None => Ok(()),
     }
 }
@@ -232,18 +229,14 @@ pub fn run(
         eprintln!("rnet: warning: {warning}");
     }
     let plan = Plan::new(args, runtime_dir)?;
-    if let Some(e) = registry::get(runtime_dir, plan.machine.as_str()) {
-        return Err(registry::RegistryError::Running {
-            name: e.name,
-            leader: e.leader,
-        }
-        .to_string());
-    }
+    check_not_running(runtime_dir, &plan.machine)?;
     if plan.network == Network::Host && plan.container.is_none() {
         // The process itself is the machine; the entry goes stale (and is cleaned by the next
         // reader) when it ends. Only root may write the runtime directory.
         let me = std::process::id();
-        if let Err(e) = registry::register(runtime_dir, &plan.entry(me, me))
+        let mut entry = plan.entry(me, me);
+        entry.ready = true;
+        if let Err(e) = registry::register(runtime_dir, &entry)
             && nix::unistd::geteuid().is_root()
         {
             return Err(e.to_string());
@@ -440,6 +433,9 @@ fn parent(
     let cgroup = &mut cgroup_slot;
     let mut systemd_cgroups_slot = None;
     let systemd_cgroups = &mut systemd_cgroups_slot;
+    let leader = u32::try_from(child.as_raw()).unwrap_or_default();
+    let mut registered_slot = false;
+    let registered = &mut registered_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
@@ -465,10 +461,14 @@ fn parent(
                 owner,
             )?);
         }
+        // Registered before rnetd attaches it (so a listing never shows the attachment without
+        // the entry), ready once the payload runs.
+        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
+            .map_err(|e| e.to_string())?;
+        *registered = true;
         let Network::Attached(spec) = &plan.network else {
             return Ok(None);
         };
-        check_not_running(runtime_dir, &plan.machine)?;
         let netns = File::open(format!("/proc/{child}/ns/net"))
             .map_err(|e| format!("opening the container's network namespace: {e}"))?;
         let req = Request::Attach(AttachRequest {
@@ -499,6 +499,9 @@ fn parent(
             if let Some(cg) = &cgroup_slot {
                 cg.remove();
             }
+            if registered_slot {
+                registry::unregister(runtime_dir, plan.machine.as_str(), leader);
+            }
             return Err(e);
         }
     };
@@ -525,17 +528,17 @@ fn parent(
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
     }
-    // Registered once the payload runs (the socket closed on its exec) and is networked:
-    // `rnet start` waits for this, and `rnet shell` finds the container's root in place.
-    let leader = u32::try_from(child.as_raw()).unwrap_or_default();
-    let mut registered = false;
+    // Ready once the payload runs (the socket closed on its exec) and is networked: `rnet
+    // start` waits for this, and `rnet shell` finds the container's root in place.
     if report.is_empty() {
-        match registry::register(runtime_dir, &plan.entry(leader, std::process::id())) {
-            Ok(()) => registered = true,
-            Err(e) => {
-                let _ = kill(child, Signal::SIGKILL);
-                report = e.to_string();
-            }
+        let mut entry = plan.entry(leader, std::process::id());
+        entry.ready = true;
+        if let Some(old) = registry::get(runtime_dir, plan.machine.as_str()) {
+            entry.started = old.started;
+            entry.leader_start = old.leader_start;
+        }
+        if let Err(e) = registry::update(runtime_dir, &entry) {
+            eprintln!("rnet: warning: {e}");
         }
     }
     let code = match &plan.container {
@@ -548,7 +551,7 @@ fn parent(
     if let Some(cg) = &cgroup_slot {
         cg.remove();
     }
-    if registered {
+    if registered_slot {
         registry::unregister(runtime_dir, plan.machine.as_str(), leader);
     }
     if !report.is_empty() {

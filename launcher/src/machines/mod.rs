@@ -43,6 +43,7 @@ impl Shown {
     fn state(&self) -> &'static str {
         match (&self.entry, &self.attached) {
             (None, Some(m)) if m.held.is_some() => "held",
+            (Some(e), _) if !e.ready => "starting",
             _ => "running",
         }
     }
@@ -56,10 +57,22 @@ impl Shown {
         crate::cgroup::Cgroup::of_pid(pid).map_or((None, None, None), |cg| cg.usage())
     }
 
-    /// rnetd's JSON of the machine (today's fields) and the registry's: `leader`, `image`,
-    /// `class`, `network_mode`, `started`, `uptime_secs`, `state`, `cpu_ns`, `memory_bytes`,
-    /// `tasks`, `launcher`, `supervisor`, `unit`, `log`.
+    /// `list --json`: rnetd's JSON of the machine (today's fields) and the registry's that do
+    /// not change while it runs: `leader`, `image`, `class`, `network_mode`, `started`,
+    /// `launcher`, `supervisor`, `unit`, `log`.
     pub fn json(&self) -> Value {
+        let mut v = self.status_json();
+        if let Value::Object(o) = &mut v {
+            for k in ["state", "uptime_secs", "cpu_ns", "memory_bytes", "tasks"] {
+                o.remove(k);
+            }
+        }
+        v
+    }
+
+    /// `status --json`: [`Self::json`] plus `state`, `uptime_secs`, `cpu_ns`, `memory_bytes`,
+    /// `tasks`.
+    pub fn status_json(&self) -> Value {
         let mut obj = match self.attached.as_ref().map(serde_json::to_value) {
             Some(Ok(Value::Object(o))) => o,
             _ => {
@@ -335,7 +348,8 @@ pub fn act(
         Verb::Poweroff => wait_for(name.as_str(), "power off", || ended(&e)),
         Verb::Terminate => wait_for(name.as_str(), "end", || ended(&e)),
         Verb::Reboot => wait_for(name.as_str(), "start again", || {
-            registry::get(runtime_dir, name.as_str()).is_some_and(|n| n.leader != e.leader)
+            registry::get(runtime_dir, name.as_str())
+                .is_some_and(|n| n.ready && n.leader != e.leader)
         }),
     }
 }

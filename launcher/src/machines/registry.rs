@@ -45,13 +45,16 @@ pub struct Entry {
     /// Where a started machine's output goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
+    /// The payload runs (registered before rnetd attaches; ready once the payload exec'd).
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("machine {name} is already running (leader pid {leader})")]
-    Running { name: String, leader: u32 },
+    #[error("machine {name} is already running")]
+    Running { name: String },
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -152,10 +155,7 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match read_entry(&path) {
                     Some(old) if old.alive() => {
-                        return Err(RegistryError::Running {
-                            name: old.name,
-                            leader: old.leader,
-                        });
+                        return Err(RegistryError::Running { name: old.name });
                     }
                     _ => {
                         let _ = fs::remove_file(&path);
@@ -170,6 +170,17 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
     })();
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// Rewrites the registered `entry` (its launcher registered it).
+pub fn update(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> {
+    let path = dir(runtime_dir).join(&entry.name);
+    let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
+    api::fsutil::write_atomic(&path, &body).map_err(|e| RegistryError::Io {
+        what: "writing",
+        path,
+        source: e.source,
+    })
 }
 
 /// Removes the entry of `name` if it is the one of `leader` (a newer machine of the same name
@@ -237,6 +248,7 @@ mod tests {
             unit: None,
             systemd: false,
             log: None,
+            ready: true,
         }
     }
 
@@ -256,10 +268,7 @@ mod tests {
         let me = std::process::id();
         register(tmp.path(), &entry("a", me)).unwrap();
         let err = register(tmp.path(), &entry("a", me)).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("machine a is already running (leader pid {me})")
-        );
+        assert_eq!(err.to_string(), "machine a is already running");
         assert_eq!(list(tmp.path()), [entry("a", me)]);
         // A leader that is gone (a start time that is not its own): ignored, then removed.
         let mut stale = entry("b", me);

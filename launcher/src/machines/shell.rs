@@ -110,8 +110,18 @@ pub fn run(runtime_dir: &Path, name: &str, who: Option<&str>, what: What) -> Res
     if !nix::unistd::geteuid().is_root() {
         return Err("entering a machine needs root".into());
     }
-    let entry =
+    let mut entry =
         registry::get(runtime_dir, name).ok_or_else(|| format!("no machine {name} is running"))?;
+    // A machine still starting gets a moment to have its root in place.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !entry.ready {
+        if std::time::Instant::now() > end {
+            return Err(format!("machine {name} is still starting"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        entry = registry::get(runtime_dir, name)
+            .ok_or_else(|| format!("no machine {name} is running"))?;
+    }
     let pid = entry.leader;
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let on_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)

@@ -3,8 +3,8 @@
 //! are for nspawn).
 //!
 //! `rnet start NAME` checks the image, starts `rnet start --foreground NAME` detached (a session
-//! of its own, output to `RUNTIME_DIR/logs/NAME.log`) and returns once the machine is registered
-//! (the launcher registers after rnetd attached its veth), or fails with the log's last line and
+//! of its own, output to `RUNTIME_DIR/logs/NAME.log`) and returns once the machine is registered ready
+//! (the launcher marks it so once rnetd attached its veth and the init runs), or fails with the log's last line and
 //! its path when the supervisor ends first. The supervisor runs `rnet run -M NAME -D IMAGE -b -n
 //! -U --settings=override --console=read-only` (the unit's flags: the `.nspawn` file decides
 //! over these defaults) and starts it again when it exits with 133 (the container rebooted).
@@ -85,11 +85,7 @@ fn image(machines_dir: &Path, name: &str) -> Result<PathBuf, String> {
 pub fn start(runtime_dir: &Path, machines_dir: &Path, name: &str) -> Result<(), String> {
     image(machines_dir, name)?;
     if let Some(e) = registry::get(runtime_dir, name) {
-        return Err(registry::RegistryError::Running {
-            name: e.name,
-            leader: e.leader,
-        }
-        .to_string());
+        return Err(registry::RegistryError::Running { name: e.name }.to_string());
     }
     let log = log_path(runtime_dir, name);
     let dir = log.parent().unwrap_or(runtime_dir);
@@ -120,7 +116,7 @@ pub fn start(runtime_dir: &Path, machines_dir: &Path, name: &str) -> Result<(), 
     let pid = child.id();
     let end = Instant::now() + START_LIMIT;
     loop {
-        if registry::get(runtime_dir, name).is_some_and(|e| e.supervisor == Some(pid)) {
+        if registry::get(runtime_dir, name).is_some_and(|e| e.ready && e.supervisor == Some(pid)) {
             return Ok(());
         }
         if let Ok(Some(_)) = child.try_wait() {
