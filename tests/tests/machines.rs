@@ -481,3 +481,70 @@ fn enable_installs_the_unit_and_its_exec_start_runs_the_machine() {
         (0, "rnet@box.service was not enabled\n")
     );
 }
+
+/// The Debian tree `tests/tests/boot.rs` makes and configures (debootstrap, cached).
+const DEBIAN: &str = "/var/cache/rnet-tests/debian-bookworm";
+
+/// `systemctl is-system-running --wait` in the machine (retried while systemd's socket is not
+/// there yet): `running` or `degraded` once booted.
+fn booted(w: &World, name: &str) -> String {
+    // Until systemd's private socket exists, systemctl cannot ask (it says so on stderr).
+    let script = "for i in $(seq 120); do s=$(systemctl is-system-running --wait 2>/dev/null); \
+                  case \"$s\" in running|degraded) echo $s; exit 0;; esac; sleep 1; done; \
+                  echo \"$s\"; exit 1";
+    let (_, out, err) = w.run(&["shell", name, "/bin/sh", "-c", script]);
+    assert_eq!(err, "", "{out}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn a_debian_image_boots_systemd_reboots_on_sigint_and_powers_off() {
+    let t = "a_debian_image_boots_systemd_reboots_on_sigint_and_powers_off";
+    if !Path::new(DEBIAN).join(".rnet-configured-1").exists() {
+        // Not made here: debootstrap takes minutes and the network; boot.rs makes it.
+        eprintln!("SKIP {t}: needs the Debian tree tests/tests/boot.rs caches in {DEBIAN}");
+        return;
+    }
+    let Some(w) = World::new(t) else { return };
+    // Imported from a tar stream of the cached tree (never changed: it is only read).
+    let mut tar = Command::new("tar")
+        .args(["-C", DEBIAN, "-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let imported = w
+        .rnet()
+        .args(["import-tar", "-", "deb"])
+        .stdin(tar.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(tar.wait().unwrap().success());
+    assert!(imported.status.success(), "{imported:?}");
+
+    w.ok(&["start", "deb"]);
+    let state = booted(&w, "deb");
+    assert!(state == "running" || state == "degraded", "{state}");
+    let leader = pid_of(&w.machine("deb").unwrap(), "leader");
+    assert_eq!(
+        w.ok(&["shell", "deb", "readlink", "/proc/1/exe"]),
+        "/usr/lib/systemd/systemd\n"
+    );
+    // SIGINT: systemd reboots, the launcher exits 133, the supervisor starts it again.
+    w.ok(&["reboot", "deb"]);
+    let m = w.machine("deb").unwrap();
+    assert_ne!(pid_of(&m, "leader"), leader);
+    let state = booted(&w, "deb");
+    assert!(state == "running" || state == "degraded", "{state}");
+    // SIGRTMIN+3 through the supervisor and the launcher: a clean power-off.
+    w.ok(&["poweroff", "deb"]);
+    w.wait_gone("deb");
+    let log = w.log("deb");
+    assert!(
+        log.contains("rnet: machine deb rebooted: starting it again"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rnet: machine deb ended (exit code 0)"),
+        "{log}"
+    );
+}
