@@ -353,7 +353,17 @@ fn refusals_change_nothing_and_a_stale_entry_is_cleaned() {
     assert_eq!(code, 1);
     assert_eq!(err, "rnet: machine box is already running\n");
     assert_eq!(pid_of(&w.machine("box").unwrap(), "leader"), leader);
+    // A supervisor killed with SIGKILL leaves the machine running; poweroff asks its launcher.
+    let supervisor = pid_of(&w.machine("box").unwrap(), "supervisor");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !running(supervisor)));
+    assert!(running(leader));
     w.ok(&["poweroff", "box"]);
+    w.wait_gone("box");
 
     // A launcher SIGKILLed cannot remove its entry: the next reader ignores and removes it.
     let mut rig_cmd = w.rnet();

@@ -296,9 +296,11 @@ pub fn act(
     name: &MachineName,
     no_wait: bool,
 ) -> Result<(), String> {
-    let Some(e) = registry::get(runtime_dir, name.as_str()) else {
+    let Some(mut e) = registry::get(runtime_dir, name.as_str()) else {
         return act_attached(client, verb, name, no_wait);
     };
+    // A supervisor that was killed cannot pass anything on: the launcher is asked directly.
+    e.supervisor = e.supervisor.filter(|p| registry::running(*p));
     match verb {
         // The supervisor stops the launcher and starts nothing again. Without one, rnetd stops
         // what it attached (`rnet stop`'s path: SIGRTMIN+3 to systemd, else SIGTERM, through
