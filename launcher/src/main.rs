@@ -91,7 +91,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         | Command::Remove { .. }
         | Command::Clone { .. }
         | Command::Rename { .. }) => {
-            image_command(&images, &client, cmd).map_err(|e| e.to_string())
+            image_command(&images, &client, &cli.runtime_dir, cmd).map_err(|e| e.to_string())
         }
         Command::Netns(cmd) => netns::run(&client, cmd).map(|()| ExitCode::SUCCESS),
         Command::OciHook { stage } => oci::run(&client, stage).map(|()| ExitCode::SUCCESS),
@@ -207,6 +207,7 @@ fn top(client: &Client, once: bool) -> Result<ExitCode, String> {
 fn image_command(
     images: &images::Images,
     client: &Client,
+    runtime_dir: &std::path::Path,
     command: Command,
 ) -> Result<ExitCode, images::ImageError> {
     match command {
@@ -241,13 +242,13 @@ fn image_command(
         }
         Command::Remove { names } => {
             for name in &names {
-                refuse_running(client, name)?;
+                refuse_running(client, runtime_dir, name)?;
                 images.remove(name.as_str())?;
             }
         }
         Command::Clone { name, new } => images.clone_image(name.as_str(), new.as_str())?,
         Command::Rename { name, new } => {
-            refuse_running(client, &name)?;
+            refuse_running(client, runtime_dir, &name)?;
             images.rename(name.as_str(), new.as_str())?;
         }
         _ => unreachable!("not an image command"),
@@ -256,10 +257,16 @@ fn image_command(
 }
 
 /// Refuses to remove or rename the image of a machine rnetd lists as running (when rnetd runs).
-fn refuse_running(client: &Client, name: &api::MachineName) -> Result<(), images::ImageError> {
-    if let Ok(Response::Machines(list)) = client.call(&Request::List, None)
-        && list.iter().any(|m| &m.machine == name)
-    {
+fn refuse_running(
+    client: &Client,
+    runtime_dir: &std::path::Path,
+    name: &api::MachineName,
+) -> Result<(), images::ImageError> {
+    let attached = || {
+        matches!(client.call(&Request::List, None),
+            Ok(Response::Machines(list)) if list.iter().any(|m| &m.machine == name))
+    };
+    if machines::registry::get(runtime_dir, name.as_str()).is_some() || attached() {
         return Err(images::ImageError::Refused(format!(
             "machine {name} is running; stop it first"
         )));

@@ -558,3 +558,81 @@ fn a_debian_image_boots_systemd_reboots_on_sigint_and_powers_off() {
         "{log}"
     );
 }
+
+#[test]
+fn every_run_is_listed_host_mode_and_private_network_too() {
+    let Some(w) = World::new("every_run_is_listed_host_mode_and_private_network_too") else {
+        return;
+    };
+    let mut spawn = |args: &[&str]| {
+        w.rnet()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut host = spawn(&["run", "-M", "hostmode", "--", "sleep", "1000"]);
+    let mut private = spawn(&[
+        "run",
+        "--private-network",
+        "-M",
+        "priv",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let tree = w.machines.join("box");
+    let mut tree_host = spawn(&[
+        "run",
+        "-M",
+        "box",
+        "-D",
+        tree.to_str().unwrap(),
+        "sleep",
+        "1000",
+    ]);
+    let all = wait_until(Duration::from_secs(20), || w.list().len() == 3);
+    assert!(all, "{:?}", w.list());
+    let m = w.machine("hostmode").unwrap();
+    // Host mode execs in place: the launcher is the machine.
+    assert_eq!(pid_of(&m, "leader"), u64::from(host.id()));
+    assert_eq!(pid_of(&m, "launcher"), u64::from(host.id()));
+    assert_eq!(
+        (m["class"].as_str(), m["network_mode"].as_str()),
+        (Some("host"), Some("host"))
+    );
+    let m = w.machine("priv").unwrap();
+    assert_eq!(pid_of(&m, "launcher"), u64::from(private.id()));
+    assert_ne!(pid_of(&m, "leader"), u64::from(private.id()));
+    assert_eq!(m["network_mode"], "private");
+    assert!(m["host_ifname"].is_null());
+    let m = w.machine("box").unwrap();
+    assert_eq!(
+        (m["class"].as_str(), m["network_mode"].as_str()),
+        (Some("container"), Some("host"))
+    );
+    // The image of a running machine (rnetd knows nothing of it) is not removed.
+    let (code, _, err) = w.run(&["remove", "box"]);
+    assert_eq!(
+        (code, err.as_str()),
+        (1, "rnet: machine box is running; stop it first\n")
+    );
+    assert!(tree.is_dir());
+    // Each powers off through its launcher.
+    for (name, child) in [
+        ("hostmode", &mut host),
+        ("priv", &mut private),
+        ("box", &mut tree_host),
+    ] {
+        w.ok(&["poweroff", name]);
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "{name} was stopped by a signal: {status:?}"
+        );
+        assert!(w.machine(name).is_none());
+    }
+    assert!(w.list().is_empty());
+}
