@@ -331,9 +331,33 @@ fn login_prompt_appears(w: &World) {
 
 #[test]
 fn refusals_change_nothing_and_a_stale_entry_is_cleaned() {
-    let Some(w) = World::new("refusals_change_nothing_and_a_stale_entry_is_cleaned") else {
+    let Some(mut w) = World::new("refusals_change_nothing_and_a_stale_entry_is_cleaned") else {
         return;
     };
+    // A machine that cannot start (no rnetd for its veth): one line naming the log, which
+    // keeps the launcher's own line; nothing registered, nothing running.
+    w.rig.stop_rnetd(nix::sys::signal::Signal::SIGTERM);
+    let (code, _, err) = w.run(&["start", "box"]);
+    assert_eq!(code, 1);
+    let log_path = w.rig.runtime_dir().join("logs/box.log");
+    assert!(
+        err.starts_with("rnet: machine box failed to start: rnet: rnetd is not running")
+            && err.ends_with(&format!("(its log: {})\n", log_path.display()))
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(w.log("box").contains("rnetd is not running"));
+    assert!(!w.registry("box").exists());
+    let pgrep = output(Command::new("pgrep").args(["-f", "start --foreground"]));
+    let left = String::from_utf8_lossy(&pgrep.stdout).into_owned();
+    for pid in left.split_whitespace() {
+        let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !cmdline.contains(w.machines.to_str().unwrap()),
+            "a supervisor is left: {cmdline}"
+        );
+    }
+    w.rig.start_rnetd();
     // An unknown image: one line, nothing started, no log.
     let (code, _, err) = w.run(&["start", "nope"]);
     assert_eq!(code, 1);

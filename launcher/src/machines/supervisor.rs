@@ -121,10 +121,12 @@ pub fn start(runtime_dir: &Path, machines_dir: &Path, name: &str) -> Result<(), 
         }
         if let Ok(Some(_)) = child.try_wait() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // The launcher's last word (the supervisor's own closing line says less).
+            let own = format!("rnet: machine {name} ended");
             let last = text
                 .lines()
                 .rev()
-                .find(|l| !l.trim().is_empty())
+                .find(|l| !l.trim().is_empty() && !l.starts_with(&own))
                 .unwrap_or("no output");
             return Err(format!(
                 "machine {name} failed to start: {last} (its log: {})",
