@@ -660,3 +660,25 @@ fn every_run_is_listed_host_mode_and_private_network_too() {
     }
     assert!(w.list().is_empty());
 }
+
+#[test]
+fn the_settings_file_decides_over_starts_defaults() {
+    let Some(w) = World::new("the_settings_file_decides_over_starts_defaults") else {
+        return;
+    };
+    // Beside the image (untrusted: its network would be ignored; these keys are not
+    // privileged). `rnet start` passes -b and --settings=override: the file's Boot=no wins.
+    fs::write(
+        w.machines.join("box.nspawn"),
+        "[Exec]\nBoot=no\nParameters=/bin/sleep 1000\nHostname=fromfile\n",
+    )
+    .unwrap();
+    w.ok(&["start", "box"]);
+    assert_eq!(w.ok(&["shell", "box", "hostname"]), "fromfile\n");
+    let ps = w.ok(&["shell", "box", "cat", "/proc/2/cmdline"]);
+    assert_eq!(ps, "/bin/sleep\u{0}1000\u{0}");
+    // The network stays start's default (the file says nothing of it): a veth.
+    assert_eq!(w.machine("box").unwrap()["host_ifname"], "ve-box");
+    w.ok(&["poweroff", "box"]);
+    w.wait_gone("box");
+}
