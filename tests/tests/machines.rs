@@ -6,8 +6,11 @@
 //! name; busybox's `reboot` inside does the same), `terminate`; refusals (an unknown image, a
 //! machine already running, unknown machines) that change nothing; a stale registry entry after
 //! SIGKILL of a launcher, cleaned by the next reader; `enable`/`disable` below a root of the
-//! test's with the unit's `ExecStart` run by hand. The machines, runtime and state directories
-//! are the rig's.
+//! test's with the unit's `ExecStart` run by hand; a start that fails (no rnetd); a supervisor
+//! SIGKILLed; host-mode, `--private-network` and host-network `-D` runs listed; a settings file
+//! deciding over `start`'s defaults; and, where `tests/tests/boot.rs` cached its Debian tree, a
+//! systemd boot under `rnet start` with reboot (SIGINT) and poweroff. The machines, runtime and
+//! state directories are the rig's.
 
 use std::fs;
 use std::io::{BufRead, Write};
