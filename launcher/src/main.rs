@@ -83,7 +83,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Top { once } => top(&client, once),
+        Command::Top { once } => top(&client, &cli.runtime_dir, once),
         cmd @ (Command::Images { .. }
         | Command::ImportTar { .. }
         | Command::ExportTar { .. }
@@ -152,21 +152,20 @@ fn machine_cgroup(client: &Client, machine: &api::MachineName) -> Result<cgroup:
 }
 
 /// `rnet top`: per-machine CPU, memory and tasks from their cgroups, like systemd-cgtop.
-fn top(client: &Client, once: bool) -> Result<ExitCode, String> {
+fn top(client: &Client, runtime_dir: &std::path::Path, once: bool) -> Result<ExitCode, String> {
     let mut last: std::collections::HashMap<String, (u64, std::time::Instant)> =
         std::collections::HashMap::new();
     loop {
-        let Response::Machines(list) = call(client, &Request::List)? else {
-            return Err("rnetd sent an unexpected answer to list".into());
-        };
+        // Every machine: the registry's and rnetd's.
+        let list = machines::all(client, runtime_dir)?;
         let mut rows = Vec::new();
         for m in &list {
-            let Ok(cg) = cgroup::Cgroup::of_pid(m.pid) else {
+            let Some(cg) = m.cgroup() else {
                 continue;
             };
             let (cpu, mem, tasks) = cg.usage();
             let now = std::time::Instant::now();
-            let name = m.machine.to_string();
+            let name = m.name.clone();
             let pct = match (cpu, last.get(&name)) {
                 (Some(c), Some((c0, t0))) => {
                     let wall = now.duration_since(*t0).as_nanos() as f64;

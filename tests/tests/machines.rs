@@ -630,6 +630,17 @@ fn every_run_is_listed_host_mode_and_private_network_too() {
         (m["class"].as_str(), m["network_mode"].as_str()),
         (Some("host"), Some("host"))
     );
+    // Resource use is the machine's own cgroup's: host mode has none (its cgroup would be the
+    // caller's session), a private network's process has `rnet-NAME`.
+    let js: Value = serde_json::from_str(&w.ok(&["status", "hostmode", "--json"])).unwrap();
+    assert!(
+        js["tasks"].is_null() && js["memory_bytes"].is_null(),
+        "{js}"
+    );
+    let js: Value = serde_json::from_str(&w.ok(&["status", "priv", "--json"])).unwrap();
+    assert_eq!(js["tasks"], 1, "{js}");
+    let top = w.ok(&["top", "--once"]);
+    assert!(top.contains("priv") && !top.contains("hostmode"), "{top}");
     let m = w.machine("priv").unwrap();
     assert_eq!(pid_of(&m, "launcher"), u64::from(private.id()));
     assert_ne!(pid_of(&m, "leader"), u64::from(private.id()));

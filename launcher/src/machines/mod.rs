@@ -32,7 +32,7 @@ pub struct Shown {
 
 impl Shown {
     /// The leader's pid (rnetd's pid is the same process when both know it).
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.entry
             .as_ref()
             .map(|e| e.leader)
@@ -48,13 +48,20 @@ impl Shown {
         }
     }
 
-    /// CPU time (ns), memory (bytes) and tasks of the leader's cgroup.
+    /// CPU time (ns), memory (bytes) and tasks of the machine's own cgroup (none for a machine
+    /// without one, e.g. host mode: its leader's cgroup is the caller's session's).
     fn usage(&self) -> (Option<u64>, Option<u64>, Option<u64>) {
+        self.cgroup().map_or((None, None, None), |cg| cg.usage())
+    }
+
+    /// The machine's cgroup: for a launcher's machine its own `rnet-NAME` (where its leader
+    /// is), if it has one; for another runtime's attachment the cgroup of its process.
+    pub fn cgroup(&self) -> Option<crate::cgroup::Cgroup> {
         let pid = self.pid();
-        if pid == 0 {
-            return (None, None, None);
+        if pid == 0 || (self.entry.is_some() && !own_cgroup(pid, &self.name)) {
+            return None;
         }
-        crate::cgroup::Cgroup::of_pid(pid).map_or((None, None, None), |cg| cg.usage())
+        crate::cgroup::Cgroup::of_pid(pid).ok()
     }
 
     /// `list --json`: rnetd's JSON of the machine (today's fields) and the registry's that do
@@ -116,6 +123,16 @@ impl Shown {
         );
         Value::Object(obj)
     }
+}
+
+/// Whether `pid` is in a cgroup `rnet-NAME` (or below it) of some hierarchy.
+fn own_cgroup(pid: u32, name: &str) -> bool {
+    let leaf = format!("rnet-{name}");
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path.split('/').any(|c| c == leaf))
+    })
 }
 
 /// Every machine: rnetd's attachments (when rnetd answers) and the registry's entries, by name.
