@@ -591,7 +591,7 @@ fn every_run_is_listed_host_mode_and_private_network_too() {
     let Some(w) = World::new("every_run_is_listed_host_mode_and_private_network_too") else {
         return;
     };
-    let mut spawn = |args: &[&str]| {
+    let spawn = |args: &[&str]| {
         w.rnet()
             .args(args)
             .stdin(Stdio::null())
