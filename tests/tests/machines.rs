@@ -221,6 +221,28 @@ fn start_list_shell_reboot_poweroff_and_terminate() {
         "rnet: user \"nobody\" is not in the /etc/passwd of machine box\n"
     );
 
+    // On a terminal the command gets a pty of the container's devpts, owned by the user as
+    // the container sees it; the exit code is still the command's.
+    let mut cmd = w.rnet();
+    cmd.args([
+        "shell",
+        "web@box",
+        "/bin/sh",
+        "-c",
+        "tty; stat -L -c %U /proc/self/fd/0; exit 3",
+    ]);
+    let out = output(
+        Command::new("script")
+            .args(["-qfec", &format!("{cmd:?}"), "/dev/null"])
+            .stdin(Stdio::null()),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("/dev/pts/") && text.ends_with("\nweb\n"),
+        "{text:?}"
+    );
+
     // login: its prompt on a pty the test drives (util-linux's script makes the terminal).
     login_prompt_appears(&w);
 
