@@ -541,6 +541,36 @@ fn enable_installs_the_unit_and_its_exec_start_runs_the_machine() {
     );
 }
 
+/// Removes `rnet-NAME` (and what systemd made below it) from the `name=systemd` and v2
+/// hierarchies when dropped: the launcher does that itself unless it was killed (a failed test).
+struct SystemdCgroupsGone(&'static str);
+
+impl Drop for SystemdCgroupsGone {
+    fn drop(&mut self) {
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        for (hierarchy, key) in [("systemd", "name=systemd:"), ("unified", "0::")] {
+            let Some(path) = own.lines().find_map(|l| l.split_once(key).map(|(_, p)| p)) else {
+                continue;
+            };
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(hierarchy)
+                .join(path.trim_start_matches('/'))
+                .join(format!("rnet-{}", self.0));
+            for _ in 0..50 {
+                let _ = Command::new("find")
+                    .arg(&dir)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .stderr(Stdio::null())
+                    .status();
+                if !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// The Debian tree `tests/tests/boot.rs` makes and configures (debootstrap, cached).
 const DEBIAN: &str = "/var/cache/rnet-tests/debian-bookworm";
 
@@ -564,6 +594,8 @@ fn a_debian_image_boots_systemd_reboots_on_sigint_and_powers_off() {
         eprintln!("SKIP {t}: needs the Debian tree tests/tests/boot.rs caches in {DEBIAN}");
         return;
     }
+    // Dropped after the world (its processes killed): a failed run's systemd cgroups go too.
+    let _cgroups = SystemdCgroupsGone("deb");
     let Some(w) = World::new(t) else { return };
     // Imported from a tar stream of the cached tree (never changed: it is only read).
     let mut tar = Command::new("tar")
