@@ -22,6 +22,17 @@ pub struct WriteError {
 /// process and call), fsync, rename over `path`, fsync of the directory. A crash leaves the old
 /// or the new file, never a torn one; on an error the temp file is removed.
 pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), WriteError> {
+    replace(path, body, true)
+}
+
+/// Replaces `path` with `body` atomically for readers (a temp file renamed over it), without
+/// fsyncs: for runtime state that a reboot clears anyway (the runtime directory), where a
+/// crash of the machine may lose the change but a reader never sees a torn file.
+pub fn write_replace(path: &Path, body: &[u8]) -> Result<(), WriteError> {
+    replace(path, body, false)
+}
+
+fn replace(path: &Path, body: &[u8], durable: bool) -> Result<(), WriteError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let fail = |step, source| WriteError {
         step,
@@ -48,12 +59,21 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), WriteError> {
     let written = f
         .write_all(body)
         .map_err(|e| fail("writing", e))
-        .and_then(|()| f.sync_all().map_err(|e| fail("syncing", e)))
+        .and_then(|()| {
+            if durable {
+                f.sync_all().map_err(|e| fail("syncing", e))
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| fs::rename(&tmp, path).map_err(|e| fail("renaming the temp file to", e)));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     written?;
+    if !durable {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| fail("syncing the directory of", e))

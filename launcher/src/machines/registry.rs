@@ -5,7 +5,8 @@
 //! networked) and removes the entry when it ends. An entry whose leader is gone (a launcher that
 //! was SIGKILLed cannot remove its own) is stale: readers ignore it and remove it. The leader is
 //! recognised by its pid *and* its start time (`/proc/PID/stat` field 22), so a recycled pid is
-//! not taken for the machine.
+//! not taken for the machine. Entries are replaced atomically but not fsynced: the runtime
+//! directory is cleared by a reboot, and every run writes here on its start path.
 
 use std::fs;
 use std::io;
@@ -144,7 +145,7 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
     let path = dir.join(&entry.name);
     let tmp = dir.join(format!(".{}.{}.tmp", entry.name, std::process::id()));
     let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
-    api::fsutil::write_atomic(&tmp, &body).map_err(|e| RegistryError::Io {
+    api::fsutil::write_replace(&tmp, &body).map_err(|e| RegistryError::Io {
         what: "writing",
         path: tmp.clone(),
         source: e.source,
@@ -176,7 +177,7 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
 pub fn update(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> {
     let path = dir(runtime_dir).join(&entry.name);
     let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
-    api::fsutil::write_atomic(&path, &body).map_err(|e| RegistryError::Io {
+    api::fsutil::write_replace(&path, &body).map_err(|e| RegistryError::Io {
         what: "writing",
         path,
         source: e.source,
