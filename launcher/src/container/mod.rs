@@ -6,7 +6,7 @@
 //! hostname, gets its network configuration from the launcher as without `-D`, then:
 //!
 //! 1. `fs::setup`: the tree (or an overlay of it, `-x`) with the API filesystems, binds and
-//!    tmpfs, `/run/host/`, the resolv.conf; `pivot_root`.
+//!    tmpfs, `/run/host/`, the resolv.conf and localtime (`hostfiles`); `pivot_root`.
 //! 2. `isolate::apply` and `seccomp::install`: nspawn's capability bounding set, its seccomp
 //!    filter, `no_new_privs`. A user namespace (`-U`) would be entered before step 1, right
 //!    after the fork, with the tree's ownership shifted; nothing here assumes real root
