@@ -30,7 +30,7 @@ fn serve(specs: &[String]) {
     let mut threads = Vec::new();
     for spec in specs {
         let (proto, port) = spec.split_once(':').expect("PROTO:PORT");
-        if let Some((addr, port)) = port.split_once(':') {
+        if let Some((addr, port)) = port.split_once(':').filter(|_| proto == "udp") {
             let at = SocketAddr::new(addr.parse().expect("address"), port.parse().expect("port"));
             let u = UdpSocket::bind(at).expect("bind udp");
             threads.push(std::thread::spawn(move || {
