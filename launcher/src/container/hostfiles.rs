@@ -816,6 +816,104 @@ mod tests {
         assert!(!stub_in(""));
     }
 
+    /// A tree at `new` and a host file, for the actions that write (no mount needed).
+    fn tree_and_source(text: &str) -> (tempfile::TempDir, PathBuf, Result<OwnedFd, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("root");
+        std::fs::create_dir_all(new.join("etc")).unwrap();
+        std::fs::create_dir_all(new.join("usr/share/zoneinfo/Test")).unwrap();
+        std::fs::write(new.join("usr/share/zoneinfo/Test/Zone"), "TREE\n").unwrap();
+        std::fs::write(dir.path().join("src"), text).unwrap();
+        let src = open_source(Some(&dir.path().join("src"))).unwrap();
+        (dir, new, src)
+    }
+
+    #[test]
+    fn timezone_actions_on_a_tree() {
+        let (_d, new, src) = tree_and_source("HOST\n");
+        let lt = new.join("etc/localtime");
+        apply_timezone(
+            &new,
+            &TimezoneAction::Symlink("Test/Zone".into()),
+            Some(&src),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_link(&lt).unwrap(),
+            Path::new("../usr/share/zoneinfo/Test/Zone")
+        );
+        assert_eq!(std::fs::read_to_string(&lt).unwrap(), "TREE\n");
+        // Read-only: nothing is written.
+        apply_timezone(
+            &new,
+            &TimezoneAction::Copy(PathBuf::new()),
+            Some(&src),
+            false,
+        )
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&lt).unwrap().is_symlink());
+        apply_timezone(
+            &new,
+            &TimezoneAction::Copy(PathBuf::new()),
+            Some(&src),
+            true,
+        )
+        .unwrap();
+        assert!(!std::fs::symlink_metadata(&lt).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&lt).unwrap(), "HOST\n");
+        apply_timezone(&new, &TimezoneAction::Delete, None, true).unwrap();
+        assert!(std::fs::symlink_metadata(&lt).is_err());
+        apply_timezone(&new, &TimezoneAction::Delete, None, true).unwrap();
+    }
+
+    #[test]
+    fn resolv_conf_actions_on_a_tree() {
+        let (_d, new, src) = tree_and_source("nameserver 192.0.2.9\n");
+        let rc = new.join("etc/resolv.conf");
+        std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", &rc).unwrap();
+        apply_resolv(&new, &ResolvAction::Copy(PathBuf::new()), Some(&src), true).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&rc).unwrap().is_symlink(),
+            "copy leaves a link"
+        );
+        apply_resolv(
+            &new,
+            &ResolvAction::Replace(PathBuf::new()),
+            Some(&src),
+            false,
+        )
+        .unwrap();
+        assert!(
+            std::fs::symlink_metadata(&rc).unwrap().is_symlink(),
+            "read-only"
+        );
+        apply_resolv(
+            &new,
+            &ResolvAction::Replace(PathBuf::new()),
+            Some(&src),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&rc).unwrap(),
+            "nameserver 192.0.2.9\n"
+        );
+        apply_resolv(&new, &ResolvAction::Delete, None, true).unwrap();
+        assert!(std::fs::symlink_metadata(&rc).is_err());
+        // A missing source: the file is left as it is.
+        let missing = open_source(Some(Path::new("/nonexistent/rnet/resolv.conf")));
+        assert!(missing.as_ref().unwrap().is_err());
+        apply_resolv(
+            &new,
+            &ResolvAction::Copy(PathBuf::new()),
+            missing.as_ref(),
+            true,
+        )
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&rc).is_err());
+    }
+
     #[test]
     fn copy_leaves_a_link_replace_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
