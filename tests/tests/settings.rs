@@ -337,6 +337,18 @@ fn every_resolv_conf_family_as_nspawn() {
         assert_eq!(o, format!("{mark}\nmounted\nreadonly\n"), "{mode}");
         assert_eq!(on_disk(&tree, "/etc/resolv.conf"), TREE_RESOLV.trim_end());
     }
+    // -x: the copy lands in the overlay, gone at exit; the tree keeps its link.
+    tree_resolv(&tree, None);
+    let (_, o, e) = run_in(
+        &rig,
+        &root,
+        &tree,
+        &["-x", "--resolv-conf=replace-host"],
+        &probe,
+    );
+    assert_eq!(o, "nameserver 192.0.2.1 # host\nwritable\n", "-x: {e}");
+    assert_eq!(on_disk(&tree, "/etc/resolv.conf"), "link", "-x");
+    tree_resolv(&tree, Some(TREE_RESOLV));
     // off: untouched; delete: gone, in the tree too.
     let (_, o, _) = run_in(&rig, &root, &tree, &["--resolv-conf=off"], &probe);
     assert_eq!(o, format!("{}writable\n", TREE_RESOLV), "off");
