@@ -124,6 +124,32 @@ impl std::str::FromStr for Property {
     }
 }
 
+impl Property {
+    /// systemd's name of the property (`MemoryLimit=` is an alias of `MemoryMax=`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Property::MemoryMax(_) => "MemoryMax",
+            Property::MemoryHigh(_) => "MemoryHigh",
+            Property::CpuQuota(_) => "CPUQuota",
+            Property::TasksMax(_) => "TasksMax",
+            Property::CpuWeight(_) => "CPUWeight",
+        }
+    }
+}
+
+/// `KEY=VALUE` as [`Property::from_str`] reads it back (bytes and tasks as numbers).
+impl std::fmt::Display for Property {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |v: Option<u64>| v.map_or("infinity".to_owned(), |v| v.to_string());
+        let value = match *self {
+            Property::MemoryMax(b) | Property::MemoryHigh(b) | Property::TasksMax(b) => n(b),
+            Property::CpuQuota(p) => p.map_or(String::new(), |p| format!("{p}%")),
+            Property::CpuWeight(w) => w.to_string(),
+        };
+        write!(f, "{}={value}", self.key())
+    }
+}
+
 /// The scheduler period CPUQuota= is expressed in (systemd's default, 100 ms).
 const CPU_PERIOD_US: u64 = 100_000;
 

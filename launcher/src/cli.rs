@@ -58,10 +58,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change resource limits of a running machine (`MemoryMax=2G`, `CPUQuota=50%`, ...).
+    /// Change resource limits of a machine (`MemoryMax=2G`, `CPUQuota=50%`, ...): the running
+    /// machine's, and those its image keeps for later runs (`NAME.rnet-properties` beside it).
     SetProperty {
-        /// Change the running machine only (properties are not kept across runs yet, so this
-        /// is required).
+        /// Change the running machine only: nothing is kept for later runs.
         #[arg(long)]
         runtime: bool,
         /// The machine.
@@ -403,6 +403,19 @@ pub struct RunArgs {
         requires = "directory"
     )]
     pub no_new_privileges: Option<String>,
+    /// The container's /etc/resolv.conf, as systemd-nspawn's `--resolv-conf=`: `off`, `delete`,
+    /// `copy-SRC`, `replace-SRC` (over a symlink too), `bind-SRC` (read-only), SRC one of `host`
+    /// (/etc/resolv.conf), `static` (/usr/lib/systemd/resolv.conf), `uplink` and `stub`
+    /// (systemd-resolved's /run/systemd/resolve/resolv.conf, stub-resolv.conf); or `auto` (the
+    /// default): with a private network rnet configured, a file naming its DNS server, else as
+    /// nspawn picks (needs --directory).
+    #[arg(long = "resolv-conf", value_name = "MODE", requires = "directory")]
+    pub resolv_conf: Option<String>,
+    /// The container's /etc/localtime, as systemd-nspawn's `--timezone=`: `off`, `copy`, `bind`,
+    /// `symlink`, `delete`, or `auto` (the default: a symlink into the tree's zoneinfo for the
+    /// host's zone, the host's file where the tree lacks the zone; needs --directory).
+    #[arg(long = "timezone", value_name = "MODE", requires = "directory")]
+    pub timezone: Option<String>,
     /// IPv6 on the container's veth (default yes): its address in a /64 of rnetd's, a default
     /// route, router advertisements. `no`: IPv4 only (IPv6 switched off on host0).
     #[arg(long, value_name = "yes|no", default_value = "yes", value_parser = yes_no,

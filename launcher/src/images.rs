@@ -5,8 +5,9 @@
 //! machinectl(1)'s verbs. Every change is made on a hidden temp name beside the image
 //! (`.#NAME...`, which listings skip) and renamed into place with `RENAME_NOREPLACE`, so an
 //! interrupted import or clone never leaves a half image under a real name, and two of them
-//! cannot replace each other's image. An image's settings file `NAME.nspawn` beside it moves,
-//! copies and goes with it.
+//! cannot replace each other's image. An image's settings file `NAME.nspawn` and its kept
+//! resource properties `NAME.rnet-properties` (`crate::properties`) beside it move, copy and go
+//! with it.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -185,6 +186,16 @@ impl Images {
 
     fn settings_path(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.nspawn"))
+    }
+
+    /// The resource properties `rnet set-property` keeps for image `name`.
+    pub fn properties_path(&self, name: &str) -> PathBuf {
+        crate::properties::path(&self.root, name)
+    }
+
+    /// The files beside image `name` that belong to it.
+    fn companions(&self, name: &str) -> [PathBuf; 2] {
+        [self.settings_path(name), self.properties_path(name)]
     }
 
     /// Every image, sorted by name. A missing directory has none.
@@ -450,12 +461,15 @@ impl Images {
         let temp = self.temp(&format!("{name}.removing"), false)?;
         fs::rename(&image.path, &temp.path).map_err(io_err("moving aside", &image.path))?;
         drop(temp);
-        match fs::remove_file(self.settings_path(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err("removing", &self.settings_path(name))(e))
+        for file in self.companions(name) {
+            match fs::remove_file(&file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("removing", &file)(e));
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// Renames image `name` (and its settings file) to `new`.
@@ -478,10 +492,10 @@ impl Images {
             path: dest.clone(),
             source: e.into(),
         })?;
-        let settings = self.settings_path(name);
-        if settings.exists() {
-            fs::rename(&settings, self.settings_path(new))
-                .map_err(io_err("renaming", &settings))?;
+        for (file, to) in self.companions(name).into_iter().zip(self.companions(new)) {
+            if file.exists() {
+                fs::rename(&file, to).map_err(io_err("renaming", &file))?;
+            }
         }
         Ok(())
     }
@@ -503,9 +517,10 @@ impl Images {
             copy_tree(&image.path, &temp.path)?;
             self.commit(temp, new)?;
         }
-        let settings = self.settings_path(name);
-        if settings.exists() {
-            fs::copy(&settings, self.settings_path(new)).map_err(io_err("copying", &settings))?;
+        for (file, to) in self.companions(name).into_iter().zip(self.companions(new)) {
+            if file.exists() {
+                fs::copy(&file, to).map_err(io_err("copying", &file))?;
+            }
         }
         Ok(())
     }
@@ -836,6 +851,11 @@ mod tests {
         })
         .unwrap();
         fs::write(dir.path().join("machines/orig.nspawn"), "[Exec]\n").unwrap();
+        fs::write(
+            dir.path().join("machines/orig.rnet-properties"),
+            "MemoryMax=1G\n",
+        )
+        .unwrap();
         let want = listing(&src);
         assert_eq!(listing(&dir.path().join("machines/orig")), want);
         for suffix in ["tar", "tar.gz", "tar.xz", "tar.zst"] {
@@ -852,11 +872,16 @@ mod tests {
         images.clone_image("orig", "copy").unwrap();
         assert_eq!(listing(&dir.path().join("machines/copy")), want);
         assert!(dir.path().join("machines/copy.nspawn").exists());
+        assert!(dir.path().join("machines/copy.rnet-properties").exists());
         images.rename("copy", "moved").unwrap();
         assert!(images.find("copy").is_err());
         assert!(dir.path().join("machines/moved.nspawn").exists());
+        assert!(dir.path().join("machines/moved.rnet-properties").exists());
+        assert!(!dir.path().join("machines/copy.rnet-properties").exists());
         images.remove("moved").unwrap();
         assert!(!dir.path().join("machines/moved.nspawn").exists());
+        assert!(!dir.path().join("machines/moved.rnet-properties").exists());
+        assert!(dir.path().join("machines/orig.rnet-properties").exists());
         let names: Vec<String> = images.list().unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(
             names,

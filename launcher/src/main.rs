@@ -9,6 +9,7 @@ mod machines;
 mod netconf;
 mod netns;
 mod oci;
+mod properties;
 mod run;
 mod settings;
 
@@ -71,18 +72,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             runtime,
             machine,
             properties,
-        } => {
-            if !runtime {
-                return Err(
-                    "properties are not kept across runs yet: pass --runtime to change the running machine".into(),
-                );
-            }
-            let cg = machine_cgroup(&client, &machine)?;
-            for note in cg.apply(&properties).map_err(|e| e.to_string())? {
-                eprintln!("rnet: note: {note}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => set_property(&client, &images, runtime, &machine, &properties),
         Command::Top { once } => top(&client, &cli.runtime_dir, once),
         cmd @ (Command::Images { .. }
         | Command::ImportTar { .. }
@@ -132,6 +122,52 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             machine_command(&cli.runtime_dir, &cli.machines_dir, &client, cmd)
         }
     }
+}
+
+/// `rnet set-property`: the running machine's cgroup (if it runs) and, without `--runtime`, the
+/// properties kept beside its image for its next runs (`launcher/src/properties.rs`). A machine
+/// that neither runs nor has an image is refused, and nothing is written.
+fn set_property(
+    client: &Client,
+    images: &images::Images,
+    runtime: bool,
+    machine: &api::MachineName,
+    properties: &[cgroup::Property],
+) -> Result<ExitCode, String> {
+    let running = machine_cgroup(client, machine);
+    if runtime {
+        apply_properties(&running?, properties)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match (running, images.find(machine.as_str())) {
+        (Err(_), Err(images::ImageError::NotFound(_, dir))) => Err(format!(
+            "no running machine {machine} and no image {machine} in {}: nothing changed",
+            dir.display()
+        )),
+        (Ok(cg), Err(images::ImageError::NotFound(_, dir))) => {
+            apply_properties(&cg, properties)?;
+            eprintln!(
+                "rnet: note: no image {machine} in {}: the change applies to the running machine only",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (_, Err(e)) => Err(e.to_string()),
+        (running, Ok(image)) => {
+            if let Ok(cg) = &running {
+                apply_properties(cg, properties)?;
+            }
+            crate::properties::update(&images.properties_path(&image.name), properties)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn apply_properties(cg: &cgroup::Cgroup, properties: &[cgroup::Property]) -> Result<(), String> {
+    for note in cg.apply(properties).map_err(|e| e.to_string())? {
+        eprintln!("rnet: note: {note}");
+    }
+    Ok(())
 }
 
 /// The cgroup of a running machine: from its pid when rnetd lists it, else `rnet-NAME` beside

@@ -228,6 +228,7 @@ pub fn run(
     for warning in crate::settings::apply(&mut args, mode, Container::default_machine)? {
         eprintln!("rnet: warning: {warning}");
     }
+    crate::properties::apply(&mut args, Container::default_machine)?;
     let plan = Plan::new(args, runtime_dir)?;
     check_not_running(runtime_dir, &plan.machine)?;
     if plan.network == Network::Host && plan.container.is_none() {

@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 use api::{IfName, IfPair, PortSpec, ZoneName};
 
 use crate::cli::{RunArgs, SettingsMode as Mode};
+use crate::container::hostfiles::{ResolvConf, Timezone};
+use crate::container::userns;
+
+/// The reason of a command-line option's refusal (`invalid --x="v": REASON`), for a file's
+/// `invalid Key="v": REASON`.
+fn strip_option(e: &str) -> &str {
+    e.split_once(": ").map_or(e, |(_, why)| why)
+}
 
 /// The trusted directories, searched in this order.
 pub const TRUSTED_DIRS: [&str; 2] = ["/etc/systemd/nspawn", "/run/systemd/nspawn"];
@@ -133,6 +141,7 @@ pub fn parse(path: &Path, text: &str, trusted: bool) -> Result<(Settings, Report
     let mut section = String::new();
     let mut untrusted_network = None;
     let mut untrusted_files = None;
+    let mut untrusted_userns = None;
     for (i, raw) in text.lines().enumerate() {
         let at = format!("{}:{}", path.display(), i + 1);
         let line = raw.trim();
@@ -187,41 +196,21 @@ pub fn parse(path: &Path, text: &str, trusted: bool) -> Result<(Settings, Report
                 api::MachineName::new(value).map_err(|e| bad(&e.to_string()))?;
                 s.hostname = Some(value.to_owned());
             }
-            ("Exec", "PrivateUsers") => s.private_users = Some(value.to_owned()),
+            ("Exec", "PrivateUsers") => {
+                userns::Mode::parse(value).map_err(|e| bad(strip_option(&e)))?;
+                if !trusted {
+                    untrusted_userns.get_or_insert(at.clone());
+                    continue;
+                }
+                s.private_users = Some(value.to_owned());
+            }
             ("Exec", "NoNewPrivileges") => s.no_new_privileges = Some(flag()?),
             ("Exec", "ResolvConf") => {
-                const MODES: [&str; 18] = [
-                    "off",
-                    "no",
-                    "delete",
-                    "auto",
-                    "yes",
-                    "copy-host",
-                    "copy-static",
-                    "copy-uplink",
-                    "copy-stub",
-                    "replace-host",
-                    "replace-static",
-                    "replace-uplink",
-                    "replace-stub",
-                    "bind-host",
-                    "bind-static",
-                    "bind-uplink",
-                    "bind-stub",
-                    "bind",
-                ];
-                if !MODES.contains(&value) {
-                    return Err(bad("not a resolv.conf mode"));
-                }
+                ResolvConf::parse(value).map_err(|e| bad(strip_option(&e)))?;
                 s.resolv_conf = Some(value.to_owned());
             }
             ("Exec", "Timezone") => {
-                const MODES: [&str; 10] = [
-                    "off", "no", "auto", "yes", "copy", "bind", "symlink", "delete", "on", "true",
-                ];
-                if !MODES.contains(&value) {
-                    return Err(bad("not a timezone mode"));
-                }
+                Timezone::parse(value).map_err(|e| bad(strip_option(&e)))?;
                 s.timezone = Some(value.to_owned());
             }
             ("Files", "ReadOnly") => s.read_only = Some(flag()?),
@@ -240,8 +229,10 @@ pub fn parse(path: &Path, text: &str, trusted: bool) -> Result<(Settings, Report
                 }
             }
             ("Files", "PrivateUsersOwnership") => {
-                if !matches!(value, "off" | "chown" | "map" | "auto") {
-                    return Err(bad("expected off, chown, map or auto"));
+                userns::Ownership::parse(value).map_err(|e| bad(strip_option(&e)))?;
+                if !trusted {
+                    untrusted_userns.get_or_insert(at.clone());
+                    continue;
                 }
                 s.private_users_ownership = Some(value.to_owned());
             }
@@ -295,6 +286,12 @@ pub fn parse(path: &Path, text: &str, trusted: bool) -> Result<(Settings, Report
     if let Some(at) = untrusted_files {
         report.warnings.push(format!(
             "{at}: ignoring Bind=, BindReadOnly= and TemporaryFileSystem= settings, file {} is not trusted",
+            path.display()
+        ));
+    }
+    if let Some(at) = untrusted_userns {
+        report.warnings.push(format!(
+            "{at}: ignoring PrivateUsers= and PrivateUsersOwnership= settings, file {} is not trusted",
             path.display()
         ));
     }
@@ -352,7 +349,7 @@ pub fn apply(
     let Some((s, report)) = load(&name, &beside_dir, mode == Mode::Trusted)? else {
         return Ok(Vec::new());
     };
-    let mut warnings = report.warnings;
+    let warnings = report.warnings;
     let wins = mode == Mode::Override;
     if let Some(b) = s.boot
         && (wins || !args.boot)
@@ -406,21 +403,29 @@ pub fn apply(
         args.bind_ro = s.bind_read_only;
         args.tmpfs = s.temporary_file_system;
     }
-    for (key, set) in [
-        ("PrivateUsers=", s.private_users.is_some()),
-        (
-            "PrivateUsersOwnership=",
-            s.private_users_ownership.is_some(),
-        ),
-        ("ResolvConf=", s.resolv_conf.is_some()),
-        ("Timezone=", s.timezone.is_some()),
-    ] {
-        if set {
-            warnings.push(format!(
-                "{}: {key} is not applied by rnet yet, ignoring it",
-                s.path.display()
-            ));
-        }
+    if let Some(r) = s.resolv_conf
+        && (wins || args.resolv_conf.is_none())
+    {
+        args.resolv_conf = Some(r);
+    }
+    if let Some(t) = s.timezone
+        && (wins || args.timezone.is_none())
+    {
+        args.timezone = Some(t);
+    }
+    // PrivateUsers= and PrivateUsersOwnership= are one group (nspawn's `settings_load()`: either
+    // both are set or neither; PrivateUsers=pick alone means chown, PrivateUsersOwnership= alone
+    // means no user namespace). The file has them only when it is trusted (see `parse`).
+    let cli_userns =
+        args.userns || args.private_users.is_some() || args.private_users_ownership.is_some();
+    if (s.private_users.is_some() || s.private_users_ownership.is_some()) && (wins || !cli_userns) {
+        let mode = s.private_users.unwrap_or_else(|| "no".into());
+        let ownership = s
+            .private_users_ownership
+            .unwrap_or_else(|| if mode == "pick" { "chown" } else { "off" }.into());
+        args.userns = false;
+        args.private_users = Some(mode);
+        args.private_users_ownership = Some(ownership);
     }
     let n = s.network;
     let cli_network = args.private_network
@@ -548,11 +553,106 @@ mod tests {
             ("[Exec]\nEnvironment=NOVALUE\n", "expected VAR=VALUE"),
             ("[Exec\n", "/m/x.nspawn:1: a section header without ']'"),
             ("[Exec]\njunk\n", "/m/x.nspawn:2: expected KEY=VALUE"),
-            ("[Exec]\nResolvConf=sometimes\n", "not a resolv.conf mode"),
+            (
+                "[Exec]\nResolvConf=sometimes\n",
+                "/m/x.nspawn:2: invalid ResolvConf=\"sometimes\": use off, delete, auto",
+            ),
+            (
+                "[Exec]\nTimezone=utc\n",
+                "/m/x.nspawn:2: invalid Timezone=\"utc\": use off, copy, bind",
+            ),
+            (
+                "[Exec]\nPrivateUsers=lots\n",
+                "/m/x.nspawn:2: invalid PrivateUsers=\"lots\": use no, yes, pick",
+            ),
+            (
+                "[Files]\nPrivateUsersOwnership=maybe\n",
+                "/m/x.nspawn:2: invalid PrivateUsersOwnership=\"maybe\": use off, chown",
+            ),
         ] {
             let err = p(text, true).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn private_users_needs_trust_resolv_conf_and_timezone_do_not() {
+        let text = "[Exec]\nPrivateUsers=pick\nResolvConf=copy-host\nTimezone=off\n[Files]\nPrivateUsersOwnership=map\n";
+        let (s, r) = p(text, false).unwrap();
+        assert_eq!(s.private_users, None);
+        assert_eq!(s.private_users_ownership, None);
+        assert_eq!(s.resolv_conf.as_deref(), Some("copy-host"));
+        assert_eq!(s.timezone.as_deref(), Some("off"));
+        assert_eq!(
+            r.warnings,
+            [
+                "/m/x.nspawn:2: ignoring PrivateUsers= and PrivateUsersOwnership= settings, file /m/x.nspawn is not trusted"
+            ]
+        );
+        let (s, r) = p(text, true).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(s.private_users.as_deref(), Some("pick"));
+        assert_eq!(s.private_users_ownership.as_deref(), Some("map"));
+    }
+
+    /// `rnet run -D DIR/NAME ARGS` with `DIR/NAME.nspawn` holding `text`, trusted; the applied
+    /// arguments and the warnings.
+    fn applied(text: &str, args: &[&str]) -> (RunArgs, Vec<String>) {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("rnet-settings-apply-test");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.with_extension("nspawn"), text).unwrap();
+        let tree_arg = tree.display().to_string();
+        let mut argv = vec!["rnet", "run", "-D", &tree_arg];
+        if !args.iter().any(|a| a.starts_with("--settings")) {
+            argv.push("--settings=trusted");
+        }
+        argv.extend(args);
+        let crate::cli::Command::Run(mut run) =
+            crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("not run")
+        };
+        let mode = run.settings;
+        let warnings = apply(&mut run, mode, |_| "rnet-settings-apply-test".into()).unwrap();
+        (run, warnings)
+    }
+
+    #[test]
+    fn the_user_namespace_group_applies_whole_and_yields_to_the_command_line() {
+        // PrivateUsers=pick alone means chown ownership (nspawn's settings_load()).
+        let (a, w) = applied(
+            "[Exec]\nPrivateUsers=pick\nResolvConf=bind-host\nTimezone=copy\n",
+            &[],
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(a.private_users.as_deref(), Some("pick"));
+        assert_eq!(a.private_users_ownership.as_deref(), Some("chown"));
+        assert_eq!(a.resolv_conf.as_deref(), Some("bind-host"));
+        assert_eq!(a.timezone.as_deref(), Some("copy"));
+        // PrivateUsersOwnership= alone: no user namespace.
+        let (a, _) = applied("[Files]\nPrivateUsersOwnership=map\n", &[]);
+        assert_eq!(a.private_users.as_deref(), Some("no"));
+        assert_eq!(a.private_users_ownership.as_deref(), Some("map"));
+        // The command line's -U, --resolv-conf, --timezone win...
+        let (a, _) = applied(
+            "[Exec]\nPrivateUsers=identity\nResolvConf=off\nTimezone=off\n",
+            &["-U", "--resolv-conf=delete", "--timezone=bind"],
+        );
+        assert!(a.userns);
+        assert_eq!(a.private_users, None);
+        assert_eq!(a.resolv_conf.as_deref(), Some("delete"));
+        assert_eq!(a.timezone.as_deref(), Some("bind"));
+        // ...unless the file overrides them (a file beside the tree is not trusted with
+        // override alone: its PrivateUsers= is dropped, its ResolvConf= is not).
+        let (a, w) = applied(
+            "[Exec]\nPrivateUsers=identity\nResolvConf=off\n",
+            &["-U", "--resolv-conf=delete", "--settings=override"],
+        );
+        assert!(a.userns);
+        assert_eq!(a.resolv_conf.as_deref(), Some("off"));
+        assert!(w[0].contains("ignoring PrivateUsers="), "{w:?}");
     }
 
     #[test]

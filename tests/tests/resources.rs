@@ -1,6 +1,8 @@
 //! Resource control (`--property=`, `rnet set-property`, `rnet top`) on the machine's own
 //! cgroup: a memory limit really stops a process that allocates past it, a limit changed while
-//! the machine runs applies, and the cgroup goes with the machine. The machine here has cgroup
+//! the machine runs applies, a limit set without `--runtime` is kept beside the image and
+//! applies to its next run (and `--runtime` keeps nothing), and the cgroup goes with the
+//! machine. The machine here has cgroup
 //! v1 controllers (and an empty v2 mount), so the v1 path runs; the test prints which.
 
 use std::fs;
@@ -137,14 +139,24 @@ fn a_limit_changed_at_run_time_applies_and_top_shows_the_machine() {
         top.lines().any(|l| l.starts_with(name.as_str())),
         "rnet top should list {name}:\n{top}"
     );
-    let (ok, err) = {
-        let o = output(rig.rnet().args(["set-property", &name, "MemoryMax=32M"]));
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    assert!(!ok && err.contains("--runtime"), "{err}");
+    // Without --runtime a machine without an image changes too, with a note that nothing is
+    // kept; a machines directory of this test's own, empty.
+    let machines = rig.runtime_dir().with_file_name("machines");
+    let o = output(rig.rnet().arg("--machines-dir").arg(&machines).args([
+        "set-property",
+        &name,
+        "MemoryMax=48M",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("the change applies to the running machine only"),
+        "{err}"
+    );
+    assert!(!machines.exists(), "nothing written");
+    if version() == "v1" {
+        assert_eq!(limit_file().as_deref().map(str::trim), Some("50331648"));
+    }
     let o = output(
         rig.rnet()
             .args(["set-property", "--runtime", &name, "MemoryMax=32M"]),
@@ -204,4 +216,130 @@ fn bad_properties_are_refused_in_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// `rnet --machines-dir DIR ARGS`: stdout, stderr, success.
+fn rnet_in(rig: &Rig, machines: &Path, args: &[&str]) -> (bool, String, String) {
+    let o = output(rig.rnet().arg("--machines-dir").arg(machines).args(args));
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_limit_set_without_runtime_is_kept_for_the_images_next_run() {
+    let test = "a_limit_set_without_runtime_is_kept_for_the_images_next_run";
+    let Some(bb) = rig::tree::static_busybox(test) else {
+        return;
+    };
+    if !privileged(test) {
+        return;
+    }
+    eprintln!("cgroup interface here: {}", version());
+    let mut rig = Rig::new();
+    let machines = rig.runtime_dir().with_file_name("machines");
+    fs::create_dir_all(&machines).unwrap();
+    let name = format!("{}img", rig.prefix);
+    let image = machines.join(&name);
+    let tree = rig::tree::Tree::new(&bb);
+    output(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(tree.path())
+            .arg(&image),
+    );
+    let kept = machines.join(format!("{name}.rnet-properties"));
+    let image_arg = image.display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-D", &image_arg, "--private-network"];
+        args.extend(extra);
+        args.extend(["--", "/bin/sh", "-c", ALLOCATE]);
+        output(rig.rnet().args(&args))
+    };
+    // The control: no limit kept, the allocation survives.
+    let out = run(&[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("survived 200000000"),
+        "{out:?}"
+    );
+    // Not running, an image: kept beside it.
+    let (ok, _, err) = rnet_in(&rig, &machines, &["set-property", &name, "MemoryMax=32M"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        fs::read_to_string(&kept).unwrap(),
+        "# Resource properties of this image, kept by `rnet set-property`\nMemoryMax=33554432\n"
+    );
+    // The next run of the image is limited...
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+    // ...unless the command line says otherwise for that key.
+    let out = run(&["--property=MemoryMax=1G"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("survived 200000000"),
+        "{out:?}"
+    );
+    // --runtime on the running machine changes it and keeps nothing.
+    let pid = rig.spawn(rig.rnet().args([
+        "run",
+        "-D",
+        &image_arg,
+        "--private-network",
+        "--",
+        "/bin/sleep",
+        "60",
+    ]));
+    let mut changed = (false, String::new());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (ok, _, err) = rnet_in(
+                &rig,
+                &machines,
+                &["set-property", "--runtime", &name, "TasksMax=50"],
+            );
+            changed = (ok, err);
+            ok
+        }),
+        "{changed:?}"
+    );
+    let (ok, _, err) = rnet_in(&rig, &machines, &["set-property", &name, "CPUWeight=50"]);
+    assert!(ok, "{err}");
+    rig.signal(pid, nix::sys::signal::Signal::SIGTERM);
+    rig.wait(pid);
+    assert_eq!(
+        fs::read_to_string(&kept).unwrap(),
+        "# Resource properties of this image, kept by `rnet set-property`\nMemoryMax=33554432\nCPUWeight=50\n",
+        "--runtime keeps nothing; a running image's change is kept"
+    );
+    // Bad input: one line, nothing written.
+    let before = fs::read_to_string(&kept).unwrap();
+    for (args, want) in [
+        (
+            vec!["set-property", &name, "MemoryMax=lots"],
+            "invalid property \"MemoryMax=lots\"",
+        ),
+        (
+            vec!["set-property", "nosuchmachine", "MemoryMax=1G"],
+            "no running machine nosuchmachine and no image nosuchmachine in",
+        ),
+    ] {
+        let (ok, _, err) = rnet_in(&rig, &machines, &args);
+        assert!(!ok, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(fs::read_to_string(&kept).unwrap(), before);
+    assert!(!machines.join("nosuchmachine.rnet-properties").exists());
+    // The kept properties follow the image.
+    let moved = format!("{name}2");
+    let (ok, _, err) = rnet_in(&rig, &machines, &["rename", &name, &moved]);
+    assert!(ok, "{err}");
+    assert!(!kept.exists());
+    assert!(machines.join(format!("{moved}.rnet-properties")).exists());
+    let (ok, _, err) = rnet_in(&rig, &machines, &["remove", &moved]);
+    assert!(ok, "{err}");
+    assert_eq!(fs::read_dir(&machines).unwrap().count(), 0);
+    assert!(leftover_cgroups(&name).is_empty());
 }

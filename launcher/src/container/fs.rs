@@ -13,6 +13,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 
 use crate::container::chase::chase;
+use crate::container::hostfiles::{self, ResolvAction, TimezoneAction};
 use crate::container::spec::{Bind, Tmpfs};
 
 /// What the filesystem setup needs besides the tree.
@@ -25,8 +26,12 @@ pub struct Layout<'a> {
     pub tmpfs: &'a [Tmpfs],
     /// Files written to `/run/host/` (name, content), read-only inside.
     pub run_host: Vec<(&'static str, String)>,
-    /// The text of the container's `/etc/resolv.conf`, if rnet provides one.
-    pub resolv_conf: Option<String>,
+    /// What becomes of the container's `/etc/resolv.conf` (`--resolv-conf=`).
+    pub resolv_conf: ResolvAction,
+    /// What becomes of the container's `/etc/localtime` (`--timezone=`).
+    pub timezone: TimezoneAction,
+    /// The host's `/etc/localtime` (below `RNET_HOST_ROOT`, if set).
+    pub host_localtime: &'a Path,
     /// `/dev/console` is a pty (every `--console` mode but `pipe`).
     pub console_pty: bool,
     /// In a user namespace (`-U`): device nodes are bound from the host's `/dev` (mknod is the
@@ -68,7 +73,7 @@ fn mnt(
 /// Remounts the mount at `target` read-only, with `extra` flags and the ones it has (a mount
 /// from a more privileged mount namespace has them locked: a remount dropping them fails in a
 /// user namespace).
-fn remount_ro(target: &Path, extra: MsFlags) -> Result<(), String> {
+pub fn remount_ro(target: &Path, extra: MsFlags) -> Result<(), String> {
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | extra;
     if let Ok(st) = nix::sys::statvfs::statvfs(target) {
         use nix::sys::statvfs::FsFlags;
@@ -155,6 +160,8 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
         .iter()
         .map(|b| open_path(&b.src))
         .collect::<Result<Vec<_>, _>>()?;
+    let resolv_src = hostfiles::open_source(l.resolv_conf.source());
+    let timezone_src = hostfiles::open_source(l.timezone.source(l.host_localtime).as_deref());
     let scratch = Path::new(SCRATCH);
     mnt(
         Some("tmpfs"),
@@ -188,6 +195,10 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
     }
     drop(root_fd);
     let master = api_filesystems(&new, l)?;
+    // Before the binds, as nspawn (its custom mounts come after): a bind over either file wins.
+    hostfiles::apply_timezone(&new, &l.timezone, timezone_src.as_ref(), !l.read_only)?;
+    hostfiles::apply_resolv(&new, &l.resolv_conf, resolv_src.as_ref(), !l.read_only)?;
+    drop((timezone_src, resolv_src));
     for (b, fd) in l.binds.iter().zip(&bind_fds) {
         bind(&new, b, fd)?;
     }
@@ -202,9 +213,6 @@ pub fn setup(l: &Layout) -> Result<Option<OwnedFd>, String> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some(&t.options),
         )?;
-    }
-    if let Some(text) = &l.resolv_conf {
-        resolv_conf(&new, text, l.read_only)?;
     }
     if l.read_only {
         remount_ro(&new, MsFlags::empty())?;
@@ -470,37 +478,6 @@ fn bind(new: &Path, b: &Bind, fd: &OwnedFd) -> Result<(), String> {
     if b.read_only {
         remount_ro(&target, MsFlags::empty())?;
     }
-    Ok(())
-}
-
-/// The container's `/etc/resolv.conf`: `text` as a read-only bind over the tree's file (nspawn's `bind-*` modes; the tree is never written
-/// unless the file is missing and the tree writable, when an empty mount point is created).
-/// A link into `/run` (systemd-resolved's stub file) gets the file created there instead.
-fn resolv_conf(new: &Path, text: &str, read_only: bool) -> Result<(), String> {
-    let target = chase(new, Path::new("/etc/resolv.conf"))?;
-    let run = chase(new, Path::new("/run"))?;
-    if target.starts_with(&run) {
-        if let Some(parent) = target.parent() {
-            mkdir_p(parent, 0o755)?;
-        }
-        return std::fs::write(&target, text)
-            .map_err(|e| err("writing the container's resolv.conf", e));
-    }
-    if std::fs::symlink_metadata(&target).is_err() && (read_only || touch(&target).is_err()) {
-        // Nowhere to put it (nspawn's `auto` turns to `off` when /etc is not writable).
-        return Ok(());
-    }
-    let src = run.join("rnet-resolv.conf");
-    std::fs::write(&src, text).map_err(|e| err("writing the container's resolv.conf", e))?;
-    mnt(
-        Some(&src.to_string_lossy()),
-        &target,
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
-    remount_ro(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
-    let _ = std::fs::remove_file(&src);
     Ok(())
 }
 

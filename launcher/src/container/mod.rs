@@ -6,7 +6,7 @@
 //! hostname, gets its network configuration from the launcher as without `-D`, then:
 //!
 //! 1. `fs::setup`: the tree (or an overlay of it, `-x`) with the API filesystems, binds and
-//!    tmpfs, `/run/host/`, the resolv.conf; `pivot_root`.
+//!    tmpfs, `/run/host/`, the resolv.conf and localtime (`hostfiles`); `pivot_root`.
 //! 2. `isolate::apply` and `seccomp::install`: nspawn's capability bounding set, its seccomp
 //!    filter, `no_new_privs`. A user namespace (`-U`) would be entered before step 1, right
 //!    after the fork, with the tree's ownership shifted; nothing here assumes real root
@@ -19,6 +19,7 @@ pub mod chase;
 pub mod console;
 pub mod fdpass;
 pub mod fs;
+pub mod hostfiles;
 pub mod init;
 pub mod isolate;
 pub mod seccomp;
@@ -68,6 +69,12 @@ pub struct Container {
     pub userns: Option<userns::Plan>,
     /// The launcher's capability bounding set (a user namespace's starts full again).
     pub bounding: u64,
+    /// `--resolv-conf=` (default `auto`).
+    pub resolv_conf: hostfiles::ResolvConf,
+    /// `--timezone=` (default `auto`).
+    pub timezone: hostfiles::Timezone,
+    /// The host's resolv.conf and localtime, observed before the fork.
+    pub host: hostfiles::Host,
 }
 
 fn read_in_tree(root: &Path, file: &str) -> String {
@@ -185,6 +192,14 @@ impl Container {
             None if mode == userns::Mode::Pick => userns::Ownership::Auto,
             None => userns::Ownership::Off,
         };
+        let resolv_conf = match &args.resolv_conf {
+            Some(m) => hostfiles::ResolvConf::parse(m)?,
+            None => hostfiles::ResolvConf::Auto,
+        };
+        let timezone = match &args.timezone {
+            Some(m) => hostfiles::Timezone::parse(m)?,
+            None => hostfiles::Timezone::Auto,
+        };
         let uuid = spec::random_uuid()?;
         let term = std::env::var("TERM").ok();
         // Last: it takes the range's lock.
@@ -208,6 +223,9 @@ impl Container {
             systemd,
             userns,
             bounding: isolate::bounding_set(),
+            resolv_conf,
+            timezone,
+            host: hostfiles::Host::observe(),
         })
     }
 
@@ -299,10 +317,9 @@ fn prepare(
     private_network: bool,
     tree: Option<&OwnedFd>,
 ) -> Result<Option<std::os::fd::OwnedFd>, String> {
-    // nspawn's --resolv-conf=auto in spirit: a private network whose DNS server rnet knows (the
-    // gateway's forwarder) gets a file naming it; a booted tree with a private network asks DHCP
-    // itself; a container on the host's network gets the host's file.
-    let resolv_conf = match machine {
+    // --resolv-conf=auto: a private network whose DNS server rnet knows (the gateway's
+    // forwarder) gets a file naming it; a booted tree with a private network asks DHCP itself.
+    let generated = match machine {
         Some(m) if !m.dns.is_empty() && c.start != Start::Boot => {
             let zone = match &m.network {
                 NetworkSpec::Zone(z) => Some(z.as_str()),
@@ -310,9 +327,18 @@ fn prepare(
             };
             Some(crate::netconf::resolv_conf(&m.dns, zone))
         }
-        _ if !private_network => std::fs::read_to_string("/etc/resolv.conf").ok(),
         _ => None,
     };
+    let etc_writable = !c.read_only;
+    let resolv_conf = hostfiles::resolv_action(
+        c.resolv_conf,
+        &c.host,
+        private_network,
+        generated,
+        etc_writable,
+    );
+    let timezone = hostfiles::timezone_action(c.timezone, &c.host, etc_writable);
+    let host_localtime = c.host.path("/etc/localtime");
     let master = fs::setup(&fs::Layout {
         root: &c.root,
         ephemeral: c.ephemeral,
@@ -326,6 +352,8 @@ fn prepare(
             ("container-manager", "rnet\n".into()),
         ],
         resolv_conf,
+        timezone,
+        host_localtime: &host_localtime,
         console_pty: c.console != Console::Pipe,
         userns: c.userns.is_some(),
         tree,

@@ -1,7 +1,8 @@
 //! A tiny TCP/UDP probe for the tests, so they need no socat or python on the machine.
 //!
 //!   netprobe serve tcp:PORT|udp:PORT ...   answer every connection or datagram with
-//!                                          "FROM <peer address>\n"
+//!                                          "FROM <peer address>\n"; `udp:ADDR:PORT` listens
+//!                                          on one IPv4 address only
 //!   netprobe connect tcp|udp ADDR PORT     send "hello", print the answer; exit 1 on timeout
 //!
 //! The answer names the peer as the server saw it, so a test can check what NAT did. Servers
@@ -29,6 +30,17 @@ fn serve(specs: &[String]) {
     let mut threads = Vec::new();
     for spec in specs {
         let (proto, port) = spec.split_once(':').expect("PROTO:PORT");
+        if let Some((addr, port)) = port.split_once(':').filter(|_| proto == "udp") {
+            let at = SocketAddr::new(addr.parse().expect("address"), port.parse().expect("port"));
+            let u = UdpSocket::bind(at).expect("bind udp");
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok((_, peer)) = u.recv_from(&mut buf) {
+                    let _ = u.send_to(format!("FROM {}\n", shown(peer)).as_bytes(), peer);
+                }
+            }));
+            continue;
+        }
         let port: u16 = port.parse().expect("port");
         // Dual stack where the kernel has IPv6, else IPv4 only.
         let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
