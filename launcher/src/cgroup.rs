@@ -251,6 +251,10 @@ impl Property {
 /// The controllers a machine's cgroup is made in.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
+/// The v1 hierarchies: ours, plus `cpuacct` for the CPU time (mounted with `cpu` on most
+/// hosts, on its own on some).
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
+
 /// Where the cgroup hierarchies are mounted, from `/proc/self/mountinfo`.
 #[derive(Debug, Clone, Default)]
 pub struct Mounts {
@@ -286,7 +290,7 @@ impl Mounts {
                 Some("cgroup2") => m.v2 = Some(point),
                 Some("cgroup") => {
                     for opt in super_opts.split(',') {
-                        if CONTROLLERS.contains(&opt) {
+                        if V1_CONTROLLERS.contains(&opt) {
                             m.v1.push((opt.to_owned(), point.clone()));
                         }
                     }
@@ -378,7 +382,11 @@ fn cgroup_dirs(
     proc_cgroup: &str,
 ) -> Vec<(&'static str, PathBuf)> {
     let mut dirs = Vec::new();
-    for controller in CONTROLLERS {
+    let controllers: &[&'static str] = match version {
+        Version::V2 => &CONTROLLERS,
+        Version::V1 => &V1_CONTROLLERS,
+    };
+    for &controller in controllers {
         let mount = match version {
             Version::V2 => mounts.v2.clone(),
             Version::V1 => mounts
@@ -428,7 +436,6 @@ impl Cgroup {
         let leaf = format!("rnet-{machine}");
         let mut dirs = Vec::new();
         for (controller, parent) in parents {
-            sweep_stale(&parent);
             if version == Version::V2 {
                 // Enable the controller for children (fails harmlessly if already on).
                 let _ = fs::write(
@@ -437,6 +444,12 @@ impl Cgroup {
                 );
             }
             let dir = parent.join(&leaf);
+            if dirs.iter().any(|(_, d)| *d == dir) {
+                // Co-mounted controllers (v1 `cpu,cpuacct`, every v2 one): one directory.
+                dirs.push((controller, dir));
+                continue;
+            }
+            sweep_stale(&parent);
             if dir.is_dir() {
                 // A leftover of an earlier machine of this name (its limits must not carry
                 // over): removed if empty, refused if something still runs in it.
@@ -533,8 +546,7 @@ impl Cgroup {
                 )
             }
             Version::V1 => {
-                // cpuacct may be co-mounted with cpu; otherwise the CPU time is unknown here.
-                let cpu = num(read("cpu", "cpuacct.usage"));
+                let cpu = num(read("cpuacct", "cpuacct.usage"));
                 (
                     cpu,
                     num(read("memory", "memory.usage_in_bytes")),
@@ -659,7 +671,30 @@ mod tests {
                     "cpu".to_owned(),
                     PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
                 ),
+                (
+                    "cpuacct".to_owned(),
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")
+                ),
                 ("pids".to_owned(), PathBuf::from("/sys/fs/cgroup/pids")),
+            ]
+        );
+        // One directory per co-mounted hierarchy; cpuacct on its own is found too.
+        let dirs = cgroup_dirs(&m, Version::V1, "4:memory:/a\n1:cpu,cpuacct:/c\n9:pids:/p");
+        assert_eq!(
+            dirs.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            ["memory", "cpu", "cpuacct", "pids"]
+        );
+        assert_eq!(dirs[1].1, dirs[2].1);
+        let apart = Mounts::parse(
+            "31 25 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+             32 25 0:28 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct",
+        );
+        let dirs = cgroup_dirs(&apart, Version::V1, "3:cpu:/x\n2:cpuacct:/x");
+        assert_eq!(
+            dirs,
+            [
+                ("cpu", PathBuf::from("/sys/fs/cgroup/cpu/x")),
+                ("cpuacct", PathBuf::from("/sys/fs/cgroup/cpuacct/x")),
             ]
         );
         let pc = "9:pids:/\n4:memory:/a/b\n1:cpu,cpuacct:/c\n0::/u";

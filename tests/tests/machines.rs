@@ -192,6 +192,8 @@ fn start_list_shell_reboot_poweroff_and_terminate() {
     assert!(js["uptime_secs"].is_u64(), "{js}");
     assert!(js["tasks"].as_u64().unwrap_or(0) >= 1, "{js}");
     assert!(js["memory_bytes"].as_u64().unwrap_or(0) > 0, "{js}");
+    // CPU time from cpuacct (v1: with cpu or on its own) or cpu.stat (v2): booting used some.
+    assert!(js["cpu_ns"].as_u64().unwrap_or(0) > 0, "{js}");
 
     // A command in the machine: its output and exit code, its hostname, network and PID 1.
     let (code, out, err) = w.run(&[
