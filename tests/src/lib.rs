@@ -355,10 +355,16 @@ impl Rig {
         self.children.remove(i).wait_with_output().expect("wait")
     }
 
-    /// `rnet list --json`.
+    /// rnetd's attachments in `rnet list --json`: the entries with rnetd's fields. The list
+    /// also shows machines only the launcher's registry knows (host mode, `--private-network`,
+    /// and a networked run between its registration and its attach): those are left out.
     pub fn machines(&self) -> Vec<Value> {
         let out = ok(self.rnet().args(["list", "--json"]));
-        serde_json::from_str::<Vec<Value>>(&out).expect("list --json")
+        serde_json::from_str::<Vec<Value>>(&out)
+            .expect("list --json")
+            .into_iter()
+            .filter(|m| m.get("network").is_some())
+            .collect()
     }
 
     /// The attached machine called `name`, waiting for it to appear.
