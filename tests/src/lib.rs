@@ -367,12 +367,20 @@ impl Rig {
             .collect()
     }
 
-    /// The attached machine called `name`, waiting for it to appear.
+    /// The attached machine called `name`, waiting for it to appear and, for a launcher's
+    /// machine, to run: its registry entry (written before the attach) says `ready` once the
+    /// launcher has configured `host0` and the payload runs.
     pub fn wait_machine(&self, name: &str) -> Value {
+        let entry = self.runtime_dir().join("machines").join(name);
+        let ready = || match std::fs::read(&entry) {
+            Ok(body) => serde_json::from_slice::<Value>(&body).is_ok_and(|e| e["ready"] == true),
+            // No entry: another runtime's attachment (CNI, OCI hook, a named netns).
+            Err(_) => true,
+        };
         let mut found = None;
         let ok = wait_until(Duration::from_secs(10), || {
             found = self.machines().into_iter().find(|m| m["machine"] == name);
-            found.is_some()
+            found.is_some() && ready()
         });
         assert!(
             ok,
