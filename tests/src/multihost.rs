@@ -234,11 +234,16 @@ impl MultiHost {
 
     /// Starts rnetd on host `i` as node `h<i>` on the cluster, with lease TTL `ttl` seconds.
     pub fn start_rnetd(&mut self, i: usize, ttl: u64) {
+        self.start_rnetd_with(i, ttl, &[]);
+    }
+
+    /// [`MultiHost::start_rnetd`] with `extra` options (e.g. `--underlay-filter`).
+    pub fn start_rnetd_with(&mut self, i: usize, ttl: u64, extra: &[&str]) {
         let endpoints = self.endpoints();
         let node = format!("h{i}");
         let underlay = Self::host_addr(i);
         let ttl = ttl.to_string();
-        self.hosts[i].start_rnetd_with(&[
+        let mut args = vec![
             "--etcd",
             &endpoints,
             "--node-name",
@@ -247,7 +252,9 @@ impl MultiHost {
             &underlay,
             "--etcd-ttl",
             &ttl,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.hosts[i].start_rnetd_with(&args);
     }
 
     /// The temp dir of the cluster (data dirs and logs).

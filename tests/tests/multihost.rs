@@ -106,7 +106,7 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     let started = Instant::now();
     let mut mh = MultiHost::new(3, 3);
     for i in 0..3 {
-        mh.start_rnetd(i, TTL);
+        mh.start_rnetd_with(i, TTL, &["--underlay-filter"]);
     }
     // Three hosts join at once: they race for the first slice, exactly one gets each.
     let mut creates: Vec<_> = mh
@@ -202,6 +202,26 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
             }
         }
     }
+
+    // --underlay-filter: VXLAN only from the zone's other hosts; the members' traffic above
+    // passed it, a sender elsewhere on the underlay is dropped.
+    let table = ok(mh.hosts[0]
+        .in_host("nft")
+        .args(["list", "table", "inet", "rnet_underlay"]));
+    assert!(
+        table.contains("elements = { 198.51.100.12, 198.51.100.13 }"),
+        "{table}"
+    );
+    let _ = output(mh.in_underlay(netprobe()).args([
+        "connect",
+        "udp",
+        &MultiHost::host_addr(0),
+        "4789",
+    ]));
+    let table = ok(mh.hosts[0]
+        .in_host("nft")
+        .args(["list", "table", "inet", "rnet_underlay"]));
+    assert!(table.contains("counter packets 1 "), "{table}");
 
     // A second zone on hosts 0 and 1: its own VNI; neither zone reaches the other, on the same
     // host or across hosts.
@@ -322,16 +342,12 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
         == 2));
     assert_tcp(&a, &b.1, "h0 -> h1");
 
-    // One etcd member down: nothing changes, a host still joins.
+    // One etcd member down: nothing changes, a host still joins, here through its first
+    // member (no `zone create` on host 2: etcd says the zone spans hosts).
     mh.stop_etcd(2);
     assert_tcp(&a, &b.1, "h0 -> h1, one etcd member down");
-    let out = output(
-        mh.hosts[2]
-            .rnet()
-            .args(["zone", "create", "web", "--distributed"]),
-    );
-    assert!(out.status.success(), "{}\n{}", text(&out), logs(&mh));
     let c = member(&mut mh.hosts[2], "web", "c");
+    assert_eq!(show(&mh.hosts[2], "web")["explicit"], true);
     assert!(
         wait_until(Duration::from_secs(10), || hosts_of(&mh.hosts[0], "web")
             .len()
@@ -375,6 +391,21 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
         !mh.hosts[2].host_has_link("vx-db"),
         "a failed join left vx-db"
     );
+    // A member of a zone host 2 does not have cannot start either: whether the zone spans
+    // hosts is etcd's to say.
+    let out =
+        output(
+            mh.hosts[2]
+                .rnet()
+                .args(["run", "--network-zone=db", "-M", "x", "--", "true"]),
+        );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("zone db: cannot tell whether it spans hosts: etcd ("),
+        "{}",
+        text(&out)
+    );
+    assert!(!mh.hosts[2].host_has_link("vz-db"));
 
     // Quorum back; then host 1 dies (rnetd killed): after its lease's TTL the others drop its
     // entries, and traffic between the others goes on.

@@ -85,6 +85,11 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(2..=3600))]
     etcd_ttl: u64,
+    /// Accept VXLAN (UDP 4789) only from the underlay addresses of the hosts of this host's
+    /// distributed zones (table `inet rnet_underlay`); without it any sender on the underlay
+    /// can inject frames into them.
+    #[arg(long)]
+    underlay_filter: bool,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
     #[arg(long, env = "RNET_LOG", default_value = "info")]
     log: String,
@@ -236,6 +241,7 @@ async fn fabric(args: &Args) -> Result<std::sync::Arc<netd::distributed::Fabric>
             underlay,
             ttl: std::time::Duration::from_secs(args.etcd_ttl),
             dir: args.runtime_dir.join("span"),
+            underlay_filter: args.underlay_filter,
         },
         vtep,
     ))

@@ -14,6 +14,7 @@
 //! away (the kernel keeps the entries, members attach as to a local zone), and its task
 //! reconnects, renews or re-claims, and resynchronises when etcd is back.
 
+pub mod filter;
 pub mod keys;
 pub mod vxlan;
 
@@ -48,6 +49,8 @@ pub struct Options {
     pub ttl: Duration,
     /// Where the last programmed peers of each zone are kept (`RUNTIME_DIR/span/`).
     pub dir: PathBuf,
+    /// `--underlay-filter`: accept VXLAN only from the hosts of our zones (`filter.rs`).
+    pub underlay_filter: bool,
 }
 
 /// How long one etcd request may take before it counts as failed.
@@ -97,6 +100,8 @@ pub struct Fabric<V: Vtep = Rtnl> {
     opts: Options,
     vtep: Arc<V>,
     zones: Mutex<BTreeMap<ZoneName, ZoneRun>>,
+    /// The underlay addresses the filter table holds now (`None`: not written by us yet).
+    filtered: tokio::sync::Mutex<Option<BTreeSet<Ipv4Addr>>>,
 }
 
 impl<V: Vtep> Fabric<V> {
@@ -106,6 +111,7 @@ impl<V: Vtep> Fabric<V> {
             opts,
             vtep: Arc::new(vtep),
             zones: Mutex::new(BTreeMap::new()),
+            filtered: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -171,6 +177,29 @@ impl<V: Vtep> Fabric<V> {
             slice,
             lease,
         })
+    }
+
+    /// Whether etcd defines zone `zone` (a zone across hosts); an unreachable etcd is an error
+    /// naming the zone.
+    pub async fn defined(&self, zone: &ZoneName) -> Result<bool, ApiError> {
+        let fail = |e: ApiError| {
+            ApiError::new(
+                e.kind,
+                format!(
+                    "zone {zone}: cannot tell whether it spans hosts: {}",
+                    e.message
+                ),
+            )
+        };
+        let mut c = self.client().await.map_err(fail)?;
+        let resp = c
+            .get(
+                keys::zone_key(zone),
+                Some(GetOptions::new().with_keys_only()),
+            )
+            .await
+            .map_err(|e| fail(unreachable(&self.opts.endpoints, e)))?;
+        Ok(!resp.kvs().is_empty())
     }
 
     /// The slice this node's host key names in etcd, if any.
@@ -330,6 +359,7 @@ impl<V: Vtep> Fabric<V> {
         if let Some(old) = old {
             old.task.abort();
         }
+        self.refresh_filter().await;
         info!(%zone, vxlan = %name, vni = record.vni, %slice, "distributed zone active");
         Ok(index)
     }
@@ -363,6 +393,7 @@ impl<V: Vtep> Fabric<V> {
         }
         delete(&vxlan::device_name(zone)).await;
         let _ = std::fs::remove_file(self.peers_file(zone));
+        self.refresh_filter().await;
         info!(%zone, "left distributed zone");
     }
 
@@ -586,6 +617,48 @@ impl<V: Vtep> Fabric<V> {
             s.hosts = hosts;
         }
         self.save_peers(zone, &now);
+        self.refresh_filter().await;
+    }
+
+    /// With `--underlay-filter`: makes the filter table accept VXLAN from exactly the hosts
+    /// programmed as peers of our zones (the table goes with the last zone). The peers, not
+    /// the last snapshot, so a restart while etcd is away keeps accepting the same hosts.
+    async fn refresh_filter(&self) {
+        if !self.opts.underlay_filter {
+            return;
+        }
+        let (any, hosts) = {
+            let zones = lock(&self.zones);
+            let hosts: BTreeSet<Ipv4Addr> = zones
+                .values()
+                .flat_map(|r| {
+                    lock(&r.shared)
+                        .peers
+                        .iter()
+                        .map(|p| p.underlay)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            (!zones.is_empty(), hosts)
+        };
+        let mut applied = self.filtered.lock().await;
+        if !any {
+            if let Err(e) = filter::remove().await {
+                warn!(error = %e, "removing the underlay filter failed");
+            }
+            *applied = None;
+            return;
+        }
+        if applied.as_ref() == Some(&hosts) {
+            return;
+        }
+        match filter::apply(&hosts).await {
+            Ok(()) => {
+                info!(hosts = ?hosts, "underlay filter: VXLAN accepted from these hosts only");
+                *applied = Some(hosts);
+            }
+            Err(e) => warn!(error = %e, "writing the underlay filter failed"),
+        }
     }
 
     fn peers_file(&self, zone: &ZoneName) -> PathBuf {
@@ -723,6 +796,7 @@ mod tests {
                 underlay: "198.51.100.11".parse().unwrap(),
                 ttl: Duration::from_secs(3),
                 dir: dir.path().to_path_buf(),
+                underlay_filter: false,
             },
             FakeVtep::default(),
         );

@@ -421,6 +421,8 @@ impl<S: System> Machines<S> {
                 (start, Some(pidfd), None)
             }
         };
+        // The first member of a zone that spans hosts makes this host join it.
+        self.span_join_for(&req.network).await?;
 
         let mut registry = self.registry.lock().await;
         if let Some(holder) = &req.held {

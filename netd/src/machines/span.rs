@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::registry::Registry;
 use super::system::{Leases, Links, System};
 use super::{Machines, bad, internal};
-use crate::api::{ApiError, ErrorKind, Span, Zone, ZoneConfig, ZoneName};
+use crate::api::{ApiError, ErrorKind, NetworkSpec, Span, Zone, ZoneConfig, ZoneName};
 use crate::distributed::keys::ZoneRecord;
 use crate::distributed::{Fabric, vxlan};
 
@@ -118,6 +118,35 @@ impl<S: System> Machines<S> {
             .get(&name)
             .map(|z| self.span_info(z.info(self.leases.lease_count(z.index))))
             .ok_or_else(|| internal("zone vanished"))
+    }
+
+    /// Before a member attaches to zone `network` that this host does not have: when etcd
+    /// defines the zone, this host joins it first (as `rnet zone create --distributed`); else
+    /// the zone is a local one, created with its member as always. With `--etcd`, a zone's
+    /// first member on a host needs etcd to tell which (one clear error otherwise).
+    pub(super) async fn span_join_for(&self, network: &NetworkSpec) -> Result<(), ApiError> {
+        let (Some(fabric), NetworkSpec::Zone(zone)) = (self.fabric.get(), network) else {
+            return Ok(());
+        };
+        if self.registry.lock().await.zones.contains(zone) {
+            return Ok(());
+        }
+        if !fabric.defined(zone).await? {
+            return Ok(());
+        }
+        let config = ZoneConfig {
+            span: Some(Span {
+                subnet: None,
+                vni: None,
+            }),
+            ..ZoneConfig::implicit(zone.clone())
+        };
+        match self.span_create(config).await {
+            Ok(_) => Ok(()),
+            // Another member's attach joined first.
+            Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The VXLAN device (address: the slice's network address, as flannel gives its device),
