@@ -244,3 +244,74 @@ impl<S: System> Machines<S> {
         zone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::Pool;
+
+    fn registry_with_span_zone() -> Registry {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let mut r = Registry::new(
+            Pool::new(vec![net("10.77.0.0/16"), net("10.78.0.0/16")], 28).unwrap(),
+            Pool::new(vec![net("10.0.0.0/8")], 24).unwrap(),
+            None,
+        );
+        let mut web = ZoneConfig::implicit(ZoneName::new("web").unwrap());
+        web.subnet = Some(net("10.77.1.0/24"));
+        web.span = Some(Span {
+            subnet: Some(net("10.77.0.0/16")),
+            vni: Some(77),
+        });
+        r.zones.reserve_subnet(net("10.77.1.0/24")).unwrap();
+        r.zones.add(web, 5, true);
+        let mut local = ZoneConfig::implicit(ZoneName::new("lab").unwrap());
+        local.subnet = Some(net("10.9.0.0/24"));
+        r.zones.reserve_subnet(net("10.9.0.0/24")).unwrap();
+        r.zones.add(local, 6, true);
+        r
+    }
+
+    #[test]
+    fn a_span_zone_explains_its_vxlan_device_and_holds_its_whole_subnet() {
+        let r = registry_with_span_zone();
+        assert_eq!(devices(&r), ["vx-web"]);
+        let taken = r.taken(&[]);
+        assert!(
+            taken.contains(&"10.77.0.0/16".parse().unwrap()),
+            "{taken:?}"
+        );
+        assert!(taken.contains(&"10.77.1.0/24".parse().unwrap()));
+        // New ve- subnets and zones stay out of the other hosts' slices.
+        assert_eq!(
+            r.pool.peek(&taken).unwrap(),
+            "10.78.0.0/28".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn span_elements_pair_the_vxlan_device_with_its_bridge_only() {
+        let z = ZoneName::new("web").unwrap();
+        let add = span_changes(&z, true).unwrap();
+        let vx = IfName::new("vx-web").unwrap();
+        let vz = IfName::new("vz-web").unwrap();
+        assert_eq!(
+            add,
+            [
+                Change::AddIface(vx.clone()),
+                Change::AllowPair(vz.clone(), vx.clone()),
+                Change::AllowPair(vx.clone(), vz.clone()),
+            ]
+        );
+        let del = span_changes(&z, false).unwrap();
+        assert_eq!(del.len(), 3);
+        assert_eq!(del[2], Change::DelIface(vx));
+        // Masquerade covers the zone's whole subnet, so traffic between slices keeps its source.
+        let r = registry_with_span_zone();
+        let web = r.zones.get(&z).unwrap();
+        assert_eq!(
+            super::super::plan::zone_rules(&web.config).subnet,
+            Some("10.77.0.0/16".parse().unwrap())
+        );
+    }
+}
