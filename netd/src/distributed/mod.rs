@@ -364,16 +364,22 @@ impl<V: Vtep> Fabric<V> {
         Ok(index)
     }
 
-    /// Leaves zone `zone`: stops its task, deletes its keys (revokes the lease, best effort:
-    /// an unreachable etcd lets it expire), and removes the VXLAN device.
-    pub async fn leave(&self, zone: &ZoneName, delete: impl AsyncFnOnce(&str)) {
+    /// Leaves zone `zone`: stops its task, deletes its keys (its slice's, or `claimed` for a
+    /// join that never became active; best effort: an unreachable etcd lets them expire with
+    /// the lease), and removes the VXLAN device.
+    pub async fn leave(
+        &self,
+        zone: &ZoneName,
+        claimed: Option<Ipv4Network>,
+        delete: impl AsyncFnOnce(&str),
+    ) {
         let run = lock(&self.zones).remove(zone);
         if let Some(run) = &run {
             run.task.abort();
         }
         let node = self.opts.node.clone();
         let eps = self.opts.endpoints.clone();
-        let slice = run.as_ref().map(|r| r.slice);
+        let slice = run.as_ref().map(|r| r.slice).or(claimed);
         let zone2 = zone.clone();
         let cleanup = async move {
             let mut c = connect(&eps).await.ok()?;

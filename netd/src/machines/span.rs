@@ -90,7 +90,9 @@ impl<S: System> Machines<S> {
             vni: Some(joined.record.vni),
         });
         if let Err(e) = self.create_zone(&mut registry, config, true).await {
-            fabric.leave(&name, async |_: &str| {}).await;
+            fabric
+                .leave(&name, Some(joined.slice), async |_: &str| {})
+                .await;
             return Err(e);
         }
         if let Err(e) = self
@@ -105,7 +107,7 @@ impl<S: System> Machines<S> {
         {
             self.remove_zone(&mut registry, &name).await;
             fabric
-                .leave(&name, async |dev: &str| {
+                .leave(&name, Some(joined.slice), async |dev: &str| {
                     let _ = self.links.del_link(dev).await;
                 })
                 .await;
@@ -191,7 +193,7 @@ impl<S: System> Machines<S> {
         }
         match self.fabric.get() {
             Some(f) => {
-                f.leave(name, async |dev: &str| {
+                f.leave(name, None, async |dev: &str| {
                     if let Err(e) = self.links.del_link(dev).await {
                         warn!(zone = %name, error = %e, "deleting the VXLAN device failed");
                     }
