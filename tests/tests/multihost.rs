@@ -250,6 +250,36 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     assert_no_tcp(&members[2], &d1.1, "web on h2 -> db on h1");
     assert_no_tcp(&members[0], &d1.1, "web on h0 -> db on h1");
 
+    // An --isolated zone across hosts: its members reach their gateway, not each other.
+    for h in &mh.hosts[..2] {
+        let out = output(h.rnet().args([
+            "zone",
+            "create",
+            "iso",
+            "--distributed",
+            "--isolated",
+            "--subnet",
+            "10.79.0.0/16",
+        ]));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let i0 = member(&mut mh.hosts[0], "iso", "i0");
+    let i1 = member(&mut mh.hosts[1], "iso", "i1");
+    let gw0 = show(&mh.hosts[0], "iso")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ping(&i0, &gw0, "iso member to its gateway");
+    assert!(
+        wait_until(Duration::from_secs(10), || hosts_of(&mh.hosts[0], "iso")
+            .len()
+            == 2),
+        "{}",
+        logs(&mh)
+    );
+    assert_no_tcp(&i0, &i1.1, "isolated zone h0 -> h1");
+    assert_no_tcp(&i1, &i0.1, "isolated zone h1 -> h0");
+
     // rnetd restarts: it finds its slice and entries again; traffic never needed it.
     mh.hosts[2].stop_rnetd(Signal::SIGTERM);
     assert_tcp(

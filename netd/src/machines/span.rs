@@ -17,6 +17,11 @@ use crate::api::{ApiError, ErrorKind, NetworkSpec, Span, Zone, ZoneConfig, ZoneN
 use crate::distributed::keys::ZoneRecord;
 use crate::distributed::{Fabric, vxlan};
 
+/// Whether zone `name` is `--isolated`.
+fn config_isolated(registry: &Registry, name: &ZoneName) -> bool {
+    registry.zones.get(name).is_some_and(|z| z.config.isolated)
+}
+
 /// The VXLAN devices of the registry's distributed zones (links of ours that state explains).
 pub(super) fn devices(registry: &Registry) -> Vec<String> {
     registry
@@ -29,23 +34,28 @@ pub(super) fn devices(registry: &Registry) -> Vec<String> {
 
 /// The firewall elements of a distributed zone beside its bridge's: the VXLAN device is one
 /// of our links (so zones stay isolated from each other: traffic between `vx-A` and `vz-B`
-/// is dropped), allowed to forward to and from the zone's own bridge only.
-fn span_changes(zone: &ZoneName, add: bool) -> Result<Vec<Change>, ApiError> {
+/// is dropped), allowed to forward to and from the zone's own bridge only, and not even that
+/// for an `--isolated` zone (its members reach no other member, on this host or another).
+fn span_changes(zone: &ZoneName, isolated: bool, add: bool) -> Result<Vec<Change>, ApiError> {
     let vx = IfName::new(vxlan::device_name(zone)).map_err(internal)?;
     let vz = IfName::new(zone.bridge()).map_err(internal)?;
-    Ok(if add {
-        vec![
-            Change::AddIface(vx.clone()),
-            Change::AllowPair(vz.clone(), vx.clone()),
-            Change::AllowPair(vx, vz),
-        ]
-    } else {
-        vec![
-            Change::DelPair(vz.clone(), vx.clone()),
-            Change::DelPair(vx.clone(), vz),
-            Change::DelIface(vx),
-        ]
-    })
+    let mut out = Vec::new();
+    if add {
+        out.push(Change::AddIface(vx.clone()));
+    }
+    if !isolated {
+        if add {
+            out.push(Change::AllowPair(vz.clone(), vx.clone()));
+            out.push(Change::AllowPair(vx.clone(), vz));
+        } else {
+            out.push(Change::DelPair(vz.clone(), vx.clone()));
+            out.push(Change::DelPair(vx.clone(), vz));
+        }
+    }
+    if !add {
+        out.push(Change::DelIface(vx));
+    }
+    Ok(out)
 }
 
 impl<S: System> Machines<S> {
@@ -95,10 +105,12 @@ impl<S: System> Machines<S> {
                 .await;
             return Err(e);
         }
+        let isolated = config_isolated(&registry, &name);
         if let Err(e) = self
             .span_up(
                 &fabric,
                 &name,
+                isolated,
                 joined.record,
                 joined.slice,
                 Some(joined.lease),
@@ -157,6 +169,7 @@ impl<S: System> Machines<S> {
         &self,
         fabric: &Arc<Fabric>,
         name: &ZoneName,
+        isolated: bool,
         record: ZoneRecord,
         slice: Ipv4Network,
         lease: Option<i64>,
@@ -172,7 +185,7 @@ impl<S: System> Machines<S> {
         self.firewall
             .lock()
             .await
-            .change_elements(&span_changes(name, true)?)
+            .change_elements(&span_changes(name, isolated, true)?)
             .await
             .map_err(internal)
     }
@@ -186,7 +199,7 @@ impl<S: System> Machines<S> {
         if zone.config.span.is_none() {
             return;
         }
-        if let Ok(changes) = span_changes(name, false)
+        if let Ok(changes) = span_changes(name, zone.config.isolated, false)
             && let Err(e) = self.firewall.lock().await.change_elements(&changes).await
         {
             warn!(zone = %name, error = %e, "removing the VXLAN device's firewall elements failed");
@@ -211,7 +224,7 @@ impl<S: System> Machines<S> {
     /// slice again with a new lease as soon as etcd answers.
     pub async fn resume_spans(&self) {
         let registry = self.registry.lock().await;
-        let spans: Vec<(ZoneName, Span, Option<Ipv4Network>)> = registry
+        let spans: Vec<(ZoneName, Span, Option<Ipv4Network>, bool)> = registry
             .zones
             .iter()
             .filter_map(|z| {
@@ -219,17 +232,21 @@ impl<S: System> Machines<S> {
                     z.config.name.clone(),
                     z.config.span.clone()?,
                     z.config.subnet,
+                    z.config.isolated,
                 ))
             })
             .collect();
-        for (name, span, slice) in spans {
+        for (name, span, slice, isolated) in spans {
             let Some(fabric) = self.fabric.get() else {
                 warn!(zone = %name, "zone is distributed, but rnetd runs without --etcd: its hosts are not followed");
                 continue;
             };
             let Some(slice) = slice else { continue };
             let record = ZoneRecord::new(&name, span.subnet, span.vni);
-            match self.span_up(fabric, &name, record, slice, None).await {
+            match self
+                .span_up(fabric, &name, isolated, record, slice, None)
+                .await
+            {
                 Ok(()) => info!(zone = %name, %slice, "distributed zone resumed"),
                 Err(e) => {
                     warn!(zone = %name, error = %e.message, "resuming distributed zone failed")
@@ -294,7 +311,7 @@ mod tests {
     #[test]
     fn span_elements_pair_the_vxlan_device_with_its_bridge_only() {
         let z = ZoneName::new("web").unwrap();
-        let add = span_changes(&z, true).unwrap();
+        let add = span_changes(&z, false, true).unwrap();
         let vx = IfName::new("vx-web").unwrap();
         let vz = IfName::new("vz-web").unwrap();
         assert_eq!(
@@ -305,9 +322,18 @@ mod tests {
                 Change::AllowPair(vx.clone(), vz.clone()),
             ]
         );
-        let del = span_changes(&z, false).unwrap();
+        let del = span_changes(&z, false, false).unwrap();
         assert_eq!(del.len(), 3);
-        assert_eq!(del[2], Change::DelIface(vx));
+        assert_eq!(del[2], Change::DelIface(vx.clone()));
+        // An isolated zone's device is paired with nothing: no member reaches another host.
+        assert_eq!(
+            span_changes(&z, true, true).unwrap(),
+            [Change::AddIface(vx.clone())]
+        );
+        assert_eq!(
+            span_changes(&z, true, false).unwrap(),
+            [Change::DelIface(vx)]
+        );
         // Masquerade covers the zone's whole subnet, so traffic between slices keeps its source.
         let r = registry_with_span_zone();
         let web = r.zones.get(&z).unwrap();
