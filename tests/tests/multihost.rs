@@ -162,6 +162,20 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
             logs(&mh)
         );
     }
+    // What an admin reads.
+    let human = ok(mh.hosts[0].rnet().args(["zone", "show", "web"]));
+    assert!(
+        human.contains("  distributed: subnet 10.77.0.0/16, VNI 77, this host h0\n"),
+        "{human}"
+    );
+    for (i, slice) in [(1, &slices_of_host(&mh, 1)), (2, &slices_of_host(&mh, 2))] {
+        let line = format!(
+            "    host h{i:<19} underlay {:<16} slice {slice}",
+            MultiHost::host_addr(i)
+        );
+        assert!(human.contains(&line), "{line:?} not in\n{human}");
+    }
+
     // The data path: vx-web with VNI 77, no learning, and a route per remote slice.
     let vx = rig::ip_json(
         mh.hosts[0]
@@ -328,6 +342,14 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// Host `i`'s slice of zone web, as it says.
+fn slices_of_host(mh: &MultiHost, i: usize) -> String {
+    show(&mh.hosts[i], "web")["subnet"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// The slice (of `slices`) holding `addr`.
