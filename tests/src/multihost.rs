@@ -59,7 +59,9 @@ impl MultiHost {
     /// `hosts` hosts on an underlay bridge and an etcd cluster of `members` members, started
     /// and healthy. Host `i` has underlay address `198.51.100.(11+i)` on `ul0`.
     pub fn new(hosts: usize, members: usize) -> Self {
+        // Rig::new sweeps dead test processes' namespaces (and the etcd members in them).
         let hosts: Vec<Rig> = (0..hosts).map(|_| Rig::new()).collect();
+        sweep_etcd_dirs();
         let underlay_ns = format!("{}w", hosts[0].prefix);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{}-etcd-", hosts[0].prefix))
@@ -260,6 +262,29 @@ impl MultiHost {
     /// The temp dir of the cluster (data dirs and logs).
     pub fn dir(&self) -> &Path {
         self.tmp.path()
+    }
+}
+
+/// Removes the etcd data dirs of test processes that died without dropping their
+/// [`MultiHost`] (`TMPDIR/rnt<pid>x<n>-etcd-*`).
+pub fn sweep_etcd_dirs() {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("rnt") else {
+            continue;
+        };
+        if !name.contains("-etcd-") {
+            continue;
+        }
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
