@@ -3,7 +3,7 @@
 //! three-member etcd cluster started by the test, real VXLAN, real traffic.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rig::multihost::{MultiHost, available};
@@ -103,7 +103,6 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     if !available(test) {
         return;
     }
-    let started = Instant::now();
     let mut mh = MultiHost::new(3, 3);
     for i in 0..3 {
         mh.start_rnetd_with(i, TTL, &["--underlay-filter"]);
@@ -337,11 +336,6 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     for h in &mh.hosts {
         h.assert_no_panic();
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(150),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 /// Host `i`'s slice of zone web, as it says.
@@ -368,7 +362,6 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
     if !available(test) {
         return;
     }
-    let started = Instant::now();
     let mut mh = MultiHost::new(3, 3);
     for i in 0..3 {
         mh.start_rnetd(i, TTL);
@@ -416,7 +409,6 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
     assert_tcp(&b, &c.1, "h1 -> h2 without quorum");
     let a2 = member(&mut mh.hosts[0], "web", "a2");
     assert_tcp(&a2, &b.1, "a new member on h0 -> h1 without quorum");
-    let t = Instant::now();
     let out = output(mh.hosts[2].rnet().args([
         "zone",
         "create",
@@ -434,7 +426,6 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
     assert!(err.contains("etcd (http://198.51.100.1:2379,"), "{err}");
     assert!(err.contains("unreachable"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert!(
         !mh.hosts[2].host_has_link("vz-db"),
         "a failed join left vz-db"
@@ -505,11 +496,6 @@ fn etcd_failures_and_a_dead_host_leave_the_data_path_working() {
     for i in [0, 2] {
         mh.hosts[i].assert_no_panic();
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(150),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[test]
