@@ -10,6 +10,9 @@
 # 2. scripts/bench-dhcp.sh: rnetd's DHCP server against dnsmasq, Kea and multi-threaded Kea,
 #    with CPU seconds per 10,000 leases (RATES, PERIOD).
 # 3. scripts/bench-dns.sh: the DNS forwarder against dnsmasq.
+# 4. tests/benches/multihost.rs: zones across hosts (3 hosts, 3 etcd members): member start in a
+#    distributed vs a local zone, iperf3 between members on two hosts vs the plain underlay, a
+#    join with 50 other hosts' keys in etcd (RNET_BENCH_RUNS).
 # Everything runs in network namespaces of its own and is removed at the end. The method and the
 # last figures: docs/benchmarks.md.
 set -euo pipefail
@@ -26,3 +29,6 @@ RATES=${RATES:-"250 1000 2000 4000 6000 8000 10000"} PERIOD=${PERIOD:-5} scripts
 echo
 echo "== DNS (scripts/bench-dns.sh)"
 scripts/bench-dns.sh
+echo
+echo "== zones across hosts (tests/benches/multihost.rs)"
+cargo bench --quiet -p rnet-tests --bench multihost

@@ -451,6 +451,53 @@ pub struct ZoneConfig {
     /// created, or no IPv6 with `rnetd --ipv6=no`). A given one must be a `/64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Network>,
+    /// A zone spanning hosts (`rnet zone create --distributed`), kept in etcd; `subnet` is
+    /// then this host's slice of the zone's subnet once rnetd has claimed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<Span>,
+}
+
+/// The settings of a zone spanning hosts (see `docs/architecture.md`, "Zones across hosts").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Span {
+    /// The whole zone's subnet (every host's slice is in it); none in a request: the zone's
+    /// record in etcd says, or rnetd's default.
+    #[serde(default)]
+    pub subnet: Option<Ipv4Network>,
+    /// The VXLAN network identifier (1 to 16777215); none in a request: the record's, or one
+    /// derived from the name.
+    #[serde(default)]
+    pub vni: Option<u32>,
+}
+
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// One host of a zone spanning hosts, as `rnet zone show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanHost {
+    /// The host's node name.
+    pub node: String,
+    /// Its underlay address (the VXLAN tunnel's end).
+    pub underlay: Ipv4Addr,
+    /// Its slice of the zone's subnet.
+    pub slice: Ipv4Network,
+}
+
+/// A zone spanning hosts as `rnet zone show` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanInfo {
+    /// The whole zone's subnet.
+    pub subnet: Ipv4Network,
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// This host's node name.
+    pub node: String,
+    /// The hosts of the zone this host knows of (from etcd), this one included.
+    pub hosts: Vec<SpanHost>,
 }
 
 fn yes() -> bool {
@@ -472,6 +519,8 @@ struct RawZoneConfig {
     isolated: bool,
     #[serde(default)]
     subnet6: Option<Ipv6Network>,
+    #[serde(default)]
+    span: Option<Span>,
 }
 
 impl TryFrom<RawZoneConfig> for ZoneConfig {
@@ -484,6 +533,16 @@ impl TryFrom<RawZoneConfig> for ZoneConfig {
         if let Some(net) = raw.subnet6 {
             ZoneConfig::check_subnet6(net)?;
         }
+        if let Some(span) = &raw.span {
+            if let Some(net) = span.subnet {
+                ZoneConfig::check_subnet(net)?;
+            }
+            if let Some(vni) = span.vni
+                && !(1..=MAX_VNI).contains(&vni)
+            {
+                return Err(format!("VNI {vni}: must be 1 to {MAX_VNI}"));
+            }
+        }
         Ok(Self {
             name: raw.name,
             subnet: raw.subnet,
@@ -491,6 +550,7 @@ impl TryFrom<RawZoneConfig> for ZoneConfig {
             dhcp: raw.dhcp,
             isolated: raw.isolated,
             subnet6: raw.subnet6,
+            span: raw.span,
         })
     }
 }
@@ -550,6 +610,7 @@ impl ZoneConfig {
             dhcp: true,
             isolated: false,
             subnet6: None,
+            span: None,
         }
     }
 }
@@ -584,6 +645,9 @@ pub struct Zone {
     /// The bridge's IPv6 address (`PREFIX::1`), the members' IPv6 router.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<Ipv6Addr>,
+    /// A zone spanning hosts: the zone's subnet, VNI and hosts (`subnet` is this host's slice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<SpanInfo>,
 }
 
 /// A response from `rnetd`.

@@ -230,6 +230,15 @@ pub enum ZoneCommand {
         /// Members cannot reach each other.
         #[arg(long)]
         isolated: bool,
+        /// A zone spanning hosts: its definition and hosts are kept in etcd (rnetd started
+        /// with --etcd), members on different hosts reach each other over VXLAN. --subnet is
+        /// then the whole zone's subnet, of which this host takes a slice.
+        #[arg(long)]
+        distributed: bool,
+        /// The VXLAN network identifier of a distributed zone (default: the zone's record in
+        /// etcd, or one derived from the name).
+        #[arg(long, value_name = "N", requires = "distributed")]
+        vni: Option<u32>,
     },
     /// List zones.
     List {

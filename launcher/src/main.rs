@@ -15,7 +15,7 @@ mod settings;
 
 use std::process::ExitCode;
 
-use api::{Client, Machine, Request, Response, Zone, ZoneConfig};
+use api::{Client, Machine, Request, Response, Span, Zone, ZoneConfig};
 use clap::Parser;
 
 use crate::cli::{Cli, Command, ZoneCommand};
@@ -339,7 +339,14 @@ fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
             no_masquerade,
             no_dhcp,
             isolated,
+            distributed,
+            vni,
         } => {
+            let (subnet, span) = if distributed {
+                (None, Some(Span { subnet, vni }))
+            } else {
+                (subnet, None)
+            };
             let req = Request::ZoneCreate(ZoneConfig {
                 name,
                 subnet,
@@ -347,14 +354,21 @@ fn zone(client: &Client, cmd: ZoneCommand) -> Result<ExitCode, String> {
                 dhcp: !no_dhcp,
                 isolated,
                 subnet6: None,
+                span,
             });
             let Response::Zone(z) = call(client, &req)? else {
                 return Err("rnetd sent an unexpected answer to zone create".into());
             };
-            println!(
-                "zone {} created: bridge {}, subnet {}",
-                z.name, z.bridge, z.subnet
-            );
+            match &z.span {
+                Some(s) => println!(
+                    "zone {} joined: bridge {}, subnet {} (VNI {}), this host's slice {}",
+                    z.name, z.bridge, s.subnet, s.vni, z.subnet
+                ),
+                None => println!(
+                    "zone {} created: bridge {}, subnet {}",
+                    z.name, z.bridge, z.subnet
+                ),
+            }
         }
         ZoneCommand::List { json } => {
             let Response::Zones(list) = call(client, &Request::ZoneList)? else {
@@ -413,6 +427,18 @@ fn print_zones(list: &[Zone]) {
             flags.join(","),
             z.subnet6.map_or_else(|| "-".into(), |s| s.to_string())
         );
+        if let Some(span) = &z.span {
+            println!(
+                "  distributed: subnet {}, VNI {}, this host {}",
+                span.subnet, span.vni, span.node
+            );
+            for h in &span.hosts {
+                println!(
+                    "    host {:<20} underlay {:<16} slice {}",
+                    h.node, h.underlay, h.slice
+                );
+            }
+        }
     }
     println!("\n{} zone(s) listed.", list.len());
 }

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::expr::{accept, eq, meta, number, payload, string};
 use crate::model::IfName;
-use crate::names::TABLE;
+use crate::names::{TABLE, UNDERLAY_TABLE};
 
 /// Every comment of ours in a foreign chain starts with this.
 pub const COMMENT_PREFIX: &str = "rnet: ";
@@ -386,7 +386,9 @@ fn foreign_key(object: &Value, name_field: &str) -> Option<ChainKey> {
     let family = object["family"].as_str()?;
     let table = object["table"].as_str()?;
     let name = object[name_field].as_str()?;
-    if !matches!(family, "ip" | "ip6" | "inet") || (family == "inet" && table == TABLE) {
+    if !matches!(family, "ip" | "ip6" | "inet")
+        || (family == "inet" && (table == TABLE || table == UNDERLAY_TABLE))
+    {
         return None;
     }
     Some((family.to_owned(), table.to_owned(), name.to_owned()))

@@ -14,6 +14,10 @@ pub const FAMILY: NfFamily = NfFamily::INet;
 /// Name of our table: `nft list table inet rnet`.
 pub const TABLE: &str = "rnet";
 
+/// Name of rnetd's `--underlay-filter` table (`inet`, written by `netd::distributed::filter`):
+/// ours too, so never taken for another firewall's.
+pub const UNDERLAY_TABLE: &str = "rnet_underlay";
+
 /// Set `masq4 { type ipv4_addr; flags interval }`: IPv4 container subnets (masquerade sources).
 pub const MASQ4: &str = "masq4";
 /// Set `masq6 { type ipv6_addr; flags interval }`: IPv6 container subnets (masquerade sources).

@@ -403,6 +403,15 @@ impl<N: AsyncNft> Firewall<N> {
         result
     }
 
+    /// Applies element changes that are no link's (a distributed zone's VXLAN device and its
+    /// pairs, `machines/span.rs`) in one atomic batch.
+    pub async fn change_elements(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.change(changes).await
+    }
+
     /// Removes a link's elements; removes the tables when nothing is left.
     pub async fn remove(&mut self, link: &LinkRules) -> Result<(), FirewallError> {
         let changes = link.changes(false)?;

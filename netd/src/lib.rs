@@ -10,6 +10,7 @@ pub use api;
 pub use netlink_sync;
 
 pub mod dhcp_glue;
+pub mod distributed;
 pub mod dns;
 pub mod firewall;
 pub mod forward6;

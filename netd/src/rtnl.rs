@@ -35,7 +35,11 @@ pub struct RtnlError {
 }
 
 impl RtnlError {
-    fn new(step: &'static str, object: impl Into<String>, err: &rtnetlink::Error) -> Self {
+    pub(crate) fn new(
+        step: &'static str,
+        object: impl Into<String>,
+        err: &rtnetlink::Error,
+    ) -> Self {
         let (errno, reason) = match err {
             rtnetlink::Error::NetlinkError(m) => (Some(-m.raw_code()), m.to_io().to_string()),
             other => (None, other.to_string()),
@@ -152,6 +156,11 @@ impl Rtnl {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(Self { handle })
+    }
+
+    /// The rtnetlink handle, for the requests of other modules (`distributed::vxlan`).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// `RTM_NEWLINK` with create/exclusive flags.

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod multihost;
 pub mod tree;
 
 /// The uplink's address ("the internet").
@@ -562,7 +563,7 @@ impl Drop for Rig {
 }
 
 /// Kills every process whose network namespace is the named netns.
-fn kill_netns_processes(ns: &str) {
+pub(crate) fn kill_netns_processes(ns: &str) {
     let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
         return;
     };

@@ -69,6 +69,27 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=1800))]
     ra_interval: u64,
+    /// etcd client URLs (comma-separated), for zones across hosts (`rnet zone create
+    /// --distributed`), e.g. `http://10.0.0.1:2379,http://10.0.0.2:2379`.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// This host's name in etcd (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The underlay of zones across hosts: an interface (its first IPv4 address) or an IPv4
+    /// address; VXLAN packets leave from it. Needed with --etcd.
+    #[arg(long, value_name = "IF|ADDR")]
+    underlay: Option<String>,
+    /// Seconds of the lease that keeps this host's keys in etcd: after a crash the other hosts
+    /// drop its entries this long after its last renewal.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    etcd_ttl: u64,
+    /// Accept VXLAN (UDP 4789) only from the underlay addresses of the hosts of this host's
+    /// distributed zones (table `inet rnet_underlay`); without it any sender on the underlay
+    /// can inject frames into them.
+    #[arg(long)]
+    underlay_filter: bool,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `netd=debug`.
     #[arg(long, env = "RNET_LOG", default_value = "info")]
     log: String,
@@ -167,6 +188,11 @@ async fn run(args: Args) -> Result<()> {
     let machines = Machines::start(settings, rtnl, dns, ra_interval)
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
+    if !args.etcd.is_empty() {
+        let fabric = fabric(&args).await?;
+        machines.set_fabric(fabric);
+        machines.resume_spans().await;
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     info!(socket = %args.runtime_dir.join(SOCKET_NAME).display(), "rnetd listening");
@@ -179,6 +205,46 @@ async fn run(args: Args) -> Result<()> {
     netd::server::run(machines, listener, shutdown).await;
     let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
     Ok(())
+}
+
+/// The fabric of zones across hosts, from `--etcd`, `--node-name`, `--underlay`, `--etcd-ttl`;
+/// an error names the option.
+async fn fabric(args: &Args) -> Result<std::sync::Arc<netd::distributed::Fabric>> {
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("--node-name not given and the hostname cannot be read")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    netd::distributed::keys::check_node(&node).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    let Some(underlay) = &args.underlay else {
+        bail!("--etcd needs --underlay IF|ADDR (where VXLAN packets leave from)");
+    };
+    let underlay = match underlay.parse::<std::net::Ipv4Addr>() {
+        Ok(a) => a,
+        Err(_) => Rtnl::connect()
+            .context("opening an rtnetlink socket")?
+            .first_ipv4(underlay)
+            .await
+            .with_context(|| format!("--underlay {underlay}"))?
+            .with_context(|| {
+                format!("--underlay {underlay}: no such interface with an IPv4 address")
+            })?,
+    };
+    let vtep = Rtnl::connect().context("opening an rtnetlink socket")?;
+    info!(node = %node, %underlay, etcd = %args.etcd.join(","), "zones across hosts enabled");
+    Ok(netd::distributed::Fabric::new(
+        netd::distributed::Options {
+            endpoints: args.etcd.clone(),
+            node,
+            underlay,
+            ttl: std::time::Duration::from_secs(args.etcd_ttl),
+            dir: args.runtime_dir.join("span"),
+            underlay_filter: args.underlay_filter,
+        },
+        vtep,
+    ))
 }
 
 /// Raises the soft limit on open files to the hard one: every client connection, netns fd and

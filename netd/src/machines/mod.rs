@@ -26,6 +26,7 @@ mod held;
 pub mod plan;
 pub mod registry;
 mod restore;
+mod span;
 pub mod system;
 pub mod zones;
 
@@ -134,6 +135,8 @@ pub struct Machines<S: System = Host> {
     zone_file: ZoneFile,
     registry: Mutex<Registry>,
     firewall: Mutex<Firewall<S::Nft>>,
+    /// Zones across hosts (`rnetd --etcd`), set once after the start.
+    fabric: std::sync::OnceLock<Arc<crate::distributed::Fabric>>,
     this: Weak<Self>,
 }
 
@@ -225,6 +228,7 @@ impl<S: System> Machines<S> {
                     .with_host_mode(host_mode)
                     .with_forward6(saved.forward6_restore.clone()),
             ),
+            fabric: std::sync::OnceLock::new(),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -417,6 +421,8 @@ impl<S: System> Machines<S> {
                 (start, Some(pidfd), None)
             }
         };
+        // The first member of a zone that spans hosts makes this host join it.
+        self.span_join_for(&req.network).await?;
 
         let mut registry = self.registry.lock().await;
         if let Some(holder) = &req.held {
@@ -668,6 +674,9 @@ impl<S: System> Machines<S> {
 
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
     pub async fn zone_create(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
+        if config.span.is_some() {
+            return self.span_create(config).await;
+        }
         let mut registry = self.registry.lock().await;
         if registry.zones.contains(&config.name) {
             return Err(ApiError::new(
@@ -724,7 +733,7 @@ impl<S: System> Machines<S> {
         registry
             .zones
             .iter()
-            .map(|z| z.info(self.leases.lease_count(z.index)))
+            .map(|z| self.span_info(z.info(self.leases.lease_count(z.index))))
             .collect()
     }
 
@@ -734,7 +743,7 @@ impl<S: System> Machines<S> {
         registry
             .zones
             .get(name)
-            .map(|z| z.info(self.leases.lease_count(z.index)))
+            .map(|z| self.span_info(z.info(self.leases.lease_count(z.index))))
             .ok_or_else(|| zone_not_found(name))
     }
 
@@ -763,6 +772,7 @@ impl<S: System> Machines<S> {
             }
         }
         if failed.is_empty() && registry.zones.contains(name) {
+            self.span_leave(&registry, name).await;
             // Deleting it is what was asked, explicit or not.
             self.remove_zone(&mut registry, name).await;
             self.save_zone_file(&registry);

@@ -393,11 +393,14 @@ fn check_ports6(m: &Machine) -> Result<(), ApiError> {
     }
 }
 
-/// The firewall contribution of a zone: its bridge and, when masqueraded, its subnets.
+/// The firewall contribution of a zone: its bridge and, when masqueraded, its subnets (of a
+/// zone across hosts the whole zone's subnet, so traffic to other hosts' slices keeps its
+/// source address).
 pub fn zone_rules(config: &ZoneConfig) -> LinkRules {
+    let span_subnet = config.span.as_ref().and_then(|s| s.subnet);
     LinkRules {
         ifname: Some(config.name.bridge()),
-        subnet: config.subnet.filter(|_| config.masquerade),
+        subnet: span_subnet.or(config.subnet).filter(|_| config.masquerade),
         subnet6: config.subnet6.filter(|_| config.masquerade),
         ..LinkRules::default()
     }

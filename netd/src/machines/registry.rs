@@ -100,6 +100,12 @@ impl Registry {
             .chain(self.pool.allocated())
             .chain(self.zones.subnets())
             .copied()
+            // The whole subnet of a zone across hosts: other hosts' slices live there.
+            .chain(
+                self.zones
+                    .iter()
+                    .filter_map(|z| z.config.span.as_ref()?.subnet),
+            )
             .collect()
     }
 

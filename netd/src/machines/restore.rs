@@ -14,7 +14,7 @@ use crate::state::{SavedMachine, State};
 use super::plan::{link_rules, machine_mac, machine_removals, veth_dhcp, zone_rules};
 use super::registry::{Entry, Registry};
 use super::system::{Ipv6Services, Leases, Links, Procs, System};
-use super::{Machines, internal};
+use super::{Machines, internal, span};
 
 /// What was observed of the saved machines and zones.
 #[derive(Debug, Clone, Default)]
@@ -316,6 +316,7 @@ impl<S: System> Machines<S> {
                     }))
             })
             .chain(registry.zones.iter().map(|z| z.config.name.bridge()))
+            .chain(span::devices(registry))
             .collect();
         let marked = match self.links.marked_links().await {
             Ok(m) => m,

@@ -58,6 +58,7 @@ impl ZoneEntry {
             isolated: self.config.isolated,
             subnet6: self.config.subnet6,
             address6: self.config.subnet6.map(crate::ipv6::gateway6),
+            span: None,
         }
     }
 }
