@@ -233,6 +233,7 @@ impl DhcpService {
                 ifname: link.ifname.clone(),
                 source,
             })?;
+        crate::timing::lap("dns start");
         if let Err(e) = self.open(link).await {
             self.dns.remove_link(&link.ifname, link.index);
             return Err(e);
@@ -272,6 +273,7 @@ impl DhcpService {
     /// once its lease files are gone.
     pub async fn remove_link(&self, ifname: &str, index: u32) {
         self.dns.remove_link(ifname, index);
+        crate::timing::lap("dns stop");
         if let Some(t) = self.tasks().remove(ifname) {
             t.abort();
         }

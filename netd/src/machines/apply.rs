@@ -13,6 +13,7 @@ use crate::rtnl::RtnlError;
 use super::plan::{Removal, Step};
 use super::system::{Ipv6Services, Leases, Links, System};
 use super::{Machines, internal};
+use crate::timing;
 
 /// What applying steps built so far: ifindexes by name, the extra links made, and how to undo.
 #[derive(Debug, Default)]
@@ -78,7 +79,9 @@ impl<S: System> Machines<S> {
         done: &mut Applied,
     ) -> Result<(), ApiError> {
         for step in steps {
-            if let Err(e) = self.step(machine, step, netns, done).await {
+            let result = self.step(machine, step, netns, done).await;
+            timing::lap(step_label(step));
+            if let Err(e) = result {
                 let undo = std::mem::take(&mut done.undo);
                 let failed = self.remove(undo.into_iter().rev(), netns).await;
                 if failed.is_empty() {
@@ -251,12 +254,9 @@ impl<S: System> Machines<S> {
                 done.undo.push(Removal::Release { index, mac: *mac });
             }
             Step::AddRules(rules) => {
-                self.firewall
-                    .lock()
-                    .await
-                    .add(rules)
-                    .await
-                    .map_err(internal)?;
+                let mut firewall = self.firewall.lock().await;
+                timing::lap("firewall lock");
+                firewall.add(rules).await.map_err(internal)?;
                 done.undo.push(Removal::Rules(rules.clone()));
             }
         }
@@ -271,6 +271,7 @@ impl<S: System> Machines<S> {
     ) -> Vec<String> {
         let mut failed = Vec::new();
         for r in removals {
+            let label = removal_label(&r);
             match r {
                 Removal::Rules(rules) => {
                     if let Err(e) = self.firewall.lock().await.remove(&rules).await {
@@ -292,7 +293,39 @@ impl<S: System> Machines<S> {
                     }
                 }
             }
+            timing::lap(label);
         }
         failed
+    }
+}
+
+/// A step's phase name in timings (`crate::timing`).
+fn step_label(step: &Step) -> &'static str {
+    match step {
+        Step::AddExtras(_) => "add extras",
+        Step::AddVeth { .. } => "add veth",
+        Step::AddBridge { .. } => "add bridge",
+        Step::AddAddress { .. } => "add address",
+        Step::AddAddress6 { .. } => "add address6",
+        Step::Advertise(_) => "start ra",
+        Step::Relay(_) => "start relay",
+        Step::SetUp { .. } => "set up",
+        Step::JoinBridge { .. } => "join bridge",
+        Step::Serve(_) => "start dhcp+dns",
+        Step::RecordLease { .. } => "record lease",
+        Step::AddRules(_) => "nft add",
+    }
+}
+
+/// A removal's phase name in timings (`crate::timing`).
+fn removal_label(removal: &Removal) -> &'static str {
+    match removal {
+        Removal::Rules(_) => "nft remove",
+        Removal::Extras(_) => "remove extras",
+        Removal::StopServing { .. } => "stop dhcp+dns",
+        Removal::Release { .. } => "release lease",
+        Removal::StopAdvertising(_) => "stop ra",
+        Removal::StopRelay(_) => "stop relay",
+        Removal::DelLink(_) => "delete link",
     }
 }

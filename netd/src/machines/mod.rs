@@ -59,6 +59,7 @@ use crate::pool::Pool;
 use crate::rtnl::Rtnl;
 use crate::state::{SavedMachine, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
+use crate::timing;
 
 use apply::Applied;
 use plan::{AttachObserved, plan_zone_removal};
@@ -318,12 +319,15 @@ impl<S: System> Machines<S> {
                 firewall.forward6_restore(),
             )
         };
-        self.state
+        let saved = self
+            .state
             .save(State {
                 forward6_restore,
                 ..registry.state(forward_restore)
             })
-            .map_err(internal)
+            .map_err(internal);
+        timing::lap("state write");
+        saved
     }
 
     /// Writes the explicit zones' file.
@@ -376,6 +380,7 @@ impl<S: System> Machines<S> {
         };
         if needs_pool {
             seen.in_use = self.links.ipv4_in_use().await.map_err(internal)?;
+            timing::lap("address dump");
         }
         match &req.network {
             NetworkSpec::Bridge(b) => {
@@ -400,6 +405,11 @@ impl<S: System> Machines<S> {
     /// `req` asks, for the container whose network namespace is `netns`. On any error nothing
     /// is left behind.
     pub async fn attach(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
+        let name = req.machine.clone();
+        timing::timed("attach", name.as_str(), self.attach_timed(req, netns)).await
+    }
+
+    async fn attach_timed(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
         let pid = req.pid;
         // An attachment no process owns is checked against its path instead (`held.rs`).
         let (pid_start_time, pidfd, held_ns) = match &req.held {
@@ -418,13 +428,17 @@ impl<S: System> Machines<S> {
             }
         };
 
+        timing::lap("check");
         let mut registry = self.registry.lock().await;
+        timing::lap("lock");
         if let Some(holder) = &req.held {
             held::check_owner_free(&registry, holder)?;
         }
         let seen = self.observe_attach(&registry, &req).await?;
+        timing::lap("observe");
         let plan = registry.plan_attach(&self.settings, &req, &seen)?;
         registry.reserve(&plan)?;
+        timing::lap("plan");
         // A zone created for its first member comes first.
         let mut known = Vec::new();
         if let Some(zone) = &plan.new_zone {
@@ -482,6 +496,7 @@ impl<S: System> Machines<S> {
                 teardown_errors: Vec::new(),
             },
         );
+        timing::lap("commit");
         if let Err(e) = self.save(&registry).await {
             let _ = self.remove_machine(&mut registry, &name).await;
             return Err(e);
@@ -492,6 +507,7 @@ impl<S: System> Machines<S> {
                 entry.watcher = Some(watcher);
             }
         }
+        timing::lap("watch");
         info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
         Ok(machine)
     }
@@ -499,7 +515,12 @@ impl<S: System> Machines<S> {
     /// Removes a machine's networking. When a step fails the others still run; the machine
     /// then stays listed with what failed, and the answer says it.
     pub async fn detach(&self, name: &MachineName) -> Result<(), ApiError> {
+        timing::timed("detach", name.as_str(), self.detach_timed(name)).await
+    }
+
+    async fn detach_timed(&self, name: &MachineName) -> Result<(), ApiError> {
         let mut registry = self.registry.lock().await;
+        timing::lap("lock");
         if !registry.machines.contains_key(name) {
             return Err(not_found(name));
         }
@@ -518,6 +539,7 @@ impl<S: System> Machines<S> {
         let Some((removals, empty_zone)) = registry.plan_detach(name) else {
             return Ok(());
         };
+        timing::lap("plan");
         if let Some(entry) = registry.machines.get_mut(name)
             && let Some(w) = entry.watcher.take()
         {
@@ -543,6 +565,7 @@ impl<S: System> Machines<S> {
             ));
         }
         let entry = registry.forget_machine(name);
+        timing::lap("forget");
         if let Some(z) = empty_zone {
             self.remove_zone(registry, &z).await;
         }
@@ -649,25 +672,36 @@ impl<S: System> Machines<S> {
                 }
             }
             let Some(me) = this.upgrade() else { return };
-            let mut registry = me.registry.lock().await;
-            // Our own abort handle is in the entry: take it out so removal does not abort us
-            // half-way.
-            match registry.machines.get_mut(&name) {
-                Some(e) => e.watcher = None,
-                None => return,
-            }
-            info!(machine = %name, "container process exited; cleaning up");
-            // Failures are logged and kept on the machine by remove_machine.
-            let _ = me.remove_machine(&mut registry, &name).await;
-            if let Err(e) = me.save(&registry).await {
-                warn!(error = %e, "saving state failed");
-            }
+            timing::timed("exit", name.as_str(), me.exited(&name)).await;
         })
         .abort_handle()
     }
 
+    /// Detaches a machine whose process exited (the pidfd watch).
+    async fn exited(&self, name: &MachineName) {
+        let mut registry = self.registry.lock().await;
+        timing::lap("lock");
+        // Our own abort handle is in the entry: take it out so removal does not abort us
+        // half-way.
+        match registry.machines.get_mut(name) {
+            Some(e) => e.watcher = None,
+            None => return,
+        }
+        info!(machine = %name, "container process exited; cleaning up");
+        // Failures are logged and kept on the machine by remove_machine.
+        let _ = self.remove_machine(&mut registry, name).await;
+        if let Err(e) = self.save(&registry).await {
+            warn!(error = %e, "saving state failed");
+        }
+    }
+
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
     pub async fn zone_create(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
+        let name = config.name.clone();
+        timing::timed("zone create", name.as_str(), self.zone_create_timed(config)).await
+    }
+
+    async fn zone_create_timed(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
         let mut registry = self.registry.lock().await;
         if registry.zones.contains(&config.name) {
             return Err(ApiError::new(
