@@ -162,7 +162,7 @@ impl Machines<Host> {
             HostProcs,
             leases,
             system::HostIpv6::new(ra_interval),
-            nat::NftCli::new(),
+            nat::NftCli::new().with_session(),
             Sysctl::default(),
         )
         .await?;
@@ -328,6 +328,23 @@ impl<S: System> Machines<S> {
             .map_err(internal);
         timing::lap("state write");
         saved
+    }
+
+    /// Hands the state to the background writer ([`StateFile::save_behind`]): for removals,
+    /// which a crash before the write cannot lose (a restart tears down what it finds dead).
+    async fn save_behind(&self, registry: &Registry) {
+        let (forward_restore, forward6_restore) = {
+            let firewall = self.firewall.lock().await;
+            (
+                firewall.forward_restore().map(str::to_owned),
+                firewall.forward6_restore(),
+            )
+        };
+        self.state.save_behind(State {
+            forward6_restore,
+            ..registry.state(forward_restore)
+        });
+        timing::lap("state snapshot");
     }
 
     /// Writes the explicit zones' file.
@@ -525,7 +542,7 @@ impl<S: System> Machines<S> {
             return Err(not_found(name));
         }
         let result = self.remove_machine(&mut registry, name).await;
-        self.save(&registry).await?;
+        self.save_behind(&registry).await;
         result
     }
 
@@ -593,6 +610,7 @@ impl<S: System> Machines<S> {
 
     /// Writes what must survive a restart that is not yet on disk (leases).
     pub async fn shutdown(&self) {
+        self.state.flush();
         self.leases.sync().await;
     }
 
@@ -690,9 +708,7 @@ impl<S: System> Machines<S> {
         info!(machine = %name, "container process exited; cleaning up");
         // Failures are logged and kept on the machine by remove_machine.
         let _ = self.remove_machine(&mut registry, name).await;
-        if let Err(e) = self.save(&registry).await {
-            warn!(error = %e, "saving state failed");
-        }
+        self.save_behind(&registry).await;
     }
 
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
