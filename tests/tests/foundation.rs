@@ -116,8 +116,11 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     );
 
     // Inside the container: host0 with its MAC and address, a default route via the host side.
+    // (Listed once rnetd answered; the container configures host0 from that answer: wait.)
     let pid = m["pid"].as_u64().unwrap();
-    let inside = ip_json(in_pid_netns(pid, "ip").args(["-j", "addr", "show", "dev", "host0"]));
+    let host0 = || ip_json(in_pid_netns(pid, "ip").args(["-j", "addr", "show", "dev", "host0"]));
+    wait_until(Duration::from_secs(5), || !ipv4_addrs(&host0()).is_empty());
+    let inside = host0();
     assert_eq!(inside[0]["address"], cont_mac.as_str());
     assert_eq!(ipv4_addrs(&inside), [format!("{cont_addr}/28")]);
     let routes = ip_json(in_pid_netns(pid, "ip").args(["-j", "route", "show", "default"]));

@@ -448,6 +448,7 @@ impl<S: System> Machines<S> {
         timing::lap("check");
         let mut registry = self.registry.lock().await;
         timing::lap("lock");
+        self.reap_exited(&mut registry, &req).await;
         if let Some(holder) = &req.held {
             held::check_owner_free(&registry, holder)?;
         }
@@ -527,6 +528,46 @@ impl<S: System> Machines<S> {
         timing::lap("watch");
         info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
         Ok(machine)
+    }
+
+    /// Tears down, now, the machines in the way of `req` (its name, or a host port it asks
+    /// for) whose process has already exited: the launcher does not wait for its container's
+    /// teardown, so a run with the same name or ports right after must not find the old machine
+    /// still listed because the pidfd watch has not had the registry's lock yet. The watch's
+    /// own task is aborted by the removal. A failed teardown leaves the machine listed, and the
+    /// attach is then refused as before.
+    async fn reap_exited(&self, registry: &mut Registry, req: &AttachRequest) {
+        let exited = |e: &Entry| {
+            e.pidfd
+                .as_ref()
+                .is_some_and(|fd| crate::procfs::has_exited(fd.as_fd()))
+        };
+        let mut ended: Vec<MachineName> = Vec::new();
+        if registry.machines.get(&req.machine).is_some_and(exited) {
+            ended.push(req.machine.clone());
+        }
+        if !req.ports.is_empty() {
+            ended.extend(
+                registry
+                    .machines
+                    .iter()
+                    .filter(|(n, e)| {
+                        **n != req.machine
+                            && e.saved
+                                .machine
+                                .ports
+                                .iter()
+                                .any(|q| req.ports.iter().any(|p| q.overlaps(p)))
+                            && exited(e)
+                    })
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        for name in ended {
+            info!(machine = %name, "container process exited; cleaning up before an attach that needs its name or ports");
+            let _ = self.remove_machine(registry, &name).await;
+        }
+        timing::lap("reap exited");
     }
 
     /// Removes a machine's networking. When a step fails the others still run; the machine
