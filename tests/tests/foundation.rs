@@ -265,6 +265,33 @@ fn a_running_name_is_refused_and_loses_nothing() {
 }
 
 #[test]
+fn the_same_name_and_port_run_again_right_after_each_exit() {
+    if !privileged("the_same_name_and_port_run_again_right_after_each_exit") {
+        return;
+    }
+    // The launcher exits without waiting for its teardown: each next run of the name (and
+    // port) must find it done, or have rnetd finish it first.
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    for i in 0..50 {
+        let out = output(rig.rnet().args([
+            "run", "-n", "-M", "same", "-p", "8080:80", "--", "sh", "-c", "exit 3",
+        ]));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "run {i}: {}\nrnetd log:\n{}",
+            stderr(&out),
+            rig.log()
+        );
+    }
+    assert!(rig.machines().is_empty());
+    assert!(!rig.host_has_link("ve-same"));
+    assert!(rig.nft_table().is_none(), "table left after the last run");
+    rig.assert_no_panic();
+}
+
+#[test]
 fn bad_input_gives_one_clear_line() {
     if !privileged("bad_input_gives_one_clear_line") {
         return;

@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use tracing::warn;
 
@@ -83,7 +86,9 @@ impl<S: System> Machines<S> {
             timing::lap(step_label(step));
             if let Err(e) = result {
                 let undo = std::mem::take(&mut done.undo);
-                let failed = self.remove(undo.into_iter().rev(), netns).await;
+                let failed = self
+                    .remove(undo.into_iter().rev(), netns, Deletes::Wait)
+                    .await;
                 if failed.is_empty() {
                     return Err(e);
                 }
@@ -128,6 +133,7 @@ impl<S: System> Machines<S> {
                 peer,
                 peer_mac,
             } => {
+                self.deleted(ifname).await;
                 let index = self
                     .links
                     .add_veth(ifname, *host_mac, peer, *peer_mac, netns_of()?.as_fd())
@@ -143,6 +149,7 @@ impl<S: System> Machines<S> {
                 }
             }
             Step::AddBridge { ifname } => {
+                self.deleted(ifname).await;
                 let index = self
                     .links
                     .add_bridge(ifname)
@@ -263,11 +270,13 @@ impl<S: System> Machines<S> {
         Ok(())
     }
 
-    /// Runs every removal, whatever fails; returns the failures, one line each.
+    /// Runs every removal, whatever fails; returns the failures, one line each. With
+    /// [`Deletes::Behind`] links are deleted in the background ([`Machines::delete_behind`]).
     pub(super) async fn remove(
         &self,
         removals: impl IntoIterator<Item = Removal>,
         netns: Option<&OwnedFd>,
+        deletes: Deletes,
     ) -> Vec<String> {
         let mut failed = Vec::new();
         for r in removals {
@@ -287,6 +296,9 @@ impl<S: System> Machines<S> {
                 Removal::Release { index, mac } => self.leases.release(index, mac),
                 Removal::StopAdvertising(ifname) => self.ipv6.stop_advertising(&ifname),
                 Removal::StopRelay(specs) => specs.iter().for_each(|s| self.ipv6.stop_relay(s)),
+                Removal::DelLink(ifname) if deletes == Deletes::Behind => {
+                    self.delete_behind(ifname);
+                }
                 Removal::DelLink(ifname) => {
                     if let Err(e) = self.links.del_link(&ifname).await {
                         failed.push(format!("deleting link {ifname}: {e}"));
@@ -297,6 +309,60 @@ impl<S: System> Machines<S> {
         }
         failed
     }
+}
+
+/// How a removal deletes links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    /// Before it returns, failures reported (a detach asked for, an undo, a restart).
+    Wait,
+    /// In the background (a machine whose process ended: nobody waits for the answer).
+    Behind,
+}
+
+impl<S: System> Machines<S> {
+    /// Deletes link `ifname` in a task of its own. Unregistering a device waits for RCU grace
+    /// periods in the kernel (tens of milliseconds), which would otherwise hold the registry's
+    /// lock, and every attach behind it, after a container's exit. A link of the same name is
+    /// created only once the deletion is done ([`Machines::deleted`]). A failure is logged; the
+    /// link, in our link group, is then removed by the next restart, and an attach of the same
+    /// name meanwhile fails with "interface ... already exists".
+    fn delete_behind(&self, ifname: String) {
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        let done = Arc::new(Notify::new());
+        lock(&self.deleting).insert(ifname.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            if let Err(e) = me.links.del_link(&ifname).await {
+                warn!(%ifname, error = %e, "deleting a link in the background failed; it stays until rnetd restarts");
+            }
+            let mut deleting = lock(&me.deleting);
+            if deleting.get(&ifname).is_some_and(|d| Arc::ptr_eq(d, &done)) {
+                deleting.remove(&ifname);
+            }
+            drop(deleting);
+            done.notify_waiters();
+        });
+    }
+
+    /// Waits until no background deletion of link `ifname` is in progress.
+    pub(super) async fn deleted(&self, ifname: &str) {
+        loop {
+            let Some(done) = lock(&self.deleting).get(ifname).cloned() else {
+                return;
+            };
+            let notified = done.notified();
+            if !lock(&self.deleting).contains_key(ifname) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A step's phase name in timings (`crate::timing`).

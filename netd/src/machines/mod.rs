@@ -61,7 +61,7 @@ use crate::state::{SavedMachine, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
 use crate::timing;
 
-use apply::Applied;
+use apply::{Applied, Deletes};
 use plan::{AttachObserved, plan_zone_removal};
 use registry::{Entry, Registry};
 use system::{Host, HostProcs, Leases, Links, Procs, System};
@@ -135,6 +135,8 @@ pub struct Machines<S: System = Host> {
     zone_file: ZoneFile,
     registry: Mutex<Registry>,
     firewall: Mutex<Firewall<S::Nft>>,
+    /// Links being deleted in the background, by name ([`Deletes::Behind`]).
+    deleting: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     this: Weak<Self>,
 }
 
@@ -226,6 +228,7 @@ impl<S: System> Machines<S> {
                     .with_host_mode(host_mode)
                     .with_forward6(saved.forward6_restore.clone()),
             ),
+            deleting: std::sync::Mutex::default(),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -405,6 +408,8 @@ impl<S: System> Machines<S> {
             }
             NetworkSpec::Zone(z) => match registry.zones.get(z) {
                 None => {
+                    // A zone removed with its last member may still have its bridge going.
+                    self.deleted(&z.bridge()).await;
                     seen.bridge = self.links.lookup(&z.bridge()).await.map_err(internal)?;
                 }
                 Some(zone) if zone.config.dhcp => {
@@ -481,7 +486,8 @@ impl<S: System> Machines<S> {
             .await
         {
             if let Some(zone) = &plan.new_zone {
-                self.remove_zone(&mut registry, &zone.config.name).await;
+                self.remove_zone(&mut registry, &zone.config.name, Deletes::Wait)
+                    .await;
             }
             if let Some(net) = plan.subnet {
                 registry.pool.release(net);
@@ -516,7 +522,9 @@ impl<S: System> Machines<S> {
         );
         timing::lap("commit");
         if let Err(e) = self.save(&registry).await {
-            let _ = self.remove_machine(&mut registry, &name).await;
+            let _ = self
+                .remove_machine(&mut registry, &name, Deletes::Wait)
+                .await;
             return Err(e);
         }
         if let Some(pidfd) = pidfd {
@@ -565,7 +573,7 @@ impl<S: System> Machines<S> {
         }
         for name in ended {
             info!(machine = %name, "container process exited; cleaning up before an attach that needs its name or ports");
-            let _ = self.remove_machine(registry, &name).await;
+            let _ = self.remove_machine(registry, &name, Deletes::Behind).await;
         }
         timing::lap("reap exited");
     }
@@ -582,7 +590,9 @@ impl<S: System> Machines<S> {
         if !registry.machines.contains_key(name) {
             return Err(not_found(name));
         }
-        let result = self.remove_machine(&mut registry, name).await;
+        let result = self
+            .remove_machine(&mut registry, name, Deletes::Wait)
+            .await;
         self.save_behind(&registry).await;
         result
     }
@@ -593,6 +603,7 @@ impl<S: System> Machines<S> {
         &self,
         registry: &mut Registry,
         name: &MachineName,
+        deletes: Deletes,
     ) -> Result<(), ApiError> {
         let Some((removals, empty_zone)) = registry.plan_detach(name) else {
             return Ok(());
@@ -604,7 +615,7 @@ impl<S: System> Machines<S> {
             w.abort();
         }
         let netns = registry.machines.get_mut(name).and_then(|e| e.netns.take());
-        let failed = self.remove(removals, netns.as_ref()).await;
+        let failed = self.remove(removals, netns.as_ref(), deletes).await;
         if !failed.is_empty() {
             for f in &failed {
                 warn!(machine = %name, failure = %f, "teardown step failed");
@@ -625,7 +636,7 @@ impl<S: System> Machines<S> {
         let entry = registry.forget_machine(name);
         timing::lap("forget");
         if let Some(z) = empty_zone {
-            self.remove_zone(registry, &z).await;
+            self.remove_zone(registry, &z, deletes).await;
         }
         info!(machine = %name, ifname = entry.as_ref().and_then(|e| e.saved.machine.host_ifname.as_deref()).unwrap_or("-"), "detached");
         Ok(())
@@ -633,12 +644,12 @@ impl<S: System> Machines<S> {
 
     /// Removes a zone's firewall elements, DHCP server and bridge; forgets it (failures are
     /// logged: a zone without members has nothing left to show them on).
-    async fn remove_zone(&self, registry: &mut Registry, name: &ZoneName) {
+    async fn remove_zone(&self, registry: &mut Registry, name: &ZoneName, deletes: Deletes) {
         let Some(zone) = registry.zones.get(name) else {
             return;
         };
         let explicit = zone.explicit;
-        let failed = self.remove(plan_zone_removal(zone), None).await;
+        let failed = self.remove(plan_zone_removal(zone), None, deletes).await;
         for f in &failed {
             warn!(zone = %name, failure = %f, "removing the zone failed in part");
         }
@@ -748,7 +759,9 @@ impl<S: System> Machines<S> {
         }
         info!(machine = %name, "container process exited; cleaning up");
         // Failures are logged and kept on the machine by remove_machine.
-        let _ = self.remove_machine(&mut registry, name).await;
+        let _ = self
+            .remove_machine(&mut registry, name, Deletes::Behind)
+            .await;
         self.save_behind(&registry).await;
     }
 
@@ -784,6 +797,7 @@ impl<S: System> Machines<S> {
         config: ZoneConfig,
         explicit: bool,
     ) -> Result<(), ApiError> {
+        self.deleted(&config.name.bridge()).await;
         let mut seen = AttachObserved {
             bridge: self
                 .links
@@ -849,13 +863,13 @@ impl<S: System> Machines<S> {
         }
         let mut failed = Vec::new();
         for m in &members {
-            if let Err(e) = self.remove_machine(&mut registry, m).await {
+            if let Err(e) = self.remove_machine(&mut registry, m, Deletes::Wait).await {
                 failed.push(e.message);
             }
         }
         if failed.is_empty() && registry.zones.contains(name) {
             // Deleting it is what was asked, explicit or not.
-            self.remove_zone(&mut registry, name).await;
+            self.remove_zone(&mut registry, name, Deletes::Wait).await;
             self.save_zone_file(&registry);
         }
         self.save(&registry).await?;
