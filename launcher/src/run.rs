@@ -7,7 +7,8 @@
 //! 3. The parent opens the child's network namespace and (for a veth) asks rnetd to attach it,
 //!    then hands the answer to the child, which configures `lo` and `host0`, binds a resolv.conf
 //!    naming its DNS servers over `/etc/resolv.conf` in a mount namespace of its own, and execs.
-//! 4. The parent forwards signals, waits, sends Detach, and exits with the payload's code.
+//! 4. The parent forwards signals, waits, and exits with the payload's code; rnetd tears the
+//!    networking down when it sees the container's process end (its pidfd watch).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -17,8 +18,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use api::{
-    AttachRequest, Client, ClientError, ErrorKind, ExtraLink, InitKind, Machine, MachineName,
-    NetworkSpec, PortSpec, Request,
+    AttachRequest, Client, ExtraLink, InitKind, Machine, MachineName, NetworkSpec, PortSpec,
+    Request,
 };
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -506,7 +507,6 @@ fn parent(
             return Err(e);
         }
     };
-    let attached = machine.is_some();
     let cfg = serde_json::to_vec(&machine).unwrap_or_default();
     let sent = sock
         .write_all(&cfg)
@@ -546,9 +546,9 @@ fn parent(
         Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
         None => wait_forwarding(child, forwarded)?,
     };
-    if attached {
-        detach(client, &plan.machine);
-    }
+    // No Detach: rnetd watches the container through a pidfd and tears its networking down
+    // once it has exited (a run with the same name or ports right after has it done first),
+    // so the launcher exits with the payload's code without waiting for the teardown.
     if let Some(cg) = &cgroup_slot {
         cg.remove();
     }
@@ -631,19 +631,5 @@ fn wait_forwarding(child: Pid, forwarded: &SigSet) -> Result<u8, String> {
         {
             let _ = kill(child, s);
         }
-    }
-}
-
-fn detach(client: &Client, machine: &MachineName) {
-    match client.call(
-        &Request::Detach {
-            machine: machine.clone(),
-        },
-        None,
-    ) {
-        Ok(_) => {}
-        // rnetd's pidfd watch may have been quicker.
-        Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
-        Err(e) => eprintln!("rnet: warning: detaching {machine}: {e}"),
     }
 }

@@ -1,13 +1,17 @@
 //! The kernel boundary: [`Nft`] (and [`AsyncNft`]) apply batches and list our table. [`NftCli`]
 //! runs the `nft` program (listing through `nftables::helper`, applying with `nft -j -f -` of its
-//! own, to keep nft's stderr); `FakeNft` (feature `testing`) records and simulates.
+//! own, to keep nft's stderr, or, with [`NftCli::with_session`], through one long-lived
+//! `nft -j -i`); `FakeNft` (feature `testing`) records and simulates.
 
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::io::{self, Write};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdin};
 
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
@@ -72,6 +76,9 @@ pub trait AsyncNft {
 #[derive(Clone, Debug)]
 pub struct NftCli {
     program: OsString,
+    /// The long-lived `nft -j -i` of [`NftCli::with_session`], shared by clones; started on first
+    /// use.
+    session: Option<Arc<tokio::sync::Mutex<Option<Session>>>>,
 }
 
 impl Default for NftCli {
@@ -90,7 +97,20 @@ impl NftCli {
     pub fn with_program(program: impl Into<OsString>) -> Self {
         Self {
             program: program.into(),
+            session: None,
         }
+    }
+
+    /// Applies async batches through one long-lived `nft -j -i` instead of an `nft` process per
+    /// batch (listings still run `nft` each). Starting `nft`, loading its libraries and reading
+    /// the kernel's tables costs tens of milliseconds a batch on a busy machine; a batch given to
+    /// a running `nft -i` costs about one. Each input line is still one atomic transaction, and
+    /// nft's error text is the error's. The process starts on first use, in the network
+    /// namespace of the thread that uses it then (the daemon's), and is started again after it
+    /// failed or did not answer within [`SESSION_TIMEOUT`].
+    pub fn with_session(mut self) -> Self {
+        self.session = Some(Arc::new(tokio::sync::Mutex::new(None)));
+        self
     }
 
     /// The program this runs.
@@ -222,6 +242,33 @@ impl AsyncNft for NftCli {
             step: step.clone(),
             source,
         };
+        if let Some(session) = &self.session {
+            let mut session = session.lock().await;
+            if session.is_none() {
+                *session = Some(Session::start(&self.program).map_err(run_error)?);
+            }
+            let running = session.as_mut().expect("started above");
+            let outcome = tokio::time::timeout(SESSION_TIMEOUT, running.apply(&payload)).await;
+            return match outcome {
+                Ok(Ok(errors)) if errors.is_empty() => Ok(()),
+                Ok(Ok(errors)) => Err(Error::Refused {
+                    program: self.program_name(),
+                    step,
+                    stderr: errors,
+                }),
+                Ok(Err(e)) => {
+                    *session = None; // killed on drop; the next batch starts another
+                    Err(run_error(e))
+                }
+                Err(_) => {
+                    *session = None;
+                    Err(run_error(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from nft -i within {SESSION_TIMEOUT:?}"),
+                    )))
+                }
+            };
+        }
         let mut child = tokio::process::Command::new(&self.program)
             .args(APPLY)
             .stdin(Stdio::piped())
@@ -250,6 +297,73 @@ impl AsyncNft for NftCli {
             .await
             .map_err(|e| nft_error(e, self.program_name(), LISTING_RULESET.to_owned()))?;
         parse_ruleset(&json, &self.program_name())
+    }
+}
+
+/// How long a batch given to the long-lived `nft -i` may take before the process is dropped.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `nft -j -i`: one JSON batch per input line, each its own transaction. nft answers
+/// nothing on success and its error text on stderr on failure, so each batch is followed by a
+/// marker line that nft cannot parse (`{"rnet-sync":N}`): its error, which echoes the line, ends
+/// the batch's answer on stderr. What came before the marker's own error line is the batch's.
+#[derive(Debug)]
+struct Session {
+    /// Kept for `kill_on_drop`.
+    _child: Child,
+    stdin: ChildStdin,
+    stderr: BufReader<ChildStderr>,
+    seq: u64,
+}
+
+impl Session {
+    fn start(program: &OsStr) -> io::Result<Self> {
+        let mut child = tokio::process::Command::new(program)
+            .args(["-j", "-i"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        Ok(Self {
+            _child: child,
+            stdin,
+            stderr,
+            seq: 0,
+        })
+    }
+
+    /// Applies one batch (`payload`: JSON on one line); returns nft's error text, empty when
+    /// the batch was accepted.
+    async fn apply(&mut self, payload: &str) -> io::Result<String> {
+        debug_assert!(!payload.contains('\n'), "a batch is one line");
+        self.seq += 1;
+        let marker = format!("{{\"rnet-sync\":{}}}", self.seq);
+        self.stdin
+            .write_all(format!("{payload}\n{marker}\n").as_bytes())
+            .await?;
+        self.stdin.flush().await?;
+        let mut lines: Vec<String> = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.stderr.read_line(&mut line).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "nft -i exited",
+                ));
+            }
+            if line.trim_end() == marker {
+                // The marker's error: its message (the line before), the echo, a caret line.
+                lines.pop();
+                let mut caret = String::new();
+                self.stderr.read_line(&mut caret).await?;
+                break;
+            }
+            lines.push(line);
+        }
+        Ok(lines.concat().trim().to_owned())
     }
 }
 

@@ -355,6 +355,55 @@ fn async_apply_and_list() {
 }
 
 #[test]
+fn a_session_applies_batches_reports_refusals_and_goes_on() {
+    if !enter_private_netns("a_session_applies_batches_reports_refusals_and_goes_on") {
+        return;
+    }
+    // A current-thread runtime runs on this thread, so `nft -i` starts in this namespace.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut nft = nft().with_session();
+        nft.apply_async(&render_table(&ruleset_of(0..2)))
+            .await
+            .unwrap();
+        let mut rs = ruleset_of(0..2);
+        for n in 2..6 {
+            let changes = container(n);
+            nft.apply_async(&render_changes(&changes)).await.unwrap();
+            changes.iter().for_each(|c| {
+                rs.apply(c);
+            });
+        }
+        assert_eq!(listed(&mut nft).ruleset, split(&rs));
+
+        // A refused batch: nft's own words, nothing applied, and the session goes on.
+        let err = nft
+            .apply_async(&render_change(&Change::AddSubnet(
+                "10.0.0.0/24".parse().unwrap(),
+            )))
+            .await
+            .unwrap_err();
+        let Error::Refused { ref stderr, .. } = err else {
+            panic!("expected a refusal, got {err:?}");
+        };
+        assert!(!stderr.is_empty(), "{err}");
+        assert!(!stderr.contains("rnet-sync"), "the marker leaked: {err}");
+        assert!(err.to_string().contains("add element masq4 x1"), "{err}");
+        assert_eq!(listed(&mut nft).ruleset, split(&rs), "nothing was applied");
+
+        // Back to two containers, in one batch of deletions.
+        let back = rs.changes_to(&ruleset_of(0..2));
+        nft.apply_async(&render_changes(&back)).await.unwrap();
+        assert_eq!(listed(&mut nft).ruleset, split(&ruleset_of(0..2)));
+        nft.apply_async(&render_delete_table()).await.unwrap();
+        assert!(nft.list_table_async().await.unwrap().is_none());
+    });
+}
+
+#[test]
 fn missing_nft_is_a_clear_error() {
     let mut nft = NftCli::with_program("/nonexistent/nft");
     let err = nft.apply(&render_delete_table()).unwrap_err();

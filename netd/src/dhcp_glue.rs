@@ -233,6 +233,7 @@ impl DhcpService {
                 ifname: link.ifname.clone(),
                 source,
             })?;
+        crate::timing::lap("dns start");
         if let Err(e) = self.open(link).await {
             self.dns.remove_link(&link.ifname, link.index);
             return Err(e);
@@ -268,10 +269,11 @@ impl DhcpService {
         Ok(())
     }
 
-    /// Stops serving a link and forgets its leases (the subnet goes back to the pool); returns
-    /// once its lease files are gone.
+    /// Stops serving a link and forgets its leases (the subnet goes back to the pool); its lease
+    /// files are removed by the writer thread after the jobs queued before.
     pub async fn remove_link(&self, ifname: &str, index: u32) {
         self.dns.remove_link(ifname, index);
+        crate::timing::lap("dns stop");
         if let Some(t) = self.tasks().remove(ifname) {
             t.abort();
         }
@@ -286,9 +288,11 @@ impl DhcpService {
             ifname: ifname.to_owned(),
             done,
         };
-        if self.shared.send(job).is_ok() {
-            let _ = closed.await;
-        }
+        // Not waited for: the writer does its jobs in order, so a link opened again later (a
+        // new machine of the same name) finds the files gone, and the detach does not wait for
+        // a directory fsync.
+        let _ = self.shared.send(job);
+        drop(closed);
     }
 
     /// The address the container with `mac` would get on a served link now (its lease, or the
@@ -548,9 +552,19 @@ impl Writer {
             while let Some(j) = job {
                 match j {
                     Job::Wake => {}
-                    Job::Open { link, done } => {
-                        let _ = done.send(self.open(&link));
-                    }
+                    Job::Open { link, done } => match self.open(&link) {
+                        Ok(live) => {
+                            // Served from the engine from now on: the attach goes on while the
+                            // files are written (before any later job of the link). A crash
+                            // before they are loses nothing: the container's lease is recorded
+                            // again when the link is adopted.
+                            let _ = done.send(Ok(()));
+                            self.start_files(&link, live.as_ref());
+                        }
+                        Err(e) => {
+                            let _ = done.send(Err(e));
+                        }
+                    },
                     Job::Close {
                         index,
                         ifname,
@@ -573,22 +587,25 @@ impl Writer {
         }
     }
 
-    /// Loads a link's saved leases into the engine, records the container's lease, and starts
-    /// its files from a fresh snapshot with an empty journal.
-    fn open(&mut self, link: &DhcpLink) -> Result<(), DhcpError> {
+    /// Loads a link's saved leases into the engine and records the container's lease; returns
+    /// what the link's files start from ([`Writer::start_files`]), `None` when nothing was on
+    /// file.
+    fn open(&mut self, link: &DhcpLink) -> Result<Option<Saved>, DhcpError> {
         let id = LinkId(link.index);
         let cfg_err = |reason: String| DhcpError::Config {
             ifname: link.ifname.clone(),
             reason,
         };
         let now = SystemTime::now();
-        let saved = self
-            .store
-            .load_saved(&link.ifname, now)
-            .unwrap_or_else(|e| {
-                warn!(ifname = %link.ifname, error = %e, "cannot read saved leases");
-                Saved::default()
-            });
+        let loaded = self.store.load_saved(&link.ifname, now);
+        // Nothing on file (a new link): nothing needs writing yet. The container's own lease is
+        // recorded again whenever the link is served (adoption included), and what DHCP clients
+        // get is journaled (held until it is on disk).
+        let fresh = matches!(&loaded, Ok(s) if s.leases.is_empty() && s.quarantined.is_empty());
+        let saved = loaded.unwrap_or_else(|e| {
+            warn!(ifname = %link.ifname, error = %e, "cannot read saved leases");
+            Saved::default()
+        });
         let live = {
             let mut engine = self.shared.engine();
             let server = &mut engine.server;
@@ -638,7 +655,15 @@ impl Writer {
                 quarantined: server.quarantined(id, now),
             }
         };
-        if let Err(e) = self.store.compact(&link.ifname, &live) {
+        Ok((!fresh).then_some(live))
+    }
+
+    /// Starts a link's files from a fresh snapshot of `live` with an empty journal (with no
+    /// `live`, from none: the journal starts when something is to be written).
+    fn start_files(&mut self, link: &DhcpLink, live: Option<&Saved>) {
+        if let Some(live) = live
+            && let Err(e) = self.store.compact(&link.ifname, live)
+        {
             warn!(ifname = %link.ifname, error = %e, "saving leases failed");
         }
         self.files.insert(
@@ -648,7 +673,6 @@ impl Writer {
                 journal_len: 0,
             },
         );
-        Ok(())
     }
 
     /// Appends every pending journal entry, compacts grown journals, then releases the replies

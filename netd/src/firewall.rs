@@ -337,9 +337,11 @@ impl<N: AsyncNft> Firewall<N> {
         let links = self.host_links();
         if let Some(firewalld) = &mut self.firewalld {
             firewalld.sync(&links).await;
+            crate::timing::lap("firewalld");
         }
         if !self.foreign_quiet {
             self.sync_host_logged().await;
+            crate::timing::lap("host firewall look");
         }
     }
 
@@ -394,6 +396,7 @@ impl<N: AsyncNft> Firewall<N> {
         if changes.is_empty() {
             return Ok(());
         }
+        crate::timing::lap("sysctl");
         let result = self.change(&changes).await;
         if result.is_err() && self.installed.is_empty() {
             // The first link was refused: nothing of ours needs forwarding.
@@ -486,6 +489,7 @@ impl<N: AsyncNft> Firewall<N> {
             }
             Err(e) => return Err(e.into()),
         }
+        crate::timing::lap("nft");
         let links_changed = self.installed.ifaces().ne(desired.ifaces());
         self.installed = desired;
         self.generation += 1;

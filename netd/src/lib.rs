@@ -27,3 +27,4 @@ pub mod rtnl;
 pub mod server;
 pub mod state;
 pub mod sysctl;
+pub mod timing;

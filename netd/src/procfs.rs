@@ -55,6 +55,19 @@ pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the process of a pidfd has exited (the pidfd is readable, or hung up once reaped),
+/// without waiting.
+pub fn has_exited(fd: impl AsFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd that lives across the call; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0
+}
+
 /// Device and inode of a namespace file: equal for the same namespace.
 pub fn ns_id(fd: impl AsFd) -> io::Result<(u64, u64)> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;

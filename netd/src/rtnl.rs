@@ -449,10 +449,23 @@ impl Links for Rtnl {
         let Some(index) = self.link_index(name).await? else {
             return Ok(());
         };
-        match self.handle.link().del(index).execute().await {
+        // Unregistering a device waits for RCU grace periods inside the request (tens of
+        // milliseconds): on a socket of its own on a blocking thread, so that the daemon's
+        // connection serves the other requests meanwhile.
+        let deleted = tokio::task::spawn_blocking(move || {
+            netlink_sync::BlockingRtnl::open().and_then(|mut nl| nl.del_link(index))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match deleted {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = RtnlError::new("deleting link", name, &e);
+                let err = RtnlError {
+                    step: "deleting link",
+                    object: name.to_owned(),
+                    errno: e.raw_os_error(),
+                    reason: e.to_string(),
+                };
                 if err.is_gone() { Ok(()) } else { Err(err) }
             }
         }

@@ -1,10 +1,24 @@
 //! What `rnetd` must remember across a restart: the attached machines. Written atomically (temp
-//! file, fsync, rename, fsync of the directory), so a crash leaves the old or the new state,
-//! never a torn file.
+//! file, rename), so a crash of rnetd leaves the old or the new state, never a torn file.
+//!
+//! The state file lives in the runtime directory (`/run/rnet`, emptied at boot), and what it
+//! describes (containers' processes, links, tables) does not outlive the kernel either: what an
+//! fsync protects against, a power loss or a kernel crash, ends every machine it lists. So it is
+//! written without fsync; a write in the page cache survives `kill -9` of rnetd, which is what
+//! the restart path must handle. Writes are ordered by a generation number: an older snapshot
+//! never replaces a newer one. A change that must be on file before it is answered (an attach)
+//! writes at once ([`StateFile::save`]); removals hand their snapshot to a background writer
+//! ([`StateFile::save_behind`]), which writes only the newest of those waiting, so a burst of
+//! exits costs a few writes, not one each. The explicit zones' file, which must outlive a reboot,
+//! is written with fsync.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tracing::warn;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +119,19 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
+    writes: Arc<Writes>,
+}
+
+/// The ordering of writes: generations handed out, the newest written, the newest snapshot
+/// waiting for the background writer.
+#[derive(Debug, Default)]
+struct Writes {
+    next: AtomicU64,
+    /// The generation on file; held while writing, so writes never interleave.
+    written: Mutex<u64>,
+    pending: Mutex<Option<(u64, State)>>,
+    /// A background writer is running (or about to).
+    scheduled: AtomicBool,
 }
 
 impl StateFile {
@@ -112,6 +139,7 @@ impl StateFile {
     pub fn new(runtime_dir: &Path) -> Self {
         Self {
             path: runtime_dir.join(FILE_NAME),
+            writes: Arc::default(),
         }
     }
 
@@ -146,11 +174,104 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Saves the state atomically (the version is set here).
-    pub fn save(&self, mut state: State) -> Result<(), StateError> {
-        state.version = VERSION;
-        write_json(&self.path, &state)
+    /// Saves the state atomically before returning (the version is set here).
+    pub fn save(&self, state: State) -> Result<(), StateError> {
+        let generation = self.writes.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.write(generation, state)
     }
+
+    /// Hands the state to the background writer and returns at once (must be called within a
+    /// tokio runtime); a failed write is logged. Snapshots are taken in the order of changes
+    /// (under the registry's lock), so the newest waiting is the one written.
+    pub fn save_behind(&self, state: State) {
+        let generation = self.writes.next.fetch_add(1, Ordering::SeqCst) + 1;
+        *lock(&self.writes.pending) = Some((generation, state));
+        if self.writes.scheduled.swap(true, Ordering::SeqCst) {
+            return; // the running writer takes it
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.write_pending());
+    }
+
+    /// Writes what waits for the background writer, until nothing does.
+    fn write_pending(&self) {
+        loop {
+            let next = lock(&self.writes.pending).take();
+            match next {
+                Some((generation, state)) => {
+                    if let Err(e) = self.write(generation, state) {
+                        warn!(error = %e, "saving state failed");
+                    }
+                }
+                None => {
+                    self.writes.scheduled.store(false, Ordering::SeqCst);
+                    // A snapshot handed over between the take and the store finds the flag
+                    // still set and leaves it to us.
+                    let more = lock(&self.writes.pending).is_some();
+                    if !more || self.writes.scheduled.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes anything still waiting for the background writer, and waits for a write in
+    /// progress (at shutdown).
+    pub fn flush(&self) {
+        let next = lock(&self.writes.pending).take();
+        if let Some((generation, state)) = next
+            && let Err(e) = self.write(generation, state)
+        {
+            warn!(error = %e, "saving state failed");
+        }
+        // The background writer may hold a snapshot it took before us: wait until it is done
+        // (bounded: a writer stuck in the file system must not hold up shutdown forever).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.writes.scheduled.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Writes generation `generation` unless a newer one is on file already.
+    fn write(&self, generation: u64, mut state: State) -> Result<(), StateError> {
+        let mut written = lock(&self.writes.written);
+        if *written > generation {
+            return Ok(());
+        }
+        state.version = VERSION;
+        let body = serde_json::to_vec(&state).map_err(|e| StateError::Serialize {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        replace(&self.path, &body)?;
+        *written = generation;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Replaces `path` with `body` atomically for readers (a temp file beside it, renamed over it),
+/// without fsync (see the module's documentation).
+fn replace(path: &Path, body: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension("json.tmp");
+    let fail = |step, source| StateError::Io {
+        step,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = fs::File::create(&tmp).map_err(|e| fail("creating a temp file for", e))?;
+    let written = file
+        .write_all(body)
+        .map_err(|e| fail("writing", e))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| fail("renaming the temp file to", e)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The explicitly created zones, in the state directory: they come back after a reboot.
@@ -203,6 +324,49 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), State
 mod tests {
     use super::*;
     use crate::api::{MachineName, NetworkSpec};
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::new(dir.path());
+        let with = |names: &[&str]| State {
+            machines: names.iter().map(|n| machine(n)).collect(),
+            ..State::default()
+        };
+        file.write(2, with(&["a", "b"])).unwrap();
+        file.write(1, with(&["a"])).unwrap();
+        assert_eq!(
+            file.load().unwrap().machines.len(),
+            2,
+            "generation 1 replaced 2"
+        );
+
+        // Behind, then at once: the later call wins whatever the writer's timing.
+        file.save_behind(with(&[]));
+        file.save(with(&["c"])).unwrap();
+        file.flush();
+        let names: Vec<String> = file
+            .load()
+            .unwrap()
+            .machines
+            .iter()
+            .map(|m| m.machine.machine.to_string())
+            .collect();
+        assert_eq!(names, ["c"]);
+
+        // A burst handed to the background writer ends with the newest on file.
+        for n in 0..20 {
+            let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            file.save_behind(with(&refs));
+        }
+        file.flush();
+        assert_eq!(file.load().unwrap().machines.len(), 19);
+        assert!(
+            !dir.path().join("state.json.tmp").exists(),
+            "temp file left"
+        );
+    }
 
     fn machine(name: &str) -> SavedMachine {
         SavedMachine {

@@ -336,6 +336,7 @@ impl Rig {
 
     /// `nft -j list table inet rnet` in the host netns, or `None` if there is no such table.
     pub fn nft_table(&self) -> Option<Value> {
+        self.settle();
         let out = output(
             self.in_host("nft")
                 .args(["-j", "list", "table", "inet", "rnet"]),
@@ -346,26 +347,62 @@ impl Rig {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// Waits for a spawned process and returns its output.
+    /// Waits for a spawned process and returns its output (after [`Rig::settle`]).
     pub fn wait(&mut self, pid: u32) -> Output {
         let i = self
             .children
             .iter()
             .position(|c| c.id() == pid)
             .expect("not a child of this rig");
-        self.children.remove(i).wait_with_output().expect("wait")
+        let out = self.children.remove(i).wait_with_output().expect("wait");
+        self.settle();
+        out
     }
 
-    /// rnetd's attachments in `rnet list --json`: the entries with rnetd's fields. The list
-    /// also shows machines only the launcher's registry knows (host mode, `--private-network`,
-    /// and a networked run between its registration and its attach): those are left out.
+    /// rnetd's attachments in `rnet list --json` (the entries with rnetd's fields), once rnetd
+    /// has caught up with the processes that ended ([`Rig::settle`]). The list also shows
+    /// machines only the launcher's registry knows (host mode, `--private-network`, and a
+    /// networked run between its registration and its attach): those are left out.
     pub fn machines(&self) -> Vec<Value> {
+        self.settle();
+        self.list()
+    }
+
+    /// `rnet list --json`, as it is now.
+    fn list(&self) -> Vec<Value> {
         let out = ok(self.rnet().args(["list", "--json"]));
         serde_json::from_str::<Vec<Value>>(&out)
             .expect("list --json")
             .into_iter()
             .filter(|m| m.get("network").is_some())
             .collect()
+    }
+
+    /// Waits (at most 10 s) until rnetd lists no machine whose process has ended (unless its
+    /// teardown failed, which keeps it listed). `rnet run` exits with its payload's code without
+    /// waiting for the teardown, which rnetd's pidfd watch does right after: what a test checks
+    /// after a launcher ended is the state once that teardown is done. A wait, not an assertion.
+    pub fn settle(&self) {
+        let ended = |m: &Value| {
+            let pid = m["pid"].as_u64().unwrap_or(0);
+            let failed = m["teardown_errors"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty());
+            if pid == 0 || failed {
+                return false; // held by a path, not a process; or kept for its failure
+            }
+            // Gone, or a zombie: its pidfd is readable, the watch is due.
+            fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            })
+        };
+        // Without a running rnetd there is nothing to wait for.
+        let listed = || {
+            let out = output(self.rnet().args(["list", "--json"]));
+            serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default()
+        };
+        wait_until(Duration::from_secs(10), || !listed().iter().any(ended));
     }
 
     /// The attached machine called `name`, waiting for it to appear and, for a launcher's
@@ -398,6 +435,7 @@ impl Rig {
 
     /// Whether a link called `name` exists in the host netns.
     pub fn host_has_link(&self, name: &str) -> bool {
+        self.settle();
         output(self.in_host("ip").args(["link", "show", "dev", name]))
             .status
             .success()

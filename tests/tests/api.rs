@@ -406,6 +406,7 @@ fn a_thousand_idle_connections_neither_starve_nor_stay() {
     let sock = socket(&rig);
     // One attach first, so that whatever rnetd opens for good on its first machine is counted.
     ok(rig.rnet().args(["run", "-n", "-M", "warm", "--", "true"]));
+    rig.settle(); // and its teardown done (the launcher does not wait for it)
     let baseline = fd_count(rnetd);
     let list_frame = frame(r#""list""#);
     let mut idle = Vec::new();

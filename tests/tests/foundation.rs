@@ -116,8 +116,11 @@ fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     );
 
     // Inside the container: host0 with its MAC and address, a default route via the host side.
+    // (Listed once rnetd answered; the container configures host0 from that answer: wait.)
     let pid = m["pid"].as_u64().unwrap();
-    let inside = ip_json(in_pid_netns(pid, "ip").args(["-j", "addr", "show", "dev", "host0"]));
+    let host0 = || ip_json(in_pid_netns(pid, "ip").args(["-j", "addr", "show", "dev", "host0"]));
+    wait_until(Duration::from_secs(5), || !ipv4_addrs(&host0()).is_empty());
+    let inside = host0();
     assert_eq!(inside[0]["address"], cont_mac.as_str());
     assert_eq!(ipv4_addrs(&inside), [format!("{cont_addr}/28")]);
     let routes = ip_json(in_pid_netns(pid, "ip").args(["-j", "route", "show", "default"]));
@@ -259,6 +262,33 @@ fn a_running_name_is_refused_and_loses_nothing() {
     ]));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGTERM).unwrap();
     rig.wait(first);
+}
+
+#[test]
+fn the_same_name_and_port_run_again_right_after_each_exit() {
+    if !privileged("the_same_name_and_port_run_again_right_after_each_exit") {
+        return;
+    }
+    // The launcher exits without waiting for its teardown: each next run of the name (and
+    // port) must find it done, or have rnetd finish it first.
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    for i in 0..50 {
+        let out = output(rig.rnet().args([
+            "run", "-n", "-M", "same", "-p", "8080:80", "--", "sh", "-c", "exit 3",
+        ]));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "run {i}: {}\nrnetd log:\n{}",
+            stderr(&out),
+            rig.log()
+        );
+    }
+    assert!(rig.machines().is_empty());
+    assert!(!rig.host_has_link("ve-same"));
+    assert!(rig.nft_table().is_none(), "table left after the last run");
+    rig.assert_no_panic();
 }
 
 #[test]

@@ -218,7 +218,7 @@ fn dhcp_load_while_containers_come_and_go() {
     let script = format!("{} connect tcp {UPLINK_ADDR} 7000", probe.display());
     let end = Instant::now() + Duration::from_secs(secs);
     let mut launches: Vec<Duration> = Vec::new();
-    // Every attach and detach, as the launcher timed it (RNET_TIMINGS).
+    // Every attach as the launcher timed it (RNET_TIMINGS), then every teardown as rnetd did.
     let mut requests: Vec<Duration> = Vec::new();
     let mut i = 0u32;
     while Instant::now() < end && dog.stalled().is_none() {
@@ -311,6 +311,31 @@ fn dhcp_load_while_containers_come_and_go() {
         rounds.len()
     );
     assert!(i >= 20, "only {i} launches in {secs} s");
+    // The launcher does not wait for the teardown: rnetd does it when it sees the container's
+    // process end, and logs how long each took (`netd::timing`, on with the rig's debug logs),
+    // from the moment it saw the exit, the registry's lock included.
+    let _ = rig.machines(); // every launch's teardown done
+    for line in rig.log().lines() {
+        let Some(rest) = line
+            .split_once("netd::timing: exit c")
+            .map(|(_, rest)| rest)
+        else {
+            continue;
+        };
+        let ms: f64 = rest
+            .split(": ")
+            .nth(1)
+            .and_then(|t| t.split(" ms").next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::MAX);
+        let t = Duration::from_secs_f64(ms / 1e3);
+        assert!(
+            t < ANSWER_LIMIT,
+            "teardown {line}: over {ANSWER_LIMIT:?}\nrnetd log:\n{}",
+            tail(&rig.log(), 40)
+        );
+        requests.push(t);
+    }
     assert!(
         requests.len() >= 2 * launches.len(),
         "{} attach/detach timings for {} launches",
@@ -318,7 +343,7 @@ fn dhcp_load_while_containers_come_and_go() {
         launches.len()
     );
     eprintln!(
-        "stress: {} attach/detach requests answered in p50 {:?}, p99 {:?}, max {:?}",
+        "stress: {} attaches and teardowns done in p50 {:?}, p99 {:?}, max {:?}",
         requests.len(),
         percentile(&mut requests, 50),
         percentile(&mut requests, 99),

@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use tracing::warn;
 
@@ -13,6 +16,7 @@ use crate::rtnl::RtnlError;
 use super::plan::{Removal, Step};
 use super::system::{Ipv6Services, Leases, Links, System};
 use super::{Machines, internal};
+use crate::timing;
 
 /// What applying steps built so far: ifindexes by name, the extra links made, and how to undo.
 #[derive(Debug, Default)]
@@ -78,9 +82,13 @@ impl<S: System> Machines<S> {
         done: &mut Applied,
     ) -> Result<(), ApiError> {
         for step in steps {
-            if let Err(e) = self.step(machine, step, netns, done).await {
+            let result = self.step(machine, step, netns, done).await;
+            timing::lap(step_label(step));
+            if let Err(e) = result {
                 let undo = std::mem::take(&mut done.undo);
-                let failed = self.remove(undo.into_iter().rev(), netns).await;
+                let failed = self
+                    .remove(undo.into_iter().rev(), netns, Deletes::Wait)
+                    .await;
                 if failed.is_empty() {
                     return Err(e);
                 }
@@ -125,6 +133,7 @@ impl<S: System> Machines<S> {
                 peer,
                 peer_mac,
             } => {
+                self.deleted(ifname).await;
                 let index = self
                     .links
                     .add_veth(ifname, *host_mac, peer, *peer_mac, netns_of()?.as_fd())
@@ -140,6 +149,7 @@ impl<S: System> Machines<S> {
                 }
             }
             Step::AddBridge { ifname } => {
+                self.deleted(ifname).await;
                 let index = self
                     .links
                     .add_bridge(ifname)
@@ -251,26 +261,26 @@ impl<S: System> Machines<S> {
                 done.undo.push(Removal::Release { index, mac: *mac });
             }
             Step::AddRules(rules) => {
-                self.firewall
-                    .lock()
-                    .await
-                    .add(rules)
-                    .await
-                    .map_err(internal)?;
+                let mut firewall = self.firewall.lock().await;
+                timing::lap("firewall lock");
+                firewall.add(rules).await.map_err(internal)?;
                 done.undo.push(Removal::Rules(rules.clone()));
             }
         }
         Ok(())
     }
 
-    /// Runs every removal, whatever fails; returns the failures, one line each.
+    /// Runs every removal, whatever fails; returns the failures, one line each. With
+    /// [`Deletes::Behind`] links are deleted in the background ([`Machines::delete_behind`]).
     pub(super) async fn remove(
         &self,
         removals: impl IntoIterator<Item = Removal>,
         netns: Option<&OwnedFd>,
+        deletes: Deletes,
     ) -> Vec<String> {
         let mut failed = Vec::new();
         for r in removals {
+            let label = removal_label(&r);
             match r {
                 Removal::Rules(rules) => {
                     if let Err(e) = self.firewall.lock().await.remove(&rules).await {
@@ -286,13 +296,102 @@ impl<S: System> Machines<S> {
                 Removal::Release { index, mac } => self.leases.release(index, mac),
                 Removal::StopAdvertising(ifname) => self.ipv6.stop_advertising(&ifname),
                 Removal::StopRelay(specs) => specs.iter().for_each(|s| self.ipv6.stop_relay(s)),
+                Removal::DelLink(ifname) if deletes == Deletes::Behind => {
+                    self.delete_behind(ifname);
+                }
                 Removal::DelLink(ifname) => {
                     if let Err(e) = self.links.del_link(&ifname).await {
                         failed.push(format!("deleting link {ifname}: {e}"));
                     }
                 }
             }
+            timing::lap(label);
         }
         failed
+    }
+}
+
+/// How a removal deletes links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    /// Before it returns, failures reported (a detach asked for, an undo, a restart).
+    Wait,
+    /// In the background (a machine whose process ended: nobody waits for the answer).
+    Behind,
+}
+
+impl<S: System> Machines<S> {
+    /// Deletes link `ifname` in a task of its own. Unregistering a device waits for RCU grace
+    /// periods in the kernel (tens of milliseconds), which would otherwise hold the registry's
+    /// lock, and every attach behind it, after a container's exit. A link of the same name is
+    /// created only once the deletion is done ([`Machines::deleted`]). A failure is logged; the
+    /// link, in our link group, is then removed by the next restart, and an attach of the same
+    /// name meanwhile fails with "interface ... already exists".
+    fn delete_behind(&self, ifname: String) {
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        let done = Arc::new(Notify::new());
+        lock(&self.deleting).insert(ifname.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            if let Err(e) = me.links.del_link(&ifname).await {
+                warn!(%ifname, error = %e, "deleting a link in the background failed; it stays until rnetd restarts");
+            }
+            let mut deleting = lock(&me.deleting);
+            if deleting.get(&ifname).is_some_and(|d| Arc::ptr_eq(d, &done)) {
+                deleting.remove(&ifname);
+            }
+            drop(deleting);
+            done.notify_waiters();
+        });
+    }
+
+    /// Waits until no background deletion of link `ifname` is in progress.
+    pub(super) async fn deleted(&self, ifname: &str) {
+        loop {
+            let Some(done) = lock(&self.deleting).get(ifname).cloned() else {
+                return;
+            };
+            let notified = done.notified();
+            if !lock(&self.deleting).contains_key(ifname) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A step's phase name in timings (`crate::timing`).
+fn step_label(step: &Step) -> &'static str {
+    match step {
+        Step::AddExtras(_) => "add extras",
+        Step::AddVeth { .. } => "add veth",
+        Step::AddBridge { .. } => "add bridge",
+        Step::AddAddress { .. } => "add address",
+        Step::AddAddress6 { .. } => "add address6",
+        Step::Advertise(_) => "start ra",
+        Step::Relay(_) => "start relay",
+        Step::SetUp { .. } => "set up",
+        Step::JoinBridge { .. } => "join bridge",
+        Step::Serve(_) => "start dhcp+dns",
+        Step::RecordLease { .. } => "record lease",
+        Step::AddRules(_) => "nft add",
+    }
+}
+
+/// A removal's phase name in timings (`crate::timing`).
+fn removal_label(removal: &Removal) -> &'static str {
+    match removal {
+        Removal::Rules(_) => "nft remove",
+        Removal::Extras(_) => "remove extras",
+        Removal::StopServing { .. } => "stop dhcp+dns",
+        Removal::Release { .. } => "release lease",
+        Removal::StopAdvertising(_) => "stop ra",
+        Removal::StopRelay(_) => "stop relay",
+        Removal::DelLink(_) => "delete link",
     }
 }

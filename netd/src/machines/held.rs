@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::{ApiError, ErrorKind, Holder, MachineName};
 
+use super::apply::Deletes;
 use super::registry::Registry;
 use super::system::{Procs, System};
 use super::{Machines, bad};
@@ -151,7 +152,10 @@ impl<S: System> Machines<S> {
         let names = held_by(&registry, pick);
         let mut failed = Vec::new();
         for name in &names {
-            if let Err(e) = self.remove_machine(&mut registry, name).await {
+            if let Err(e) = self
+                .remove_machine(&mut registry, name, Deletes::Wait)
+                .await
+            {
                 failed.push(e.message);
             }
         }

@@ -60,8 +60,9 @@ use crate::pool::Pool;
 use crate::rtnl::Rtnl;
 use crate::state::{SavedMachine, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
+use crate::timing;
 
-use apply::Applied;
+use apply::{Applied, Deletes};
 use plan::{AttachObserved, plan_zone_removal};
 use registry::{Entry, Registry};
 use system::{Host, HostProcs, Leases, Links, Procs, System};
@@ -137,6 +138,8 @@ pub struct Machines<S: System = Host> {
     firewall: Mutex<Firewall<S::Nft>>,
     /// Zones across hosts (`rnetd --etcd`), set once after the start.
     fabric: std::sync::OnceLock<Arc<crate::distributed::Fabric>>,
+    /// Links being deleted in the background, by name ([`Deletes::Behind`]).
+    deleting: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     this: Weak<Self>,
 }
 
@@ -164,7 +167,7 @@ impl Machines<Host> {
             HostProcs,
             leases,
             system::HostIpv6::new(ra_interval),
-            nat::NftCli::new(),
+            nat::NftCli::new().with_session(),
             Sysctl::default(),
         )
         .await?;
@@ -229,6 +232,7 @@ impl<S: System> Machines<S> {
                     .with_forward6(saved.forward6_restore.clone()),
             ),
             fabric: std::sync::OnceLock::new(),
+            deleting: std::sync::Mutex::default(),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -322,12 +326,32 @@ impl<S: System> Machines<S> {
                 firewall.forward6_restore(),
             )
         };
-        self.state
+        let saved = self
+            .state
             .save(State {
                 forward6_restore,
                 ..registry.state(forward_restore)
             })
-            .map_err(internal)
+            .map_err(internal);
+        timing::lap("state write");
+        saved
+    }
+
+    /// Hands the state to the background writer ([`StateFile::save_behind`]): for removals,
+    /// which a crash before the write cannot lose (a restart tears down what it finds dead).
+    async fn save_behind(&self, registry: &Registry) {
+        let (forward_restore, forward6_restore) = {
+            let firewall = self.firewall.lock().await;
+            (
+                firewall.forward_restore().map(str::to_owned),
+                firewall.forward6_restore(),
+            )
+        };
+        self.state.save_behind(State {
+            forward6_restore,
+            ..registry.state(forward_restore)
+        });
+        timing::lap("state snapshot");
     }
 
     /// Writes the explicit zones' file.
@@ -380,6 +404,7 @@ impl<S: System> Machines<S> {
         };
         if needs_pool {
             seen.in_use = self.links.ipv4_in_use().await.map_err(internal)?;
+            timing::lap("address dump");
         }
         match &req.network {
             NetworkSpec::Bridge(b) => {
@@ -387,6 +412,8 @@ impl<S: System> Machines<S> {
             }
             NetworkSpec::Zone(z) => match registry.zones.get(z) {
                 None => {
+                    // A zone removed with its last member may still have its bridge going.
+                    self.deleted(&z.bridge()).await;
                     seen.bridge = self.links.lookup(&z.bridge()).await.map_err(internal)?;
                 }
                 Some(zone) if zone.config.dhcp => {
@@ -404,6 +431,11 @@ impl<S: System> Machines<S> {
     /// `req` asks, for the container whose network namespace is `netns`. On any error nothing
     /// is left behind.
     pub async fn attach(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
+        let name = req.machine.clone();
+        timing::timed("attach", name.as_str(), self.attach_timed(req, netns)).await
+    }
+
+    async fn attach_timed(&self, req: AttachRequest, netns: OwnedFd) -> Result<Machine, ApiError> {
         let pid = req.pid;
         // An attachment no process owns is checked against its path instead (`held.rs`).
         let (pid_start_time, pidfd, held_ns) = match &req.held {
@@ -424,13 +456,18 @@ impl<S: System> Machines<S> {
         // The first member of a zone that spans hosts makes this host join it.
         self.span_join_for(&req.network).await?;
 
+        timing::lap("check");
         let mut registry = self.registry.lock().await;
+        timing::lap("lock");
+        self.reap_exited(&mut registry, &req).await;
         if let Some(holder) = &req.held {
             held::check_owner_free(&registry, holder)?;
         }
         let seen = self.observe_attach(&registry, &req).await?;
+        timing::lap("observe");
         let plan = registry.plan_attach(&self.settings, &req, &seen)?;
         registry.reserve(&plan)?;
+        timing::lap("plan");
         // A zone created for its first member comes first.
         let mut known = Vec::new();
         if let Some(zone) = &plan.new_zone {
@@ -455,7 +492,8 @@ impl<S: System> Machines<S> {
             .await
         {
             if let Some(zone) = &plan.new_zone {
-                self.remove_zone(&mut registry, &zone.config.name).await;
+                self.remove_zone(&mut registry, &zone.config.name, Deletes::Wait)
+                    .await;
             }
             if let Some(net) = plan.subnet {
                 registry.pool.release(net);
@@ -488,8 +526,11 @@ impl<S: System> Machines<S> {
                 teardown_errors: Vec::new(),
             },
         );
+        timing::lap("commit");
         if let Err(e) = self.save(&registry).await {
-            let _ = self.remove_machine(&mut registry, &name).await;
+            let _ = self
+                .remove_machine(&mut registry, &name, Deletes::Wait)
+                .await;
             return Err(e);
         }
         if let Some(pidfd) = pidfd {
@@ -498,19 +539,67 @@ impl<S: System> Machines<S> {
                 entry.watcher = Some(watcher);
             }
         }
+        timing::lap("watch");
         info!(machine = %name, ifname = machine.host_ifname.as_deref().unwrap_or("-"), links = machine.links.len(), "attached");
         Ok(machine)
+    }
+
+    /// Tears down, now, the machines in the way of `req` (its name, or a host port it asks
+    /// for) whose process has already exited: the launcher does not wait for its container's
+    /// teardown, so a run with the same name or ports right after must not find the old machine
+    /// still listed because the pidfd watch has not had the registry's lock yet. The watch's
+    /// own task is aborted by the removal. A failed teardown leaves the machine listed, and the
+    /// attach is then refused as before.
+    async fn reap_exited(&self, registry: &mut Registry, req: &AttachRequest) {
+        let exited = |e: &Entry| {
+            e.pidfd
+                .as_ref()
+                .is_some_and(|fd| crate::procfs::has_exited(fd.as_fd()))
+        };
+        let mut ended: Vec<MachineName> = Vec::new();
+        if registry.machines.get(&req.machine).is_some_and(exited) {
+            ended.push(req.machine.clone());
+        }
+        if !req.ports.is_empty() {
+            ended.extend(
+                registry
+                    .machines
+                    .iter()
+                    .filter(|(n, e)| {
+                        **n != req.machine
+                            && e.saved
+                                .machine
+                                .ports
+                                .iter()
+                                .any(|q| req.ports.iter().any(|p| q.overlaps(p)))
+                            && exited(e)
+                    })
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        for name in ended {
+            info!(machine = %name, "container process exited; cleaning up before an attach that needs its name or ports");
+            let _ = self.remove_machine(registry, &name, Deletes::Behind).await;
+        }
+        timing::lap("reap exited");
     }
 
     /// Removes a machine's networking. When a step fails the others still run; the machine
     /// then stays listed with what failed, and the answer says it.
     pub async fn detach(&self, name: &MachineName) -> Result<(), ApiError> {
+        timing::timed("detach", name.as_str(), self.detach_timed(name)).await
+    }
+
+    async fn detach_timed(&self, name: &MachineName) -> Result<(), ApiError> {
         let mut registry = self.registry.lock().await;
+        timing::lap("lock");
         if !registry.machines.contains_key(name) {
             return Err(not_found(name));
         }
-        let result = self.remove_machine(&mut registry, name).await;
-        self.save(&registry).await?;
+        let result = self
+            .remove_machine(&mut registry, name, Deletes::Wait)
+            .await;
+        self.save_behind(&registry).await;
         result
     }
 
@@ -520,17 +609,19 @@ impl<S: System> Machines<S> {
         &self,
         registry: &mut Registry,
         name: &MachineName,
+        deletes: Deletes,
     ) -> Result<(), ApiError> {
         let Some((removals, empty_zone)) = registry.plan_detach(name) else {
             return Ok(());
         };
+        timing::lap("plan");
         if let Some(entry) = registry.machines.get_mut(name)
             && let Some(w) = entry.watcher.take()
         {
             w.abort();
         }
         let netns = registry.machines.get_mut(name).and_then(|e| e.netns.take());
-        let failed = self.remove(removals, netns.as_ref()).await;
+        let failed = self.remove(removals, netns.as_ref(), deletes).await;
         if !failed.is_empty() {
             for f in &failed {
                 warn!(machine = %name, failure = %f, "teardown step failed");
@@ -549,8 +640,9 @@ impl<S: System> Machines<S> {
             ));
         }
         let entry = registry.forget_machine(name);
+        timing::lap("forget");
         if let Some(z) = empty_zone {
-            self.remove_zone(registry, &z).await;
+            self.remove_zone(registry, &z, deletes).await;
         }
         info!(machine = %name, ifname = entry.as_ref().and_then(|e| e.saved.machine.host_ifname.as_deref()).unwrap_or("-"), "detached");
         Ok(())
@@ -558,12 +650,12 @@ impl<S: System> Machines<S> {
 
     /// Removes a zone's firewall elements, DHCP server and bridge; forgets it (failures are
     /// logged: a zone without members has nothing left to show them on).
-    async fn remove_zone(&self, registry: &mut Registry, name: &ZoneName) {
+    async fn remove_zone(&self, registry: &mut Registry, name: &ZoneName, deletes: Deletes) {
         let Some(zone) = registry.zones.get(name) else {
             return;
         };
         let explicit = zone.explicit;
-        let failed = self.remove(plan_zone_removal(zone), None).await;
+        let failed = self.remove(plan_zone_removal(zone), None, deletes).await;
         for f in &failed {
             warn!(zone = %name, failure = %f, "removing the zone failed in part");
         }
@@ -576,6 +668,7 @@ impl<S: System> Machines<S> {
 
     /// Writes what must survive a restart that is not yet on disk (leases).
     pub async fn shutdown(&self) {
+        self.state.flush();
         self.leases.sync().await;
     }
 
@@ -655,21 +748,27 @@ impl<S: System> Machines<S> {
                 }
             }
             let Some(me) = this.upgrade() else { return };
-            let mut registry = me.registry.lock().await;
-            // Our own abort handle is in the entry: take it out so removal does not abort us
-            // half-way.
-            match registry.machines.get_mut(&name) {
-                Some(e) => e.watcher = None,
-                None => return,
-            }
-            info!(machine = %name, "container process exited; cleaning up");
-            // Failures are logged and kept on the machine by remove_machine.
-            let _ = me.remove_machine(&mut registry, &name).await;
-            if let Err(e) = me.save(&registry).await {
-                warn!(error = %e, "saving state failed");
-            }
+            timing::timed("exit", name.as_str(), me.exited(&name)).await;
         })
         .abort_handle()
+    }
+
+    /// Detaches a machine whose process exited (the pidfd watch).
+    async fn exited(&self, name: &MachineName) {
+        let mut registry = self.registry.lock().await;
+        timing::lap("lock");
+        // Our own abort handle is in the entry: take it out so removal does not abort us
+        // half-way.
+        match registry.machines.get_mut(name) {
+            Some(e) => e.watcher = None,
+            None => return,
+        }
+        info!(machine = %name, "container process exited; cleaning up");
+        // Failures are logged and kept on the machine by remove_machine.
+        let _ = self
+            .remove_machine(&mut registry, name, Deletes::Behind)
+            .await;
+        self.save_behind(&registry).await;
     }
 
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
@@ -677,6 +776,11 @@ impl<S: System> Machines<S> {
         if config.span.is_some() {
             return self.span_create(config).await;
         }
+        let name = config.name.clone();
+        timing::timed("zone create", name.as_str(), self.zone_create_timed(config)).await
+    }
+
+    async fn zone_create_timed(&self, config: ZoneConfig) -> Result<Zone, ApiError> {
         let mut registry = self.registry.lock().await;
         if registry.zones.contains(&config.name) {
             return Err(ApiError::new(
@@ -702,6 +806,7 @@ impl<S: System> Machines<S> {
         config: ZoneConfig,
         explicit: bool,
     ) -> Result<(), ApiError> {
+        self.deleted(&config.name.bridge()).await;
         let mut seen = AttachObserved {
             bridge: self
                 .links
@@ -767,14 +872,14 @@ impl<S: System> Machines<S> {
         }
         let mut failed = Vec::new();
         for m in &members {
-            if let Err(e) = self.remove_machine(&mut registry, m).await {
+            if let Err(e) = self.remove_machine(&mut registry, m, Deletes::Wait).await {
                 failed.push(e.message);
             }
         }
         if failed.is_empty() && registry.zones.contains(name) {
             self.span_leave(&registry, name).await;
             // Deleting it is what was asked, explicit or not.
-            self.remove_zone(&mut registry, name).await;
+            self.remove_zone(&mut registry, name, Deletes::Wait).await;
             self.save_zone_file(&registry);
         }
         self.save(&registry).await?;

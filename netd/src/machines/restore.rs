@@ -11,6 +11,7 @@ use crate::api::{ApiError, ExtraLink, MachineName, NetworkSpec, ZoneConfig, Zone
 use crate::firewall::LinkRules;
 use crate::state::{SavedMachine, State};
 
+use super::apply::Deletes;
 use super::plan::{link_rules, machine_mac, machine_removals, veth_dhcp, zone_rules};
 use super::registry::{Entry, Registry};
 use super::system::{Ipv6Services, Leases, Links, Procs, System};
@@ -145,7 +146,7 @@ impl<S: System> Machines<S> {
         }
         // Implicit zones whose members all went while we were down.
         for z in registry.zones.empty_implicit() {
-            self.remove_zone(&mut registry, &z).await;
+            self.remove_zone(&mut registry, &z, Deletes::Wait).await;
         }
         self.remove_unexplained_links(&registry).await;
         let links: Vec<LinkRules> = registry
@@ -294,7 +295,10 @@ impl<S: System> Machines<S> {
                 .map_or(0, |(i, _)| i),
             None => 0,
         };
-        for f in self.remove(machine_removals(m, index, zone), None).await {
+        for f in self
+            .remove(machine_removals(m, index, zone), None, Deletes::Wait)
+            .await
+        {
             warn!(machine = %m.machine, failure = %f, "removing a stale attachment failed in part");
         }
     }

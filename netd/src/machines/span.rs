@@ -10,6 +10,7 @@ use ipnetwork::Ipv4Network;
 use nat::{Change, IfName};
 use tracing::{info, warn};
 
+use super::apply::Deletes;
 use super::registry::Registry;
 use super::system::{Leases, Links, System};
 use super::{Machines, bad, internal};
@@ -117,7 +118,7 @@ impl<S: System> Machines<S> {
             )
             .await
         {
-            self.remove_zone(&mut registry, &name).await;
+            self.remove_zone(&mut registry, &name, Deletes::Wait).await;
             fabric
                 .leave(&name, Some(joined.slice), async |dev: &str| {
                     let _ = self.links.del_link(dev).await;

@@ -451,6 +451,52 @@ async fn a_container_that_exits_is_cleaned_up_by_its_pidfd() {
 }
 
 #[tokio::test]
+async fn a_run_right_after_an_exit_takes_the_name_and_ports_before_the_watch_runs() {
+    // The launcher does not wait for the teardown: the next run of the same name (or one
+    // publishing the same port) may come before the pidfd watch has had the registry's lock.
+    let w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    w.attach("b", 2, NetworkSpec::Veth, &["9090:90"])
+        .await
+        .unwrap();
+    w.procs.exit(1);
+    w.procs.exit(2);
+    let again = w
+        .attach("a", 3, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    assert_eq!(again.pid, 3);
+    let c = w
+        .attach("c", 4, NetworkSpec::Veth, &["9090:90"])
+        .await
+        .unwrap();
+    assert_eq!(c.ports.len(), 1);
+    let mut names: Vec<String> =
+        w.m.list()
+            .await
+            .iter()
+            .map(|m| m.machine.to_string())
+            .collect();
+    names.sort();
+    assert_eq!(names, ["a", "c"]);
+    // The old watches were aborted with their machines: the new ones stay.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(w.m.list().await.len(), 2);
+    assert!(w.links.link("ve-a").is_some() && w.links.link("ve-b").is_none());
+
+    // A machine whose process still runs keeps its name and ports.
+    let err = w.attach("a", 5, NetworkSpec::Veth, &[]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists);
+    let err = w
+        .attach("d", 6, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists);
+}
+
+#[tokio::test]
 async fn stop_signals_the_process_through_its_pidfd() {
     let w = world().await;
     w.attach("a", 41, NetworkSpec::Veth, &[]).await.unwrap();
