@@ -31,7 +31,13 @@ struct World {
     rig: Rig,
     machines: PathBuf,
     _tree: Tree,
+    /// Dropped last, after the rig's cleanup. A machine's cgroup is `rnet-NAME` below the
+    /// launcher's own cgroup, which every test of this file shares: two tests starting `box`
+    /// at once would share (and remove) one cgroup, so these tests run one at a time.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl World {
     /// The rig with rnetd, and image `box` imported from a tar of a busybox tree.
@@ -40,6 +46,7 @@ impl World {
             return None;
         }
         let busybox = static_busybox(test)?;
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut rig = Rig::new();
         rig.start_rnetd();
         let machines = rig.runtime_dir().with_file_name("machines");
@@ -59,6 +66,7 @@ impl World {
             rig,
             machines,
             _tree: tree,
+            _serial: serial,
         };
         w.ok(&["import-tar", tar.to_str().unwrap(), "box"]);
         Some(w)
