@@ -137,8 +137,12 @@ fn own_cgroup(pid: u32, name: &str) -> bool {
 
 /// Every machine: rnetd's attachments (when rnetd answers) and the registry's entries, by name.
 pub fn all(client: &Client, runtime_dir: &Path) -> Result<Vec<Shown>, String> {
+    // rnetd first: a launcher registers before it attaches, so every attachment listed has its
+    // entry in the registry read after it (read before, a run registering in between would be
+    // shown without its entry).
+    let answer = client.call(&Request::List, None);
     let entries = registry::list(runtime_dir);
-    let attached = match client.call(&Request::List, None) {
+    let attached = match answer {
         Ok(Response::Machines(list)) => list,
         Ok(_) => return Err("rnetd sent an unexpected answer to list".into()),
         // Without rnetd, the machines that need none are still shown.
@@ -172,13 +176,15 @@ pub fn all(client: &Client, runtime_dir: &Path) -> Result<Vec<Shown>, String> {
 
 /// One machine: the registry's entry and rnetd's status; rnetd's error when neither knows it.
 pub fn one(client: &Client, runtime_dir: &Path, name: &MachineName) -> Result<Shown, String> {
-    let entry = registry::get(runtime_dir, name.as_str());
-    let attached = match client.call(
+    // rnetd first, as in [`all`].
+    let answer = client.call(
         &Request::Status {
             machine: name.clone(),
         },
         None,
-    ) {
+    );
+    let entry = registry::get(runtime_dir, name.as_str());
+    let attached = match answer {
         Ok(Response::Status(m)) => Some(m),
         Ok(_) => return Err("rnetd sent an unexpected answer to status".into()),
         Err(_) if entry.is_some() => None,
