@@ -63,6 +63,12 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Local answers are not cached: a machine's address goes with it.
 const TTL: u32 = 0;
 
+/// The largest UDP query read from a container (EDNS's usual payload limit, RFC 6891 6.2.5): a
+/// question is far smaller, and the buffer lives as long as each link's listener (two per
+/// link, one per family), so 64 KiB each made up most of rnetd's memory per container. A
+/// longer datagram is cut and, no longer a valid message, dropped as malformed.
+const UDP_QUERY_MAX: usize = 4096;
+
 /// Where the upstream servers come from.
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
@@ -512,7 +518,7 @@ fn bound(ifname: &str, addr: SocketAddr, ty: Type) -> io::Result<Socket> {
 /// The UDP listener of one link.
 async fn serve_udp(shared: Arc<Shared>, index: u32, link: Arc<DnsLink>, socket: UdpSocket) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; UDP_QUERY_MAX];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
