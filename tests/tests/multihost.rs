@@ -144,7 +144,7 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
         ["10.77.0.0/24", "10.77.1.0/24", "10.77.2.0/24"],
         "slices"
     );
-    // etcd holds the zone, three hosts and three slice claims.
+    // etcd holds the zone, three hosts and three slice claims, and the zone's VNI.
     let keys = ok(mh
         .etcdctl()
         .args(["get", "--prefix", "--keys-only", "/rnet/zones/web"]));
@@ -152,6 +152,35 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     assert_eq!(keys.len(), 7, "{keys:?}");
     assert!(keys.contains(&"/rnet/zones/web"));
     assert!(keys.contains(&"/rnet/zones/web/hosts/h1"));
+    assert_eq!(
+        ok(mh
+            .etcdctl()
+            .args(["get", "--print-value-only", "/rnet/vnis/77"]))
+        .trim(),
+        "web"
+    );
+    // Another zone cannot take VNI 77 (its packets would reach web's devices): one line, and
+    // no link, key or record of it.
+    let out = output(mh.hosts[1].rnet().args([
+        "zone",
+        "create",
+        "clash",
+        "--distributed",
+        "--subnet",
+        "10.79.0.0/16",
+        "--vni",
+        "77",
+    ]));
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out).trim_end(),
+        "rnet: zone clash: VNI 77 is zone web's in etcd: choose another with --vni"
+    );
+    assert!(!mh.hosts[1].host_has_link("vz-clash") && !mh.hosts[1].host_has_link("vx-clash"));
+    let clash = ok(mh
+        .etcdctl()
+        .args(["get", "--prefix", "--keys-only", "/rnet/zones/clash"]));
+    assert!(clash.trim().is_empty(), "{clash}");
     // Every host learns the others from the watch.
     for h in &mh.hosts {
         assert!(

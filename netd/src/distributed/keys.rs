@@ -7,9 +7,13 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `/rnet/zones/NAME` | [`ZoneRecord`]: subnet, VNI, slice prefix | none: created once, if absent |
+//! | `/rnet/vnis/N` | the name of the zone whose VNI is N | none: created with the zone's record |
 //! | `/rnet/zones/NAME/slices/A.B.C.D-P` | the node name holding the slice | the node's lease |
 //! | `/rnet/zones/NAME/hosts/NODE` | [`HostRecord`]: underlay address, VTEP MAC, slice | the node's lease |
 //!
+//! A zone's record and its VNI's key are created in one transaction, only if both are absent,
+//! so two zones never share a VNI (a derived one as much as one given with `--vni`): VXLAN
+//! packets of one zone would otherwise be taken in by the other's device on another host.
 //! A slice is claimed by a transaction that creates its key only if absent (compare
 //! `create_revision == 0`), so two hosts racing for one slice cannot both win. The host key
 //! is what the others watch (`/rnet/zones/NAME/hosts/`); when a node's lease expires etcd
@@ -27,6 +31,11 @@ use crate::api::{MAX_VNI, Mac, ZoneName};
 
 /// Where every key of rnet lives.
 pub const ROOT: &str = "/rnet/zones/";
+
+/// The key naming the zone whose VNI is `vni`.
+pub fn vni_key(vni: u32) -> String {
+    format!("/rnet/vnis/{vni}")
+}
 
 /// The key of zone `zone`'s record.
 pub fn zone_key(zone: &ZoneName) -> String {

@@ -141,18 +141,39 @@ impl<V: Vtep> Fabric<V> {
         let fresh = ZoneRecord::new(zone, subnet, vni);
         let text = serde_json::to_string(&fresh).map_err(|e| unreachable(eps, e))?;
         let key = keys::zone_key(zone);
+        let vni_key = keys::vni_key(fresh.vni);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), text, None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(vni_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), text, None),
+                TxnOp::put(vni_key.clone(), zone.to_string(), None),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
+                TxnOp::get(vni_key.clone(), None),
+            ]);
         let resp = c.txn(txn).await.map_err(|e| unreachable(eps, e))?;
         let record = if resp.succeeded() {
             info!(%zone, subnet = %fresh.subnet, vni = fresh.vni, "distributed zone defined in etcd");
             fresh
         } else {
-            let value = first_value(&resp.op_responses()).ok_or_else(|| {
-                unreachable(eps, format!("{key} vanished during the transaction"))
-            })?;
+            let ops = resp.op_responses();
+            let Some(value) = nth_value(&ops, 0) else {
+                // The zone is new but its VNI is another zone's.
+                let owner = nth_value(&ops, 1)
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_else(|| "another zone".into());
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "zone {zone}: VNI {} is zone {owner}'s in etcd: choose another with --vni",
+                        fresh.vni
+                    ),
+                ));
+            };
             let record: ZoneRecord = serde_json::from_slice(&value)
                 .map_err(|e| ApiError::new(ErrorKind::Internal, format!("{key} in etcd: {e}")))?;
             record
@@ -780,12 +801,12 @@ async fn connect(endpoints: &[String]) -> Result<Client, ApiError> {
     ))
 }
 
-/// The value of the first key a transaction's `get` returned.
-fn first_value(ops: &[TxnOpResponse]) -> Option<Vec<u8>> {
-    ops.iter().find_map(|op| match op {
+/// The value the `n`th operation of a transaction (a `get`) returned, if its key exists.
+fn nth_value(ops: &[TxnOpResponse], n: usize) -> Option<Vec<u8>> {
+    match ops.get(n)? {
         TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
         _ => None,
-    })
+    }
 }
 
 #[cfg(test)]
