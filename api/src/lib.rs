@@ -20,7 +20,7 @@ pub use mac::{Mac, MacError};
 pub use name::{MachineName, NameError};
 pub use port::{PortError, PortSpec, Proto};
 pub use types::*;
-pub use wire::{Client, ClientError};
+pub use wire::{Client, ClientError, Pending};
 
 /// The socket's file name inside the runtime directory.
 pub const SOCKET_NAME: &str = "rnetd.sock";

@@ -137,23 +137,14 @@ impl Client {
 
     /// Sends `req` (with `fd` as `SCM_RIGHTS` if given) and returns the daemon's answer;
     /// a [`Response::Error`] becomes [`ClientError::Api`].
-    ///
-    /// With `RNET_TIMINGS` set in the environment, how long the daemon took to answer is
-    /// printed to stderr (`rnet: timing: attach machine web 3.2 ms`), for tests and diagnosis.
     pub fn call(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Response, ClientError> {
-        let start = std::time::Instant::now();
-        let answer = self.exchange(req, fd);
-        if std::env::var_os("RNET_TIMINGS").is_some() {
-            eprintln!(
-                "rnet: timing: {} {:.1} ms",
-                req.describe(),
-                start.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        answer
+        self.send(req, fd)?.answer()
     }
 
-    fn exchange(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Response, ClientError> {
+    /// Sends `req` (with `fd`) and returns at once: the caller does other work while the daemon
+    /// handles it, then reads the answer with [`Pending::answer`] (as [`Client::call`] does).
+    pub fn send(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Pending, ClientError> {
+        let start = std::time::Instant::now();
         let mut stream = self.connect()?;
         let frame = encode(req);
         match fd {
@@ -172,10 +163,44 @@ impl Client {
             }
             None => stream.write_all(&frame)?,
         }
+        Ok(Pending {
+            stream,
+            what: req.describe(),
+            start,
+        })
+    }
+}
+
+/// A request sent with [`Client::send`] whose answer is still to be read.
+#[derive(Debug)]
+pub struct Pending {
+    stream: UnixStream,
+    what: String,
+    start: std::time::Instant,
+}
+
+impl Pending {
+    /// Waits for the daemon's answer (its error as [`ClientError::Api`]).
+    ///
+    /// With `RNET_TIMINGS` set in the environment, how long the daemon took to answer is
+    /// printed to stderr (`rnet: timing: attach machine web 3.2 ms`), for tests and diagnosis.
+    pub fn answer(mut self) -> Result<Response, ClientError> {
+        let answer = self.read();
+        if std::env::var_os("RNET_TIMINGS").is_some() {
+            eprintln!(
+                "rnet: timing: {} {:.1} ms",
+                self.what,
+                self.start.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        answer
+    }
+
+    fn read(&mut self) -> Result<Response, ClientError> {
         let mut header = [0u8; 4];
-        stream.read_exact(&mut header)?;
+        self.stream.read_exact(&mut header)?;
         let mut body = vec![0u8; body_len(header)?];
-        stream.read_exact(&mut body)?;
+        self.stream.read_exact(&mut body)?;
         match decode::<Response>(&body)? {
             Response::Error(e) => Err(ClientError::Api(e)),
             other => Ok(other),

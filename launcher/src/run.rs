@@ -452,6 +452,41 @@ fn parent(
             let tree = container::userns::prepare(u, &c.root, child)?;
             container::userns::send_tree(&sock, tree.as_ref())?;
         }
+        // Registered before rnetd attaches it (so a listing never shows the attachment without
+        // the entry), ready once the payload runs.
+        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
+            .map_err(|e| e.to_string())?;
+        *registered = true;
+        // The attach is sent first and its answer read last: moving the child into its cgroup
+        // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
+        // overlaps rnetd's work on the attach instead of adding to it.
+        let pending = match &plan.network {
+            Network::Attached(spec) => {
+                let netns = File::open(format!("/proc/{child}/ns/net"))
+                    .map_err(|e| format!("opening the container's network namespace: {e}"))?;
+                let req = Request::Attach(AttachRequest {
+                    machine: plan.machine.clone(),
+                    pid: u32::try_from(child.as_raw()).unwrap_or_default(),
+                    network: spec.clone(),
+                    ports: plan.ports.clone(),
+                    links: plan.links.clone(),
+                    held: None,
+                    init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
+                        InitKind::Systemd
+                    } else {
+                        InitKind::Other
+                    },
+                    ipv6: plan.ipv6,
+                });
+                Some(
+                    client
+                        .send(&req, Some(netns.as_fd()))
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            _ => None,
+        };
+        // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
         *cgroup = container_cgroup(&plan, child)?;
         if let Some(c) = &plan.container
             && c.systemd
@@ -463,31 +498,10 @@ fn parent(
                 owner,
             )?);
         }
-        // Registered before rnetd attaches it (so a listing never shows the attachment without
-        // the entry), ready once the payload runs.
-        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
-            .map_err(|e| e.to_string())?;
-        *registered = true;
-        let Network::Attached(spec) = &plan.network else {
+        let Some(pending) = pending else {
             return Ok(None);
         };
-        let netns = File::open(format!("/proc/{child}/ns/net"))
-            .map_err(|e| format!("opening the container's network namespace: {e}"))?;
-        let req = Request::Attach(AttachRequest {
-            machine: plan.machine.clone(),
-            pid: u32::try_from(child.as_raw()).unwrap_or_default(),
-            network: spec.clone(),
-            ports: plan.ports.clone(),
-            links: plan.links.clone(),
-            held: None,
-            init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
-                InitKind::Systemd
-            } else {
-                InitKind::Other
-            },
-            ipv6: plan.ipv6,
-        });
-        match client.call(&req, Some(netns.as_fd())) {
+        match pending.answer() {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),
             Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
             Err(e) => Err(e.to_string()),
