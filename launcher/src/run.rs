@@ -436,7 +436,8 @@ fn parent(
     let mut systemd_cgroups_slot = None;
     let systemd_cgroups = &mut systemd_cgroups_slot;
     let leader = u32::try_from(child.as_raw()).unwrap_or_default();
-    let mut registered_slot = false;
+    // The entry registered for this run, marked ready later.
+    let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         let mut ready = [0u8; 1];
@@ -454,9 +455,9 @@ fn parent(
         }
         // Registered before rnetd attaches it (so a listing never shows the attachment without
         // the entry), ready once the payload runs.
-        registry::register(runtime_dir, &plan.entry(leader, std::process::id()))
-            .map_err(|e| e.to_string())?;
-        *registered = true;
+        let entry = plan.entry(leader, std::process::id());
+        registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
+        *registered = Some(entry);
         // The attach is sent first and its answer read last: moving the child into its cgroup
         // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
         // overlaps rnetd's work on the attach instead of adding to it.
@@ -515,7 +516,7 @@ fn parent(
             if let Some(cg) = &cgroup_slot {
                 cg.remove();
             }
-            if registered_slot {
+            if registered_slot.is_some() {
                 registry::unregister(runtime_dir, plan.machine.as_str(), leader);
             }
             return Err(e);
@@ -545,14 +546,11 @@ fn parent(
     }
     // Ready once the payload runs (the socket closed on its exec) and is networked: `rnet
     // start` waits for this, and `rnet shell` finds the container's root in place.
-    if report.is_empty() {
-        let mut entry = plan.entry(leader, std::process::id());
+    if report.is_empty()
+        && let Some(entry) = &mut registered_slot
+    {
         entry.ready = true;
-        if let Some(old) = registry::get(runtime_dir, plan.machine.as_str()) {
-            entry.started = old.started;
-            entry.leader_start = old.leader_start;
-        }
-        if let Err(e) = registry::update(runtime_dir, &entry) {
+        if let Err(e) = registry::update(runtime_dir, entry) {
             eprintln!("rnet: warning: {e}");
         }
     }
@@ -566,7 +564,7 @@ fn parent(
     if let Some(cg) = &cgroup_slot {
         cg.remove();
     }
-    if registered_slot {
+    if registered_slot.is_some() {
         registry::unregister(runtime_dir, plan.machine.as_str(), leader);
     }
     if !report.is_empty() {
@@ -631,19 +629,6 @@ fn wait_forwarding(child: Pid, forwarded: &SigSet) -> Result<u8, String> {
             Ok(_) => {}
             Err(e) => return Err(format!("waiting for the container: {e}")),
         }
-        // SAFETY: siginfo_t is plain data; sigwaitinfo fills it for the signal it returns.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the duration of the call.
-        let sig = unsafe { libc::sigwaitinfo(wait_set.as_ref(), &mut info) };
-        if sig < 0 || sig == libc::SIGCHLD {
-            continue;
-        }
-        // A signal from the terminal (si_code > 0, sent by the kernel) reached the whole
-        // foreground process group, the payload included: forward only what was sent to us.
-        if info.si_code <= 0
-            && let Ok(s) = Signal::try_from(sig)
-        {
-            let _ = kill(child, s);
-        }
+        container::init::forward_next_signal(&wait_set, child);
     }
 }

@@ -152,18 +152,25 @@ fn reap(payload: Pid, forwarded: &SigSet) -> i32 {
                 Err(_) => break,
             }
         }
-        // SAFETY: siginfo_t is plain data; sigwaitinfo fills it for the signal it returns.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the duration of the call.
-        let sig = unsafe { libc::sigwaitinfo(wait_set.as_ref(), &mut info) };
-        if sig < 0 || sig == libc::SIGCHLD {
-            continue;
-        }
-        // The terminal's signals (si_code > 0) reached the payload's process group already.
-        if info.si_code <= 0
-            && let Ok(s) = Signal::try_from(sig)
-        {
-            let _ = kill(payload, s);
-        }
+        forward_next_signal(&wait_set, payload);
+    }
+}
+
+/// Waits for one of `wait_set`'s signals (blocked by the caller) and passes it on to `to`,
+/// unless it came from the terminal: those (`si_code > 0`, sent by the kernel) reached the
+/// whole foreground process group, `to` included. Returns after SIGCHLD or an interrupted
+/// wait too, for the caller to reap.
+pub fn forward_next_signal(wait_set: &SigSet, to: Pid) {
+    // SAFETY: siginfo_t is plain data; sigwaitinfo fills it for the signal it returns.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let sig = unsafe { libc::sigwaitinfo(wait_set.as_ref(), &mut info) };
+    if sig < 0 || sig == libc::SIGCHLD {
+        return;
+    }
+    if info.si_code <= 0
+        && let Ok(s) = Signal::try_from(sig)
+    {
+        let _ = kill(to, s);
     }
 }
