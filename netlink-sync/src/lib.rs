@@ -124,15 +124,7 @@ impl BlockingRtnl {
 
     /// `ip route add default via GATEWAY dev INDEX`.
     pub fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.table = libc::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Boot;
-        msg.header.scope = RouteScope::Universe;
-        msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
-        msg.attributes.push(RouteAttribute::Oif(index));
+        let msg = default_route_message(index, AddressFamily::Inet, RouteAddress::Inet(gateway));
         self.request(
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -154,7 +146,11 @@ impl BlockingRtnl {
     /// advertisement may have added a moment before).
     pub fn replace_default_route6(&mut self, index: u32, gateway: Ipv6Addr) -> io::Result<()> {
         self.request(
-            RouteNetlinkMessage::NewRoute(default_route6_message(index, gateway)),
+            RouteNetlinkMessage::NewRoute(default_route_message(
+                index,
+                AddressFamily::Inet6,
+                RouteAddress::Inet6(gateway),
+            )),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
     }
@@ -174,16 +170,15 @@ fn address6_message(index: u32, addr: Ipv6Addr, prefix: u8) -> AddressMessage {
     msg
 }
 
-/// The message of [`BlockingRtnl::replace_default_route6`].
-fn default_route6_message(index: u32, gateway: Ipv6Addr) -> RouteMessage {
+/// A default route of `family` via `gateway` out of link `index` (main table, `proto boot`).
+fn default_route_message(index: u32, family: AddressFamily, gateway: RouteAddress) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet6;
+    msg.header.address_family = family;
     msg.header.table = libc::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::Boot;
     msg.header.scope = RouteScope::Universe;
     msg.header.kind = RouteType::Unicast;
-    msg.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
+    msg.attributes.push(RouteAttribute::Gateway(gateway));
     msg.attributes.push(RouteAttribute::Oif(index));
     msg
 }
@@ -213,7 +208,11 @@ mod tests {
 
     #[test]
     fn ipv6_default_route_names_gateway_and_link() {
-        let msg = default_route6_message(3, "fd00:1::1".parse().unwrap());
+        let msg = default_route_message(
+            3,
+            AddressFamily::Inet6,
+            RouteAddress::Inet6("fd00:1::1".parse().unwrap()),
+        );
         assert_eq!(msg.header.address_family, AddressFamily::Inet6);
         assert_eq!(msg.header.destination_prefix_length, 0);
         assert!(msg.attributes.contains(&RouteAttribute::Oif(3)));
