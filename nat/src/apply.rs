@@ -17,8 +17,11 @@ use nftables::helper::{self, NftablesError};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
 use nftables::types::NfFamily;
 
+use crate::elements::render_changes;
 use crate::error::{Error, Result};
+use crate::model::Change;
 use crate::names::TABLE;
+use crate::netlink::NfNetlink;
 
 #[cfg(any(test, feature = "testing"))]
 pub use crate::fake::FakeNft;
@@ -56,9 +59,19 @@ pub trait Nft {
 }
 
 /// [`Nft`] for async callers: the `nft` process runs without blocking the executor.
-pub trait AsyncNft {
+pub trait AsyncNft: Send {
     /// Async [`Nft::apply`].
     fn apply_async(&mut self, batch: &Nftables<'_>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Applies the element changes of `changes` as one atomic batch, what
+    /// [`crate::render_changes`] renders; by default through [`AsyncNft::apply_async`].
+    fn apply_changes_async(
+        &mut self,
+        changes: &[Change],
+    ) -> impl Future<Output = Result<()>> + Send {
+        let batch = render_changes(changes);
+        async move { self.apply_async(&batch).await }
+    }
 
     /// Async [`Nft::list_table`].
     fn list_table_async(
@@ -79,6 +92,8 @@ pub struct NftCli {
     /// The long-lived `nft -j -i` of [`NftCli::with_session`], shared by clones; started on first
     /// use.
     session: Option<Arc<tokio::sync::Mutex<Option<Session>>>>,
+    /// The nf_tables socket of [`NftCli::with_netlink`], shared by clones.
+    netlink: Option<Arc<std::sync::Mutex<NfNetlink>>>,
 }
 
 impl Default for NftCli {
@@ -98,6 +113,7 @@ impl NftCli {
         Self {
             program: program.into(),
             session: None,
+            netlink: None,
         }
     }
 
@@ -111,6 +127,16 @@ impl NftCli {
     pub fn with_session(mut self) -> Self {
         self.session = Some(Arc::new(tokio::sync::Mutex::new(None)));
         self
+    }
+
+    /// Sends element changes ([`AsyncNft::apply_changes_async`]) to nf_tables over netlink
+    /// ([`crate::netlink`]) instead of through `nft`, which reads every interval set's elements
+    /// back before each batch: a change then costs the same with 1 or 1000 containers. The
+    /// socket is opened here, in the calling thread's network namespace. A batch the socket
+    /// fails or the kernel refuses is given to `nft` as before, so a refusal keeps nft's words.
+    pub fn with_netlink(mut self) -> io::Result<Self> {
+        self.netlink = Some(Arc::new(std::sync::Mutex::new(NfNetlink::open()?)));
+        Ok(self)
     }
 
     /// The program this runs.
@@ -282,6 +308,19 @@ impl AsyncNft for NftCli {
         drop(stdin);
         let output = child.wait_with_output().await.map_err(run_error)?;
         check(output, written, &self.program_name(), step)
+    }
+
+    async fn apply_changes_async(&mut self, changes: &[Change]) -> Result<()> {
+        if let Some(netlink) = &self.netlink {
+            let sent = netlink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .apply(changes);
+            if sent.is_ok() {
+                return Ok(());
+            }
+        }
+        self.apply_async(&render_changes(changes)).await
     }
 
     async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {

@@ -12,7 +12,7 @@ use nftables::schema::{Element, NfListObject, Nftables};
 use nftables::types::NfFamily;
 
 use crate::expr::{concat, number, prefix, string};
-use crate::model::{Change, GuardedPort, IfName, PortMapping, Ruleset, canonical};
+use crate::model::{Change, GuardedPort, IfName, Mac, PortMapping, Proto, Ruleset, canonical};
 use crate::names::*;
 
 /// The set a subnet goes to: `masq4` or `masq6`.
@@ -24,47 +24,6 @@ pub(crate) fn subnet_set(net: IpNetwork) -> &'static str {
 pub(crate) fn subnet_elem(net: IpNetwork) -> Expression<'static> {
     let net = canonical(net);
     prefix(net.network().to_string(), net.prefix())
-}
-
-/// `"ve-web"`.
-pub(crate) fn iface_elem(name: &IfName) -> Expression<'static> {
-    string(name.as_str())
-}
-
-/// `"vz-a" . "vz-b"`.
-pub(crate) fn pair_elem(from: &IfName, to: &IfName) -> Expression<'static> {
-    concat(vec![string(from.as_str()), string(to.as_str())])
-}
-
-/// `"vb-web" . 02:00:5e:10:00:01`.
-pub(crate) fn port_mac_elem(port: &GuardedPort) -> Expression<'static> {
-    concat(vec![
-        string(port.ifname.as_str()),
-        string(port.mac.to_string()),
-    ])
-}
-
-/// `"vb-web" . 10.0.0.2`, for a port with an address.
-pub(crate) fn port_addr_elem(port: &GuardedPort) -> Option<Expression<'static>> {
-    let addr = port.addr?;
-    Some(concat(vec![
-        string(port.ifname.as_str()),
-        string(addr.to_string()),
-    ]))
-}
-
-/// The elements of a guarded port, set by set, in [`BRIDGE_SETS`] order (`zone_ports` and
-/// `port_addrs` only for a port with an address).
-fn guard_elems(port: &GuardedPort) -> Vec<(&'static str, Expression<'static>)> {
-    let mut out = vec![
-        (PORTS, iface_elem(&port.ifname)),
-        (PORT_MACS, port_mac_elem(port)),
-    ];
-    if let Some(addr) = port_addr_elem(port) {
-        out.push((ZONE_PORTS, iface_elem(&port.ifname)));
-        out.push((PORT_ADDRS, addr));
-    }
-    out
 }
 
 /// The family of the table a set belongs to.
@@ -86,69 +45,34 @@ fn addr(a: IpAddr) -> Expression<'static> {
     string(a.to_string())
 }
 
-/// The map keys of a mapping, one per host port: `tcp . 8080` or `203.0.113.2 . tcp . 8080`.
-pub(crate) fn port_keys(mapping: &PortMapping) -> Vec<Expression<'static>> {
-    mapping
-        .port_pairs()
-        .map(|(host_port, _)| port_key(mapping, host_port))
-        .collect()
-}
-
-fn port_key(mapping: &PortMapping, host_port: u16) -> Expression<'static> {
-    let mut key = Vec::with_capacity(3);
-    if let Some(host) = mapping.host_addr() {
-        key.push(addr(host));
-    }
-    key.push(string(mapping.proto().as_str()));
-    key.push(number(host_port));
-    concat(key)
-}
-
-/// The elements of the address map, one per port: `tcp . 8080 : 10.0.0.2`.
-pub(crate) fn addr_elems(mapping: &PortMapping) -> Vec<Expression<'static>> {
-    mapping
-        .port_pairs()
-        .map(|(host_port, _)| {
-            Expression::List(vec![
-                port_key(mapping, host_port),
-                addr(mapping.container_addr()),
-            ])
-        })
-        .collect()
-}
-
-/// The elements of the port map, one per port: `tcp . 8080 : 80`.
-pub(crate) fn port_elems(mapping: &PortMapping) -> Vec<Expression<'static>> {
-    mapping
-        .port_pairs()
-        .map(|(host_port, container_port)| {
-            Expression::List(vec![port_key(mapping, host_port), number(container_port)])
-        })
-        .collect()
-}
-
 /// The elements `set` holds for `ruleset`, in a fixed order.
 pub(crate) fn initial(set: &str, ruleset: &Ruleset) -> Vec<Expression<'static>> {
-    match set {
+    let elems: Vec<Elem> = match set {
         MASQ4 | MASQ6 => ruleset
             .subnets()
             .filter(|net| subnet_set(*net) == set)
-            .map(subnet_elem)
+            .map(|net| Elem::key(vec![Part::Net(canonical(net))]))
             .collect(),
-        IFACES => ruleset.ifaces().map(iface_elem).collect(),
+        IFACES => ruleset
+            .ifaces()
+            .map(|i| Elem::key(vec![Part::Name(i.clone())]))
+            .collect(),
         ALLOWED_PAIRS => {
             let pairs: BTreeSet<(&IfName, &IfName)> = ruleset
                 .ifaces()
                 .map(|i| (i, i))
                 .chain(ruleset.allowed_pairs())
                 .collect();
-            pairs.into_iter().map(|(a, b)| pair_elem(a, b)).collect()
+            pairs
+                .into_iter()
+                .map(|(a, b)| Elem::key(vec![Part::Name(a.clone()), Part::Name(b.clone())]))
+                .collect()
         }
         PORTS | PORT_MACS | ZONE_PORTS | PORT_ADDRS => {
             // Ports come sorted by name, so the elements of one name are adjacent.
             let mut elems: Vec<_> = ruleset
                 .guarded()
-                .flat_map(guard_elems)
+                .flat_map(guard_parts)
                 .filter(|(s, _)| *s == set)
                 .map(|(_, e)| e)
                 .collect();
@@ -160,15 +84,16 @@ pub(crate) fn initial(set: &str, ruleset: &Ruleset) -> Vec<Expression<'static>> 
             .flat_map(|m| {
                 let maps = port_maps(m);
                 if maps.addr == set {
-                    addr_elems(m)
+                    port_map_elems(m, true)
                 } else if maps.port == set {
-                    port_elems(m)
+                    port_map_elems(m, false)
                 } else {
                     Vec::new()
                 }
             })
             .collect(),
-    }
+    };
+    elems.iter().map(Elem::expr).collect()
 }
 
 fn element(set: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
@@ -180,70 +105,195 @@ fn element(set: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'s
     })
 }
 
-/// `add element`.
-fn add(batch: &mut Batch<'static>, set: &'static str, elem: Vec<Expression<'static>>) {
-    batch.add(element(set, elem));
+/// One value of an element's key or data, typed as its set spells it: rendered as nft JSON here
+/// and as the kernel's bytes by [`crate::netlink`], from the same [`Step`]s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// A subnet of an interval set (`masq4`, `masq6`), host bits cleared.
+    Net(IpNetwork),
+    /// An interface name (`ifname`).
+    Name(IfName),
+    /// A MAC address (`ether_addr`).
+    Mac(Mac),
+    /// An address (`ipv4_addr`, `ipv6_addr`).
+    Addr(IpAddr),
+    /// `inet_proto`.
+    Proto(Proto),
+    /// `inet_service`.
+    Port(u16),
 }
 
-/// `add element` then `delete element`: deletes whether or not the element is there (a bare
-/// `delete element` of a missing element fails the whole batch with ENOENT). For a map the `add`
-/// carries our value, so if the key holds another container's value the `add` fails with EEXIST
-/// and nothing is deleted.
-fn add_then_delete(
-    batch: &mut Batch<'static>,
-    set: &'static str,
-    elem: Vec<Expression<'static>>,
-    keys: Vec<Expression<'static>>,
-) {
-    batch.add(element(set, elem));
-    batch.delete(element(set, keys));
+impl Part {
+    fn expr(&self) -> Expression<'static> {
+        match self {
+            Part::Net(net) => subnet_elem(*net),
+            Part::Name(name) => string(name.as_str()),
+            Part::Mac(mac) => string(mac.to_string()),
+            Part::Addr(a) => addr(*a),
+            Part::Proto(p) => string(p.as_str()),
+            Part::Port(p) => number(*p),
+        }
+    }
 }
 
-fn render_into(batch: &mut Batch<'static>, change: &Change) {
-    match change {
-        Change::AddSubnet(net) => add(batch, subnet_set(*net), vec![subnet_elem(*net)]),
-        Change::DelSubnet(net) => {
-            let e = vec![subnet_elem(*net)];
-            add_then_delete(batch, subnet_set(*net), e.clone(), e);
+/// One element: its key (one part, or the parts of a concatenation) and, in a map, its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Elem {
+    pub(crate) key: Vec<Part>,
+    pub(crate) data: Option<Part>,
+}
+
+impl Elem {
+    fn key(key: Vec<Part>) -> Self {
+        Self { key, data: None }
+    }
+
+    fn expr(&self) -> Expression<'static> {
+        let key = match self.key.as_slice() {
+            [one] => one.expr(),
+            parts => concat(parts.iter().map(Part::expr).collect()),
+        };
+        match &self.data {
+            None => key,
+            Some(data) => Expression::List(vec![key, data.expr()]),
         }
-        Change::AddIface(name) => {
-            add(batch, IFACES, vec![iface_elem(name)]);
-            add(batch, ALLOWED_PAIRS, vec![pair_elem(name, name)]);
-        }
-        Change::DelIface(name) => {
-            let pair = vec![pair_elem(name, name)];
-            add_then_delete(batch, ALLOWED_PAIRS, pair.clone(), pair);
-            let e = vec![iface_elem(name)];
-            add_then_delete(batch, IFACES, e.clone(), e);
-        }
-        Change::AllowPair(a, b) if a != b => add(batch, ALLOWED_PAIRS, vec![pair_elem(a, b)]),
-        Change::DelPair(a, b) if a != b => {
-            let e = vec![pair_elem(a, b)];
-            add_then_delete(batch, ALLOWED_PAIRS, e.clone(), e);
-        }
-        Change::AllowPair(..) | Change::DelPair(..) => {}
-        Change::AddPort(mapping) => {
-            let maps = port_maps(mapping);
-            add(batch, maps.addr, addr_elems(mapping));
-            add(batch, maps.port, port_elems(mapping));
-        }
-        Change::DelPort(mapping) => {
-            let maps = port_maps(mapping);
-            let keys = port_keys(mapping);
-            add_then_delete(batch, maps.addr, addr_elems(mapping), keys.clone());
-            add_then_delete(batch, maps.port, port_elems(mapping), keys);
-        }
-        Change::GuardPort(port) => {
-            for (set, elem) in guard_elems(port) {
-                add(batch, set, vec![elem]);
+    }
+}
+
+/// One `add element` or `delete element` command on one set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub(crate) delete: bool,
+    pub(crate) set: &'static str,
+    pub(crate) elems: Vec<Elem>,
+}
+
+/// The element keys of a mapping, one per host port: `tcp . 8080` or `203.0.113.2 . tcp . 8080`.
+fn port_key_parts(mapping: &PortMapping, host_port: u16) -> Vec<Part> {
+    let mut key = Vec::with_capacity(3);
+    if let Some(host) = mapping.host_addr() {
+        key.push(Part::Addr(host));
+    }
+    key.push(Part::Proto(mapping.proto()));
+    key.push(Part::Port(host_port));
+    key
+}
+
+/// `addr` true: `KEY : container address`; false: `KEY : container port`; per host port.
+fn port_map_elems(mapping: &PortMapping, addr: bool) -> Vec<Elem> {
+    mapping
+        .port_pairs()
+        .map(|(host_port, container_port)| Elem {
+            key: port_key_parts(mapping, host_port),
+            data: Some(if addr {
+                Part::Addr(mapping.container_addr())
+            } else {
+                Part::Port(container_port)
+            }),
+        })
+        .collect()
+}
+
+/// The elements of a guarded port, set by set, in [`BRIDGE_SETS`] order.
+fn guard_parts(port: &GuardedPort) -> Vec<(&'static str, Elem)> {
+    let name = || Part::Name(port.ifname.clone());
+    let mut out = vec![
+        (PORTS, Elem::key(vec![name()])),
+        (PORT_MACS, Elem::key(vec![name(), Part::Mac(port.mac)])),
+    ];
+    if let Some(addr) = port.addr {
+        out.push((ZONE_PORTS, Elem::key(vec![name()])));
+        out.push((
+            PORT_ADDRS,
+            Elem::key(vec![name(), Part::Addr(IpAddr::V4(addr))]),
+        ));
+    }
+    out
+}
+
+/// Collects the [`Step`]s of changes.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    /// `add element`.
+    fn add(&mut self, set: &'static str, elems: Vec<Elem>) {
+        self.0.push(Step {
+            delete: false,
+            set,
+            elems,
+        });
+    }
+
+    /// `add element` then `delete element`: deletes whether or not the element is there (a bare
+    /// `delete element` of a missing element fails the whole batch with ENOENT). For a map the
+    /// `add` carries our value, so if the key holds another container's value the `add` fails
+    /// with EEXIST and nothing is deleted.
+    fn add_then_delete(&mut self, set: &'static str, elems: Vec<Elem>) {
+        let keys = elems.iter().map(|e| Elem::key(e.key.clone())).collect();
+        self.add(set, elems);
+        self.0.push(Step {
+            delete: true,
+            set,
+            elems: keys,
+        });
+    }
+
+    fn change(&mut self, change: &Change) {
+        let subnet = |net: &IpNetwork| vec![Elem::key(vec![Part::Net(canonical(*net))])];
+        let iface = |name: &IfName| vec![Elem::key(vec![Part::Name(name.clone())])];
+        let pair = |a: &IfName, b: &IfName| {
+            vec![Elem::key(vec![
+                Part::Name(a.clone()),
+                Part::Name(b.clone()),
+            ])]
+        };
+        match change {
+            Change::AddSubnet(net) => self.add(subnet_set(*net), subnet(net)),
+            Change::DelSubnet(net) => self.add_then_delete(subnet_set(*net), subnet(net)),
+            Change::AddIface(name) => {
+                self.add(IFACES, iface(name));
+                self.add(ALLOWED_PAIRS, pair(name, name));
             }
-        }
-        Change::UnguardPort(port) => {
-            for (set, elem) in guard_elems(port).into_iter().rev() {
-                add_then_delete(batch, set, vec![elem.clone()], vec![elem]);
+            Change::DelIface(name) => {
+                self.add_then_delete(ALLOWED_PAIRS, pair(name, name));
+                self.add_then_delete(IFACES, iface(name));
+            }
+            Change::AllowPair(a, b) if a != b => self.add(ALLOWED_PAIRS, pair(a, b)),
+            Change::DelPair(a, b) if a != b => self.add_then_delete(ALLOWED_PAIRS, pair(a, b)),
+            Change::AllowPair(..) | Change::DelPair(..) => {}
+            Change::AddPort(mapping) => {
+                let maps = port_maps(mapping);
+                self.add(maps.addr, port_map_elems(mapping, true));
+                self.add(maps.port, port_map_elems(mapping, false));
+            }
+            Change::DelPort(mapping) => {
+                let maps = port_maps(mapping);
+                self.add_then_delete(maps.addr, port_map_elems(mapping, true));
+                self.add_then_delete(maps.port, port_map_elems(mapping, false));
+            }
+            Change::GuardPort(port) => {
+                for (set, elem) in guard_parts(port) {
+                    self.add(set, vec![elem]);
+                }
+            }
+            Change::UnguardPort(port) => {
+                for (set, elem) in guard_parts(port).into_iter().rev() {
+                    self.add_then_delete(set, vec![elem]);
+                }
             }
         }
     }
+}
+
+/// The element commands of `changes`, in order: what [`render_changes`] renders as nft JSON and
+/// [`crate::netlink`] sends as nf_tables messages.
+pub(crate) fn steps(changes: &[Change]) -> Vec<Step> {
+    let mut steps = Steps::default();
+    for change in changes {
+        steps.change(change);
+    }
+    steps.0
 }
 
 /// One atomic batch of element commands for `changes`, in order (e.g. everything of one container
@@ -256,8 +306,14 @@ fn render_into(batch: &mut Batch<'static>, change: &Change) {
 /// Empty `changes` give an empty batch, which `nft` accepts.
 pub fn render_changes(changes: &[Change]) -> Nftables<'static> {
     let mut batch = Batch::new();
-    for change in changes {
-        render_into(&mut batch, change);
+    for step in steps(changes) {
+        let elems = step.elems.iter().map(Elem::expr).collect();
+        let object = element(step.set, elems);
+        if step.delete {
+            batch.delete(object);
+        } else {
+            batch.add(object);
+        }
     }
     batch.to_nftables()
 }

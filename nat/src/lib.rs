@@ -10,6 +10,7 @@ mod fake;
 pub mod hostfw;
 pub mod model;
 pub mod names;
+pub mod netlink;
 pub mod observe;
 pub mod rules;
 
@@ -20,5 +21,6 @@ pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
 pub use hostfw::{ForeignChain, HostView, detect, detect_with_saves, plan_host, restored_families};
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
+pub use netlink::NfNetlink;
 pub use observe::{Observed, observe, plan};
 pub use rules::{render_delete_table, render_table, rule_count};

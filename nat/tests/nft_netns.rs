@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::{enter_private_netns, nft_program, sh, thread_netns};
 use nat::{
-    AsyncNft, Change, Error, GuardedPort, IfName, Mac, Nft, NftCli, PortMapping, PortRange, Proto,
-    Ruleset, observe, plan, render_change, render_changes, render_delete_table, render_table,
-    rule_count,
+    AsyncNft, Change, Error, GuardedPort, IfName, Mac, NfNetlink, Nft, NftCli, PortMapping,
+    PortRange, Proto, Ruleset, observe, plan, render_change, render_changes, render_delete_table,
+    render_table, rule_count,
 };
 
 fn nft() -> NftCli {
@@ -400,6 +400,203 @@ fn a_session_applies_batches_reports_refusals_and_goes_on() {
         assert_eq!(listed(&mut nft).ruleset, split(&ruleset_of(0..2)));
         nft.apply_async(&render_delete_table()).await.unwrap();
         assert!(nft.list_table_async().await.unwrap().is_none());
+    });
+}
+
+/// Every set's elements as `nft -j list ruleset` gives them, each set's sorted (a hash set lists
+/// in no fixed order): what two ways of applying the same changes must both leave.
+fn elements() -> Vec<(String, String, Vec<String>)> {
+    let json: serde_json::Value = serde_json::from_str(&sh("nft -j list ruleset")).unwrap();
+    let mut out = Vec::new();
+    for object in json["nftables"].as_array().unwrap() {
+        let Some(set) = object.get("set").or_else(|| object.get("map")) else {
+            continue;
+        };
+        let mut elems: Vec<String> = set["elem"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default();
+        elems.sort();
+        out.push((
+            set["family"].as_str().unwrap().to_owned(),
+            set["name"].as_str().unwrap().to_owned(),
+            elems,
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// The opposite of an addition (and of a removal).
+fn undo(c: &Change) -> Change {
+    match c.clone() {
+        Change::AddSubnet(x) => Change::DelSubnet(x),
+        Change::DelSubnet(x) => Change::AddSubnet(x),
+        Change::AddIface(x) => Change::DelIface(x),
+        Change::DelIface(x) => Change::AddIface(x),
+        Change::AllowPair(a, b) => Change::DelPair(a, b),
+        Change::DelPair(a, b) => Change::AllowPair(a, b),
+        Change::AddPort(x) => Change::DelPort(x),
+        Change::DelPort(x) => Change::AddPort(x),
+        Change::GuardPort(x) => Change::UnguardPort(x),
+        Change::UnguardPort(x) => Change::GuardPort(x),
+    }
+}
+
+/// Batches that touch every kind of element: containers come (every third with a port range,
+/// a bound port, an IPv6 subnet and port), zones pair up, every other one goes, some twice,
+/// some come back; ends with none.
+fn workload() -> Vec<Vec<Change>> {
+    let name = |s: &str| IfName::new(s).unwrap();
+    let mut batches: Vec<Vec<Change>> = (0..7).map(container).collect();
+    batches.push(vec![
+        Change::AddIface(name("vz-a")),
+        Change::AddIface(name("vz-b")),
+        Change::AllowPair(name("vz-a"), name("vz-b")),
+    ]);
+    for n in (0..7).step_by(2) {
+        let down: Vec<Change> = container(n).iter().rev().map(undo).collect();
+        batches.push(down.clone());
+        batches.push(down); // teardown is idempotent
+    }
+    batches.push(container(2));
+    batches.push(vec![Change::DelPair(name("vz-a"), name("vz-b"))]);
+    let mut rest: Vec<Change> = Vec::new();
+    for n in [1, 2, 3, 5] {
+        rest.extend(container(n).iter().rev().map(undo));
+    }
+    rest.extend([
+        Change::DelIface(name("vz-a")),
+        Change::DelIface(name("vz-b")),
+    ]);
+    batches.push(rest);
+    batches
+}
+
+#[test]
+fn netlink_batches_leave_what_nft_leaves() {
+    if !enter_private_netns("netlink_batches_leave_what_nft_leaves") {
+        return;
+    }
+    let mut nft = nft();
+    let mut netlink = NfNetlink::open().unwrap();
+    let batches = workload();
+
+    nft.apply(&render_table(&Ruleset::new())).unwrap();
+    let mut by_nft = Vec::new();
+    for batch in &batches {
+        nft.apply(&render_changes(batch)).unwrap();
+        by_nft.push(elements());
+    }
+    nft.apply(&render_delete_table()).unwrap();
+
+    nft.apply(&render_table(&Ruleset::new())).unwrap();
+    let mut rs = Ruleset::new();
+    for (i, batch) in batches.iter().enumerate() {
+        netlink
+            .apply(batch)
+            .unwrap_or_else(|e| panic!("batch {i}: {e}"));
+        assert_eq!(elements(), by_nft[i], "after batch {i}: {batch:?}");
+        batch.iter().for_each(|c| {
+            rs.apply(c);
+        });
+        let observed = listed(&mut nft);
+        assert!(observed.intact, "after batch {i}");
+        assert_eq!(observed.ruleset, split(&rs), "after batch {i}");
+    }
+    assert_eq!(rs, Ruleset::new());
+}
+
+#[test]
+fn netlink_refusals_apply_nothing_and_say_why() {
+    if !enter_private_netns("netlink_refusals_apply_nothing_and_say_why") {
+        return;
+    }
+    let mut netlink = NfNetlink::open().unwrap();
+    // No table: nothing to change, and the kernel's word for it.
+    let err = netlink.apply(&container(0)).unwrap_err();
+    let Error::Refused { ref stderr, .. } = err else {
+        panic!("expected a refusal, got {err:?}");
+    };
+    assert!(stderr.contains("No such file or directory"), "{err}");
+    assert!(err.to_string().contains("add element masq4 x1"), "{err}");
+
+    let mut nft = nft();
+    let rs = ruleset_of(0..2);
+    nft.apply(&render_table(&rs)).unwrap();
+    let before = elements();
+    // Another container's port, in a batch with changes that alone would pass.
+    let theirs = PortMapping::new(
+        Proto::Tcp,
+        None,
+        PortRange::single(8000).unwrap(),
+        v4(10, 0, 9, 2),
+        80,
+    )
+    .unwrap();
+    let mut batch = container(5);
+    batch.push(Change::DelPort(theirs.clone()));
+    let err = netlink.apply(&batch).unwrap_err();
+    assert!(err.to_string().contains("File exists"), "{err}");
+    assert_eq!(elements(), before, "nothing of the batch was applied");
+    let err = netlink.apply(&[Change::AddPort(theirs)]).unwrap_err();
+    assert!(err.to_string().contains("File exists"), "{err}");
+    // A subnet overlapping another.
+    let err = netlink
+        .apply(&[Change::AddSubnet("10.0.0.0/24".parse().unwrap())])
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+    assert_eq!(elements(), before);
+
+    // The socket goes on after refusals.
+    netlink.apply(&container(5)).unwrap();
+    assert_eq!(listed(&mut nft).ruleset, split(&ruleset_of([0, 1, 5])));
+}
+
+#[test]
+fn a_cli_with_netlink_applies_changes_and_keeps_nfts_words_for_refusals() {
+    if !enter_private_netns("a_cli_with_netlink_applies_changes_and_keeps_nfts_words_for_refusals")
+    {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut nft = nft().with_session().with_netlink().unwrap();
+        nft.apply_async(&render_table(&ruleset_of(0..2)))
+            .await
+            .unwrap();
+        for n in 2..5 {
+            nft.apply_changes_async(&container(n)).await.unwrap();
+        }
+        assert_eq!(listed(&mut nft).ruleset, split(&ruleset_of(0..5)));
+        let theirs = PortMapping::new(
+            Proto::Tcp,
+            None,
+            PortRange::single(8001).unwrap(),
+            v4(10, 0, 9, 2),
+            80,
+        )
+        .unwrap();
+        let err = nft
+            .apply_changes_async(&[Change::DelPort(theirs)])
+            .await
+            .unwrap_err();
+        let Error::Refused {
+            ref program,
+            ref stderr,
+            ..
+        } = err
+        else {
+            panic!("expected a refusal, got {err:?}");
+        };
+        assert_eq!(program, nft_program(), "{err}");
+        assert!(stderr.contains("File exists"), "{err}");
+        let back = ruleset_of(0..5).changes_to(&Ruleset::new());
+        nft.apply_changes_async(&back).await.unwrap();
+        assert_eq!(listed(&mut nft).ruleset, Ruleset::new());
     });
 }
 

@@ -470,28 +470,40 @@ impl<N: AsyncNft> Firewall<N> {
     }
 
     async fn change(&mut self, changes: &[Change]) -> Result<(), FirewallError> {
-        let mut desired = self.installed.clone();
-        for c in changes {
-            desired.apply(c);
-        }
-        let batch = if self.present {
-            nat::render_changes(changes)
+        // The usual case, element changes to a table in place, costs nothing per machine: the
+        // model is changed in place once the kernel took the batch.
+        let applied = if self.present {
+            self.nft.apply_changes_async(changes).await.map_err(Some)
         } else {
-            nat::render_table(&desired)
+            Err(None) // no table yet: made whole below
         };
-        match self.nft.apply_async(&batch).await {
-            Ok(()) => {}
-            Err(e) if self.present => {
-                // The table may have been removed from outside: rebuild it whole with the
-                // change included (atomic), or fail if that fails too.
-                warn!(error = %e, "element change refused; rebuilding tables inet and bridge rnet");
-                self.nft.apply_async(&nat::render_table(&desired)).await?;
+        let links_changed = match applied {
+            Ok(()) => {
+                let mut links_changed = false;
+                for c in changes {
+                    let changed = self.installed.apply(c);
+                    links_changed |=
+                        changed && matches!(c, Change::AddIface(_) | Change::DelIface(_));
+                }
+                links_changed
             }
-            Err(e) => return Err(e.into()),
-        }
+            Err(refused) => {
+                let mut desired = self.installed.clone();
+                for c in changes {
+                    desired.apply(c);
+                }
+                if let Some(e) = refused {
+                    // The table may have been removed from outside: rebuild it whole with the
+                    // change included (atomic), or fail if that fails too.
+                    warn!(error = %e, "element change refused; rebuilding tables inet and bridge rnet");
+                }
+                self.nft.apply_async(&nat::render_table(&desired)).await?;
+                let links_changed = self.installed.ifaces().ne(desired.ifaces());
+                self.installed = desired;
+                links_changed
+            }
+        };
         crate::timing::lap("nft");
-        let links_changed = self.installed.ifaces().ne(desired.ifaces());
-        self.installed = desired;
         self.generation += 1;
         self.present = true;
         if links_changed {

@@ -323,10 +323,11 @@ pub enum Deletes {
 impl<S: System> Machines<S> {
     /// Deletes link `ifname` in a task of its own. Unregistering a device waits for RCU grace
     /// periods in the kernel (tens of milliseconds), which would otherwise hold the registry's
-    /// lock, and every attach behind it, after a container's exit. A link of the same name is
-    /// created only once the deletion is done ([`Machines::deleted`]). A failure is logged; the
-    /// link, in our link group, is then removed by the next restart, and an attach of the same
-    /// name meanwhile fails with "interface ... already exists".
+    /// lock, and every attach behind it, after a container's exit or a detach. A link of the
+    /// same name is created only once the deletion is done ([`Machines::deleted`]). A failure is
+    /// logged and remembered: the next attach of the name tries once more before it creates
+    /// the link (and fails with "interface ... already exists" if that fails too); the next
+    /// restart removes the link (it is in our link group) otherwise.
     fn delete_behind(&self, ifname: String) {
         let Some(me) = self.this.upgrade() else {
             return;
@@ -335,7 +336,8 @@ impl<S: System> Machines<S> {
         lock(&self.deleting).insert(ifname.clone(), Arc::clone(&done));
         tokio::spawn(async move {
             if let Err(e) = me.links.del_link(&ifname).await {
-                warn!(%ifname, error = %e, "deleting a link in the background failed; it stays until rnetd restarts");
+                warn!(%ifname, error = %e, "deleting a link in the background failed; the next attach of its name or restart tries again");
+                lock(&me.undeleted).insert(ifname.clone());
             }
             let mut deleting = lock(&me.deleting);
             if deleting.get(&ifname).is_some_and(|d| Arc::ptr_eq(d, &done)) {
@@ -346,17 +348,22 @@ impl<S: System> Machines<S> {
         });
     }
 
-    /// Waits until no background deletion of link `ifname` is in progress.
+    /// Waits until no background deletion of link `ifname` is in progress; deletes it again if
+    /// that deletion failed.
     pub(super) async fn deleted(&self, ifname: &str) {
         loop {
             let Some(done) = lock(&self.deleting).get(ifname).cloned() else {
-                return;
+                break;
             };
             let notified = done.notified();
             if !lock(&self.deleting).contains_key(ifname) {
-                return;
+                break;
             }
             notified.await;
+        }
+        let failed = lock(&self.undeleted).remove(ifname);
+        if failed && let Err(e) = self.links.del_link(ifname).await {
+            warn!(%ifname, error = %e, "deleting a link again failed");
         }
     }
 }

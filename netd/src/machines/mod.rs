@@ -140,6 +140,8 @@ pub struct Machines<S: System = Host> {
     fabric: std::sync::OnceLock<Arc<crate::distributed::Fabric>>,
     /// Links being deleted in the background, by name ([`Deletes::Behind`]).
     deleting: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Links whose background deletion failed: the next attach of the name tries again.
+    undeleted: std::sync::Mutex<std::collections::HashSet<String>>,
     this: Weak<Self>,
 }
 
@@ -161,13 +163,18 @@ impl Machines<Host> {
             })?;
         let watch_others = settings.host_firewall == HostFwMode::Auto;
         let record = settings.runtime_dir.join(firewalld::RECORD);
+        let nft = nat::NftCli::new().with_session();
+        let nft = nft.clone().with_netlink().unwrap_or_else(|e| {
+            warn!(error = %e, "no nf_tables netlink socket: element changes go through nft");
+            nft
+        });
         let me = Self::start_with(
             settings,
             rtnl,
             HostProcs,
             leases,
             system::HostIpv6::new(ra_interval),
-            nat::NftCli::new().with_session(),
+            nft,
             Sysctl::default(),
         )
         .await?;
@@ -233,6 +240,7 @@ impl<S: System> Machines<S> {
             ),
             fabric: std::sync::OnceLock::new(),
             deleting: std::sync::Mutex::default(),
+            undeleted: std::sync::Mutex::default(),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -585,7 +593,9 @@ impl<S: System> Machines<S> {
     }
 
     /// Removes a machine's networking. When a step fails the others still run; the machine
-    /// then stays listed with what failed, and the answer says it.
+    /// then stays listed with what failed, and the answer says it. The host link's deletion
+    /// finishes after the answer (a failure there is logged; the link, in our link group, goes
+    /// with the next restart).
     pub async fn detach(&self, name: &MachineName) -> Result<(), ApiError> {
         timing::timed("detach", name.as_str(), self.detach_timed(name)).await
     }
@@ -596,8 +606,11 @@ impl<S: System> Machines<S> {
         if !registry.machines.contains_key(name) {
             return Err(not_found(name));
         }
+        // The link's deletion (tens of milliseconds of RCU grace periods in the kernel) goes on
+        // after the answer, as after an exit: its firewall elements and services are gone
+        // already, and an attach of the same name waits for it (`Machines::deleted`).
         let result = self
-            .remove_machine(&mut registry, name, Deletes::Wait)
+            .remove_machine(&mut registry, name, Deletes::Behind)
             .await;
         self.save_behind(&registry).await;
         result
