@@ -330,6 +330,16 @@ impl Ruleset {
             && self.guarded.is_empty()
     }
 
+    /// How many subnets, links, pairs, published ports and guarded ports it holds: each
+    /// [`Change`] adds or removes at most one.
+    pub fn len(&self) -> usize {
+        self.subnets.len()
+            + self.ifaces.len()
+            + self.allowed_pairs.len()
+            + self.ports.len()
+            + self.guarded.len()
+    }
+
     /// Records `change`, as the kernel will after the change's batch is applied.
     ///
     /// Returns false if it changed nothing (adding what is there, deleting what is not).

@@ -333,10 +333,14 @@ impl<N: AsyncNft> Firewall<N> {
 
     /// After a change of our links: firewalld's bindings (when rnetd watches for firewalld),
     /// then [`Firewall::sync_host`], unless the last look found no other firewall to deal with.
-    async fn sync_host_on_change(&mut self) {
-        let links = self.host_links();
-        if let Some(firewalld) = &mut self.firewalld {
-            firewalld.sync(&links).await;
+    /// After links of ours were added (true) or removed (false): firewalld binds them (by the
+    /// change, not the whole list, so that a change costs the same with 1 or 1000 links), and
+    /// other firewalls' chains are looked at again.
+    async fn sync_host_on_change(&mut self, links: &[(bool, IfName)]) {
+        if self.host_mode == HostFwMode::Auto
+            && let Some(firewalld) = &mut self.firewalld
+        {
+            firewalld.update(links).await;
             crate::timing::lap("firewalld");
         }
         if !self.foreign_quiet {
@@ -421,6 +425,11 @@ impl<N: AsyncNft> Firewall<N> {
         if changes.is_empty() {
             return Ok(());
         }
+        // Each change removes at most one thing: only then can the table be left empty (and
+        // only then is the model copied to see).
+        if self.installed.len() > changes.len() {
+            return self.change(&changes).await;
+        }
         let mut desired = self.installed.clone();
         for c in &changes {
             desired.apply(c);
@@ -430,12 +439,17 @@ impl<N: AsyncNft> Firewall<N> {
                 self.nft.apply_async(&nat::render_delete_table()).await?;
                 info!("last fabric link gone; removed tables inet rnet and bridge rnet");
             }
+            let gone: Vec<(bool, IfName)> = self
+                .installed
+                .ifaces()
+                .map(|n| (false, n.clone()))
+                .collect();
             self.installed = desired;
             self.generation += 1;
             self.present = false;
             self.restore_forwarding();
             self.forward6.restore(&self.sysctl);
-            self.sync_host_on_change().await;
+            self.sync_host_on_change(&gone).await;
             return Ok(());
         }
         self.change(&changes).await
@@ -477,16 +491,17 @@ impl<N: AsyncNft> Firewall<N> {
         } else {
             Err(None) // no table yet: made whole below
         };
-        let links_changed = match applied {
-            Ok(()) => {
-                let mut links_changed = false;
-                for c in changes {
-                    let changed = self.installed.apply(c);
-                    links_changed |=
-                        changed && matches!(c, Change::AddIface(_) | Change::DelIface(_));
-                }
-                links_changed
-            }
+        // Links added (true) or removed (false), for firewalld and other firewalls' chains.
+        let links_changed: Vec<(bool, IfName)> = match applied {
+            Ok(()) => changes
+                .iter()
+                .filter(|c| self.installed.apply(c))
+                .filter_map(|c| match c {
+                    Change::AddIface(name) => Some((true, name.clone())),
+                    Change::DelIface(name) => Some((false, name.clone())),
+                    _ => None,
+                })
+                .collect(),
             Err(refused) => {
                 let mut desired = self.installed.clone();
                 for c in changes {
@@ -498,7 +513,13 @@ impl<N: AsyncNft> Firewall<N> {
                     warn!(error = %e, "element change refused; rebuilding tables inet and bridge rnet");
                 }
                 self.nft.apply_async(&nat::render_table(&desired)).await?;
-                let links_changed = self.installed.ifaces().ne(desired.ifaces());
+                let old: BTreeSet<&IfName> = self.installed.ifaces().collect();
+                let new: BTreeSet<&IfName> = desired.ifaces().collect();
+                let links_changed = new
+                    .difference(&old)
+                    .map(|n| (true, (*n).clone()))
+                    .chain(old.difference(&new).map(|n| (false, (*n).clone())))
+                    .collect();
                 self.installed = desired;
                 links_changed
             }
@@ -506,8 +527,8 @@ impl<N: AsyncNft> Firewall<N> {
         crate::timing::lap("nft");
         self.generation += 1;
         self.present = true;
-        if links_changed {
-            self.sync_host_on_change().await;
+        if !links_changed.is_empty() {
+            self.sync_host_on_change(&links_changed).await;
         }
         Ok(())
     }

@@ -147,8 +147,38 @@ impl Firewalld {
             return;
         }
         self.generation += 1;
+        self.desired.send_replace((self.generation, links.clone()));
+        self.wait_applied().await;
+    }
+
+    /// Adds (true) or removes (false) links to bind, as [`Firewalld::sync`] does with a whole
+    /// list.
+    pub async fn update(&mut self, links: &[(bool, IfName)]) {
+        let generation = self.generation + 1;
+        let modified = self.desired.send_if_modified(|(g, desired)| {
+            let mut modified = false;
+            for (add, name) in links {
+                modified |= if *add {
+                    desired.insert(name.clone())
+                } else {
+                    desired.remove(name)
+                };
+            }
+            if modified {
+                *g = generation;
+            }
+            modified
+        });
+        if modified {
+            self.generation = generation;
+            self.wait_applied().await;
+        }
+    }
+
+    /// While firewalld runs, waits (at most [`SYNC_WAIT`]) until the task applied the newest
+    /// links.
+    async fn wait_applied(&mut self) {
         let generation = self.generation;
-        self.desired.send_replace((generation, links.clone()));
         if self.handles()
             && tokio::time::timeout(SYNC_WAIT, self.applied.wait_for(|g| *g >= generation))
                 .await
