@@ -169,12 +169,37 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct LeaseStore {
     dir: PathBuf,
+    /// Writes are fsynced before they count (see [`LeaseStore::without_fsync`]).
+    durable: bool,
 }
 
 impl LeaseStore {
-    /// A store in `dir` (e.g. `/var/lib/rnet/dhcp-leases`), created on first save.
+    /// A store in `dir` (e.g. `/var/lib/rnet/dhcp-leases`), created on first save. Every write
+    /// is fsynced (file and directory) before it returns.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LeaseStore { dir: dir.into() }
+        LeaseStore {
+            dir: dir.into(),
+            durable: true,
+        }
+    }
+
+    /// Writes without fsync, for a store in a runtime directory (`/run`, emptied at boot): a
+    /// write is in the page cache when it returns, which any crash of the server's process
+    /// keeps; only the end of the kernel (power loss, kernel crash) can lose it, and that ends
+    /// the leases' holders as well when they are containers on this host. An fsync costs
+    /// milliseconds on a busy disk, on every lease a client binds or frees.
+    pub fn without_fsync(mut self) -> Self {
+        self.durable = false;
+        self
+    }
+
+    /// Makes a rename or unlink in the store's directory durable, if the store is.
+    fn sync_dir(&self) -> io::Result<()> {
+        if self.durable {
+            sync_dir(&self.dir)
+        } else {
+            Ok(())
+        }
     }
 
     /// The file holding the leases of `link_name`.
@@ -196,7 +221,7 @@ impl LeaseStore {
     }
 
     /// Appends `entries` to the journal of `link_name` and makes them durable (one fdatasync
-    /// for the batch).
+    /// for the batch, unless [`LeaseStore::without_fsync`]).
     pub fn append(&self, link_name: &str, entries: &[JournalEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -237,9 +262,11 @@ impl LeaseStore {
             .open(&path)
             .map_err(write_err)?;
         f.write_all(&buf).map_err(write_err)?;
-        f.sync_data().map_err(write_err)?;
+        if self.durable {
+            f.sync_data().map_err(write_err)?;
+        }
         if created {
-            sync_dir(&self.dir).map_err(write_err)?;
+            self.sync_dir().map_err(write_err)?;
         }
         Ok(())
     }
@@ -249,7 +276,9 @@ impl LeaseStore {
         self.save(link_name, saved)?;
         let path = self.journal_path(link_name)?;
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
+            Ok(()) => self
+                .sync_dir()
+                .map_err(|source| StoreError::Write { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StoreError::Write { path, source }),
         }
@@ -279,7 +308,11 @@ impl LeaseStore {
             source: e.into(),
         })?;
         json.push(b'\n');
-        Ok(fsutil::write_atomic(&path, &json)?)
+        if self.durable {
+            Ok(fsutil::write_atomic(&path, &json)?)
+        } else {
+            Ok(fsutil::write_replace(&path, &json)?)
+        }
     }
 
     /// The unexpired leases of `link_name` at `now`; none if there is no file.
@@ -397,7 +430,9 @@ impl LeaseStore {
         }
         let path = self.path(link_name)?;
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| StoreError::Write { path, source }),
+            Ok(()) => self
+                .sync_dir()
+                .map_err(|source| StoreError::Write { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(StoreError::Write { path, source }),
         }
@@ -499,6 +534,29 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["ve-web"]);
+    }
+
+    #[test]
+    fn a_store_without_fsync_writes_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path()).without_fsync();
+        let durable = LeaseStore::new(dir.path());
+        store.save("ve-a", &only(&[lease(1, 1000)])).unwrap();
+        store
+            .append("ve-a", &[JournalEntry::Bind(lease(2, 1000))])
+            .unwrap();
+        // What one writes the other reads.
+        assert_eq!(
+            durable.load("ve-a", t(0)).unwrap(),
+            vec![lease(1, 1000), lease(2, 1000)]
+        );
+        store
+            .compact("ve-a", &durable.load_saved("ve-a", t(0)).unwrap())
+            .unwrap();
+        assert!(!store.journal_path("ve-a").unwrap().exists());
+        assert_eq!(store.load("ve-a", t(0)).unwrap().len(), 2);
+        store.remove("ve-a").unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

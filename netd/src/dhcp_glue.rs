@@ -199,7 +199,9 @@ impl DhcpService {
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let writer = Writer {
             shared: Arc::clone(&shared),
-            store: LeaseStore::new(lease_dir),
+            // rnetd's leases live in its runtime directory (`RUNTIME_DIR/leases`), as its state
+            // file does: written without fsync for the same reason (docs/architecture.md).
+            store: LeaseStore::new(lease_dir).without_fsync(),
             files: HashMap::new(),
             replies,
         };
