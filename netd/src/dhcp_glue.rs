@@ -434,10 +434,14 @@ fn reply_address(r: &dhcp::Outbound) -> SocketAddrV4 {
     SocketAddrV4::new(ip, r.destination.port())
 }
 
+thread_local! {
+    /// A datagram as received: one buffer per thread, used without an `.await` in between.
+    static RECEIVE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4096 + 1]);
+}
+
 /// The packet pump of one link.
 async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocket) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 4096 + 1];
     loop {
         if let Err(e) = socket.readable().await {
             warn!(ifname, error = %e, "DHCP socket failed");
@@ -448,10 +452,11 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
         let mut now_out: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
         // Whether a lease changed: the writer must run even when no reply waits (a RELEASE).
         let mut changed = false;
-        {
+        // The receive buffer is the thread's, not the link's: with 1000 links, 4 MiB less.
+        RECEIVE.with_borrow_mut(|buf| {
             let mut engine = shared.engine();
             for _ in 0..BATCH {
-                let (n, from) = match socket.try_recv_from(&mut buf) {
+                let (n, from) = match socket.try_recv_from(buf) {
                     Ok(x) => x,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
@@ -489,7 +494,7 @@ async fn serve(shared: Arc<Shared>, id: LinkId, ifname: String, socket: UdpSocke
                     }
                 }
             }
-        }
+        });
         if changed && shared.send(Job::Wake).is_err() {
             return;
         }

@@ -515,32 +515,52 @@ fn bound(ifname: &str, addr: SocketAddr, ty: Type) -> io::Result<Socket> {
     Ok(s)
 }
 
+thread_local! {
+    /// A query as received: one buffer per thread, used without an `.await` in between (a
+    /// buffer per link would cost 4 KiB per family per container).
+    static RECEIVE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; UDP_QUERY_MAX]);
+}
+
 /// The UDP listener of one link.
 async fn serve_udp(shared: Arc<Shared>, index: u32, link: Arc<DnsLink>, socket: UdpSocket) {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; UDP_QUERY_MAX];
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
+        if let Err(e) = socket.readable().await {
+            warn!(ifname = %link.ifname, error = %e, "DNS receive failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        // The decision, with the query copied out of the buffer only when it is forwarded.
+        let received = RECEIVE.with_borrow_mut(|buf| {
+            let (n, from) = socket.try_recv_from(buf)?;
+            let query = &buf[..n];
+            let decided = match handle(&shared, index, &link, query) {
+                Some(Decision::Reply(bytes)) => Some(Err(bytes)),
+                Some(_) => Some(Ok(query.to_vec())),
+                None => None,
+            };
+            Ok::<_, io::Error>((from, decided))
+        });
+        let (from, decided) = match received {
             Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 warn!(ifname = %link.ifname, error = %e, "DNS receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let query = &buf[..n];
-        match handle(&shared, index, &link, query) {
-            Some(Decision::Reply(bytes)) => {
-                let _ = socket.send_to(&bytes, from).await;
+        match decided {
+            Some(Err(reply)) => {
+                let _ = socket.send_to(&reply, from).await;
             }
-            Some(_) => {
+            Some(Ok(query)) => {
                 let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
                     trace!(ifname = %link.ifname, "too many queries in flight; dropped one");
                     continue;
                 };
                 let shared = Arc::clone(&shared);
                 let socket = Arc::clone(&socket);
-                let query = query.to_vec();
                 tokio::spawn(async move {
                     if let Some(answer) = forward_udp(&shared, &query).await {
                         let _ = socket.send_to(&answer, from).await;
