@@ -183,7 +183,7 @@ pub enum Change<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Line {
-    Machine { machine: SavedMachine },
+    Machine { machine: Box<SavedMachine> },
     Forget { machine: MachineName },
     Zone { zone: SavedZone },
     ForgetZone { zone: ZoneName },
@@ -401,7 +401,7 @@ impl StateFile {
             for line in parse_journal(&path, &text)? {
                 match line {
                     Line::Machine { machine } => {
-                        machines.insert(machine.machine.machine.clone(), machine);
+                        machines.insert(machine.machine.machine.clone(), *machine);
                     }
                     Line::Forget { machine } => {
                         machines.remove(&machine);
