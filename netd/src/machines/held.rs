@@ -160,7 +160,7 @@ impl<S: System> Machines<S> {
             }
         }
         if !names.is_empty() {
-            self.save(&registry).await?;
+            self.save(&mut registry).await?;
             info!(count = names.len(), "released held attachments");
         }
         if failed.is_empty() {

@@ -58,7 +58,7 @@ use crate::firewall::hostfw::{self, HostFwMode};
 use crate::naming::MachineId;
 use crate::pool::Pool;
 use crate::rtnl::Rtnl;
-use crate::state::{SavedMachine, State, StateFile, ZoneFile};
+use crate::state::{Forward, SavedMachine, State, StateFile, ZoneFile};
 use crate::sysctl::Sysctl;
 use crate::timing;
 
@@ -325,41 +325,44 @@ impl<S: System> Machines<S> {
         }
     }
 
-    /// Writes the state file (atomically).
-    async fn save(&self, registry: &Registry) -> Result<(), ApiError> {
-        let (forward_restore, forward6_restore) = {
-            let firewall = self.firewall.lock().await;
-            (
-                firewall.forward_restore().map(str::to_owned),
-                firewall.forward6_restore(),
-            )
-        };
+    /// The forwarding values to restore, as the firewall keeps them.
+    async fn forward(&self) -> Forward {
+        let firewall = self.firewall.lock().await;
+        Forward {
+            forward_restore: firewall.forward_restore().map(str::to_owned),
+            forward6_restore: firewall.forward6_restore(),
+        }
+    }
+
+    /// Records in the state file what changed in the registry since the last save: the
+    /// changed machines' and zones' lines appended before returning (an attach is answered
+    /// only once it is on file), O(changes) whatever the number of machines.
+    async fn save(&self, registry: &mut Registry) -> Result<(), ApiError> {
+        let forward = self.forward().await;
         let saved = self
             .state
-            .save(State {
-                forward6_restore,
-                ..registry.state(forward_restore)
-            })
+            .record(&registry.changes(), &forward)
             .map_err(internal);
         timing::lap("state write");
         saved
     }
 
-    /// Hands the state to the background writer ([`StateFile::save_behind`]): for removals,
-    /// which a crash before the write cannot lose (a restart tears down what it finds dead).
-    async fn save_behind(&self, registry: &Registry) {
-        let (forward_restore, forward6_restore) = {
-            let firewall = self.firewall.lock().await;
-            (
-                firewall.forward_restore().map(str::to_owned),
-                firewall.forward6_restore(),
-            )
+    /// [`Machines::save`] for removals, whose failure is logged: a crash before the write
+    /// cannot lose a removal (a restart tears down what it finds dead).
+    async fn save_or_warn(&self, registry: &mut Registry) {
+        if let Err(e) = self.save(registry).await {
+            warn!(error = %e.message, "saving state failed");
+        }
+    }
+
+    /// Replaces the whole state file with the registry (at start, once reconciled).
+    async fn save_all(&self, registry: &mut Registry) -> Result<(), ApiError> {
+        let forward = self.forward().await;
+        let state = State {
+            forward6_restore: forward.forward6_restore,
+            ..registry.state(forward.forward_restore)
         };
-        self.state.save_behind(State {
-            forward6_restore,
-            ..registry.state(forward_restore)
-        });
-        timing::lap("state snapshot");
+        self.state.rewrite(&state).map_err(internal)
     }
 
     /// Writes the explicit zones' file.
@@ -535,7 +538,7 @@ impl<S: System> Machines<S> {
             },
         );
         timing::lap("commit");
-        if let Err(e) = self.save(&registry).await {
+        if let Err(e) = self.save(&mut registry).await {
             let _ = self
                 .remove_machine(&mut registry, &name, Deletes::Wait)
                 .await;
@@ -594,8 +597,8 @@ impl<S: System> Machines<S> {
 
     /// Removes a machine's networking. When a step fails the others still run; the machine
     /// then stays listed with what failed, and the answer says it. The host link's deletion
-    /// finishes after the answer (a failure there is logged; the link, in our link group, goes
-    /// with the next restart).
+    /// finishes after the answer (a failure there is logged, and the next attach of the name or
+    /// the next restart deletes the link again).
     pub async fn detach(&self, name: &MachineName) -> Result<(), ApiError> {
         timing::timed("detach", name.as_str(), self.detach_timed(name)).await
     }
@@ -612,7 +615,7 @@ impl<S: System> Machines<S> {
         let result = self
             .remove_machine(&mut registry, name, Deletes::Behind)
             .await;
-        self.save_behind(&registry).await;
+        self.save_or_warn(&mut registry).await;
         result
     }
 
@@ -781,7 +784,7 @@ impl<S: System> Machines<S> {
         let _ = self
             .remove_machine(&mut registry, name, Deletes::Behind)
             .await;
-        self.save_behind(&registry).await;
+        self.save_or_warn(&mut registry).await;
     }
 
     /// `rnet zone create`: a zone that stays when its last member goes, and across restarts.
@@ -804,7 +807,7 @@ impl<S: System> Machines<S> {
         let name = config.name.clone();
         self.create_zone(&mut registry, config, true).await?;
         self.save_zone_file(&registry);
-        self.save(&registry).await?;
+        self.save(&mut registry).await?;
         registry
             .zones
             .get(&name)
@@ -895,7 +898,7 @@ impl<S: System> Machines<S> {
             self.remove_zone(&mut registry, name, Deletes::Wait).await;
             self.save_zone_file(&registry);
         }
-        self.save(&registry).await?;
+        self.save(&mut registry).await?;
         if failed.is_empty() {
             Ok(())
         } else {

@@ -15,7 +15,7 @@ use crate::ipv6::Pool6;
 use crate::pool::Pool;
 
 pub use super::zones::{ZoneEntry, Zones};
-use crate::state::{SavedMachine, SavedZone, State};
+use crate::state::{Change, SavedMachine, SavedZone, State};
 
 /// An attached machine.
 pub struct Entry {
@@ -55,6 +55,8 @@ pub struct Registry {
     pub pool: Pool,
     /// The IPv6 `/64`s of `ve-` links and zones; `None` without IPv6.
     pub pool6: Option<Pool6>,
+    /// Machines committed or forgotten since the last [`Registry::changes`].
+    changed: Vec<MachineName>,
 }
 
 impl Registry {
@@ -65,6 +67,7 @@ impl Registry {
             zones: Zones::new(zone_pool),
             pool,
             pool6,
+            changed: Vec::new(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Registry {
         if let NetworkSpec::Zone(z) = &machine.network {
             self.zones.join(z, &machine.machine);
         }
+        self.changed.push(machine.machine.clone());
         self.machines.insert(machine.machine.clone(), entry);
     }
 
@@ -145,6 +149,7 @@ impl Registry {
     /// zone.
     pub fn forget_machine(&mut self, name: &MachineName) -> Option<Entry> {
         let entry = self.machines.remove(name)?;
+        self.changed.push(name.clone());
         let m = &entry.saved.machine;
         match (&m.network, m.subnet) {
             (NetworkSpec::Veth, Some(net)) => {
@@ -161,8 +166,32 @@ impl Registry {
         self.zones.remove(name)
     }
 
-    /// What the state file keeps.
-    pub fn state(&self, forward_restore: Option<String>) -> State {
+    /// What changed since the last call, for the state file's journal: every machine and zone
+    /// committed or forgotten, as it is now (its record, or gone). O(changes), not O(machines).
+    pub fn changes(&mut self) -> Vec<Change<'_>> {
+        let mut machines = std::mem::take(&mut self.changed);
+        machines.sort();
+        machines.dedup();
+        let zones = self.zones.take_changed();
+        let me = &*self;
+        machines
+            .into_iter()
+            .map(|n| match me.machines.get(&n) {
+                Some(e) => Change::Machine(&e.saved),
+                None => Change::Forget(n),
+            })
+            .chain(zones.into_iter().map(|n| match me.zones.get(&n) {
+                Some(z) => Change::Zone(&z.config, z.explicit),
+                None => Change::ForgetZone(n),
+            }))
+            .collect()
+    }
+
+    /// What the state file keeps (the whole state, for a rewrite); the changes so far are
+    /// in it, so they are dropped.
+    pub fn state(&mut self, forward_restore: Option<String>) -> State {
+        self.changed.clear();
+        self.zones.take_changed();
         State {
             machines: self.machines.values().map(|e| e.saved.clone()).collect(),
             zones: self

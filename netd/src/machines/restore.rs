@@ -164,7 +164,7 @@ impl<S: System> Machines<S> {
                 Err(e) => warn!(error = %e, "checking the firewall table failed"),
             }
         }
-        self.save(&registry).await
+        self.save_all(&mut registry).await
     }
 
     /// Takes over a zone whose bridge survived: its subnet, its DHCP server.

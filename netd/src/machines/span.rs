@@ -127,7 +127,7 @@ impl<S: System> Machines<S> {
             return Err(e);
         }
         self.save_zone_file(&registry);
-        self.save(&registry).await?;
+        self.save(&mut registry).await?;
         registry
             .zones
             .get(&name)

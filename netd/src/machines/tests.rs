@@ -570,6 +570,46 @@ async fn a_restart_adopts_the_living_removes_the_dead_and_what_nothing_explains(
 }
 
 #[tokio::test]
+async fn a_restart_after_the_journal_was_compacted_has_the_same_view() {
+    let mut w = world().await;
+    let mut pid = 0;
+    // Eight rounds of ten attaches (two in an implicit zone that comes and goes) and, but in
+    // the last round, ten detaches: ~150 journal lines for at most ten machines.
+    for round in 0..8 {
+        for i in 0..10 {
+            pid += 1;
+            let network = if i % 5 == 0 {
+                zone("lab")
+            } else {
+                NetworkSpec::Veth
+            };
+            w.attach(&format!("m{i}"), pid, network, &[]).await.unwrap();
+        }
+        if round < 7 {
+            for i in 0..10 {
+                let name = MachineName::new(&format!("m{i}")).unwrap();
+                w.m.detach(&name).await.unwrap();
+            }
+        }
+    }
+    let before = w.m.list().await;
+    let zones = w.m.zone_list().await;
+    w.m.shutdown().await; // waits for a compaction in progress
+    let run = w.dir.path().join("run");
+    let journals: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".journal"))
+        .collect();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    assert_ne!(journals[0], "state.1.journal", "never compacted");
+    w.restart().await;
+    assert_eq!(w.m.list().await, before);
+    assert_eq!(w.m.zone_list().await, zones);
+    assert_eq!(before.len(), 10);
+}
+
+#[tokio::test]
 async fn a_restart_after_the_last_member_of_a_zone_ended_removes_the_zone_but_keeps_forwarding() {
     let mut w = world().await;
     w.attach("a", 1, NetworkSpec::Veth, &[]).await.unwrap();

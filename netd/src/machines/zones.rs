@@ -67,6 +67,8 @@ impl ZoneEntry {
 pub struct Zones {
     map: BTreeMap<ZoneName, ZoneEntry>,
     pool: Pool,
+    /// Zones added or removed since the last [`Zones::take_changed`].
+    changed: Vec<ZoneName>,
 }
 
 impl Zones {
@@ -75,6 +77,7 @@ impl Zones {
         Self {
             map: BTreeMap::new(),
             pool,
+            changed: Vec::new(),
         }
     }
 
@@ -115,6 +118,7 @@ impl Zones {
 
     /// Records a zone that exists (its subnet already reserved).
     pub fn add(&mut self, config: ZoneConfig, index: u32, explicit: bool) {
+        self.changed.push(config.name.clone());
         self.map.insert(
             config.name.clone(),
             ZoneEntry {
@@ -129,10 +133,20 @@ impl Zones {
     /// Forgets a removed zone; its subnet goes back to the pool.
     pub fn remove(&mut self, name: &ZoneName) -> Option<ZoneEntry> {
         let z = self.map.remove(name)?;
+        self.changed.push(name.clone());
         if let Some(net) = z.subnet() {
             self.pool.release(net);
         }
         Some(z)
+    }
+
+    /// The zones added or removed since the last call, each once, by name (the state file's
+    /// changes; membership is not saved with the zone).
+    pub fn take_changed(&mut self) -> Vec<ZoneName> {
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     /// `machine` becomes a member of `zone`.
