@@ -74,7 +74,10 @@ pub type LinkResult<T> = Result<T>;
 /// The host's links as the machine logic uses them; each method is one `ip` command. [`Rtnl`]
 /// is the real one; the machine logic's unit tests use a recording fake.
 pub trait Links: Send + Sync + 'static {
-    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`).
+    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`), each once;
+    /// a network inside another one listed may be left out (it overlaps nothing its cover does
+    /// not). [`Rtnl`] answers from the map kept from notifications when it follows them
+    /// ([`Rtnl::follow_in_use`]), else from a dump.
     fn ipv4_in_use(&self) -> impl Future<Output = LinkResult<Vec<Ipv4Network>>> + Send;
     /// `ip link add HOST address HOST_MAC group rnet type veth peer name PEER address PEER_MAC
     /// netns FD`; returns the host end's ifindex.
