@@ -65,9 +65,19 @@ impl RouteKey {
 pub struct InUse {
     addrs: HashMap<AddrKey, Vec<Ipv4Network>>,
     routes: HashMap<RouteKey, Ipv4Network>,
-    /// Every covered network (normalized to its network address) and how many addresses and
-    /// routes cover it.
-    nets: BTreeMap<Ipv4Network, u32>,
+    /// Every covered network (normalized to its network address), how many addresses and
+    /// routes cover it and the addresses among them.
+    nets: BTreeMap<Ipv4Network, Covered>,
+}
+
+/// What covers one network.
+#[derive(Debug, Default, Clone)]
+struct Covered {
+    /// Addresses and routes.
+    count: u32,
+    /// The addresses as added (`203.0.113.2/24`): the answer names the network by one of
+    /// them, as a message about an overlap should.
+    addrs: Vec<Ipv4Network>,
 }
 
 /// The network `a/prefix` covers, normalized (`192.168.0.1/28` → `192.168.0.0/28`).
@@ -77,15 +87,29 @@ fn normalized(a: Ipv4Addr, prefix: u8) -> Option<Ipv4Network> {
 }
 
 impl InUse {
-    fn count(&mut self, net: Ipv4Network) {
-        *self.nets.entry(net).or_default() += 1;
+    /// Counts `net`, an address as added when `addr`, else a route's network.
+    fn count(&mut self, net: Ipv4Network, addr: bool) {
+        let Some(key) = normalized(net.ip(), net.prefix()) else {
+            return;
+        };
+        let c = self.nets.entry(key).or_default();
+        c.count += 1;
+        if addr {
+            c.addrs.push(net);
+        }
     }
 
-    fn uncount(&mut self, net: Ipv4Network) {
-        if let Some(c) = self.nets.get_mut(&net) {
-            *c -= 1;
-            if *c == 0 {
-                self.nets.remove(&net);
+    fn uncount(&mut self, net: Ipv4Network, addr: bool) {
+        let Some(key) = normalized(net.ip(), net.prefix()) else {
+            return;
+        };
+        if let Some(c) = self.nets.get_mut(&key) {
+            c.count -= 1;
+            if addr && let Some(i) = c.addrs.iter().position(|a| *a == net) {
+                c.addrs.swap_remove(i);
+            }
+            if c.count == 0 {
+                self.nets.remove(&key);
             }
         }
     }
@@ -98,7 +122,7 @@ impl InUse {
                 if let Some((key, nets)) = addr_entry(m) {
                     self.del_addr(&key);
                     for &n in &nets {
-                        self.count(n);
+                        self.count(n, true);
                     }
                     self.addrs.insert(key, nets);
                 }
@@ -123,7 +147,7 @@ impl InUse {
                         }
                     }
                     self.del_route(&key);
-                    self.count(net);
+                    self.count(net, false);
                     self.routes.insert(key, net);
                 }
             }
@@ -141,14 +165,14 @@ impl InUse {
     fn del_addr(&mut self, key: &AddrKey) {
         if let Some(nets) = self.addrs.remove(key) {
             for n in nets {
-                self.uncount(n);
+                self.uncount(n, true);
             }
         }
     }
 
     fn del_route(&mut self, key: &RouteKey) {
         if let Some(n) = self.routes.remove(key) {
-            self.uncount(n);
+            self.uncount(n, false);
         }
     }
 
@@ -189,7 +213,7 @@ impl InUse {
         // Ordered by network address, then by prefix (wider first): a covered network comes
         // after its cover and before anything past the cover's end.
         let mut cover_end: Option<u32> = None;
-        for &net in self.nets.keys().filter(|n| n.prefix() > 0) {
+        for (&net, covered) in self.nets.iter().filter(|(n, _)| n.prefix() > 0) {
             let start = u32::from(net.network());
             let end = u32::from(net.broadcast());
             match cover_end {
@@ -197,7 +221,7 @@ impl InUse {
                 _ => {}
             }
             cover_end = Some(cover_end.map_or(end, |e| e.max(end)));
-            out.push(net);
+            out.push(covered.addrs.first().copied().unwrap_or(net));
         }
         out
     }
@@ -213,7 +237,8 @@ fn is_up(m: &LinkMessage) -> bool {
     m.header.flags.contains(LinkFlags::Up)
 }
 
-/// An IPv4 address's key and the networks it covers (local and peer address with the prefix).
+/// An IPv4 address's key and the networks it covers (local and peer address with the prefix,
+/// as added).
 fn addr_entry(m: &AddressMessage) -> Option<(AddrKey, Vec<Ipv4Network>)> {
     if m.header.family != AddressFamily::Inet {
         return None;
@@ -233,7 +258,7 @@ fn addr_entry(m: &AddressMessage) -> Option<(AddrKey, Vec<Ipv4Network>)> {
     };
     let mut nets: Vec<Ipv4Network> = [local, peer]
         .into_iter()
-        .filter_map(|a| normalized(a, prefix))
+        .filter_map(|a| Ipv4Network::new(a, prefix).ok())
         .collect();
     nets.dedup();
     Some(((m.header.index, local, peer, prefix), nets))
@@ -510,7 +535,7 @@ mod tests {
     fn addresses_come_and_go() {
         let mut m = InUse::default();
         m.apply(&NewAddress(addr(7, "10.1.2.3", 24)), false);
-        assert_eq!(m.networks(), [net("10.1.2.0/24")]);
+        assert_eq!(m.networks(), [net("10.1.2.3/24")]);
         // The same address again (a dump's answer after its notification) counts once.
         m.apply(&NewAddress(addr(7, "10.1.2.3", 24)), false);
         m.apply(&DelAddress(addr(7, "10.1.2.3", 24)), false);
@@ -527,7 +552,7 @@ mod tests {
         m.apply(&NewRoute(route(254, "192.168.0.0", 28, Some(7))), false);
         m.apply(&NewRoute(route(255, "192.168.0.1", 32, Some(7))), false);
         m.apply(&NewRoute(route(255, "192.168.0.15", 32, Some(7))), false);
-        assert_eq!(m.networks(), [net("192.168.0.0/28")]);
+        assert_eq!(m.networks(), [net("192.168.0.1/28")]);
         m.apply(&DelAddress(addr(7, "192.168.0.1", 28)), false);
         assert_eq!(m.networks(), [net("192.168.0.0/28")]);
         m.apply(&DelRoute(route(254, "192.168.0.0", 28, Some(7))), false);
@@ -582,7 +607,7 @@ mod tests {
                 net("10.60.0.0/16"),
                 net("10.70.0.0/16"),
                 net("10.80.0.0/16"),
-                net("172.16.0.0/24")
+                net("172.16.0.1/24")
             ]
         );
         // Away: its address goes too; routes of other links or of none stay.
@@ -643,7 +668,7 @@ mod tests {
         assert!(matches!(apply_to(&mut m, &lost), Some(Stop::Overrun)));
         let new = NetlinkMessage::from(NewAddress(addr(1, "10.0.0.1", 8)));
         assert!(apply_to(&mut m, &new).is_none());
-        assert_eq!(m.networks(), [net("10.0.0.0/8")]);
+        assert_eq!(m.networks(), [net("10.0.0.1/8")]);
     }
 
     #[test]
@@ -654,7 +679,7 @@ mod tests {
         assert_eq!(w.networks(), None);
         w.publish(InUse::default());
         w.apply(&NewAddress(addr(1, "10.0.0.1", 8)), false);
-        assert_eq!(w.networks(), Some(vec![net("10.0.0.0/8")]));
+        assert_eq!(w.networks(), Some(vec![net("10.0.0.1/8")]));
         w.invalidate();
         assert_eq!(w.networks(), None);
     }
