@@ -15,6 +15,7 @@ pub mod dns;
 pub mod firewall;
 pub mod forward6;
 pub mod hostid;
+pub mod inuse;
 pub mod ipv6;
 pub mod machines;
 pub mod naming;

@@ -2,23 +2,23 @@
 //! named after the `ip` command it replaces.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoBridgePort, InfoKind, LinkInfo};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use netlink_packet_route::link::{IpVlanMode, MacVlanMode};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
-    LinkVeth, RouteMessageBuilder,
+    LinkVeth,
 };
 
 use crate::api::Mac;
+use crate::inuse::{self, InUse, Watch};
 
 /// A failed netlink request: which step, on which object, and the kernel's reason.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,10 @@ pub type LinkResult<T> = Result<T>;
 /// The host's links as the machine logic uses them; each method is one `ip` command. [`Rtnl`]
 /// is the real one; the machine logic's unit tests use a recording fake.
 pub trait Links: Send + Sync + 'static {
-    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`).
+    /// Every IPv4 network in use here (`ip -4 addr` + `ip -4 route show table all`), each once;
+    /// a network inside another one listed may be left out (it overlaps nothing its cover does
+    /// not). [`Rtnl`] answers from the map kept from notifications when it follows them
+    /// ([`Rtnl::follow_in_use`]), else from a dump.
     fn ipv4_in_use(&self) -> impl Future<Output = LinkResult<Vec<Ipv4Network>>> + Send;
     /// `ip link add HOST address HOST_MAC group rnet type veth peer name PEER address PEER_MAC
     /// netns FD`; returns the host end's ifindex.
@@ -148,6 +151,9 @@ pub trait Links: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct Rtnl {
     handle: Handle,
+    /// The networks in use, followed from notifications ([`Rtnl::follow_in_use`]); without
+    /// it (or while it is being rebuilt) [`Links::ipv4_in_use`] dumps.
+    in_use: Option<Arc<Watch>>,
 }
 
 impl Rtnl {
@@ -155,7 +161,17 @@ impl Rtnl {
     pub fn connect() -> std::io::Result<Self> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            in_use: None,
+        })
+    }
+
+    /// Keeps the host's IPv4 addresses and routes from rtnetlink notifications from now on,
+    /// so that [`Links::ipv4_in_use`] answers without a dump (`inuse.rs`).
+    pub fn follow_in_use(mut self) -> Self {
+        self.in_use = Some(inuse::watch());
+        self
     }
 
     /// The rtnetlink handle, for the requests of other modules (`distributed::vxlan`).
@@ -230,43 +246,12 @@ impl Rtnl {
 
 impl Links for Rtnl {
     async fn ipv4_in_use(&self) -> Result<Vec<Ipv4Network>> {
-        let mut out = Vec::new();
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(|e| RtnlError::new("listing", "addresses", &e))?
-        {
-            let prefix = msg.header.prefix_len;
-            for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(a))
-                | AddressAttribute::Local(IpAddr::V4(a)) = attr
-                    && let Ok(n) = Ipv4Network::new(*a, prefix)
-                {
-                    out.push(n);
-                }
-            }
+        if let Some(nets) = self.in_use.as_ref().and_then(|w| w.networks()) {
+            return Ok(nets);
         }
-        let filter = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
-        let mut routes = self.handle.route().get(filter).execute();
-        while let Some(msg) = routes
-            .try_next()
-            .await
-            .map_err(|e| RtnlError::new("listing", "routes", &e))?
-        {
-            if msg.header.address_family != AddressFamily::Inet {
-                continue;
-            }
-            let prefix = msg.header.destination_prefix_length;
-            for attr in &msg.attributes {
-                if let RouteAttribute::Destination(RouteAddress::Inet(a)) = attr
-                    && let Ok(n) = Ipv4Network::new(*a, prefix)
-                {
-                    out.push(n);
-                }
-            }
-        }
-        Ok(out)
+        let mut map = InUse::default();
+        inuse::dump(&self.handle, &mut map).await?;
+        Ok(map.networks())
     }
 
     async fn add_veth(

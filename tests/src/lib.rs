@@ -436,9 +436,39 @@ impl Rig {
     /// Whether a link called `name` exists in the host netns.
     pub fn host_has_link(&self, name: &str) -> bool {
         self.settle();
-        output(self.in_host("ip").args(["link", "show", "dev", name]))
-            .status
-            .success()
+        let exists = || {
+            output(self.in_host("ip").args(["link", "show", "dev", name]))
+                .status
+                .success()
+        };
+        if !exists() || self.owned_link(name) {
+            return exists();
+        }
+        // rnetd deletes the links of a machine that exited or was detached after its answer
+        // (the kernel's deletion waits for RCU grace periods): a link that no listed machine
+        // or zone owns any more is given the time to go.
+        wait_until(Duration::from_secs(10), || !exists());
+        exists()
+    }
+
+    /// Whether a listed machine (its host link) or zone (its bridge) owns link `name`.
+    fn owned_link(&self, name: &str) -> bool {
+        // Without a running rnetd nothing is deleted behind: every link counts as owned.
+        let listed = |args: &[&str]| {
+            let out = output(self.rnet().args(args));
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default())
+        };
+        let (Some(machines), Some(zones)) = (
+            listed(&["list", "--json"]),
+            listed(&["zone", "list", "--json"]),
+        ) else {
+            return true;
+        };
+        machines.iter().any(|m| {
+            m["host_ifname"].as_str() == Some(name) || m["host_altname"].as_str() == Some(name)
+        }) || zones.iter().any(|z| z["bridge"].as_str() == Some(name))
     }
 }
 

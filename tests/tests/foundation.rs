@@ -552,6 +552,81 @@ fn an_exhausted_pool_is_a_clear_error_and_builds_nothing() {
     rig.wait(b);
 }
 
+/// The pool avoids the host's addresses and routes, of every table, as they are now: one there
+/// before rnetd started (found by its first dump), one added after (learnt from a
+/// notification), and gives them out again once they are gone, including a route the kernel
+/// drops without a notification when its link goes away.
+#[test]
+fn the_pool_follows_host_addresses_and_routes_added_and_removed_after_start() {
+    if !privileged("the_pool_follows_host_addresses_and_routes_added_and_removed_after_start") {
+        return;
+    }
+    let mut rig = Rig::new();
+    let up = rig.uplink_ifname();
+    // Before the start: a route in a table of its own.
+    rig.host_sh(&format!("ip route add 10.98.0.48/28 dev {up} table 101"));
+    rig.start_rnetd_with(&["--pool", "10.98.0.0/26"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .log()
+            .contains("following the host's IPv4 addresses and routes")),
+        "rnetd never followed addresses and routes; log:\n{}",
+        rig.log()
+    );
+    // After the start: an address on a link of the test's, and a route through that link in
+    // another table.
+    rig.host_sh(
+        "ip link add pooltest0 type veth peer name pooltest1 && \
+         ip addr add 10.98.0.1/28 dev pooltest0 && ip link set pooltest0 up && \
+         ip route add 10.98.0.32/28 dev pooltest0 table 100",
+    );
+    let subnet = |rig: &Rig, name: &str| {
+        rig.wait_machine(name)["subnet"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let a = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "a", "--", "sleep", "60"]),
+    );
+    assert_eq!(subnet(&rig, "a"), "10.98.0.16/28");
+    let full = output(rig.rnet().args(["run", "-n", "-M", "x", "--", "true"]));
+    assert_eq!(
+        stderr(&full),
+        "rnet: address pool exhausted: no free /28 left in 10.98.0.0/26\n"
+    );
+    // The link goes: its address with a notification, its route without one.
+    rig.host_sh("ip link del pooltest0");
+    let b = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "b", "--", "sleep", "60"]),
+    );
+    assert_eq!(subnet(&rig, "b"), "10.98.0.32/28");
+    let c = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "c", "--", "sleep", "60"]),
+    );
+    assert_eq!(subnet(&rig, "c"), "10.98.0.0/28");
+    // The route there before the start still holds its /28.
+    let full = output(rig.rnet().args(["run", "-n", "-M", "x", "--", "true"]));
+    assert_eq!(
+        stderr(&full),
+        "rnet: address pool exhausted: no free /28 left in 10.98.0.0/26\n"
+    );
+    rig.host_sh(&format!("ip route del 10.98.0.48/28 dev {up} table 101"));
+    let d = rig.spawn(
+        rig.rnet()
+            .args(["run", "-n", "-M", "d", "--", "sleep", "60"]),
+    );
+    assert_eq!(subnet(&rig, "d"), "10.98.0.48/28");
+    for pid in [a, b, c, d] {
+        rig.signal(pid, Signal::SIGTERM);
+        rig.wait(pid);
+    }
+    rig.assert_no_panic();
+}
+
 #[test]
 fn rnet_stop_ends_a_machine_through_its_pidfd() {
     if !privileged("rnet_stop_ends_a_machine_through_its_pidfd") {

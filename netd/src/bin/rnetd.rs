@@ -183,7 +183,9 @@ async fn run(args: Args) -> Result<()> {
         info!(pool6 = %p, "IPv6 /64s are cut from this prefix");
     }
     let listener = bind(&args.runtime_dir.join(SOCKET_NAME))?;
-    let rtnl = Rtnl::connect().context("opening an rtnetlink socket")?;
+    let rtnl = Rtnl::connect()
+        .context("opening an rtnetlink socket")?
+        .follow_in_use();
     let ra_interval = std::time::Duration::from_secs(args.ra_interval);
     let machines = Machines::start(settings, rtnl, dns, ra_interval)
         .await

@@ -415,7 +415,7 @@ impl<S: System> Machines<S> {
         };
         if needs_pool {
             seen.in_use = self.links.ipv4_in_use().await.map_err(internal)?;
-            timing::lap("address dump");
+            timing::lap("in use");
         }
         match &req.network {
             NetworkSpec::Bridge(b) => {
