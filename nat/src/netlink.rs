@@ -24,7 +24,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use crate::elements::{Elem, Part, Step, family_of, steps};
+use crate::apply::summarize;
+use crate::elements::{Elem, Part, Step, family_of, render_changes, steps};
 use crate::error::{Error, Result};
 use crate::model::{Change, Proto};
 use crate::names::TABLE;
@@ -281,16 +282,10 @@ fn batch(steps: &[Step], seq: u32) -> (Vec<u8>, Vec<u32>) {
     (out, acked)
 }
 
-/// `add element masq4 x1, delete element masq4 x1`: what a batch does, for errors.
-fn describe(steps: &[Step]) -> String {
-    let parts: Vec<String> = steps
-        .iter()
-        .map(|s| {
-            let verb = if s.delete { "delete" } else { "add" };
-            format!("{verb} element {} x{}", s.set, s.elems.len())
-        })
-        .collect();
-    format!("applying {}", parts.join(", "))
+/// What a batch of `changes` does, for errors (`applying add element masq4 x1, ...`), in the
+/// words of the nft path ([`summarize`]); built only when there is an error to tell.
+fn applying(changes: &[Change]) -> String {
+    format!("applying {}", summarize(&render_changes(changes)))
 }
 
 /// The acknowledgements and errors of a batch: `(sequence number, errno)`, 0 for success.
@@ -352,10 +347,9 @@ impl NfNetlink {
         }
         let (bytes, acked) = batch(&steps, self.seq);
         self.seq = self.seq.wrapping_add(acked.len() as u32 + 2);
-        let step = describe(&steps);
         let run_error = |source| Error::Run {
             program: PROGRAM.to_owned(),
-            step: step.clone(),
+            step: applying(changes),
             source,
         };
         self.socket.send(&bytes, 0).map_err(run_error)?;
@@ -393,7 +387,7 @@ impl NfNetlink {
             self.drain();
             Err(Error::Refused {
                 program: PROGRAM.to_owned(),
-                step,
+                step: applying(changes),
                 stderr: refused.join("; "),
             })
         }

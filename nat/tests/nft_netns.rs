@@ -75,6 +75,16 @@ fn ruleset_of(containers: impl IntoIterator<Item = u8>) -> Ruleset {
     rs
 }
 
+/// Runs `f` to its end on a current-thread runtime on this thread, so that the `nft` processes
+/// and sockets it starts are in this test's namespace.
+fn on_this_thread<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn listed(nft: &mut NftCli) -> nat::Observed {
     let listing = nft.list_table().unwrap().expect("table inet rnet exists");
     observe(&listing).unwrap()
@@ -331,12 +341,7 @@ fn async_apply_and_list() {
     if !enter_private_netns("async_apply_and_list") {
         return;
     }
-    // A current-thread runtime runs on this thread, so `nft` starts in this namespace.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    on_this_thread(async {
         let mut nft = nft();
         assert!(nft.list_table_async().await.unwrap().is_none());
         nft.apply_async(&render_table(&ruleset_of(0..2)))
@@ -359,12 +364,7 @@ fn a_session_applies_batches_reports_refusals_and_goes_on() {
     if !enter_private_netns("a_session_applies_batches_reports_refusals_and_goes_on") {
         return;
     }
-    // A current-thread runtime runs on this thread, so `nft -i` starts in this namespace.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    on_this_thread(async {
         let mut nft = nft().with_session();
         nft.apply_async(&render_table(&ruleset_of(0..2)))
             .await
@@ -559,11 +559,7 @@ fn a_cli_with_netlink_applies_changes_and_keeps_nfts_words_for_refusals() {
     {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    on_this_thread(async {
         let mut nft = nft().with_session().with_netlink().unwrap();
         nft.apply_async(&render_table(&ruleset_of(0..2)))
             .await

@@ -441,8 +441,11 @@ impl Rig {
                 .status
                 .success()
         };
-        if !exists() || self.owned_link(name) {
-            return exists();
+        if !exists() {
+            return false;
+        }
+        if self.owned_link(name) {
+            return true;
         }
         // rnetd deletes the links of a machine that exited or was detached after its answer
         // (the kernel's deletion waits for RCU grace periods): a link that no listed machine

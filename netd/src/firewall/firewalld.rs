@@ -90,7 +90,7 @@ pub struct Firewalld {
 }
 
 impl Firewalld {
-    /// Starts the task that keeps `links` (as last given to [`Firewalld::sync`]) bound in
+    /// Starts the task that keeps `links` (as changed by [`Firewalld::update`]) bound in
     /// firewalld while it runs; `record` is the file of the links it bound, `checks` is told
     /// when firewalld appears, goes or reloads (the firewall's check then looks at the nft
     /// tables again: firewalld's own table is left to firewalld only while it runs).
@@ -140,19 +140,8 @@ impl Firewalld {
             .then(|| format!("firewalld: zone {ZONE} (runtime)"))
     }
 
-    /// Makes `links` the links bound in firewalld; while firewalld runs, waits (at most
-    /// [`SYNC_WAIT`]) until they are, so a container's first packet passes.
-    pub async fn sync(&mut self, links: &BTreeSet<IfName>) {
-        if self.desired.borrow().1 == *links {
-            return;
-        }
-        self.generation += 1;
-        self.desired.send_replace((self.generation, links.clone()));
-        self.wait_applied().await;
-    }
-
-    /// Adds (true) or removes (false) links to bind, as [`Firewalld::sync`] does with a whole
-    /// list.
+    /// Adds (true) or removes (false) links to bind in firewalld; while firewalld runs, waits
+    /// (at most [`SYNC_WAIT`]) until they are, so a container's first packet passes.
     pub async fn update(&mut self, links: &[(bool, IfName)]) {
         let generation = self.generation + 1;
         let modified = self.desired.send_if_modified(|(g, desired)| {
@@ -171,20 +160,15 @@ impl Firewalld {
         });
         if modified {
             self.generation = generation;
-            self.wait_applied().await;
-        }
-    }
-
-    /// While firewalld runs, waits (at most [`SYNC_WAIT`]) until the task applied the newest
-    /// links.
-    async fn wait_applied(&mut self) {
-        let generation = self.generation;
-        if self.handles()
-            && tokio::time::timeout(SYNC_WAIT, self.applied.wait_for(|g| *g >= generation))
-                .await
-                .is_err()
-        {
-            warn!("firewalld did not bind our links within {SYNC_WAIT:?}; it goes on meanwhile");
+            if self.handles()
+                && tokio::time::timeout(SYNC_WAIT, self.applied.wait_for(|g| *g >= generation))
+                    .await
+                    .is_err()
+            {
+                warn!(
+                    "firewalld did not bind our links within {SYNC_WAIT:?}; it goes on meanwhile"
+                );
+            }
         }
     }
 }
@@ -597,9 +581,13 @@ mod tests {
         let bus = format!("unix:path={}", dir.path().join("no-bus").display());
         let mut fw =
             Firewalld::spawn_on(Some(bus), dir.path().join(RECORD), BTreeSet::new(), checks);
-        // A hang guard, not a timing assertion: sync never waits for a firewalld that is not
+        // A hang guard, not a timing assertion: a change never waits for a firewalld that is not
         // running.
-        tokio::time::timeout(Duration::from_secs(30), fw.sync(&links(&["ve-a", "vz-b"])))
+        let added: Vec<(bool, IfName)> = links(&["ve-a", "vz-b"])
+            .into_iter()
+            .map(|l| (true, l))
+            .collect();
+        tokio::time::timeout(Duration::from_secs(30), fw.update(&added))
             .await
             .expect("a change waited for a bus that is not there");
         assert!(!fw.handles());
