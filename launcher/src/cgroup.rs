@@ -337,12 +337,41 @@ fn procs(dir: &Path) -> Option<Vec<i32>> {
 }
 
 /// How long an empty `rnet-*` cgroup must have been left before [`sweep_stale`] takes it for
-/// the leftover of a launcher that was killed (a live one moves its child in at once).
+/// the leftover of a launcher that was killed (a live one moves its child in at once); also how
+/// often at most a launch looks for such leftovers ([`sweep_due`]).
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Removes the empty `rnet-*` cgroups below `parent` that launchers killed with SIGKILL left
-/// (nothing else removes them: the launcher does it when the machine ends). Only directories
-/// without processes and without child cgroups, unchanged for [`STALE_AFTER`].
+/// Whether the last sweep, recorded by `stamp`'s modification time, is [`STALE_AFTER`] or more
+/// ago (or there was none); if so the stamp is renewed, so that of many launches at once only
+/// about one sweeps. The sweep reads every machine's cgroup in every hierarchy: at 1000
+/// machines it took half a second, so it must not run on each launch.
+pub fn sweep_due(stamp: &Path) -> bool {
+    let recent = fs::metadata(stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < STALE_AFTER);
+    !recent && fs::write(stamp, b"").is_ok()
+}
+
+/// Removes the empty `rnet-*` cgroups below the calling process's own cgroup, in every
+/// hierarchy, that launchers killed with SIGKILL left (nothing else removes them: the
+/// launcher does it when the machine ends). Errors are ignored: the next sweep tries again.
+pub fn sweep_stale_all() {
+    let Ok((_, parents)) = locate("self") else {
+        return;
+    };
+    let mut done: Vec<PathBuf> = Vec::new();
+    for (_, parent) in parents {
+        if !done.contains(&parent) {
+            sweep_stale(&parent);
+            done.push(parent);
+        }
+    }
+}
+
+/// Removes the empty `rnet-*` cgroups below `parent`: only directories without processes and
+/// without child cgroups, unchanged for [`STALE_AFTER`].
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
@@ -358,11 +387,11 @@ fn sweep_stale(parent: &Path) {
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age >= STALE_AFTER);
         if !old {
-            // Every live machine's cgroup is here: only a stat each on a launch's path.
             continue;
         }
+        // The entry's own type (getdents), not a stat of each of the cgroup's files.
         let has_children = fs::read_dir(&dir)
-            .map(|mut d| d.any(|c| c.is_ok_and(|c| c.path().is_dir())))
+            .map(|mut d| d.any(|c| c.and_then(|c| c.file_type()).is_ok_and(|t| t.is_dir())))
             .unwrap_or(true);
         if !has_children && procs(&dir).is_some_and(|p| p.is_empty()) {
             // rmdir fails harmlessly if a process arrived meanwhile.
@@ -449,7 +478,6 @@ impl Cgroup {
                 dirs.push((controller, dir));
                 continue;
             }
-            sweep_stale(&parent);
             if dir.is_dir() {
                 // A leftover of an earlier machine of this name (its limits must not carry
                 // over): removed if empty, refused if something still runs in it.

@@ -554,6 +554,16 @@ fn parent(
             eprintln!("rnet: warning: {e}");
         }
     }
+    // Leftover cgroups of killed launchers are looked for at most once a minute, off the
+    // start's path (the look reads every machine's cgroup): in a thread while the payload runs
+    // (a launcher that ends first leaves the rest to the next look), or after the payload where
+    // no thread can be made (a launcher that made a PID namespace for its child).
+    let mut sweep_after = false;
+    if cgroup_slot.is_some() && crate::cgroup::sweep_due(&runtime_dir.join("cgroups-swept")) {
+        sweep_after = std::thread::Builder::new()
+            .spawn(crate::cgroup::sweep_stale_all)
+            .is_err();
+    }
     let code = match &plan.container {
         Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
         None => wait_forwarding(child, forwarded)?,
@@ -566,6 +576,9 @@ fn parent(
     }
     if registered_slot.is_some() {
         registry::unregister(runtime_dir, plan.machine.as_str(), leader);
+    }
+    if sweep_after {
+        crate::cgroup::sweep_stale_all();
     }
     if !report.is_empty() {
         return Err(report);
