@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{
@@ -71,6 +71,81 @@ impl BlockingRtnl {
                 offset += len;
             }
         }
+    }
+
+    /// Sends one request and collects its answers: the one message of a get, or every message
+    /// of a dump (`NLM_F_DUMP` in `flags`) up to its end.
+    fn query(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq {
+                    match reply.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(out),
+                                Some(_) => Err(e.to_io()),
+                            };
+                        }
+                        NetlinkPayload::InnerMessage(m) => {
+                            out.push(m);
+                            if !dump {
+                                return Ok(out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    /// Link `index`'s MAC address and its usable IPv6 link-local address (not tentative, not
+    /// failed), if it has them: a get of the one link and a dump of that link's IPv6 addresses
+    /// only (strict checking makes the kernel filter by index), so the cost does not grow with
+    /// the host's links and namespaces as a full dump (`getifaddrs`) does.
+    pub fn link_local6(&mut self, index: u32) -> io::Result<(Option<[u8; 6]>, Option<Ipv6Addr>)> {
+        self.sock.set_netlink_get_strict_chk(true)?;
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        let mut mac = None;
+        for m in self.query(RouteNetlinkMessage::GetLink(link), 0)? {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                mac = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+                    _ => None,
+                });
+            }
+        }
+        let mut filter = AddressMessage::default();
+        filter.header.family = AddressFamily::Inet6;
+        filter.header.index = index;
+        let answers = self.query(RouteNetlinkMessage::GetAddress(filter), NLM_F_DUMP)?;
+        Ok((mac, usable_link_local(index, &answers)))
     }
 
     /// `ip link set dev INDEX up`.
@@ -156,6 +231,36 @@ impl BlockingRtnl {
     }
 }
 
+/// The first IPv6 link-local address of link `index` among `answers` that is neither tentative
+/// nor failed (the kernel refuses a tentative source, and a router advertisement must come from
+/// a link-local one).
+fn usable_link_local(index: u32, answers: &[RouteNetlinkMessage]) -> Option<Ipv6Addr> {
+    answers.iter().find_map(|m| {
+        let RouteNetlinkMessage::NewAddress(a) = m else {
+            return None;
+        };
+        if a.header.index != index || a.header.family != AddressFamily::Inet6 {
+            return None;
+        }
+        let flags = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
+        });
+        let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed;
+        if flags.is_some_and(|f| f.intersects(unusable))
+            || a.header
+                .flags
+                .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed)
+        {
+            return None;
+        }
+        a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(IpAddr::V6(v6)) if v6.is_unicast_link_local() => Some(*v6),
+            _ => None,
+        })
+    })
+}
+
 /// The message of [`BlockingRtnl::replace_address6`].
 fn address6_message(index: u32, addr: Ipv6Addr, prefix: u8) -> AddressMessage {
     let mut msg = AddressMessage::default();
@@ -204,6 +309,33 @@ mod tests {
                     "fd00:1::1".parse().unwrap()
                 )))
         );
+    }
+
+    fn address(index: u32, addr: &str, flags: AddressFlags) -> RouteNetlinkMessage {
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet6;
+        a.header.index = index;
+        a.attributes
+            .push(AddressAttribute::Address(addr.parse().unwrap()));
+        a.attributes.push(AddressAttribute::Flags(flags));
+        RouteNetlinkMessage::NewAddress(a)
+    }
+
+    #[test]
+    fn the_link_local_is_the_usable_one_of_the_link() {
+        let answers = [
+            address(3, "fd00:1::1", AddressFlags::Nodad),
+            address(4, "fe80::4", AddressFlags::Permanent),
+            address(3, "fe80::bad", AddressFlags::Tentative),
+            address(3, "fe80::dad", AddressFlags::Dadfailed),
+            address(3, "fe80::3", AddressFlags::Permanent),
+        ];
+        assert_eq!(
+            usable_link_local(3, &answers),
+            Some("fe80::3".parse().unwrap())
+        );
+        assert_eq!(usable_link_local(3, &answers[..4]), None);
+        assert_eq!(usable_link_local(5, &answers), None);
     }
 
     #[test]
