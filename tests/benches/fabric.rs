@@ -258,6 +258,28 @@ impl Bench {
         rig::proc_status_kib(self.rnetd, "VmRSS").unwrap_or(0) as f64 / 1024.0
     }
 
+    /// With `RNET_BENCH_HOLD` set, waits at a grown level until the file it names is removed,
+    /// so the level can be looked at (strace, perf) from another shell.
+    fn hold(&self, n: usize) {
+        let Ok(file) = std::env::var("RNET_BENCH_HOLD") else {
+            return;
+        };
+        if fs::write(&file, "").is_err() {
+            println!("  RNET_BENCH_HOLD: cannot create {file}; not holding");
+            return;
+        }
+        println!(
+            "N = {n}: holding until {file} is removed: host netns /run/netns/{}, rnetd pid {}, \
+             `rnet --runtime-dir {}`",
+            self.rig.host_ns,
+            self.rnetd,
+            self.rig.runtime_dir().display()
+        );
+        while Path::new(&file).exists() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Grows the background to `n` containers of each kind.
     fn grow(&mut self, n: usize, peers: bool) {
         let start = self.bg.len();
@@ -829,6 +851,7 @@ fn main() {
         println!("N = {n}: growing the background...");
         b.grow(n, peers);
         report.figure("rnetd RSS", n, b.rss_mib(), "MiB");
+        b.hold(n);
         println!("N = {n}: measuring...");
         b.measure(&mut report, n, opts.runs, peers);
         let (lo, hi) = (opts.levels.iter().min(), opts.levels.iter().max());
