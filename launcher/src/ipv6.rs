@@ -12,14 +12,15 @@
 use api::{Machine, NetworkSpec};
 use netlink_sync::BlockingRtnl;
 
-/// Configures IPv6 on `host0` (ifindex `index`) as `machine` says.
-pub fn configure_host0(
-    rtnl: &mut BlockingRtnl,
-    index: u32,
-    machine: &Machine,
-) -> Result<(), String> {
+/// IPv6 of `host0` (ifindex `index`) before it is brought up: the planned address (or IPv6
+/// switched off). Before, not after: once host0 is up, rnetd's router advertisement can arrive
+/// first, the kernel's SLAAC then forms the same address with duplicate address detection, and
+/// adding it again without detection does not end that (the kernel keeps the tentative flag):
+/// for about a second the container had no usable IPv6 source, and its first connections were
+/// lost.
+pub fn address_host0(rtnl: &mut BlockingRtnl, index: u32, machine: &Machine) -> Result<(), String> {
     let ifname = machine.container_ifname.as_deref().unwrap_or("host0");
-    let (Some(subnet), Some(addr), Some(gw)) = (
+    let (Some(subnet), Some(addr), Some(_)) = (
         machine.subnet6,
         machine.container_address6,
         machine.host_address6,
@@ -30,7 +31,18 @@ pub fn configure_host0(
         return disable(ifname);
     };
     rtnl.replace_address6(index, addr, subnet.prefix())
-        .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
+        .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))
+}
+
+/// The IPv6 default route of `host0` via the gateway, once it is up.
+pub fn route_host0(rtnl: &mut BlockingRtnl, index: u32, machine: &Machine) -> Result<(), String> {
+    let (Some(_), Some(_), Some(gw)) = (
+        machine.subnet6,
+        machine.container_address6,
+        machine.host_address6,
+    ) else {
+        return Ok(());
+    };
     rtnl.replace_default_route6(index, gw)
         .map_err(|e| format!("adding the IPv6 default route via {gw}: {e}"))
 }

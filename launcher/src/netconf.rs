@@ -25,13 +25,14 @@ pub fn configure(machine: Option<&Machine>) -> Result<(), String> {
         rtnl.add_address(idx, addr, subnet.prefix())
             .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
     }
+    crate::ipv6::address_host0(&mut rtnl, idx, m)?;
     rtnl.set_up(idx)
         .map_err(|e| format!("bringing {ifname} up: {e}"))?;
     if let Some(gw) = m.host_address {
         rtnl.add_default_route(idx, gw)
             .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
     }
-    crate::ipv6::configure_host0(&mut rtnl, idx, m)
+    crate::ipv6::route_host0(&mut rtnl, idx, m)
 }
 
 /// The resolv.conf of a container whose DNS servers are `dns` (its gateway, where rnetd's
