@@ -768,6 +768,7 @@ impl<S: System> Machines<S> {
             // detach's state machine inline it weighed ~7.5 KiB per container (heaptrack, issue
             // 15); now only what the wait needs stays allocated until the exit.
             Box::pin(timing::timed("exit", name.as_str(), me.exited(&name))).await;
+            crate::trim::poke();
         })
         .abort_handle()
     }
