@@ -29,3 +29,4 @@ pub mod server;
 pub mod state;
 pub mod sysctl;
 pub mod timing;
+pub mod trim;

@@ -63,6 +63,7 @@ async fn serve(machines: Arc<Machines>, mut stream: UnixStream) {
         Ok(Err(e)) => debug!(error = %e, "client went away before the answer"),
         Err(_) => debug!("client did not read the answer in time; closing"),
     }
+    crate::trim::poke();
 }
 
 async fn handle(machines: &Machines, stream: &UnixStream) -> Result<Response, ApiError> {

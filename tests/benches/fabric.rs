@@ -254,7 +254,11 @@ impl Bench {
         }
     }
 
+    /// rnetd's RSS once settled: after a pause in requests longer than the one after which it
+    /// hands freed memory back (`netd::trim::QUIET`), so the figure is what N containers
+    /// keep, not what the burst that started them left.
     fn rss_mib(&self) -> f64 {
+        std::thread::sleep(netd::trim::QUIET * 2);
         rig::proc_status_kib(self.rnetd, "VmRSS").unwrap_or(0) as f64 / 1024.0
     }
 

@@ -204,6 +204,7 @@ async fn run(args: Args) -> Result<()> {
             _ = int.recv() => {}
         }
     };
+    tokio::spawn(netd::trim::run());
     netd::server::run(machines, listener, shutdown).await;
     let _ = fs::remove_file(args.runtime_dir.join(SOCKET_NAME));
     Ok(())
