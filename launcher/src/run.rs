@@ -472,9 +472,8 @@ fn parent(
             let entry = plan.entry(leader, std::process::id());
             registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
             *registered = Some(entry);
-            // The attach is sent first and its answer read last: moving the child into its cgroup
-            // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
-            // overlaps rnetd's work on the attach instead of adding to it.
+            // The attach is sent before the cgroup is taken and its answer read last, so rnetd's
+            // work overlaps the cgroup move's wait where that is made in line.
             let pending = match &plan.network {
                 Network::Attached(spec) => {
                     let netns = File::open(format!("/proc/{child}/ns/net"))
@@ -525,9 +524,13 @@ fn parent(
                 Err(e) => Err(e.to_string()),
             }
         })();
-        // An error before the cgroup was taken: it is removed with the rest below.
-        if let Some(Ok(made)) = made_early() {
-            *cgroup = made;
+        match made_early() {
+            // An error before the cgroup was taken: it is removed with the rest below.
+            Some(Ok(made)) => *cgroup = made,
+            // The cgroup's own failure (e.g. a property the kernel refused, after which the child
+            // was killed) says more than the child's death it caused.
+            Some(Err(e)) if result.is_err() => return Err(e),
+            _ => {}
         }
         result
     });
