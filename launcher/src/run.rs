@@ -439,101 +439,75 @@ fn parent(
     // The entry registered for this run, marked ready later.
     let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
-    // The machine's cgroup is made in a thread from the start: moving the child in waits for an
-    // RCU grace period (about 12 ms on cgroup v1 here), which then overlaps the child's new
-    // namespaces and rnetd's attach instead of following them. Where no thread can be made (a
-    // launcher that made a PID namespace for its child) it is made in line, below.
-    let setup = std::thread::scope(|scope| {
-        let mut early = std::thread::Builder::new()
-            .spawn_scoped(scope, || container_cgroup(&plan, child))
-            .ok();
-        let mut made_early = || {
-            early.take().map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("creating the container's cgroup failed".into()))
-            })
-        };
-        let result = (|| -> Result<Option<Machine>, String> {
-            let mut ready = [0u8; 1];
-            if sock.read_exact(&mut ready).is_err() {
-                return Err(child_error(
-                    &mut sock,
-                    "the container process died during setup",
-                ));
-            }
-            if let Some(c) = &plan.container
-                && let Some(u) = &c.userns
-            {
-                let tree = container::userns::prepare(u, &c.root, child)?;
-                container::userns::send_tree(&sock, tree.as_ref())?;
-            }
-            // Registered before rnetd attaches it (so a listing never shows the attachment without
-            // the entry), ready once the payload runs.
-            let entry = plan.entry(leader, std::process::id());
-            registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
-            *registered = Some(entry);
-            // The attach is sent before the cgroup is taken and its answer read last, so rnetd's
-            // work overlaps the cgroup move's wait where that is made in line.
-            let pending = match &plan.network {
-                Network::Attached(spec) => {
-                    let netns = File::open(format!("/proc/{child}/ns/net"))
-                        .map_err(|e| format!("opening the container's network namespace: {e}"))?;
-                    let req = Request::Attach(AttachRequest {
-                        machine: plan.machine.clone(),
-                        pid: u32::try_from(child.as_raw()).unwrap_or_default(),
-                        network: spec.clone(),
-                        ports: plan.ports.clone(),
-                        links: plan.links.clone(),
-                        held: None,
-                        init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
-                            InitKind::Systemd
-                        } else {
-                            InitKind::Other
-                        },
-                        ipv6: plan.ipv6,
-                    });
-                    Some(
-                        client
-                            .send(&req, Some(netns.as_fd()))
-                            .map_err(|e| e.to_string())?,
-                    )
-                }
-                _ => None,
-            };
-            // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
-            *cgroup = match made_early() {
-                Some(made) => made?,
-                None => container_cgroup(&plan, child)?,
-            };
-            if let Some(c) = &plan.container
-                && c.systemd
-            {
-                let owner = c.userns.as_ref().map(|u| u.shift);
-                *systemd_cgroups = Some(container::cgroupfs::SystemdCgroups::create(
-                    plan.machine.as_str(),
-                    child.as_raw(),
-                    owner,
-                )?);
-            }
-            let Some(pending) = pending else {
-                return Ok(None);
-            };
-            match pending.answer() {
-                Ok(api::Response::Attached(m)) => Ok(Some(m)),
-                Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
-        })();
-        match made_early() {
-            // An error before the cgroup was taken: it is removed with the rest below.
-            Some(Ok(made)) => *cgroup = made,
-            // The cgroup's own failure (e.g. a property the kernel refused, after which the child
-            // was killed) says more than the child's death it caused.
-            Some(Err(e)) if result.is_err() => return Err(e),
-            _ => {}
+    let setup = (|| -> Result<Option<Machine>, String> {
+        let mut ready = [0u8; 1];
+        if sock.read_exact(&mut ready).is_err() {
+            return Err(child_error(
+                &mut sock,
+                "the container process died during setup",
+            ));
         }
-        result
-    });
+        if let Some(c) = &plan.container
+            && let Some(u) = &c.userns
+        {
+            let tree = container::userns::prepare(u, &c.root, child)?;
+            container::userns::send_tree(&sock, tree.as_ref())?;
+        }
+        // Registered before rnetd attaches it (so a listing never shows the attachment without
+        // the entry), ready once the payload runs.
+        let entry = plan.entry(leader, std::process::id());
+        registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
+        *registered = Some(entry);
+        // The attach is sent first and its answer read last: moving the child into its cgroup
+        // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
+        // overlaps rnetd's work on the attach instead of adding to it.
+        let pending = match &plan.network {
+            Network::Attached(spec) => {
+                let netns = File::open(format!("/proc/{child}/ns/net"))
+                    .map_err(|e| format!("opening the container's network namespace: {e}"))?;
+                let req = Request::Attach(AttachRequest {
+                    machine: plan.machine.clone(),
+                    pid: u32::try_from(child.as_raw()).unwrap_or_default(),
+                    network: spec.clone(),
+                    ports: plan.ports.clone(),
+                    links: plan.links.clone(),
+                    held: None,
+                    init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
+                        InitKind::Systemd
+                    } else {
+                        InitKind::Other
+                    },
+                    ipv6: plan.ipv6,
+                });
+                Some(
+                    client
+                        .send(&req, Some(netns.as_fd()))
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            _ => None,
+        };
+        // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
+        *cgroup = container_cgroup(&plan, child)?;
+        if let Some(c) = &plan.container
+            && c.systemd
+        {
+            let owner = c.userns.as_ref().map(|u| u.shift);
+            *systemd_cgroups = Some(container::cgroupfs::SystemdCgroups::create(
+                plan.machine.as_str(),
+                child.as_raw(),
+                owner,
+            )?);
+        }
+        let Some(pending) = pending else {
+            return Ok(None);
+        };
+        match pending.answer() {
+            Ok(api::Response::Attached(m)) => Ok(Some(m)),
+            Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })();
     let machine = match setup {
         Ok(m) => m,
         Err(e) => {
