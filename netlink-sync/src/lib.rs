@@ -41,40 +41,12 @@ impl BlockingRtnl {
 
     /// Sends one request and waits for its acknowledgement.
     fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.seq += 1;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        loop {
-            let (data, _) = self.sock.recv_from_full()?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                if reply.header.sequence_number == self.seq
-                    && let NetlinkPayload::Error(e) = reply.payload
-                {
-                    return match e.code {
-                        None => Ok(()),
-                        Some(_) => Err(e.to_io()),
-                    };
-                }
-                if len == 0 {
-                    break;
-                }
-                offset += len;
-            }
-        }
+        self.query(msg, NLM_F_ACK | flags).map(drop)
     }
 
-    /// Sends one request and collects its answers: the one message of a get, or every message
-    /// of a dump (`NLM_F_DUMP` in `flags`) up to its end.
+    /// Sends one request and collects its answers: the one message of a get, every message of
+    /// a dump (`NLM_F_DUMP` in `flags`) up to its end, or none up to the acknowledgement
+    /// (`NLM_F_ACK`).
     fn query(
         &mut self,
         msg: RouteNetlinkMessage,
@@ -89,7 +61,8 @@ impl BlockingRtnl {
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        // A get ends with its one answer; a dump and an acknowledged request with their end.
+        let single = flags & (NLM_F_DUMP | NLM_F_ACK) == 0;
         let mut out = Vec::new();
         loop {
             let (data, _) = self.sock.recv_from_full()?;
@@ -109,7 +82,7 @@ impl BlockingRtnl {
                         }
                         NetlinkPayload::InnerMessage(m) => {
                             out.push(m);
-                            if !dump {
+                            if single {
                                 return Ok(out);
                             }
                         }
