@@ -80,6 +80,32 @@ pub trait AsyncNft: Send {
 
     /// Async [`Nft::list_ruleset`].
     fn list_ruleset_async(&mut self) -> impl Future<Output = Result<serde_json::Value>> + Send;
+
+    /// `nft -j list chains`: every chain of every table without its rules, as nft prints it
+    /// (for [`crate::hostfw::hooked_tables`]). By default the whole ruleset's listing, which
+    /// holds the same chains.
+    fn list_chains_async(&mut self) -> impl Future<Output = Result<String>> + Send {
+        async move { Ok(self.list_ruleset_async().await?.to_string()) }
+    }
+
+    /// `nft -j list table FAMILY NAME` of any table, e.g. another firewall's; `None` if it does
+    /// not exist. By default cut from the whole ruleset's listing.
+    fn list_any_table_async(
+        &mut self,
+        family: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>>> + Send {
+        async move {
+            let all = self.list_ruleset_async().await?;
+            Ok(crate::hostfw::table_of(&all, family, name))
+        }
+    }
+
+    /// The ruleset's generation ([`NfNetlink::generation`]), if this handle can read it: equal
+    /// numbers mean that no table changed in between. `None` (the default) means unknown.
+    fn generation(&mut self) -> Option<u32> {
+        None
+    }
 }
 
 /// The real [`Nft`]: runs the `nft` program (package `nftables`) with JSON in and out.
@@ -336,6 +362,46 @@ impl AsyncNft for NftCli {
             .await
             .map_err(|e| nft_error(e, self.program_name(), LISTING_RULESET.to_owned()))?;
         parse_ruleset(&json, &self.program_name())
+    }
+
+    async fn list_chains_async(&mut self) -> Result<String> {
+        helper::get_current_ruleset_raw_async(Some(&self.program), &["list", "chains"])
+            .await
+            .map_err(|e| nft_error(e, self.program_name(), "listing the chains".to_owned()))
+    }
+
+    async fn list_any_table_async(
+        &mut self,
+        family: &str,
+        name: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let step = format!("listing table {family} {name}");
+        let args = ["list", "table", family, name];
+        match helper::get_current_ruleset_raw_async(Some(&self.program), &args).await {
+            Ok(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| Error::Output {
+                    program: self.program_name(),
+                    step,
+                    detail: e.to_string(),
+                }),
+            // Gone since the chains were listed (nft: "No such file or directory").
+            Err(NftablesError::NftFailed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(nft_error(e, self.program_name(), step)),
+        }
+    }
+
+    fn generation(&mut self) -> Option<u32> {
+        let netlink = self.netlink.as_ref()?;
+        netlink
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .generation()
+            .ok()
     }
 }
 

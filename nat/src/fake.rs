@@ -234,6 +234,11 @@ impl FakeNft {
         self.ruleset_lists
     }
 
+    /// Number of `list_table` calls (of our tables).
+    pub fn table_lists(&self) -> usize {
+        self.lists
+    }
+
     /// Simulates `nft delete table bridge rnet` by someone else.
     pub fn delete_bridge_table(&mut self) {
         self.tables.bridge = None;
@@ -295,6 +300,19 @@ impl FakeNft {
     /// What `nft -j list ruleset` prints: our tables, then the other firewalls' chains and rules.
     fn ruleset(&mut self) -> serde_json::Value {
         self.ruleset_lists += 1;
+        self.ruleset_now()
+    }
+
+    /// The ruleset's generation: a hash of everything `list ruleset` would print, so that it
+    /// changes with every change, ours or another firewall's (the kernel counts instead).
+    pub fn generation(&self) -> u32 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.ruleset_now().to_string().hash(&mut hasher);
+        hasher.finish() as u32
+    }
+
+    fn ruleset_now(&self) -> serde_json::Value {
         let mut objects = vec![serde_json::json!({"metainfo": {"json_schema_version": 1}})];
         for (family, table) in self.tables.existing() {
             for object in table_listing(family, table) {
@@ -354,6 +372,10 @@ impl AsyncNft for FakeNft {
 
     async fn list_ruleset_async(&mut self) -> Result<serde_json::Value> {
         Ok(self.ruleset())
+    }
+
+    fn generation(&mut self) -> Option<u32> {
+        Some(FakeNft::generation(self))
     }
 }
 

@@ -15,8 +15,13 @@
 //! rules therefore accept everything to and from our links and leave the real decision to our
 //! own `forward` chain, which sees the same packets (isolation, no unsolicited traffic in).
 //!
-//! Pure: the listing is `nft -j list ruleset` read as JSON (foreign rulesets hold expressions
-//! the `nftables` crate cannot parse, e.g. iptables-nft's `xt`), the output a batch.
+//! Pure: the listing is `nft -j list table` of the foreign tables that matter, read as JSON
+//! (foreign rulesets hold expressions the `nftables` crate cannot parse, e.g. iptables-nft's
+//! `xt`), the output a batch. Which tables matter is read from `nft -j list chains`
+//! ([`hooked_tables`]): only a table with a filter base chain on the forward or input hook can
+//! drop our traffic, and a jump stays within its table. The tables that do not matter (CNI's
+//! and Docker's `nat` tables, with chains and rules per container) are never listed, so a look
+//! costs the same beside 10 or 10,000 foreign containers.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +36,9 @@ use serde_json::Value;
 use crate::expr::{accept, eq, meta, number, payload, string};
 use crate::model::IfName;
 use crate::names::{TABLE, UNDERLAY_TABLE};
+
+/// A table, by family and name: `("ip", "filter")`.
+pub type TableRef = (String, String);
 
 /// Every comment of ours in a foreign chain starts with this.
 pub const COMMENT_PREFIX: &str = "rnet: ";
@@ -152,11 +160,7 @@ pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
             let Some(key) = foreign_key(c, "name") else {
                 continue;
             };
-            let hook = match (c["type"].as_str(), c["hook"].as_str()) {
-                (Some("filter"), Some("forward")) => Some(Hook::Forward),
-                (Some("filter"), Some("input")) => Some(Hook::Input),
-                _ => None,
-            };
+            let hook = guarded_hook(c["type"].as_str(), c["hook"].as_str());
             let entry = chains.entry(key.clone()).or_default();
             entry.hook = hook;
             entry.policy_drop = c["policy"].as_str() == Some("drop");
@@ -225,11 +229,12 @@ pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
     }
 }
 
-/// The families (`ip`, `ip6`) whose foreign chains hold a rule that may be one of ours restored
-/// by `iptables-restore`: an accept with an `xt` comment match and no nft comment. Only for
-/// these is `iptables-save`/`ip6tables-save` worth running ([`detect_with_saves`]).
-pub fn restored_families(listing: &Value) -> Vec<&'static str> {
-    let mut out = Vec::new();
+/// The tables of families `ip` and `ip6` whose chains hold a rule that may be one of ours
+/// restored by `iptables-restore`: an accept with an `xt` comment match and no nft comment.
+/// Only for these is `iptables-save -t TABLE`/`ip6tables-save -t TABLE` worth running
+/// ([`detect_with_saves`]).
+pub fn restored_tables(listing: &Value) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
     for object in listing["nftables"].as_array().into_iter().flatten() {
         let Some(r) = object.get("rule") else {
             continue;
@@ -239,14 +244,17 @@ pub fn restored_families(listing: &Value) -> Vec<&'static str> {
             Some("ip6") => "ip6",
             _ => continue,
         };
+        let Some(table) = r["table"].as_str() else {
+            continue;
+        };
         if r.get("comment").is_none()
             && xt_comment(&r["expr"])
             && r["expr"]
                 .as_array()
                 .is_some_and(|e| e.iter().any(|s| s.get("accept").is_some()))
-            && !out.contains(&family)
+            && !out.iter().any(|(f, t)| *f == family && t == table)
         {
-            out.push(family);
+            out.push((family, table.to_owned()));
         }
     }
     out
@@ -386,12 +394,95 @@ fn foreign_key(object: &Value, name_field: &str) -> Option<ChainKey> {
     let family = object["family"].as_str()?;
     let table = object["table"].as_str()?;
     let name = object[name_field].as_str()?;
-    if !matches!(family, "ip" | "ip6" | "inet")
-        || (family == "inet" && (table == TABLE || table == UNDERLAY_TABLE))
-    {
+    if !is_foreign(family, table) {
         return None;
     }
     Some((family.to_owned(), table.to_owned(), name.to_owned()))
+}
+
+/// True for a table of another firewall whose chains can see our traffic: families `ip`,
+/// `ip6`, `inet`, except our own `inet` tables.
+fn is_foreign(family: &str, table: &str) -> bool {
+    matches!(family, "ip" | "ip6" | "inet")
+        && !(family == "inet" && (table == TABLE || table == UNDERLAY_TABLE))
+}
+
+/// The hook a chain of `type` on `hook` guards, if it can stop our traffic.
+fn guarded_hook(kind: Option<&str>, hook: Option<&str>) -> Option<Hook> {
+    match (kind, hook) {
+        (Some("filter"), Some("forward")) => Some(Hook::Forward),
+        (Some("filter"), Some("input")) => Some(Hook::Input),
+        _ => None,
+    }
+}
+
+/// One object of `nft -j list chains`: a chain, or something else (`metainfo`).
+#[derive(serde::Deserialize)]
+struct ChainsItem<'a> {
+    #[serde(borrow, default)]
+    chain: Option<ChainHead<'a>>,
+}
+
+/// What [`hooked_tables`] reads of a chain; nothing else is kept.
+#[derive(serde::Deserialize)]
+struct ChainHead<'a> {
+    #[serde(borrow)]
+    family: Cow<'a, str>,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    hook: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChainsListing<'a> {
+    #[serde(borrow)]
+    nftables: Vec<ChainsItem<'a>>,
+}
+
+/// The foreign tables that hold a base chain able to drop our traffic (type filter, hook forward
+/// or input, families `ip`, `ip6`, `inet`), read from `nft -j list chains`: the only tables
+/// [`detect`] needs listed. Read into a few typed fields: a host with thousands of foreign
+/// chains costs one pass over the text, no tree of JSON values. In listing order (the kernel's:
+/// the order the tables were made), each table once.
+pub fn hooked_tables(chains: &str) -> serde_json::Result<Vec<TableRef>> {
+    let listing: ChainsListing<'_> = serde_json::from_str(chains)?;
+    let mut out: Vec<TableRef> = Vec::new();
+    for c in listing.nftables.into_iter().filter_map(|item| item.chain) {
+        if is_foreign(&c.family, &c.table)
+            && guarded_hook(c.kind.as_deref(), c.hook.as_deref()).is_some()
+            && !out.iter().any(|(f, t)| *f == c.family && *t == c.table)
+        {
+            out.push((c.family.into_owned(), c.table.into_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The objects of table `family name` in a listing of several tables (e.g. the whole ruleset),
+/// as `nft -j list table` prints them; `None` if the listing has none of that table.
+pub fn table_of(listing: &Value, family: &str, name: &str) -> Option<Value> {
+    let objects: Vec<Value> = listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|object| {
+            object.as_object().is_some_and(|map| {
+                map.iter().any(|(kind, inner)| {
+                    let table = if kind == "table" {
+                        &inner["name"]
+                    } else {
+                        &inner["table"]
+                    };
+                    inner["family"] == family && table == name
+                })
+            })
+        })
+        .cloned()
+        .collect();
+    (!objects.is_empty()).then(|| serde_json::json!({ "nftables": objects }))
 }
 
 /// True if a rule's statements hold a `drop` or `reject` verdict anywhere (also in a verdict
@@ -828,7 +919,7 @@ mod tests {
     #[test]
     fn rules_restored_by_iptables_restore_are_recognised_through_iptables_save() {
         let listing = restored_listing();
-        assert_eq!(restored_families(&listing), ["ip"]);
+        assert_eq!(restored_tables(&listing), [("ip", "filter".to_owned())]);
         // Without the save, only the rule nft added since is ours: the restored ones are not
         // seen, and a plan would add copies of them.
         assert_eq!(detect(&listing).ours.len(), 1);
@@ -925,11 +1016,75 @@ mod tests {
         ]});
         let view = detect(&listing);
         assert_eq!(view.chains.len(), 1);
-        assert_eq!(restored_families(&listing), Vec::<&str>::new());
+        assert!(restored_tables(&listing).is_empty());
         let view = view.without_tables(&["firewalld"]);
         assert!(view.chains.is_empty());
         let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0]["delete"]["rule"]["handle"], 3);
+    }
+
+    /// `nft -j list chains` of a host with Docker (iptables-nft `ip filter` and `ip nat`), CNI's
+    /// per-container nat chains, a hardened `inet` input chain, a `netdev` ingress chain, a nat
+    /// base chain on forward's neighbour hook, and our own tables.
+    const CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"chain": {"family": "ip", "table": "nat", "name": "POSTROUTING", "handle": 1,
+                   "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+        {"chain": {"family": "ip", "table": "nat", "name": "CNI-0123", "handle": 2}},
+        {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 2}},
+        {"chain": {"family": "inet", "table": "host\"fw", "name": "in", "handle": 1,
+                   "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "netdev", "table": "edge", "name": "in", "handle": 1,
+                   "type": "filter", "hook": "ingress", "dev": "eth0", "prio": 0, "policy": "accept"}},
+        {"chain": {"family": "ip6", "table": "mangle", "name": "FORWARD", "handle": 1,
+                   "type": "route", "hook": "output", "prio": -150, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "rnet", "name": "forward", "handle": 1,
+                   "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"chain": {"family": "bridge", "table": "rnet", "name": "prerouting", "handle": 1,
+                   "type": "filter", "hook": "prerouting", "prio": -200, "policy": "accept"}}
+    ]}"#;
+
+    #[test]
+    fn only_tables_with_a_filter_chain_on_forward_or_input_are_listed() {
+        let tables = hooked_tables(CHAINS).unwrap();
+        let expected: Vec<TableRef> = [("ip", "filter"), ("inet", "host\"fw")]
+            .into_iter()
+            .map(|(f, t)| (f.to_owned(), t.to_owned()))
+            .collect();
+        assert_eq!(tables, expected);
+        assert!(hooked_tables(r#"{"nftables": []}"#).unwrap().is_empty());
+        assert!(hooked_tables("Error: no such file").is_err());
+        assert!(hooked_tables(r#"{"nftables": [{"chain": {"family": 4}}]}"#).is_err());
+    }
+
+    #[test]
+    fn the_hooked_tables_alone_show_what_the_whole_ruleset_shows() {
+        let listing = recorded("docker-like.json");
+        let filter = table_of(&listing, "ip", "filter").unwrap();
+        // The table's own object is "name"d, the others name their "table".
+        let objects = filter["nftables"].as_array().unwrap();
+        assert!(objects.len() > 2);
+        assert!(objects.iter().all(|o| {
+            let inner = o.as_object().unwrap().values().next().unwrap();
+            inner["family"] == "ip" && (inner["table"] == "filter" || inner["name"] == "filter")
+        }));
+        assert_eq!(table_of(&listing, "ip", "nat"), None);
+        // The tables `list chains` names, listed one by one, are all a look needs.
+        let tables = hooked_tables(&listing.to_string()).unwrap();
+        assert_eq!(tables.len(), 3);
+        let merged: Vec<Value> = tables
+            .iter()
+            .flat_map(|(f, t)| {
+                table_of(&listing, f, t).unwrap()["nftables"]
+                    .as_array()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        let merged = json!({ "nftables": merged });
+        assert_eq!(detect(&merged), detect(&listing));
+        assert!(!detect(&merged).chains.is_empty());
     }
 }

@@ -19,7 +19,10 @@ pub use apply::FakeNft;
 pub use apply::{AsyncNft, Nft, NftCli};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
-pub use hostfw::{ForeignChain, HostView, detect, detect_with_saves, plan_host, restored_families};
+pub use hostfw::{
+    ForeignChain, HostView, TableRef, detect, detect_with_saves, hooked_tables, plan_host,
+    restored_tables,
+};
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 pub use netlink::NfNetlink;
 pub use observe::{Observed, observe, plan};

@@ -47,6 +47,9 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 // linux/netfilter/nf_tables.h
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -308,6 +311,37 @@ fn replies(buf: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
+/// The generation id in the `NFT_MSG_NEWGEN` answer to request `seq`, if `buf` holds it.
+fn generation_in(buf: &[u8], seq: u32) -> Option<u32> {
+    let mut rest = buf;
+    while rest.len() >= 16 {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || len > rest.len() {
+            return None;
+        }
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+        let answer = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
+        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN && answer == seq {
+            // After the header and nfgenmsg: attributes (length, type, value, padded to 4).
+            let mut attrs = rest.get(20..len)?;
+            while attrs.len() >= 4 {
+                let alen = u16::from_ne_bytes(attrs[0..2].try_into().expect("2 bytes")) as usize;
+                let atype = u16::from_ne_bytes(attrs[2..4].try_into().expect("2 bytes"));
+                if alen < 4 || alen > attrs.len() {
+                    return None;
+                }
+                if atype & !NLA_F_NESTED == NFTA_GEN_ID && alen == 8 {
+                    return Some(u32::from_be_bytes(attrs[4..8].try_into().expect("4 bytes")));
+                }
+                attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
+            }
+            return None;
+        }
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+    None
+}
+
 /// A netlink socket to nf_tables, in the network namespace of the thread that opened it.
 #[derive(Debug)]
 pub struct NfNetlink {
@@ -390,6 +424,24 @@ impl NfNetlink {
                 step: applying(changes),
                 stderr: refused.join("; "),
             })
+        }
+    }
+
+    /// The ruleset's generation: a number the kernel changes with every change of any table
+    /// (`NFT_MSG_GETGEN`, what `nft monitor` prints as "new generation"). Equal numbers mean
+    /// nothing changed between the two reads.
+    pub fn generation(&mut self) -> io::Result<u32> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut request = Vec::new();
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
+        message(&mut request, kind, 0, seq, 0, 0, |_| {});
+        self.socket.send(&request, 0)?;
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            if let Some(id) = generation_in(&self.buf[..n], seq) {
+                return Ok(id);
+            }
         }
     }
 
@@ -569,5 +621,22 @@ mod tests {
         assert_eq!(replies(&answer), [(8, 0), (9, 17)]);
         // A cut message is not read.
         assert_eq!(replies(&answer[..40]), [(8, 0)]);
+    }
+
+    #[test]
+    fn the_generation_is_read_from_the_answer_to_our_request() {
+        let mut answer = Vec::new();
+        let newgen = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN;
+        for (seq, id) in [(4u32, 7u32), (5, 0x0102_0304)] {
+            message(&mut answer, newgen, 0, seq, 0, 0, |a| {
+                a.put(NFTA_GEN_ID, &id.to_be_bytes());
+                a.put_str(3, "nft");
+            });
+        }
+        assert_eq!(generation_in(&answer, 5), Some(0x0102_0304));
+        assert_eq!(generation_in(&answer, 4), Some(7));
+        // Not ours, or cut short: nothing.
+        assert_eq!(generation_in(&answer, 6), None);
+        assert_eq!(generation_in(&answer[..30], 4), None);
     }
 }

@@ -610,3 +610,65 @@ fn missing_nft_is_a_clear_error() {
         "could not run /nonexistent/nft for listing table inet rnet"
     );
 }
+
+#[test]
+fn other_firewalls_are_found_by_their_chains_and_their_tables_listed_alone() {
+    if !enter_private_netns(
+        "other_firewalls_are_found_by_their_chains_and_their_tables_listed_alone",
+    ) {
+        return;
+    }
+    on_this_thread(async {
+        let mut nft = nft().with_netlink().unwrap();
+        let first = AsyncNft::generation(&mut nft).expect("netlink reads the generation");
+        assert_eq!(AsyncNft::generation(&mut nft), Some(first));
+        // Docker's filter table, a nat table with a chain per container (CNI's, never listed),
+        // a hardened inet input chain, and our own table.
+        let mut script = String::from(
+            "table ip filter {\n chain FORWARD { type filter hook forward priority 0; policy drop; jump DOCKER-USER; }\n chain DOCKER-USER { return; }\n}\n\
+             table inet hard {\n chain in { type filter hook input priority 0; policy drop; }\n}\n\
+             table ip nat {\n chain POSTROUTING { type nat hook postrouting priority 100; }\n",
+        );
+        for i in 0..50 {
+            script.push_str(&format!(
+                " chain CNI-{i} {{ ip daddr 10.88.0.0/16 accept; masquerade; }}\n"
+            ));
+        }
+        script.push_str("}\n");
+        let mut load = std::process::Command::new(nft_program())
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut load.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(load.wait().unwrap().success());
+        nft.apply_async(&render_table(&ruleset_of(0..2)))
+            .await
+            .unwrap();
+        let changed = AsyncNft::generation(&mut nft).unwrap();
+        assert_ne!(changed, first, "changes move the generation");
+
+        let chains = nft.list_chains_async().await.unwrap();
+        let tables = nat::hooked_tables(&chains).unwrap();
+        let expected: Vec<nat::TableRef> = [("ip", "filter"), ("inet", "hard")]
+            .iter()
+            .map(|(f, t)| ((*f).to_owned(), (*t).to_owned()))
+            .collect();
+        assert_eq!(tables, expected);
+        let mut objects = Vec::new();
+        for (family, name) in &tables {
+            let listing = nft.list_any_table_async(family, name).await.unwrap();
+            objects.extend(listing.unwrap()["nftables"].as_array().unwrap().clone());
+        }
+        let alone = nat::detect(&serde_json::json!({ "nftables": objects }));
+        let whole = nat::detect(&nft.list_ruleset_async().await.unwrap());
+        assert_eq!(alone, whole);
+        assert_eq!(alone.chains.len(), 2, "{alone:?}");
+        assert_eq!(nft.list_any_table_async("ip", "gone").await.unwrap(), None);
+        assert_eq!(
+            AsyncNft::generation(&mut nft),
+            Some(changed),
+            "listings change nothing"
+        );
+    });
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use nat::{AsyncNft, Change, GuardedPort, IfName, PortMapping, PortRange, Ruleset};
+use nat::{AsyncNft, Change, GuardedPort, IfName, PortMapping, PortRange, Ruleset, TableRef};
 use tracing::{info, warn};
 
 use crate::api::PortSpec;
@@ -155,6 +155,15 @@ pub struct Firewall<N> {
     /// paid with a listing of the whole ruleset. The `nft monitor` watch and the periodic check
     /// ([`Firewall::reconcile`]) look again whenever the ruleset changes.
     foreign_quiet: bool,
+    /// The other firewalls' tables the last full look listed and will list again: those with a
+    /// filter chain on the forward or input hook, and those holding rules of ours. A look right
+    /// after a change of our links lists only these (no `list chains`): a table that got such a
+    /// chain since is the `nft monitor` watch's to report, which then runs a full look. `None`
+    /// until the first full look.
+    host_tables: Option<Vec<TableRef>>,
+    /// [`Firewall::host_tables`] for the `nft monitor` watch, which ignores changes in other
+    /// tables ([`hostfw::relevant`]).
+    watched: tokio::sync::watch::Sender<Vec<TableRef>>,
     /// The firewalld task, when rnetd watches the system bus for firewalld.
     firewalld: Option<Firewalld>,
 }
@@ -169,6 +178,8 @@ pub struct Probe<N> {
     pub generation: u64,
     /// firewalld runs and handles our links: its own table is left out.
     pub firewalld: bool,
+    /// The other firewalls' tables the last look listed ([`Firewall::host_tables`]).
+    pub host_tables: Vec<TableRef>,
 }
 
 impl<N: AsyncNft> Probe<N> {
@@ -183,37 +194,84 @@ impl<N: AsyncNft> Probe<N> {
         Ok(nat::plan(observed.as_ref(), &self.desired).is_some())
     }
 
-    /// Lists the whole ruleset (`nft -j list ruleset`) and says whether our rules in other
-    /// firewalls' chains differ from what our links need. Runs without any lock of the daemon.
+    /// Looks at the other firewalls' tables (a full [`host_view`]) and says whether our rules in
+    /// their chains differ from what our links need. Runs without any lock of the daemon.
     pub async fn host_needs_sync(&mut self, mode: HostFwMode) -> Result<bool, FirewallError> {
         let links = host_links(mode, &self.desired);
-        let view = host_view(&mut self.nft, self.firewalld).await?;
+        let look = Look::Full {
+            also: &self.host_tables,
+        };
+        let (view, _) = host_view(&mut self.nft, self.firewalld, look).await?;
         Ok(nat::plan_host(&view, &links).is_some())
     }
 }
 
-/// What the ruleset says of the other firewalls: `nft -j list ruleset`, with `iptables-save`'s
-/// text where rules of ours may have been restored by `iptables-restore`
-/// ([`nat::detect_with_saves`]); firewalld's own table left out while firewalld handles our
-/// links through its D-Bus API (`firewalld`).
+/// Which of the other firewalls' tables a look lists.
+#[derive(Clone, Copy)]
+enum Look<'a> {
+    /// Those with a filter chain on the forward or input hook, from `nft -j list chains`
+    /// ([`nat::hooked_tables`]), and `also` (where rules of ours were found before).
+    Full { also: &'a [TableRef] },
+    /// These (the last full look's): right after a change of our links.
+    Known(&'a [TableRef]),
+}
+
+/// What the other firewalls' tables say: each table of the `look` listed with
+/// `nft -j list table`, with `iptables-save -t TABLE`'s text where rules of ours may have been
+/// restored by `iptables-restore` ([`nat::detect_with_saves`]); firewalld's own table left out
+/// while firewalld handles our links through its D-Bus API (`firewalld`). Also returns the
+/// tables the next look right after a change needs ([`Firewall::host_tables`]).
+///
+/// Never the whole ruleset: beside a peer with thousands of containers (CNI's nat chains, 2 MB
+/// of JSON for 1000) that listing cost nft about 0.3 s of CPU and rnetd a tree of JSON values
+/// per look, and a look ran every 2 s and on every change of any table.
 async fn host_view<N: AsyncNft>(
     nft: &mut N,
     firewalld: bool,
-) -> Result<nat::HostView, FirewallError> {
-    let listing = nft.list_ruleset_async().await?;
-    let families = nat::restored_families(&listing);
-    let saves = if families.is_empty() {
+    look: Look<'_>,
+) -> Result<(nat::HostView, Vec<TableRef>), FirewallError> {
+    let (mut tables, hooked) = match look {
+        Look::Known(known) => (known.to_vec(), None),
+        Look::Full { also } => {
+            let chains = nft.list_chains_async().await?;
+            let hooked = nat::hooked_tables(&chains).map_err(|e| nat::Error::Output {
+                program: "nft".to_owned(),
+                step: "listing the chains".to_owned(),
+                detail: e.to_string(),
+            })?;
+            let mut tables = hooked.clone();
+            tables.extend(also.iter().filter(|t| !hooked.contains(t)).cloned());
+            (tables, Some(hooked))
+        }
+    };
+    let mut objects = Vec::new();
+    for (family, name) in &tables {
+        if let Some(mut listing) = nft.list_any_table_async(family, name).await?
+            && let serde_json::Value::Array(items) = listing["nftables"].take()
+        {
+            objects.extend(items);
+        }
+    }
+    let listing = serde_json::json!({ "nftables": objects });
+    let restored = nat::restored_tables(&listing);
+    let saves = if restored.is_empty() {
         Vec::new()
     } else {
-        hostfw::iptables_saves(&families).await
+        hostfw::iptables_saves(&restored).await
     };
     let saves: Vec<(&str, &str)> = saves.iter().map(|(f, t)| (*f, t.as_str())).collect();
     let view = nat::detect_with_saves(&listing, &saves);
-    Ok(if firewalld {
+    if let Some(hooked) = hooked {
+        tables.retain(|t| {
+            hooked.contains(t) || view.ours.iter().any(|o| o.family == t.0 && o.table == t.1)
+        });
+    }
+    let view = if firewalld {
         view.without_tables(&FIREWALLD_TABLES)
     } else {
         view
-    })
+    };
+    Ok((view, tables))
 }
 
 /// firewalld's nftables tables: `inet firewalld` (`ip`/`ip6 firewalld` in older versions), and
@@ -241,6 +299,8 @@ impl<N: AsyncNft> Firewall<N> {
             host_mode: HostFwMode::Auto,
             host_chains: Vec::new(),
             foreign_quiet: false,
+            host_tables: None,
+            watched: tokio::sync::watch::Sender::new(Vec::new()),
             firewalld: None,
             forward6: crate::forward6::Forward6::default(),
         }
@@ -294,14 +354,34 @@ impl<N: AsyncNft> Firewall<N> {
             .collect()
     }
 
+    /// The other firewalls' tables to watch for changes ([`Firewall::host_tables`]), for the
+    /// `nft monitor` watch.
+    pub fn watched_tables(&self) -> tokio::sync::watch::Receiver<Vec<TableRef>> {
+        self.watched.subscribe()
+    }
+
     /// Makes our rules in other firewalls' chains exactly what our links need
     /// ([`nat::plan_host`]): inserted at the head of every foreign chain that would drop our
     /// traffic, removed with our last link or with `--host-firewall=off`. Returns whether it
-    /// changed anything.
+    /// changed anything. A full look: the tables that matter are found again.
     pub async fn sync_host(&mut self) -> Result<bool, FirewallError> {
+        let also = self.host_tables.clone().unwrap_or_default();
+        self.sync_host_with(Look::Full { also: &also }).await
+    }
+
+    /// [`Firewall::sync_host`] with the tables of `look`.
+    async fn sync_host_with(&mut self, look: Look<'_>) -> Result<bool, FirewallError> {
         let links = host_links(self.host_mode, &self.installed);
         let firewalld = self.firewalld_handles();
-        let view = host_view(&mut self.nft, firewalld).await?;
+        let (view, tables) = host_view(&mut self.nft, firewalld, look).await?;
+        self.watched.send_if_modified(|watched| {
+            let changed = *watched != tables;
+            if changed {
+                watched.clone_from(&tables);
+            }
+            changed
+        });
+        self.host_tables = Some(tables);
         let chains: Vec<String> = view
             .chains
             .iter()
@@ -344,7 +424,14 @@ impl<N: AsyncNft> Firewall<N> {
             crate::timing::lap("firewalld");
         }
         if !self.foreign_quiet {
-            self.sync_host_logged().await;
+            let known = self.host_tables.clone();
+            let look = match &known {
+                Some(known) => Look::Known(known),
+                None => Look::Full { also: &[] },
+            };
+            if let Err(e) = self.sync_host_with(look).await {
+                warn!(error = %e, "letting our traffic through other firewalls failed");
+            }
             crate::timing::lap("host firewall look");
         }
     }
@@ -373,6 +460,7 @@ impl<N: AsyncNft> Firewall<N> {
             desired: self.installed.clone(),
             generation: self.generation,
             firewalld: self.firewalld_handles(),
+            host_tables: self.host_tables.clone().unwrap_or_default(),
         })
     }
 
@@ -802,6 +890,52 @@ mod tests {
                 .is_empty()
         );
         assert!(fw.host_chains().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_change_looks_at_the_tables_the_last_full_look_found_and_a_check_finds_new_ones() {
+        let (_dir, sys) = sysctl();
+        let mut fw = Firewall::new(docker_host(), sys, None);
+        let watched = fw.watched_tables();
+        fw.add(&link("ve-a", "192.168.0.0/28", &[])).await.unwrap();
+        let tables = |names: &[(&str, &str)]| -> Vec<TableRef> {
+            names
+                .iter()
+                .map(|(f, t)| ((*f).to_owned(), (*t).to_owned()))
+                .collect()
+        };
+        // The first change had no full look before it: it made one.
+        assert_eq!(
+            *watched.borrow(),
+            tables(&[("ip", "filter"), ("inet", "hardened")])
+        );
+        // A firewall that appears later (with a nat table beside it, which no look lists) ...
+        fw.nft
+            .add_foreign_chain("ip", "nat", "POSTROUTING", None, "");
+        fw.nft
+            .add_foreign_chain("ip6", "strict", "fwd", Some("forward"), "drop");
+        // ... is not seen by the next change, which lists the known tables only,
+        fw.add(&link("ve-b", "192.168.0.16/28", &[])).await.unwrap();
+        assert!(fw.nft.foreign_comments("ip6", "strict", "fwd").is_empty());
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
+            5
+        );
+        // but by the check its `nft monitor` line starts (a full look), and watched after.
+        assert!(fw.sync_host().await.unwrap());
+        assert_eq!(fw.nft.foreign_comments("ip6", "strict", "fwd").len(), 4);
+        assert_eq!(
+            *watched.borrow(),
+            tables(&[("ip", "filter"), ("inet", "hardened"), ("ip6", "strict")])
+        );
+        assert!(hostfw::relevant(
+            "delete rule ip6 strict fwd handle 3",
+            &watched.borrow()
+        ));
+        assert!(!hostfw::relevant(
+            "add rule ip nat POSTROUTING counter masquerade",
+            &watched.borrow()
+        ));
     }
 
     #[tokio::test]

@@ -10,8 +10,10 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
+use nat::TableRef;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 /// `--host-firewall`: whether rnetd lets its traffic through other firewalls' chains.
@@ -45,14 +47,29 @@ impl fmt::Display for HostFwMode {
     }
 }
 
-/// True if a line of `nft monitor` may concern a foreign firewall: anything but element
-/// changes (ours, with every attach) and the generation comments that follow every batch.
-pub fn relevant(line: &str) -> bool {
+/// True if a line of `nft monitor` may concern our tables or a foreign firewall's chains that
+/// can see our traffic: any change in our tables or in a `watched` table (the foreign tables the
+/// last look listed, [`crate::firewall::Firewall::host_tables`]), and a base chain made in any
+/// table (a new firewall). Not: element changes (ours, with every attach), the generation
+/// comments that follow every batch, and the rest of the other tables (CNI's and Docker's `nat`
+/// chains and rules, changed with each of their containers). A line it cannot read counts.
+pub fn relevant(line: &str, watched: &[TableRef]) -> bool {
     let line = line.trim();
-    !(line.is_empty()
-        || line.starts_with('#')
-        || line.starts_with("add element")
-        || line.starts_with("delete element"))
+    if line.is_empty() || line.starts_with('#') {
+        return false;
+    }
+    let mut words = line.split_whitespace();
+    let (Some(_verb), Some(object), Some(family), Some(table)) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return true;
+    };
+    if object == "element" {
+        return false;
+    }
+    let ours = table == nat::names::TABLE || table == nat::names::UNDERLAY_TABLE;
+    ours || watched.iter().any(|(f, t)| f == family && t == table)
+        || (object == "chain" && line.contains(" hook "))
 }
 
 /// How long events are gathered after the first one before a check runs: a reload (an
@@ -63,8 +80,13 @@ const SETTLE: Duration = Duration::from_millis(50);
 const RESTART: Duration = Duration::from_secs(5);
 
 /// Runs `program monitor` (in the daemon's network namespace) for as long as `events` is open,
-/// sending `()` after each burst of relevant events; restarts it when it ends.
-pub async fn monitor(program: &str, events: mpsc::Sender<()>) {
+/// sending `()` after each burst of relevant events ([`relevant`] to the tables `watched`
+/// holds at the time); restarts it when it ends.
+pub async fn monitor(
+    program: &str,
+    events: mpsc::Sender<()>,
+    watched: watch::Receiver<Vec<TableRef>>,
+) {
     loop {
         let mut command = tokio::process::Command::new(program);
         command
@@ -91,7 +113,7 @@ pub async fn monitor(program: &str, events: mpsc::Sender<()>) {
                 debug!("watching nft monitor for changes of other firewalls");
                 loop {
                     match lines.next_line().await {
-                        Ok(Some(line)) if relevant(&line) => {
+                        Ok(Some(line)) if relevant(&line, &watched.borrow()) => {
                             // Gather the rest of the burst, then one check.
                             let _ = tokio::time::timeout(SETTLE, async {
                                 while let Ok(Some(_)) = lines.next_line().await {}
@@ -119,15 +141,15 @@ pub async fn monitor(program: &str, events: mpsc::Sender<()>) {
     }
 }
 
-/// `iptables-save` (family `ip`) and `ip6tables-save` (`ip6`) of the iptables-nft tables, for
-/// the `families` given ([`nat::restored_families`]): iptables-restore turns the comment of a
+/// `iptables-save -t TABLE` (family `ip`) and `ip6tables-save -t TABLE` (`ip6`) of the
+/// iptables-nft tables given ([`nat::restored_tables`]): iptables-restore turns the comment of a
 /// rule of ours into an `xt` match that only iptables reads back. The iptables-nft variant is
 /// run where it is installed under its own name (`iptables-nft-save`), so hosts whose
 /// `iptables` is the legacy one still read the nft tables. A save that cannot run is left out
 /// (logged at debug): those rules are then not recognised, as before.
-pub async fn iptables_saves(families: &[&'static str]) -> Vec<(&'static str, String)> {
+pub async fn iptables_saves(tables: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    for family in families {
+    for (family, table) in tables {
         let programs: &[&str] = match *family {
             "ip" => &["iptables-nft-save", "iptables-save"],
             "ip6" => &["ip6tables-nft-save", "ip6tables-save"],
@@ -135,6 +157,7 @@ pub async fn iptables_saves(families: &[&'static str]) -> Vec<(&'static str, Str
         };
         for program in programs {
             let run = tokio::process::Command::new(program)
+                .args(["-t", table])
                 .stdin(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
@@ -158,17 +181,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn element_changes_and_generations_are_not_events() {
+    fn element_changes_generations_and_unwatched_tables_are_not_events() {
+        let watched = [("ip".to_owned(), "filter".to_owned())];
+        let relevant = |line: &str| relevant(line, &watched);
         assert!(!relevant("add element inet rnet ifaces { \"ve-a\" }"));
         assert!(!relevant("delete element inet rnet masq4 { 10.0.0.0/28 }"));
+        assert!(!relevant("add element ip filter blocked { 10.0.0.1 }"));
         assert!(!relevant("# new generation 12 by process 345 (nft)"));
+        assert!(!relevant(""));
+        // The watched table, whatever changes in it.
         assert!(relevant(
             "add rule ip filter FORWARD counter jump DOCKER-USER"
         ));
+        assert!(relevant("delete rule ip filter DOCKER-USER handle 6"));
         assert!(relevant("delete table ip filter"));
+        assert!(relevant("create chain ip filter DOCKER-USER"));
+        // Ours, whatever changes in them (the table check).
+        assert!(relevant("delete chain inet rnet forward"));
+        assert!(relevant("delete table bridge rnet"));
+        // A base chain anywhere: a firewall that was not there.
         assert!(relevant(
-            "add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"
+            "add chain ip6 zz in { type filter hook input priority filter; policy accept; }"
         ));
+        // Another table's chains and rules: CNI's and Docker's nat, per container.
+        assert!(!relevant("create chain ip nat CNI-0123456789abcdef"));
+        assert!(!relevant(
+            "add rule ip nat POSTROUTING ip saddr 10.88.0.2 counter jump CNI-0123456789abcdef"
+        ));
+        assert!(!relevant("delete rule ip6 filter FORWARD handle 4"));
+        assert!(!relevant("add table ip6 zz"));
+        // What it cannot read counts.
+        assert!(relevant("flush ruleset"));
     }
 
     #[test]

@@ -562,4 +562,8 @@ impl AsyncNft for SharedNft {
     async fn list_ruleset_async(&mut self) -> nat::Result<serde_json::Value> {
         lock(&self.0).list_ruleset()
     }
+
+    fn generation(&mut self) -> Option<u32> {
+        Some(lock(&self.0).generation())
+    }
 }

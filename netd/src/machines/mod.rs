@@ -38,7 +38,7 @@ mod tests;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -142,7 +142,21 @@ pub struct Machines<S: System = Host> {
     deleting: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Links whose background deletion failed: the next attach of the name tries again.
     undeleted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What the last firewall check found in order, when it found nothing to do: a check that
+    /// would look at the same ([`CheckedAt`]) has nothing to list.
+    checked: std::sync::Mutex<Option<CheckedAt>>,
     this: Weak<Self>,
+}
+
+/// What a firewall check's outcome depends on: the kernel's ruleset (its generation), the
+/// table we want (the firewall's generation), whether firewalld handles our links, and
+/// `--host-firewall`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CheckedAt {
+    ruleset: u32,
+    desired: u64,
+    firewalld: bool,
+    mode: HostFwMode,
 }
 
 impl Machines<Host> {
@@ -180,7 +194,8 @@ impl Machines<Host> {
         .await?;
         let checks = me.spawn_firewall_events();
         if watch_others {
-            tokio::spawn(hostfw::monitor("nft", checks.clone()));
+            let watched = me.firewall.lock().await.watched_tables();
+            tokio::spawn(hostfw::monitor("nft", checks.clone(), watched));
         }
         // firewalld through D-Bus (its task connects on its own: no wait here without a bus);
         // with --host-firewall=off only to unbind links a previous rnetd bound.
@@ -241,6 +256,7 @@ impl<S: System> Machines<S> {
             fabric: std::sync::OnceLock::new(),
             deleting: std::sync::Mutex::default(),
             undeleted: std::sync::Mutex::default(),
+            checked: std::sync::Mutex::default(),
             this: this.clone(),
         });
         me.restore(saved, explicit).await?;
@@ -289,6 +305,17 @@ impl<S: System> Machines<S> {
             (firewall.probe(), firewall.host_mode())
         };
         let Some(mut probe) = probe else { return };
+        // Read before the listings: a change made while they run makes the next check look.
+        let at = nat::AsyncNft::generation(&mut probe.nft).map(|ruleset| CheckedAt {
+            ruleset,
+            desired: probe.generation,
+            firewalld: probe.firewalld,
+            mode,
+        });
+        let checked = || self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        if at.is_some() && *checked() == at {
+            return; // nothing changed since a check found everything in order
+        }
         let table = match probe.needs_repair().await {
             Ok(repair) => repair,
             Err(e) => {
@@ -305,8 +332,11 @@ impl<S: System> Machines<S> {
                 }
             };
         if !table && !host {
+            *checked() = at;
+            crate::trim::poke();
             return;
         }
+        *checked() = None;
         let mut firewall = self.firewall.lock().await;
         if firewall.generation() != probe.generation {
             return; // changed meanwhile: the next check looks again

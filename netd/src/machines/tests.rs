@@ -298,6 +298,49 @@ async fn a_refused_dhcp_server_or_firewall_batch_is_undone() {
 }
 
 #[tokio::test]
+async fn a_firewall_check_lists_nothing_while_the_ruleset_and_our_machines_stay_the_same() {
+    let w = world().await;
+    w.attach("a", 1, NetworkSpec::Veth, &["8080:80"])
+        .await
+        .unwrap();
+    let lists = || {
+        let nft = w.nft.get();
+        (nft.table_lists(), nft.ruleset_lists())
+    };
+    // The first check looks (our tables, the other firewalls'), and finds all in order.
+    let before = lists();
+    w.m.check_firewall().await;
+    let looked = lists();
+    assert!(
+        looked.0 > before.0 && looked.1 > before.1,
+        "{before:?} {looked:?}"
+    );
+    // Nothing changed since: the next check has nothing to list.
+    w.m.check_firewall().await;
+    assert_eq!(lists(), looked);
+    // A change of ours, or of the ruleset from outside, and the check looks again.
+    w.attach("b", 2, NetworkSpec::Veth, &[]).await.unwrap();
+    let changed = lists();
+    w.m.check_firewall().await;
+    assert!(lists().0 > changed.0);
+    w.m.check_firewall().await;
+    let quiet = lists();
+    w.nft
+        .get()
+        .add_foreign_chain("ip", "filter", "FORWARD", Some("forward"), "drop");
+    w.m.check_firewall().await;
+    assert!(lists().0 > quiet.0);
+    assert_eq!(
+        w.nft
+            .get()
+            .foreign_comments("ip", "filter", "FORWARD")
+            .len(),
+        4,
+        "the new firewall's chain has our rules for both links"
+    );
+}
+
+#[tokio::test]
 async fn an_existing_interface_is_named_and_left_alone() {
     let w = world().await;
     w.links.put("ve-web", false, false);
