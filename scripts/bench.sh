@@ -13,6 +13,8 @@
 # 4. tests/benches/multihost.rs: zones across hosts (3 hosts, 3 etcd members): member start in a
 #    distributed vs a local zone, iperf3 between members on two hosts vs the plain underlay, a
 #    join with 50 other hosts' keys in etcd (RNET_BENCH_RUNS).
+# 5. scripts/bench-hostfw.sh: rnetd beside a peer's 1000 containers' nft chains and Docker's
+#    filter table: memory, idle CPU, CPU while the peer adds containers, `rnet run`.
 # Everything runs in network namespaces of its own and is removed at the end. The method and the
 # last figures: docs/benchmarks.md.
 set -euo pipefail
@@ -32,3 +34,6 @@ scripts/bench-dns.sh
 echo
 echo "== zones across hosts (tests/benches/multihost.rs)"
 cargo bench --quiet -p rnet-tests --bench multihost
+echo
+echo "== beside other firewalls (scripts/bench-hostfw.sh)"
+scripts/bench-hostfw.sh
