@@ -323,6 +323,12 @@ pub struct RunArgs {
     /// `MemoryMax=`, `MemoryHigh=`, `CPUQuota=`, `TasksMax=`, `CPUWeight=` (repeatable).
     #[arg(long = "property", value_name = "KEY=VALUE")]
     pub properties: Vec<crate::cgroup::Property>,
+    /// Run the container in the caller's cgroup, as systemd-nspawn's `--keep-unit`: no cgroup
+    /// `rnet-NAME` of its own, so the unit that runs `rnet` (e.g. a systemd service with its
+    /// `MemoryMax=`) accounts and limits it. Such a machine takes no `--property` and no
+    /// `rnet set-property`, and `rnet top` shows no usage for it.
+    #[arg(long = "keep-unit", conflicts_with_all = ["properties", "boot"])]
+    pub keep_unit: bool,
     /// Run the container in DIR, an OS tree (a directory with `/usr/`; with --boot also an
     /// os-release file): its own mount, PID, UTS and IPC namespaces, DIR as root, `/proc`,
     /// read-only `/sys`, a minimal `/dev`, tmpfs `/run` and `/tmp`, nspawn's isolation.

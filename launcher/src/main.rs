@@ -72,7 +72,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             runtime,
             machine,
             properties,
-        } => set_property(&client, &images, runtime, &machine, &properties),
+        } => set_property(
+            &client,
+            &cli.runtime_dir,
+            &images,
+            runtime,
+            &machine,
+            &properties,
+        ),
         Command::Top { once } => top(&client, &cli.runtime_dir, once),
         cmd @ (Command::Images { .. }
         | Command::ImportTar { .. }
@@ -129,12 +136,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode, String> {
 /// that neither runs nor has an image is refused, and nothing is written.
 fn set_property(
     client: &Client,
+    runtime_dir: &std::path::Path,
     images: &images::Images,
     runtime: bool,
     machine: &api::MachineName,
     properties: &[cgroup::Property],
 ) -> Result<ExitCode, String> {
-    let running = machine_cgroup(client, machine);
+    let running = machine_cgroup(client, runtime_dir, machine);
     if runtime {
         apply_properties(&running?, properties)?;
         return Ok(ExitCode::SUCCESS);
@@ -172,7 +180,18 @@ fn apply_properties(cg: &cgroup::Cgroup, properties: &[cgroup::Property]) -> Res
 
 /// The cgroup of a running machine: from its pid when rnetd lists it, else `rnet-NAME` beside
 /// the caller's own cgroup (a container without a link of rnetd's started from the same place).
-fn machine_cgroup(client: &Client, machine: &api::MachineName) -> Result<cgroup::Cgroup, String> {
+/// None for a machine run with `--keep-unit`: the cgroup it is in is its caller's.
+fn machine_cgroup(
+    client: &Client,
+    runtime_dir: &std::path::Path,
+    machine: &api::MachineName,
+) -> Result<cgroup::Cgroup, String> {
+    if machines::registry::get(runtime_dir, machine.as_str()).is_some_and(|e| e.keep_unit) {
+        return Err(format!(
+            "machine {machine} runs in its caller's cgroup (--keep-unit): it has no cgroup of \
+             its own to change"
+        ));
+    }
     if let Ok(Response::Status(m)) = client.call(
         &Request::Status {
             machine: machine.clone(),

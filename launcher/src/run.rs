@@ -44,6 +44,8 @@ struct Plan {
     ports: Vec<PortSpec>,
     links: Vec<ExtraLink>,
     properties: Vec<crate::cgroup::Property>,
+    /// `--keep-unit`: no cgroup of its own; it stays in the launcher's.
+    keep_unit: bool,
     command: Vec<CString>,
     /// `-D`: a container in an OS tree.
     container: Option<Container>,
@@ -152,6 +154,7 @@ impl Plan {
             ports: args.ports,
             links,
             properties: args.properties,
+            keep_unit: args.keep_unit,
             command,
             container,
             ipv6: args.ipv6,
@@ -190,6 +193,7 @@ impl Plan {
             systemd: self.container.as_ref().is_some_and(|c| c.systemd),
             log: std::env::var_os(crate::machines::LOG_ENV).map(Into::into),
             ready: false,
+            keep_unit: self.keep_unit,
         }
     }
 }
@@ -230,6 +234,16 @@ pub fn run(
         eprintln!("rnet: warning: {warning}");
     }
     crate::properties::apply(&mut args, Container::default_machine)?;
+    if args.keep_unit && !args.properties.is_empty() {
+        // The command line's --property conflicts already; these came from the image's saved
+        // properties or its settings file.
+        let names: Vec<String> = args.properties.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "--keep-unit runs the machine in the caller's cgroup, where its properties ({}, saved \
+             for its image or in its settings file) cannot apply",
+            names.join(" ")
+        ));
+    }
     let plan = Plan::new(args, runtime_dir)?;
     check_not_running(runtime_dir, &plan.machine)?;
     if plan.network == Network::Host && plan.container.is_none() {
@@ -488,7 +502,9 @@ fn parent(
             _ => None,
         };
         // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
-        *cgroup = container_cgroup(&plan, child)?;
+        if !plan.keep_unit {
+            *cgroup = container_cgroup(&plan, child)?;
+        }
         if let Some(c) = &plan.container
             && c.systemd
         {

@@ -13,7 +13,8 @@
 //!
 //! - `run`: a whole `rnet run -n -- true` (fork, namespaces, attach, configure, exec, detach),
 //!   and `run -p5` with five published ports; `run -D` with a busybox tree when the launcher
-//!   has `--directory`;
+//!   has `--directory`; `run -k` and `run -D -k` the same with `--keep-unit` (no cgroup of the
+//!   machine's own, as the nspawn peer runs);
 //! - `attach`/`detach`: one Attach and one Detach request to rnetd over its socket (a namespace
 //!   held by a sleeping process), without and with five ports;
 //! - `nspawn`: `systemd-nspawn -q --register=no --keep-unit --network-veth -D TREE /bin/true`;
@@ -462,6 +463,8 @@ impl Bench {
             "run",
             "run -p5",
             "run -D",
+            "run -k",
+            "run -D -k",
             "attach",
             "detach",
             "attach -p5",
@@ -513,6 +516,16 @@ impl Bench {
                 let mut cmd = self.rnet();
                 cmd.args(["run", "-n", "-D"]).arg(self.tree.path());
                 push("run -D", timed(cmd.args(["--", "/bin/true"])));
+            }
+            push(
+                "run -k",
+                timed(self.rnet().args(["run", "-n", "--keep-unit", "--", "true"])),
+            );
+            if self.launcher_has_directory {
+                let mut cmd = self.rnet();
+                cmd.args(["run", "-n", "--keep-unit", "-D"])
+                    .arg(self.tree.path());
+                push("run -D -k", timed(cmd.args(["--", "/bin/true"])));
             }
             for ports in [0, 5] {
                 match self.attach_detach(ports) {
@@ -886,6 +899,10 @@ fn print_goals(r: &Report, opts: &Opts) {
             format!("rnet run -n -- true p50 <= 10 ms (N={n})"),
             r.p50("run", n).map(|v| (ms(v), v <= 10.0)),
         ));
+        goals.push((
+            format!("  the same with --keep-unit, as nspawn runs here (N={n})"),
+            r.p50("run -k", n).map(|v| (ms(v), v <= 10.0)),
+        ));
     }
     for what in ["attach", "detach"] {
         goals.push((
@@ -941,7 +958,7 @@ fn print_report(r: &Report, opts: &Opts) {
     for row in &r.rows {
         let mut vs = String::new();
         let peer = match row.what {
-            "run" | "run -D" => Some("nspawn"),
+            "run" | "run -D" | "run -k" | "run -D -k" => Some("nspawn"),
             "attach" => Some("cni add"),
             "detach" => Some("cni del"),
             _ => None,

@@ -175,6 +175,90 @@ fn a_limit_changed_at_run_time_applies_and_top_shows_the_machine() {
 }
 
 #[test]
+fn keep_unit_leaves_the_machine_in_its_callers_cgroup_which_set_property_does_not_touch() {
+    if !privileged(
+        "keep_unit_leaves_the_machine_in_its_callers_cgroup_which_set_property_does_not_touch",
+    ) {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let name = format!("{}ku", rig.prefix);
+    let flag = rig.runtime_dir().with_file_name("go-ku");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; echo done",
+        flag.display()
+    );
+    let pid = rig.spawn(rig.rnet().args([
+        "run",
+        "-n",
+        "--keep-unit",
+        "-M",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let m = rig.wait_machine(&name);
+    let leader = m["pid"].as_u64().unwrap();
+    // In every hierarchy the machine is where its caller (this test) is; no rnet-NAME exists.
+    let ours = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let its = fs::read_to_string(format!("/proc/{leader}/cgroup")).unwrap();
+    assert_eq!(its, ours);
+    assert!(leftover_cgroups(&name).is_empty());
+    // set-property refuses it, in one line, rather than change the caller's cgroup.
+    let memory_limit = || {
+        let rel = ours.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            c.split(',').any(|c| c == "memory").then(|| path.to_owned())
+        });
+        rel.and_then(|rel| {
+            fs::read_to_string(
+                Path::new("/sys/fs/cgroup/memory")
+                    .join(rel.trim_start_matches('/'))
+                    .join("memory.limit_in_bytes"),
+            )
+            .ok()
+        })
+    };
+    let before = memory_limit();
+    let o = output(
+        rig.rnet()
+            .args(["set-property", "--runtime", &name, "MemoryMax=32M"]),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("runs in its caller's cgroup (--keep-unit)"),
+        "{err}"
+    );
+    assert_eq!(memory_limit(), before, "the caller's cgroup was changed");
+    // top shows no figures for it (they would be its caller's).
+    let top = output(rig.rnet().args(["top", "--once"]));
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(!top.lines().any(|l| l.starts_with(name.as_str())), "{top}");
+    fs::write(&flag, "").unwrap();
+    let out = rig.wait(pid);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    // With a property it is refused before anything runs.
+    let o = output(rig.rnet().args([
+        "run",
+        "-n",
+        "--keep-unit",
+        "--property=MemoryMax=1G",
+        "--",
+        "true",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--keep-unit"), "{err}");
+}
+
+#[test]
 fn bad_properties_are_refused_in_one_line() {
     if !privileged("bad_properties_are_refused_in_one_line") {
         return;

@@ -49,6 +49,9 @@ pub struct Entry {
     /// The payload runs (registered before rnetd attaches; ready once the payload exec'd).
     #[serde(default)]
     pub ready: bool,
+    /// `--keep-unit`: the machine has no cgroup of its own (it is in its caller's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_unit: bool,
 }
 
 /// A registry operation failed.
@@ -250,6 +253,7 @@ mod tests {
             systemd: false,
             log: None,
             ready: true,
+            keep_unit: false,
         }
     }
 
