@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStderr, ChildStdin};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 
 use nftables::helper::{self, NftablesError};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
@@ -120,6 +120,8 @@ pub struct NftCli {
     session: Option<Arc<tokio::sync::Mutex<Option<Session>>>>,
     /// The nf_tables socket of [`NftCli::with_netlink`], shared by clones.
     netlink: Option<Arc<std::sync::Mutex<NfNetlink>>>,
+    /// How often the session failed or did not answer and was dropped, shared by clones.
+    session_drops: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for NftCli {
@@ -140,6 +142,7 @@ impl NftCli {
             program: program.into(),
             session: None,
             netlink: None,
+            session_drops: Arc::default(),
         }
     }
 
@@ -165,6 +168,18 @@ impl NftCli {
         Ok(self)
     }
 
+    /// How often the session of [`NftCli::with_session`] failed or did not answer in time and
+    /// was dropped (the next use starts another).
+    pub fn session_drops(&self) -> u64 {
+        self.session_drops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn dropped_session(&self) {
+        self.session_drops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The program this runs.
     pub fn program(&self) -> &OsStr {
         &self.program
@@ -172,6 +187,45 @@ impl NftCli {
 
     fn program_name(&self) -> String {
         self.program.to_string_lossy().into_owned()
+    }
+
+    /// Runs the listing `command` (e.g. `list table ip filter`) through the session, if this
+    /// handle has one: `Some(Ok(json))`, or `Some(Err(text))` with nft's error. `None` without
+    /// a session, or when the session failed (it is dropped, and the caller runs `nft` itself).
+    async fn session_list(&self, command: &str) -> Option<std::result::Result<String, String>> {
+        let session = self.session.as_ref()?;
+        let mut session = session.lock().await;
+        if session.is_none() {
+            *session = Some(Session::start(&self.program).ok()?);
+        }
+        let running = session.as_mut()?;
+        match tokio::time::timeout(SESSION_TIMEOUT, running.list(command)).await {
+            Ok(Ok(answer)) => Some(answer),
+            _ => {
+                *session = None; // killed on drop; the next use starts another
+                self.dropped_session();
+                None
+            }
+        }
+    }
+
+    /// Async [`NftCli::list_one`] through the session; `None` without one.
+    async fn session_list_one(
+        &self,
+        family: &'static str,
+    ) -> Option<Result<Option<Nftables<'static>>>> {
+        let refused = |stderr: String| Error::Refused {
+            program: self.program_name(),
+            step: listing(family),
+            stderr,
+        };
+        match self.session_list(&list_args(family).join(" ")).await? {
+            Ok(json) => Some(parse_listing(&json, &self.program_name(), family).map(Some)),
+            Err(failure) => match self.session_list(&LIST_TABLES.join(" ")).await? {
+                Ok(tables) if !lists_our_table(&tables, family) => Some(Ok(None)),
+                _ => Some(Err(refused(failure))),
+            },
+        }
     }
 
     /// What to make of a failed `list table`, given the outcome of `list tables`.
@@ -310,10 +364,12 @@ impl AsyncNft for NftCli {
                 }),
                 Ok(Err(e)) => {
                     *session = None; // killed on drop; the next batch starts another
+                    self.dropped_session();
                     Err(run_error(e))
                 }
                 Err(_) => {
                     *session = None;
+                    self.dropped_session();
                     Err(run_error(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("no answer from nft -i within {SESSION_TIMEOUT:?}"),
@@ -352,7 +408,11 @@ impl AsyncNft for NftCli {
     async fn list_table_async(&mut self) -> Result<Option<Nftables<'static>>> {
         let mut listings = Vec::new();
         for family in FAMILIES {
-            listings.push(self.list_one_async(family).await?);
+            let listing = match self.session_list_one(family).await {
+                Some(listed) => listed?,
+                None => self.list_one_async(family).await?,
+            };
+            listings.push(listing);
         }
         Ok(merge(listings))
     }
@@ -365,9 +425,17 @@ impl AsyncNft for NftCli {
     }
 
     async fn list_chains_async(&mut self) -> Result<String> {
+        const STEP: &str = "listing the chains";
+        if let Some(answer) = self.session_list("list chains").await {
+            return answer.map_err(|stderr| Error::Refused {
+                program: self.program_name(),
+                step: STEP.to_owned(),
+                stderr,
+            });
+        }
         helper::get_current_ruleset_raw_async(Some(&self.program), &["list", "chains"])
             .await
-            .map_err(|e| nft_error(e, self.program_name(), "listing the chains".to_owned()))
+            .map_err(|e| nft_error(e, self.program_name(), STEP.to_owned()))
     }
 
     async fn list_any_table_async(
@@ -377,7 +445,17 @@ impl AsyncNft for NftCli {
     ) -> Result<Option<serde_json::Value>> {
         let step = format!("listing table {family} {name}");
         let args = ["list", "table", family, name];
-        match helper::get_current_ruleset_raw_async(Some(&self.program), &args).await {
+        let listed = match self.session_list(&args.join(" ")).await {
+            Some(Ok(json)) => Ok(json),
+            Some(Err(stderr)) => Err(NftablesError::NftFailed {
+                program: self.program.clone(),
+                hint: step.clone(),
+                stdout: String::new(),
+                stderr,
+            }),
+            None => helper::get_current_ruleset_raw_async(Some(&self.program), &args).await,
+        };
+        match listed {
             Ok(json) => serde_json::from_str(&json)
                 .map(Some)
                 .map_err(|e| Error::Output {
@@ -417,6 +495,8 @@ struct Session {
     /// Kept for `kill_on_drop`.
     _child: Child,
     stdin: ChildStdin,
+    /// Listings' JSON, one line each ([`Session::list`]); batches print nothing here.
+    stdout: BufReader<ChildStdout>,
     stderr: BufReader<ChildStderr>,
     seq: u64,
 }
@@ -426,23 +506,71 @@ impl Session {
         let mut child = tokio::process::Command::new(program)
             .args(["-j", "-i"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
         let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
         Ok(Self {
             _child: child,
             stdin,
+            stdout,
             stderr,
             seq: 0,
         })
     }
 
-    /// Applies one batch (`payload`: JSON on one line); returns nft's error text, empty when
-    /// the batch was accepted.
+    /// Runs one listing command (`list table inet rnet`): its JSON, or nft's error text. nft
+    /// prints a listing as one line on stdout, then its errors (none) and the marker's on
+    /// stderr. Both are read at once: a listing larger than the pipe (`list chains` beside a
+    /// peer's thousands of chains) would otherwise keep nft from reaching the marker.
+    async fn list(&mut self, command: &str) -> io::Result<std::result::Result<String, String>> {
+        let marker = self.send(command).await?;
+        let Self { stdout, stderr, .. } = self;
+        let mut line = String::new();
+        let errors = {
+            let listing = stdout.read_line(&mut line);
+            tokio::pin!(listing);
+            let answer = Self::answer(stderr, &marker);
+            tokio::pin!(answer);
+            let mut listed = None;
+            loop {
+                tokio::select! {
+                    n = &mut listing, if listed.is_none() => listed = Some(n?),
+                    errors = &mut answer => break match (errors?, listed) {
+                        (errors, _) if !errors.is_empty() => Err(errors),
+                        (_, Some(n)) => Ok(n),
+                        (_, None) => Ok(listing.await?),
+                    },
+                }
+            }
+        };
+        match errors {
+            Err(errors) => Ok(Err(errors)),
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "nft -i exited",
+            )),
+            // Out of step (something printed that was not a listing): start afresh.
+            Ok(_) if !line.starts_with("{\"nftables\"") => Err(io::Error::other(format!(
+                "nft -i printed something other than a listing: {}",
+                line.chars().take(80).collect::<String>()
+            ))),
+            Ok(_) => Ok(Ok(line)),
+        }
+    }
+
+    /// Runs one input line (`payload`: a JSON batch, or a command) as its own transaction;
+    /// returns nft's error text, empty when it was accepted.
     async fn apply(&mut self, payload: &str) -> io::Result<String> {
+        let marker = self.send(payload).await?;
+        Self::answer(&mut self.stderr, &marker).await
+    }
+
+    /// Writes one input line and a marker line after it; returns the marker.
+    async fn send(&mut self, payload: &str) -> io::Result<String> {
         debug_assert!(!payload.contains('\n'), "a batch is one line");
         self.seq += 1;
         let marker = format!("{{\"rnet-sync\":{}}}", self.seq);
@@ -450,10 +578,16 @@ impl Session {
             .write_all(format!("{payload}\n{marker}\n").as_bytes())
             .await?;
         self.stdin.flush().await?;
+        Ok(marker)
+    }
+
+    /// nft's error text for the line before `marker`: what stderr holds before the marker's
+    /// own error, empty when there was none.
+    async fn answer(stderr: &mut BufReader<ChildStderr>, marker: &str) -> io::Result<String> {
         let mut lines: Vec<String> = Vec::new();
         loop {
             let mut line = String::new();
-            if self.stderr.read_line(&mut line).await? == 0 {
+            if stderr.read_line(&mut line).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "nft -i exited",
@@ -463,7 +597,7 @@ impl Session {
                 // The marker's error: its message (the line before), the echo, a caret line.
                 lines.pop();
                 let mut caret = String::new();
-                self.stderr.read_line(&mut caret).await?;
+                stderr.read_line(&mut caret).await?;
                 break;
             }
             lines.push(line);

@@ -446,12 +446,15 @@ struct ChainsListing<'a> {
 /// or input, families `ip`, `ip6`, `inet`), read from `nft -j list chains`: the only tables
 /// [`detect`] needs listed. Read into a few typed fields: a host with thousands of foreign
 /// chains costs one pass over the text, no tree of JSON values. In listing order (the kernel's:
-/// the order the tables were made), each table once.
+/// the order the tables were made), each table once. A table whose name nft's command line could
+/// not name (only nft's JSON input makes such names) is left out: listing it by name would run
+/// another command.
 pub fn hooked_tables(chains: &str) -> serde_json::Result<Vec<TableRef>> {
     let listing: ChainsListing<'_> = serde_json::from_str(chains)?;
     let mut out: Vec<TableRef> = Vec::new();
     for c in listing.nftables.into_iter().filter_map(|item| item.chain) {
         if is_foreign(&c.family, &c.table)
+            && nameable(&c.table)
             && guarded_hook(c.kind.as_deref(), c.hook.as_deref()).is_some()
             && !out.iter().any(|(f, t)| *f == c.family && *t == c.table)
         {
@@ -459,6 +462,15 @@ pub fn hooked_tables(chains: &str) -> serde_json::Result<Vec<TableRef>> {
         }
     }
     Ok(out)
+}
+
+/// True if `name` is an identifier of nft's command line: a letter or `_`, then letters, digits
+/// and `_-./` (what iptables-nft, firewalld and Docker name their tables).
+fn nameable(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
 }
 
 /// The objects of table `family name` in a listing of several tables (e.g. the whole ruleset),
@@ -1034,7 +1046,9 @@ mod tests {
         {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 1,
                    "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
         {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 2}},
-        {"chain": {"family": "inet", "table": "host\"fw", "name": "in", "handle": 1,
+        {"chain": {"family": "inet", "table": "host-fw", "name": "in", "handle": 1,
+                   "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
+        {"chain": {"family": "inet", "table": "x\nflush ruleset", "name": "in", "handle": 1,
                    "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
         {"chain": {"family": "netdev", "table": "edge", "name": "in", "handle": 1,
                    "type": "filter", "hook": "ingress", "dev": "eth0", "prio": 0, "policy": "accept"}},
@@ -1049,7 +1063,8 @@ mod tests {
     #[test]
     fn only_tables_with_a_filter_chain_on_forward_or_input_are_listed() {
         let tables = hooked_tables(CHAINS).unwrap();
-        let expected: Vec<TableRef> = [("ip", "filter"), ("inet", "host\"fw")]
+        // Not the table whose name would be a second command on nft's command line.
+        let expected: Vec<TableRef> = [("ip", "filter"), ("inet", "host-fw")]
             .into_iter()
             .map(|(f, t)| (f.to_owned(), t.to_owned()))
             .collect();

@@ -672,3 +672,76 @@ fn other_firewalls_are_found_by_their_chains_and_their_tables_listed_alone() {
         );
     });
 }
+
+#[test]
+fn a_session_lists_what_nft_lists_between_its_batches() {
+    if !enter_private_netns("a_session_lists_what_nft_lists_between_its_batches") {
+        return;
+    }
+    on_this_thread(async {
+        let mut session = nft().with_session();
+        let mut plain = nft();
+        assert!(session.list_table_async().await.unwrap().is_none());
+        assert!(
+            session
+                .list_any_table_async("ip", "filter")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        sh(&format!(
+            "{} add table ip filter && {} 'add chain ip filter FORWARD {{ type filter hook forward priority 0; policy drop; }}'",
+            nft_program(),
+            nft_program()
+        ));
+        // A peer's chains: `list chains` is then larger than a pipe holds (64 KiB), so the
+        // session must read the listing while it waits for nft's answer.
+        let mut script = String::from("table ip nat {\n");
+        for i in 0..1500 {
+            script.push_str(&format!(" chain CNI-{i:024x} {{ }}\n"));
+        }
+        script.push_str("}\n");
+        let mut load = std::process::Command::new(nft_program())
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut load.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(load.wait().unwrap().success());
+        assert!(plain.list_chains_async().await.unwrap().len() > 128 * 1024);
+        for n in 0..3u8 {
+            // A batch, then every listing, through the session and through nft each time.
+            session
+                .apply_async(&render_table(&ruleset_of(0..=n)))
+                .await
+                .unwrap();
+            let ours = session.list_table_async().await.unwrap().unwrap();
+            let theirs = plain.list_table_async().await.unwrap().unwrap();
+            assert_eq!(observe(&ours).unwrap(), observe(&theirs).unwrap());
+            assert_eq!(
+                nat::hooked_tables(&session.list_chains_async().await.unwrap()).unwrap(),
+                nat::hooked_tables(&plain.list_chains_async().await.unwrap()).unwrap()
+            );
+            let filter = session.list_any_table_async("ip", "filter").await.unwrap();
+            assert_eq!(
+                filter,
+                plain.list_any_table_async("ip", "filter").await.unwrap()
+            );
+            assert!(filter.is_some());
+            // A refused batch in between leaves the session in step.
+            assert!(
+                session
+                    .apply_async(&render_change(&Change::AddSubnet(
+                        "10.0.0.0/24".parse().unwrap(),
+                    )))
+                    .await
+                    .is_err()
+            );
+        }
+        assert_eq!(
+            session.session_drops(),
+            0,
+            "the session never fell back to nft"
+        );
+    });
+}

@@ -374,6 +374,7 @@ impl<N: AsyncNft> Firewall<N> {
         let links = host_links(self.host_mode, &self.installed);
         let firewalld = self.firewalld_handles();
         let (view, tables) = host_view(&mut self.nft, firewalld, look).await?;
+        crate::timing::lap("host firewall list");
         self.watched.send_if_modified(|watched| {
             let changed = *watched != tables;
             if changed {
@@ -432,7 +433,7 @@ impl<N: AsyncNft> Firewall<N> {
             if let Err(e) = self.sync_host_with(look).await {
                 warn!(error = %e, "letting our traffic through other firewalls failed");
             }
-            crate::timing::lap("host firewall look");
+            crate::timing::lap("host firewall change");
         }
     }
 
