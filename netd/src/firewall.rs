@@ -152,7 +152,7 @@ pub struct Firewall<N> {
     forward6: crate::forward6::Forward6,
     /// The last look at the ruleset found no other firewall's chain that would drop our traffic
     /// and no rule of ours in one: a change of our links then needs nothing there, and is not
-    /// paid with a listing of the whole ruleset. The `nft monitor` watch and the periodic check
+    /// paid with a look at other tables. The `nft monitor` watch and the periodic check
     /// ([`Firewall::reconcile`]) look again whenever the ruleset changes.
     foreign_quiet: bool,
     /// The other firewalls' tables the last full look listed and will list again: those with a
