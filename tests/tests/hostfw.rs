@@ -217,6 +217,37 @@ fn dns_answers(rig: &Rig, name: &str) -> bool {
 }
 
 #[test]
+fn a_firewall_that_appears_while_containers_run_gets_our_rules_and_keeps_them() {
+    if !privileged("a_firewall_that_appears_while_containers_run_gets_our_rules_and_keeps_them") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let pid = server(&mut rig, "late");
+    // No other firewall yet: nothing of ours anywhere. A peer's nat table with chains of its
+    // own (as CNI makes per container) is none of our business either.
+    rig.host_sh(
+        "nft add table ip nat && nft add chain ip nat CNI-0123456789abcdef && \
+         nft add rule ip nat CNI-0123456789abcdef masquerade",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rig.our_foreign_rules(), Vec::<String>::new());
+    // A hardened input chain appears (a new table: `nft monitor` reports its base chain).
+    rig.host_sh(HARDENED);
+    let ours = await_ours(&rig, 4, Duration::from_secs(5));
+    assert!(
+        ours.iter()
+            .all(|r| r.starts_with("inet hardened input: rnet: ")),
+        "{ours:?}"
+    );
+    assert!(dhcp_answers(pid), "no DHCP answer; log:\n{}", rig.log());
+    // Its table is watched from now on: a flush of the chain brings ours back.
+    rig.host_sh("nft flush chain inet hardened input");
+    await_ours(&rig, 4, Duration::from_secs(5));
+    end(&rig, &[pid]);
+}
+
+#[test]
 fn a_hardened_input_chain_still_lets_dhcp_through() {
     if !privileged("a_hardened_input_chain_still_lets_dhcp_through") {
         return;
