@@ -13,6 +13,9 @@
 # 4. tests/benches/multihost.rs: zones across hosts (3 hosts, 3 etcd members): member start in a
 #    distributed vs a local zone, iperf3 between members on two hosts vs the plain underlay, a
 #    join with 50 other hosts' keys in etcd (RNET_BENCH_RUNS).
+# 5. scripts/bench-burst.sh: 50, 100 and 200 `rnet run` started at once into one rnetd, then
+#    1000 in bursts of 100: failures (must be 0), time to attach all, launcher wall times
+#    (BURSTS, TOTAL, STEP).
 # Everything runs in network namespaces of its own and is removed at the end. The method and the
 # last figures: docs/benchmarks.md.
 set -euo pipefail
@@ -32,3 +35,6 @@ scripts/bench-dns.sh
 echo
 echo "== zones across hosts (tests/benches/multihost.rs)"
 cargo bench --quiet -p rnet-tests --bench multihost
+echo
+echo "== many launches at once (scripts/bench-burst.sh)"
+scripts/bench-burst.sh
