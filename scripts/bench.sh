@@ -15,6 +15,9 @@
 #    join with 50 other hosts' keys in etcd (RNET_BENCH_RUNS).
 # 5. scripts/bench-hostfw.sh: rnetd beside a peer's 1000 containers' nft chains and Docker's
 #    filter table: memory, idle CPU, CPU while the peer adds containers, `rnet run`.
+# 6. scripts/bench-burst.sh: 50, 100 and 200 `rnet run` started at once into one rnetd, then
+#    1000 in bursts of 100: failures (must be 0), time to attach all, launcher wall times
+#    (BURSTS, TOTAL, STEP).
 # Everything runs in network namespaces of its own and is removed at the end. The method and the
 # last figures: docs/benchmarks.md.
 set -euo pipefail
@@ -37,3 +40,6 @@ cargo bench --quiet -p rnet-tests --bench multihost
 echo
 echo "== beside other firewalls (scripts/bench-hostfw.sh)"
 scripts/bench-hostfw.sh
+echo
+echo "== many launches at once (scripts/bench-burst.sh)"
+scripts/bench-burst.sh

@@ -9,7 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, connect, sendmsg, socket,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -19,8 +21,8 @@ use super::{ApiError, Request, Response};
 /// or hostile peer cannot make the daemon allocate much.
 pub const MAX_FRAME: usize = 1 << 20;
 
-/// How long the client waits for the daemon's answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client waits for the daemon to take a request and to answer it.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Encodes `msg` as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -79,6 +81,20 @@ pub enum ClientError {
         /// The cause.
         source: io::Error,
     },
+    /// rnetd did not take the request, or did not answer it, within the client's timeout
+    /// ([`CLIENT_TIMEOUT`] unless [`Client::with_timeout`] says otherwise).
+    #[error(
+        "timed out: rnetd at {} did not answer \"{what}\" within {secs} s (overloaded or hung)",
+        path.display()
+    )]
+    Timeout {
+        /// The request, as [`Request::describe`] says it.
+        what: String,
+        /// The limit, in seconds.
+        secs: f64,
+        /// The socket.
+        path: PathBuf,
+    },
     /// Sending or receiving failed.
     #[error("talking to rnetd failed: {0}")]
     Io(#[from] io::Error),
@@ -94,6 +110,7 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct Client {
     path: PathBuf,
+    timeout: Duration,
 }
 
 impl Client {
@@ -101,7 +118,15 @@ impl Client {
     pub fn new(runtime_dir: &Path) -> Self {
         Self {
             path: runtime_dir.join(super::SOCKET_NAME),
+            timeout: CLIENT_TIMEOUT,
         }
+    }
+
+    /// The same client, waiting `timeout` (instead of [`CLIENT_TIMEOUT`]) for each send and
+    /// for the answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The socket path.
@@ -111,28 +136,44 @@ impl Client {
 
     /// Checks that a daemon accepts connections, without sending a request.
     pub fn ping(&self) -> Result<(), ClientError> {
-        self.connect().map(drop)
+        self.connect("connect").map(drop)
     }
 
-    fn connect(&self) -> Result<UnixStream, ClientError> {
-        let stream = UnixStream::connect(&self.path).map_err(|source| {
-            if matches!(
-                source.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) {
-                ClientError::NotRunning {
+    /// Connects for request `what`, with the timeouts set before the connect: when the
+    /// socket's listen backlog is full (rnetd not accepting), a blocking connect waits for
+    /// rnetd to accept for at most the send timeout (Linux's `unix_stream_connect` waits
+    /// `SO_SNDTIMEO`), not for ever.
+    fn connect(&self, what: &str) -> Result<UnixStream, ClientError> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| ClientError::Io(e.into()))?;
+        let stream = UnixStream::from(fd);
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        let connected =
+            UnixAddr::new(&self.path).and_then(|addr| connect(stream.as_raw_fd(), &addr));
+        match connected.map_err(io::Error::from) {
+            Ok(()) => Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(ClientError::NotRunning {
                     path: self.path.clone(),
-                }
-            } else {
-                ClientError::Connect {
-                    path: self.path.clone(),
-                    source,
-                }
+                })
             }
-        })?;
-        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-        Ok(stream)
+            Err(e) if is_timeout(&e) => Err(self.timed_out(what, e)),
+            Err(source) => Err(ClientError::Connect {
+                path: self.path.clone(),
+                source,
+            }),
+        }
     }
 
     /// Sends `req` (with `fd` as `SCM_RIGHTS` if given) and returns the daemon's answer;
@@ -145,7 +186,9 @@ impl Client {
     /// handles it, then reads the answer with [`Pending::answer`] (as [`Client::call`] does).
     pub fn send(&self, req: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Pending, ClientError> {
         let start = std::time::Instant::now();
-        let mut stream = self.connect()?;
+        let what = req.describe();
+        let mut stream = self.connect(&what)?;
+        let timed_out = |e| self.timed_out(&what, e);
         let frame = encode(req);
         match fd {
             Some(fd) => {
@@ -158,17 +201,44 @@ impl Client {
                     MsgFlags::MSG_NOSIGNAL,
                     None,
                 )
-                .map_err(io::Error::from)?;
-                stream.write_all(&frame[sent..])?;
+                .map_err(|e| timed_out(io::Error::from(e)))?;
+                stream.write_all(&frame[sent..]).map_err(timed_out)?;
             }
-            None => stream.write_all(&frame)?,
+            None => stream.write_all(&frame).map_err(timed_out)?,
         }
         Ok(Pending {
             stream,
-            what: req.describe(),
+            what,
             start,
+            path: self.path.clone(),
+            timeout: self.timeout,
         })
     }
+
+    fn timed_out(&self, what: &str, e: io::Error) -> ClientError {
+        timeout_error(e, what, &self.path, self.timeout)
+    }
+}
+
+/// `e` as [`ClientError::Timeout`] when it is the socket's timeout expiring (a blocking socket
+/// with `SO_RCVTIMEO`/`SO_SNDTIMEO` fails with `EAGAIN`), else as [`ClientError::Io`].
+fn timeout_error(e: io::Error, what: &str, path: &Path, timeout: Duration) -> ClientError {
+    if is_timeout(&e) {
+        ClientError::Timeout {
+            what: what.to_owned(),
+            secs: timeout.as_secs_f64(),
+            path: path.to_owned(),
+        }
+    } else {
+        ClientError::Io(e)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// A request sent with [`Client::send`] whose answer is still to be read.
@@ -177,6 +247,8 @@ pub struct Pending {
     stream: UnixStream,
     what: String,
     start: std::time::Instant,
+    path: PathBuf,
+    timeout: Duration,
 }
 
 impl Pending {
@@ -197,10 +269,11 @@ impl Pending {
     }
 
     fn read(&mut self) -> Result<Response, ClientError> {
+        let timed_out = |e| timeout_error(e, &self.what, &self.path, self.timeout);
         let mut header = [0u8; 4];
-        self.stream.read_exact(&mut header)?;
+        self.stream.read_exact(&mut header).map_err(timed_out)?;
         let mut body = vec![0u8; body_len(header)?];
-        self.stream.read_exact(&mut body)?;
+        self.stream.read_exact(&mut body).map_err(timed_out)?;
         match decode::<Response>(&body)? {
             Response::Error(e) => Err(ClientError::Api(e)),
             other => Ok(other),
@@ -227,6 +300,59 @@ mod tests {
             err.to_string(),
             "frame of 4294967295 bytes exceeds the limit of 1048576 bytes"
         );
+    }
+
+    #[test]
+    fn a_daemon_that_never_answers_is_one_line_naming_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join(crate::SOCKET_NAME)).unwrap();
+        let client = Client::new(dir.path()).with_timeout(Duration::from_millis(200));
+        // Accepted (the backlog takes it) but never read nor answered.
+        let err = client.call(&Request::List, None).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "timed out: rnetd at {} did not answer \"list machines\" within 0.2 s (overloaded or hung)",
+                client.path().display()
+            )
+        );
+        drop(listener);
+    }
+
+    #[test]
+    fn a_daemon_that_does_not_accept_is_a_timeout_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::SOCKET_NAME);
+        // A listener with a backlog of 0, which holds one connection that is never accepted:
+        // the next connect finds the queue full and waits. (Non-blocking, for the accepts below.)
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        nix::sys::socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+        let _first = UnixStream::connect(&path).unwrap();
+        let client = Client::new(dir.path()).with_timeout(Duration::from_millis(200));
+        let err = client.call(&Request::List, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "timed out: rnetd at {} did not answer \"list machines\" within 0.2 s (overloaded or hung)",
+                path.display()
+            )
+        );
+        // The client gave up in its connect: only the first connection ever reached the queue.
+        let flags = SockFlag::SOCK_CLOEXEC;
+        let first = nix::sys::socket::accept4(listener.as_raw_fd(), flags);
+        assert!(first.is_ok(), "{first:?}");
+        let second = nix::sys::socket::accept4(listener.as_raw_fd(), flags);
+        assert_eq!(second, Err(nix::errno::Errno::EAGAIN));
     }
 
     #[test]
