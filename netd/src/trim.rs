@@ -16,7 +16,7 @@
 //! that arena's threads reuse. The two runtime workers' arenas held 25.9 of rnetd's 26.8 MB of
 //! anonymous memory at 1000 containers (issue 15); with one arena, work that allocates without
 //! a request (the periodic firewall check's listings) reuses the chunks the other worker freed
-//! instead of faulting in pages the trim gave back: 30.5–32.4 MiB instead of 37.7–40.1 at 1000
+//! instead of faulting in pages the trim gave back: 29.4–32.4 MiB instead of 37.7–40.1 at 1000
 //! containers. Its cost to DHCP (two workers sharing one arena's lock) was within the
 //! machine's drift: the same leases/s at 8000/s, 0–15 % more CPU per lease
 //! (`docs/benchmarks.md`, item 17).
