@@ -45,7 +45,7 @@ SERVERS=${SERVERS:-"rnet dnsmasq kea kea-mt"}
 MAX_DROP=2.5
 
 cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 P=rnb$$
 TMP=$(mktemp -d "/tmp/$P-XXXXXX")

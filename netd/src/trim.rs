@@ -10,6 +10,16 @@
 //! `malloc_trim(0)` (glibc; a no-op elsewhere), which returns every free page of every arena,
 //! on a blocking thread. A request never waits for it: the trim runs only after a pause, once
 //! per pause.
+//!
+//! And rnetd keeps one arena ([`configure`], before any thread starts): glibc gives each new
+//! thread an arena of its own (up to 8 per core), and what a thread frees into its arena only
+//! that arena's threads reuse. The two runtime workers' arenas held 25.9 of rnetd's 26.8 MB of
+//! anonymous memory at 1000 containers (issue 15); with one arena, work that allocates without
+//! a request (the periodic firewall check's listings) reuses the chunks the other worker freed
+//! instead of faulting in pages the trim gave back: 29.4–32.4 MiB instead of 37.7–40.1 at 1000
+//! containers. Its cost to DHCP (two workers sharing one arena's lock) was within the
+//! machine's drift: the same leases/s at 8000/s, 0–15 % more CPU per lease
+//! (`docs/benchmarks.md`, item 20).
 
 use std::time::Duration;
 
@@ -48,6 +58,31 @@ where
             .is_ok()
         {}
         act().await;
+    }
+}
+
+/// How many malloc arenas rnetd keeps: one (see the module's documentation).
+pub const ARENAS: i32 = 1;
+
+/// Sets glibc's arena limit to [`ARENAS`] (a no-op elsewhere). Call it before any thread is
+/// started: arenas already made stay. `MALLOC_ARENA_MAX` in the environment still overrides it
+/// for a run (glibc reads the environment at the first allocation, before this call: the
+/// later `mallopt` wins, so it is applied only when neither it nor `GLIBC_TUNABLES`'
+/// `glibc.malloc.arena_max` is set). True if set.
+pub fn configure() -> bool {
+    let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc.arena_max"));
+    if tuned || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return false;
+    }
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes glibc's malloc parameters under its own lock; M_ARENA_MAX
+        // takes any positive count.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, ARENAS) == 1 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
     }
 }
 
@@ -109,6 +144,50 @@ mod tests {
         tokio::time::sleep(quiet * 5).await;
         assert_eq!(trims.load(Ordering::SeqCst), 2);
         task.abort();
+    }
+
+    /// The arenas glibc has now, as `malloc_info` lists them.
+    #[cfg(target_env = "gnu")]
+    fn arenas() -> usize {
+        let path = std::env::temp_dir().join(format!("rnet-arenas-{}", std::process::id()));
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a FILE opened here, written by malloc_info and closed before it is read.
+        unsafe {
+            let f = libc::fopen(c.as_ptr(), c"w".as_ptr());
+            assert!(!f.is_null(), "fopen {}", path.display());
+            assert_eq!(libc::malloc_info(0, f), 0);
+            libc::fclose(f);
+        }
+        let xml = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        xml.matches("<heap nr=").count()
+    }
+
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn threads_started_after_configure_make_no_arena() {
+        if !configure() {
+            eprintln!("skipped: MALLOC_ARENA_MAX or GLIBC_TUNABLES' arena_max set for this run");
+            return;
+        }
+        let before = arenas();
+        // Eight threads allocating at once: without the limit, each gets an arena of its own.
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    let v: Vec<Vec<u8>> = (0..256).map(|j| vec![(i + j) as u8; 512]).collect();
+                    start.wait();
+                    v.len()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), 256);
+        }
+        assert_eq!(arenas(), before, "threads made arenas past the limit");
     }
 
     #[cfg(target_env = "gnu")]

@@ -96,6 +96,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // Before any thread exists: the arena limit applies to threads not yet started.
+    netd::trim::configure();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(&args.log)?)
