@@ -68,13 +68,16 @@ fn assert_tcp(from: &(u64, String), to: &str, what: &str) {
     );
 }
 
-fn assert_ping(from: &(u64, String), to: &str, what: &str) {
+/// One ping from the member `from` to `to`; on failure the message ends with `logs()` (the
+/// hosts' rnetd logs, where the data path's programming is told).
+fn assert_ping(from: &(u64, String), to: &str, what: &str, logs: impl FnOnce() -> String) {
     let out = output(in_pid_netns(from.0, "ping").args(["-c", "1", "-W", "3", to]));
     assert!(
         out.status.success(),
-        "{what}: ping {} -> {to}: {}",
+        "{what}: ping {} -> {to}: {}\n{}",
         from.1,
-        text(&out)
+        text(&out),
+        logs()
     );
 }
 
@@ -218,7 +221,7 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
     let routes = ok(mh.hosts[0]
         .in_host("ip")
         .args(["route", "show", "dev", "vx-web"]));
-    assert_eq!(routes.lines().count(), 2, "{routes}");
+    assert_eq!(routes.lines().count(), 2, "{routes}\n{}", logs(&mh));
 
     let members: Vec<(u64, String)> = (0..3)
         .map(|i| member(&mut mh.hosts[i], "web", &format!("m{i}")))
@@ -239,7 +242,7 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
         for (j, to) in members.iter().enumerate() {
             if i != j {
                 let what = format!("h{i} -> h{j}");
-                assert_ping(from, &to.1, &what);
+                assert_ping(from, &to.1, &what, || logs(&mh));
                 assert_tcp(from, &to.1, &what);
             }
         }
@@ -311,7 +314,7 @@ fn a_zone_spans_three_hosts_members_reach_each_other_zones_stay_apart() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_ping(&i0, &gw0, "iso member to its gateway");
+    assert_ping(&i0, &gw0, "iso member to its gateway", String::new);
     assert!(
         wait_until(Duration::from_secs(10), || hosts_of(&mh.hosts[0], "iso")
             .len()

@@ -58,6 +58,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pause between attempts of a zone's task while etcd is away.
 const RETRY: Duration = Duration::from_millis(500);
+/// How soon a sync that could not program every peer runs again, without waiting for the next
+/// change in etcd.
+const RESYNC: Duration = Duration::from_secs(1);
 
 /// A failure talking to etcd, for the one error line a client sees.
 fn unreachable(endpoints: &[String], e: impl std::fmt::Display) -> ApiError {
@@ -534,7 +537,12 @@ impl<V: Vtep> Fabric<V> {
             }
         }
         let snapshot = self.snapshot(&mut c, zone).await?;
-        self.sync(zone, record, index, snapshot.1, shared).await;
+        let resync = tokio::time::sleep(RESYNC);
+        tokio::pin!(resync);
+        let mut incomplete = !self.sync(zone, record, index, snapshot.1, shared).await;
+        if incomplete {
+            resync.as_mut().reset(tokio::time::Instant::now() + RESYNC);
+        }
         let mut watch = c
             .watch(
                 keys::hosts_prefix(zone),
@@ -566,9 +574,19 @@ impl<V: Vtep> Fabric<V> {
                         }
                         Some(_) => {
                             let (_, hosts) = self.snapshot(&mut c, zone).await?;
-                            self.sync(zone, record, index, hosts, shared).await;
+                            incomplete = !self.sync(zone, record, index, hosts, shared).await;
                         }
                         None => return Err(ApiError::new(ErrorKind::Internal, "watch closed")),
+                    }
+                    if incomplete {
+                        resync.as_mut().reset(tokio::time::Instant::now() + RESYNC);
+                    }
+                }
+                () = &mut resync, if incomplete => {
+                    let (_, hosts) = self.snapshot(&mut c, zone).await?;
+                    incomplete = !self.sync(zone, record, index, hosts, shared).await;
+                    if incomplete {
+                        resync.as_mut().reset(tokio::time::Instant::now() + RESYNC);
                     }
                 }
             }
@@ -603,7 +621,8 @@ impl<V: Vtep> Fabric<V> {
     }
 
     /// Programs the data path for `hosts`: removes the peers that went, adds the new ones.
-    /// A failed entry is logged and retried at the next sync.
+    /// A failed entry is logged and retried at the next sync; returns whether every entry is
+    /// as `hosts` ask (if not, the zone's task syncs again within [`RESYNC`]).
     async fn sync(
         &self,
         zone: &ZoneName,
@@ -611,7 +630,7 @@ impl<V: Vtep> Fabric<V> {
         index: u32,
         hosts: BTreeMap<String, HostRecord>,
         shared: &Mutex<Shared>,
-    ) {
+    ) -> bool {
         let desired = keys::plan_peers(record, &self.opts.node, &hosts);
         let current = lock(shared).peers.clone();
         let (gone, new) = keys::diff_peers(&current, &desired);
@@ -643,8 +662,10 @@ impl<V: Vtep> Fabric<V> {
             s.peers = now.clone();
             s.hosts = hosts;
         }
+        let complete = now == desired;
         self.save_peers(zone, &now);
         self.refresh_filter().await;
+        complete
     }
 
     /// With `--underlay-filter`: makes the filter table accept VXLAN from exactly the hosts
