@@ -335,14 +335,16 @@ impl<V: Vtep> Fabric<V> {
 
     /// Builds the zone's VXLAN device (kept if it exists: its entries are the data path while
     /// etcd is away) and starts its task: the lease kept alive (`lease`, or a new claim of
-    /// `slice`), the data path programmed from a watch of the zone's hosts. Returns the
-    /// device's ifindex.
+    /// `slice`), the data path programmed from a watch of the zone's hosts. `prepare` gets the
+    /// device's ifindex before the task starts (its address, up: the kernel refuses routes
+    /// through a device that is down, "Network is down"). Returns the device's ifindex.
     pub async fn activate(
         self: &Arc<Self>,
         zone: &ZoneName,
         record: ZoneRecord,
         slice: Ipv4Network,
         lease: Option<i64>,
+        prepare: impl AsyncFnOnce(u32) -> Result<(), ApiError>,
     ) -> Result<u32, ApiError> {
         let name = vxlan::device_name(zone);
         let mac = keys::vtep_mac(zone, &self.opts.node);
@@ -351,6 +353,7 @@ impl<V: Vtep> Fabric<V> {
             .add_vxlan(&name, record.vni, self.opts.underlay, mac)
             .await
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        prepare(index).await?;
         // What the kernel holds: the saved peers on a device that survived, none on a new one.
         let peers = if created {
             BTreeSet::new()

@@ -175,14 +175,17 @@ impl<S: System> Machines<S> {
         slice: Ipv4Network,
         lease: Option<i64>,
     ) -> Result<(), ApiError> {
-        let index = fabric.activate(name, record, slice, lease).await?;
         let addr = Ipv4Network::new(slice.network(), 32).map_err(internal)?;
-        match self.links.add_address(index, addr).await {
-            Ok(()) => {}
-            Err(e) if e.errno == Some(libc::EEXIST) => {}
-            Err(e) => return Err(internal(e)),
-        }
-        self.links.set_up(index).await.map_err(internal)?;
+        fabric
+            .activate(name, record, slice, lease, async |index| {
+                match self.links.add_address(index, addr).await {
+                    Ok(()) => {}
+                    Err(e) if e.errno == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(internal(e)),
+                }
+                self.links.set_up(index).await.map_err(internal)
+            })
+            .await?;
         self.firewall
             .lock()
             .await
