@@ -13,6 +13,17 @@ use nat::{
     render_table, rule_count,
 };
 
+/// Loads `script` (nft's own syntax) with `nft -f -` in the calling thread's namespace.
+fn nft_load(script: &str) {
+    let mut load = std::process::Command::new(nft_program())
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut load.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(load.wait().unwrap().success());
+}
+
 fn nft() -> NftCli {
     NftCli::with_program(nft_program())
 }
@@ -635,13 +646,7 @@ fn other_firewalls_are_found_by_their_chains_and_their_tables_listed_alone() {
             ));
         }
         script.push_str("}\n");
-        let mut load = std::process::Command::new(nft_program())
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut load.stdin.take().unwrap(), script.as_bytes()).unwrap();
-        assert!(load.wait().unwrap().success());
+        nft_load(&script);
         nft.apply_async(&render_table(&ruleset_of(0..2)))
             .await
             .unwrap();
@@ -701,13 +706,7 @@ fn a_session_lists_what_nft_lists_between_its_batches() {
             script.push_str(&format!(" chain CNI-{i:024x} {{ }}\n"));
         }
         script.push_str("}\n");
-        let mut load = std::process::Command::new(nft_program())
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut load.stdin.take().unwrap(), script.as_bytes()).unwrap();
-        assert!(load.wait().unwrap().success());
+        nft_load(&script);
         assert!(plain.list_chains_async().await.unwrap().len() > 128 * 1024);
         for n in 0..3u8 {
             // A batch, then every listing, through the session and through nft each time.
