@@ -19,6 +19,7 @@ use nftables::types::NfFamily;
 
 use crate::elements::render_changes;
 use crate::error::{Error, Result};
+use crate::hostfw::XtInsert;
 use crate::model::Change;
 use crate::names::TABLE;
 use crate::netlink::NfNetlink;
@@ -106,6 +107,83 @@ pub trait AsyncNft: Send {
     fn generation(&mut self) -> Option<u32> {
         None
     }
+
+    /// Inserts a rule of ours into a table iptables may manage, as iptables does
+    /// ([`insert_with_iptables`] for the real one). No default: a stand-in must never reach the
+    /// real `iptables` of the machine it runs on.
+    fn insert_xt(&mut self, rule: &XtInsert) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// How long an `iptables` run may take.
+const IPTABLES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `iptables -w -t TABLE -I CHAIN ARGS` (`ip6tables` for family `ip6`) of iptables-nft:
+/// `iptables-nft` where it is installed under that name, else `iptables` once `iptables -V`
+/// says `(nf_tables)` (the legacy variant writes into the kernel's other tables, where nft's
+/// chains are not).
+pub async fn insert_with_iptables(rule: &XtInsert) -> Result<()> {
+    let step = format!(
+        "inserting \"{}\" into {} {} {}",
+        rule.args.join(" "),
+        rule.family,
+        rule.table,
+        rule.chain
+    );
+    let (nft_variant, plain) = match rule.family.as_str() {
+        "ip" => ("iptables-nft", "iptables"),
+        "ip6" => ("ip6tables-nft", "ip6tables"),
+        other => {
+            return Err(Error::Refused {
+                program: "iptables".to_owned(),
+                step,
+                stderr: format!("iptables has no family {other}"),
+            });
+        }
+    };
+    let run = |program: &'static str, args: Vec<String>| {
+        let step = step.clone();
+        async move {
+            let output = tokio::process::Command::new(program)
+                .args(&args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(IPTABLES_TIMEOUT, output)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+                .map_err(|source| Error::Run {
+                    program: program.to_owned(),
+                    step: step.clone(),
+                    source,
+                })?;
+            if output.status.success() {
+                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            } else {
+                Err(Error::Refused {
+                    program: program.to_owned(),
+                    step,
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                })
+            }
+        }
+    };
+    let mut args: Vec<String> = ["-w", "-t", &rule.table, "-I", &rule.chain]
+        .map(String::from)
+        .to_vec();
+    args.extend(rule.args.iter().cloned());
+    match run(nft_variant, args.clone()).await {
+        Err(Error::Run { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        done => return done.map(drop),
+    }
+    let version = run(plain, vec!["-V".to_owned()]).await?;
+    if !version.contains("nf_tables") {
+        return Err(Error::Refused {
+            program: plain.to_owned(),
+            step,
+            stderr: format!("{plain} is not iptables-nft: {}", version.trim()),
+        });
+    }
+    run(plain, args).await.map(drop)
 }
 
 /// The real [`Nft`]: runs the `nft` program (package `nftables`) with JSON in and out.
@@ -340,6 +418,10 @@ impl Nft for NftCli {
 }
 
 impl AsyncNft for NftCli {
+    async fn insert_xt(&mut self, rule: &XtInsert) -> Result<()> {
+        insert_with_iptables(rule).await
+    }
+
     async fn apply_async(&mut self, batch: &Nftables<'_>) -> Result<()> {
         let step = applying(batch);
         let payload = serialize(batch, &self.program_name(), &step)?;

@@ -11,6 +11,7 @@ use nftables::types::NfFamily;
 
 use crate::apply::{AsyncNft, Nft, summarize};
 use crate::error::{Error, Result};
+use crate::hostfw::XtInsert;
 use crate::names::{BRIDGE_FAMILY, FAMILY, TABLE};
 
 /// Program name the fake reports in errors.
@@ -34,6 +35,8 @@ pub struct FakeNft {
     /// Our tables that exist, by family.
     tables: Tables,
     refusals: VecDeque<String>,
+    /// Number of rules inserted as iptables would ([`AsyncNft::insert_xt`]).
+    pub xt_inserts: usize,
 }
 
 /// `inet rnet` and `bridge rnet`, each present or not, and the chains of other firewalls.
@@ -151,6 +154,13 @@ impl FakeNft {
     /// No table yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What [`AsyncNft::insert_xt`] does here: applies the rule's native form (the fake has no
+    /// iptables) and counts it in [`FakeNft::xt_inserts`].
+    pub fn apply_xt(&mut self, rule: &XtInsert) -> Result<()> {
+        self.xt_inserts += 1;
+        self.run(&rule.native)
     }
 
     /// True while table `inet rnet` exists.
@@ -376,6 +386,10 @@ impl AsyncNft for FakeNft {
 
     fn generation(&mut self) -> Option<u32> {
         Some(FakeNft::generation(self))
+    }
+
+    async fn insert_xt(&mut self, rule: &XtInsert) -> Result<()> {
+        self.apply_xt(rule)
     }
 }
 

@@ -4,16 +4,19 @@
 //!
 //! A packet must be accepted by every base chain on its hook: an `accept` in `inet rnet` does not
 //! overrule Docker's `iptables -P FORWARD DROP` or a hardened host's `policy drop` input chain.
-//! So rnet puts a few accept rules of its own, one set per link of ours, at the head of each
-//! such chain (in `DOCKER-USER` when the chain jumps there, as Docker documents). Each carries a
-//! comment starting with [`COMMENT_PREFIX`], which is how they are found again; nothing else in
-//! a foreign table is ever touched.
+//! So rnet puts a few accept rules of its own at the head of each such chain (in `DOCKER-USER`
+//! when the chain jumps there, as Docker documents): they match the netdev group every link of
+//! ours is made in, so they are the same for one link or a thousand. Each carries a comment
+//! starting with [`COMMENT_PREFIX`], which is how they are found again; nothing else in a
+//! foreign table is ever touched.
 //!
-//! The rules use only expressions iptables-nft can read back (`iifname`, `oifname`, `udp dport`,
-//! `tcp dport`, a comment): a native `ct` match in a chain iptables-nft manages would make
-//! `iptables` refuse that chain ("incompatible, use 'nft' tool"), and Docker with it. The forward
-//! rules therefore accept everything to and from our links and leave the real decision to our
-//! own `forward` chain, which sees the same packets (isolation, no unsolicited traffic in).
+//! A chain iptables-nft manages must stay readable to iptables (or `iptables` refuses the whole
+//! table, and Docker with it): iptables-nft 1.8.9 does not read a native `meta iifgroup` or a
+//! `ct` match, but reads its own `-m devgroup`, an `xt` match only iptables can write. So rules
+//! for tables iptables may manage are planned as iptables arguments ([`XtInsert`]), the others
+//! as nft commands. The forward rules accept everything to and from our links and leave the
+//! real decision to our own `forward` chain, which sees the same packets (isolation, no
+//! unsolicited traffic in).
 //!
 //! Pure: the listing is `nft -j list table` of the foreign tables that matter, read as JSON
 //! (foreign rulesets hold expressions the `nftables` crate cannot parse, e.g. iptables-nft's
@@ -27,14 +30,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use nftables::batch::Batch;
-use nftables::expr::MetaKey;
+use nftables::expr::{Expression, MetaKey};
 use nftables::schema::{NfCmd, NfListObject, Nftables, Rule};
 use nftables::stmt::Statement;
 use nftables::types::NfFamily;
 use serde_json::Value;
 
-use crate::expr::{accept, eq, meta, number, payload, string};
-use crate::model::IfName;
+use crate::expr::{accept, eq, meta, number, payload};
 use crate::names::{TABLE, UNDERLAY_TABLE};
 
 /// A table, by family and name: `("ip", "filter")`.
@@ -552,54 +554,85 @@ fn reaches_drop(
         })
 }
 
-/// One rule of ours: its comment and its statements.
+/// One rule of ours: its comment, its statements, and the same rule as iptables arguments.
 struct Spec {
     comment: String,
     expr: Vec<Statement<'static>>,
+    /// The match and target as `iptables -I CHAIN` takes them (the comment not included).
+    xt: Vec<String>,
 }
 
-/// The rules of ours for `link` in a chain on `hook`, in the order they are listed.
+/// The rules of ours in a chain on `hook` of a table of `family`, in the order they are listed:
+/// the same few whatever the number of our links, which all are in netdev group `group`
+/// (`ip link set dev ve-x group 0x726e6574`).
 ///
-/// Forward: everything from the link and everything to it (our own `forward` chain, on the same
-/// hook, decides what of it passes: replies, published ports, no unsolicited traffic in, no
-/// traffic between links). Input: DHCP (udp 67) and DNS (udp and tcp 53) from the link.
-fn specs(hook: Hook, link: &IfName) -> Vec<Spec> {
-    let name = link.as_str();
-    let from = || eq(meta(MetaKey::Iifname), string(name));
+/// Forward: everything from our links and everything to them (our own `forward` chain, on the
+/// same hook, decides what of it passes: replies, published ports, no unsolicited traffic in, no
+/// traffic between links). Input: DHCP (udp 67) and DNS (udp and tcp 53) from our links, and in
+/// an `ip6` or `inet` table ICMPv6 (router solicitations to rnetd, neighbour discovery of the
+/// gateway, echo: without it a container cannot even resolve its IPv6 gateway's MAC address).
+fn specs(hook: Hook, family: &str, group: u32) -> Vec<Spec> {
+    let from = || eq(meta(MetaKey::Iifgroup), Expression::Number(group));
+    let hex = format!("{group:#x}");
+    let xt = |words: &[&str]| -> Vec<String> {
+        words
+            .iter()
+            .map(|w| (*w).to_owned())
+            .chain([hex.clone()])
+            .collect()
+    };
     match hook {
         Hook::Forward => vec![
             Spec {
-                comment: format!("{COMMENT_PREFIX}from {name}"),
+                comment: format!("{COMMENT_PREFIX}from our links"),
                 expr: vec![from(), accept()],
+                xt: xt(&["-m", "devgroup", "--src-group"]),
             },
             Spec {
-                comment: format!("{COMMENT_PREFIX}to {name}"),
-                expr: vec![eq(meta(MetaKey::Oifname), string(name)), accept()],
+                comment: format!("{COMMENT_PREFIX}to our links"),
+                expr: vec![
+                    eq(meta(MetaKey::Oifgroup), Expression::Number(group)),
+                    accept(),
+                ],
+                xt: xt(&["-m", "devgroup", "--dst-group"]),
             },
         ],
-        Hook::Input => [("DHCP", "udp", 67), ("DNS", "udp", 53), ("DNS", "tcp", 53)]
-            .into_iter()
-            .map(|(what, proto, port)| Spec {
-                comment: format!("{COMMENT_PREFIX}{what} {proto} from {name}"),
-                expr: vec![from(), eq(payload(proto, "dport"), number(port)), accept()],
-            })
-            .collect(),
+        Hook::Input => {
+            let mut out: Vec<Spec> = [("DHCP", "udp", 67), ("DNS", "udp", 53), ("DNS", "tcp", 53)]
+                .into_iter()
+                .map(|(what, proto, port)| Spec {
+                    comment: format!("{COMMENT_PREFIX}{what} {proto} from our links"),
+                    expr: vec![from(), eq(payload(proto, "dport"), number(port)), accept()],
+                    xt: xt(&[
+                        "-p",
+                        proto,
+                        "--dport",
+                        &port.to_string(),
+                        "-m",
+                        "devgroup",
+                        "--src-group",
+                    ]),
+                })
+                .collect();
+            if family != "ip" {
+                // `meta l4proto 58` is what `ip6tables -p ipv6-icmp` writes.
+                out.push(Spec {
+                    comment: format!("{COMMENT_PREFIX}ICMPv6 from our links"),
+                    expr: vec![from(), eq(meta(MetaKey::L4proto), number(58)), accept()],
+                    xt: xt(&["-p", "ipv6-icmp", "-m", "devgroup", "--src-group"]),
+                });
+            }
+            out
+        }
     }
 }
 
-/// Input in an `ip6` or `inet` chain: ICMPv6 from the link (router solicitations to rnetd,
-/// neighbour discovery of the gateway, echo): without it a container cannot even resolve its
-/// IPv6 gateway's MAC address. `meta l4proto 58` is what `ip6tables -p ipv6-icmp` writes.
-fn icmpv6_spec(link: &IfName) -> Spec {
-    let name = link.as_str();
-    Spec {
-        comment: format!("{COMMENT_PREFIX}ICMPv6 from {name}"),
-        expr: vec![
-            eq(meta(MetaKey::Iifname), string(name)),
-            eq(meta(MetaKey::L4proto), number(58)),
-            accept(),
-        ],
-    }
+/// True if iptables-nft may manage the table (`iptables -t TABLE`): its rules then go in with
+/// `iptables` ([`XtInsert`]), so that iptables, and Docker with it, can still read the chain.
+/// A native `meta iifgroup` in such a chain would make iptables refuse the whole table
+/// ("Parsing nftables rule failed"); `-m devgroup` is the same match as an `xt` expression.
+fn iptables_table(family: &str, table: &str) -> bool {
+    matches!(family, "ip" | "ip6") && matches!(table, "filter" | "mangle" | "raw" | "security")
 }
 
 fn family(name: &str) -> NfFamily {
@@ -629,19 +662,47 @@ fn rule(
     }
 }
 
-/// The batch that makes our rules in foreign chains exactly those `view.chains` need for
-/// `links`, or `None` if they already are: missing rules are inserted at the head of their chain
-/// (`insert rule`), rules of ours that are no longer needed (link gone, chain no longer
-/// dropping) or duplicated are deleted by handle. Empty `links` removes every rule of ours.
-pub fn plan_host(view: &HostView, links: &BTreeSet<IfName>) -> Option<Nftables<'static>> {
+/// A rule of ours to insert with `iptables`/`ip6tables` (iptables-nft) at the head of a chain of
+/// a table iptables may manage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct XtInsert {
+    /// `ip` (iptables) or `ip6` (ip6tables).
+    pub family: String,
+    /// The table (`-t`).
+    pub table: String,
+    /// The chain (`-I CHAIN`).
+    pub chain: String,
+    /// The match, comment and target: `-m devgroup --src-group 0x726e6574 -m comment --comment
+    /// "rnet: from our links" -j ACCEPT`.
+    pub args: Vec<String>,
+    /// The same rule as one nft `insert`, for when iptables cannot add it (not installed, the
+    /// table already unreadable to it).
+    pub native: Nftables<'static>,
+}
+
+/// What [`plan_host`] asks for, to be done in this order.
+#[derive(Debug, Default, PartialEq)]
+pub struct HostPlan {
+    /// Deletes by handle, and inserts into tables iptables does not manage.
+    pub batch: Option<Nftables<'static>>,
+    /// Inserts into tables iptables may manage, each to run as given.
+    pub iptables: Vec<XtInsert>,
+}
+
+/// The plan that makes our rules in foreign chains exactly those `view.chains` need while we
+/// have links (all in netdev group `group`), or none for `None`; `None` if they already are.
+/// Missing rules are inserted at the head of their chain, rules of ours that are no longer
+/// needed (no links, chain no longer dropping, the per-link rules of earlier versions) or
+/// duplicated are deleted by handle. A chain's rules do not depend on which links or how many:
+/// adding the 1000th container changes nothing in a foreign table.
+pub fn plan_host(view: &HostView, group: Option<u32>) -> Option<HostPlan> {
     let mut wanted: BTreeMap<ChainKey, Vec<Spec>> = BTreeMap::new();
-    for c in &view.chains {
-        let key = (c.family.clone(), c.table.clone(), c.chain.clone());
-        let rules = wanted.entry(key).or_default();
-        for link in links {
-            rules.extend(specs(c.hook, link));
-            if matches!(c.hook, Hook::Input) && c.family != "ip" {
-                rules.push(icmpv6_spec(link));
+    if let Some(group) = group {
+        for c in &view.chains {
+            let key = (c.family.clone(), c.table.clone(), c.chain.clone());
+            let rules = wanted.entry(key).or_default();
+            if rules.is_empty() {
+                rules.extend(specs(c.hook, &c.family, group));
             }
         }
     }
@@ -666,24 +727,45 @@ pub fn plan_host(view: &HostView, links: &BTreeSet<IfName>) -> Option<Nftables<'
         ))));
         any = true;
     }
+    let mut iptables = Vec::new();
     for (key, specs) in wanted {
         // Inserted last first, so they list in `specs` order at the head of the chain.
         for spec in specs.into_iter().rev() {
             if kept.contains(&(key.clone(), spec.comment.clone())) {
                 continue;
             }
-            batch.add_cmd(NfCmd::Insert(NfListObject::Rule(rule(
+            let insert = NfCmd::Insert(NfListObject::Rule(rule(
                 &key.0,
                 &key.1,
                 &key.2,
                 spec.expr,
                 None,
-                Some(spec.comment),
-            ))));
-            any = true;
+                Some(spec.comment.clone()),
+            )));
+            if iptables_table(&key.0, &key.1) {
+                let mut args = spec.xt;
+                args.extend(["-m", "comment", "--comment"].map(String::from));
+                args.push(spec.comment);
+                args.extend(["-j", "ACCEPT"].map(String::from));
+                let mut native = Batch::new();
+                native.add_cmd(insert);
+                iptables.push(XtInsert {
+                    family: key.0.clone(),
+                    table: key.1.clone(),
+                    chain: key.2.clone(),
+                    args,
+                    native: native.to_nftables(),
+                });
+            } else {
+                batch.add_cmd(insert);
+                any = true;
+            }
         }
     }
-    any.then(|| batch.to_nftables())
+    (any || !iptables.is_empty()).then(|| HostPlan {
+        batch: any.then(|| batch.to_nftables()),
+        iptables,
+    })
 }
 
 #[cfg(test)]
@@ -697,8 +779,21 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
-    fn links(names: &[&str]) -> BTreeSet<IfName> {
-        names.iter().map(|n| IfName::new(*n).unwrap()).collect()
+    /// rnetd's link group (`netd`'s `LINK_GROUP`).
+    const GROUP: Option<u32> = Some(0x726e_6574);
+
+    /// The nft commands of a plan: its batch's, then the native form of its iptables inserts
+    /// (what they amount to in the ruleset).
+    fn plan_commands(plan: &HostPlan) -> Vec<Value> {
+        let mut out: Vec<Value> = plan.batch.iter().flat_map(commands).collect();
+        out.extend(plan.iptables.iter().flat_map(|x| commands(&x.native)));
+        out
+    }
+
+    /// Only the batch's commands, for plans that must not need iptables.
+    fn batch_commands(plan: &HostPlan) -> Vec<Value> {
+        assert!(plan.iptables.is_empty(), "{plan:?}");
+        commands(plan.batch.as_ref().unwrap())
     }
 
     fn described(view: &HostView) -> Vec<String> {
@@ -772,53 +867,95 @@ mod tests {
     }
 
     #[test]
-    fn rules_are_rendered_per_link_at_the_head() {
+    fn a_chain_gets_the_same_few_rules_on_our_link_group_and_iptables_tables_get_them_from_iptables()
+     {
         let view = detect(&recorded("docker-like.json"));
-        let batch = plan_host(&view, &links(&["ve-a"])).unwrap();
-        let cmds = commands(&batch);
-        // 2 forward rules in each of 2 chains, 3 input rules and ICMPv6 (an inet chain).
-        assert_eq!(cmds.len(), 8);
+        let plan = plan_host(&view, GROUP).unwrap();
+        // The inet input chain natively: DHCP, DNS udp and tcp, ICMPv6, inserted last first.
+        let cmds = commands(plan.batch.as_ref().unwrap());
+        assert_eq!(cmds.len(), 4);
         assert_eq!(
             cmds[0],
             json!({"insert": {"rule": {"family": "inet", "table": "fw", "chain": "input",
-                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
-                                    "right": "ve-a"}},
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifgroup"}},
+                                    "right": 0x726e_6574}},
                          {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
                                     "right": 58}},
                          {"accept": null}],
-                "comment": "rnet: ICMPv6 from ve-a"}}})
+                "comment": "rnet: ICMPv6 from our links"}}})
         );
-        let cmds = &cmds[1..];
         assert_eq!(
-            cmds[0],
+            cmds[1],
             json!({"insert": {"rule": {"family": "inet", "table": "fw", "chain": "input",
-                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
-                                    "right": "ve-a"}},
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifgroup"}},
+                                    "right": 0x726e_6574}},
                          {"match": {"op": "==", "left": {"payload": {"protocol": "tcp",
                                     "field": "dport"}}, "right": 53}},
                          {"accept": null}],
-                "comment": "rnet: DNS tcp from ve-a"}}})
+                "comment": "rnet: DNS tcp from our links"}}})
         );
-        let docker: Vec<&Value> = cmds
+        // Docker's DOCKER-USER and ip6tables' FORWARD through iptables, with `-m devgroup`.
+        let xt: Vec<(String, String)> = plan
+            .iptables
             .iter()
-            .filter(|c| c["insert"]["rule"]["chain"] == DOCKER_USER)
+            .map(|x| {
+                (
+                    format!("{} {} {}", x.family, x.table, x.chain),
+                    x.args.join(" "),
+                )
+            })
             .collect();
-        assert_eq!(docker.len(), 2);
+        let to =
+            "-m devgroup --dst-group 0x726e6574 -m comment --comment rnet: to our links -j ACCEPT";
+        let from = "-m devgroup --src-group 0x726e6574 -m comment --comment rnet: from our links -j ACCEPT";
         assert_eq!(
-            docker[0]["insert"]["rule"],
-            json!({"family": "ip", "table": "filter", "chain": "DOCKER-USER",
-                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
-                                    "right": "ve-a"}}, {"accept": null}],
-                "comment": "rnet: to ve-a"})
+            xt,
+            [
+                ("ip filter DOCKER-USER", to),
+                ("ip filter DOCKER-USER", from),
+                ("ip6 filter FORWARD", to),
+                ("ip6 filter FORWARD", from),
+            ]
+            .map(|(c, a)| (c.to_owned(), a.to_owned()))
         );
-        assert_eq!(docker[1]["insert"]["rule"]["comment"], "rnet: from ve-a");
+        // Each with its native form, for when iptables cannot add it.
+        assert_eq!(
+            commands(&plan.iptables[0].native),
+            [
+                json!({"insert": {"rule": {"family": "ip", "table": "filter", "chain": "DOCKER-USER",
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oifgroup"}},
+                                    "right": 0x726e_6574}}, {"accept": null}],
+                "comment": "rnet: to our links"}}})
+            ]
+        );
     }
 
-    /// `view` after the batch `plan_host` gave was applied (handles from 100 on).
-    fn applied(view: &HostView, batch: &Nftables<'_>) -> HostView {
+    #[test]
+    fn input_rules_in_iptables_tables_carry_the_protocol_and_port() {
+        let listing = json!({"nftables": [
+            {"chain": {"family": "ip6", "table": "filter", "name": "INPUT", "type": "filter",
+                       "hook": "input", "prio": 0, "policy": "drop"}},
+        ]});
+        let plan = plan_host(&detect(&listing), GROUP).unwrap();
+        assert!(plan.batch.is_none());
+        let args: Vec<String> = plan.iptables.iter().map(|x| x.args.join(" ")).collect();
+        let tail = "-m devgroup --src-group 0x726e6574 -m comment --comment";
+        assert_eq!(
+            args,
+            [
+                format!("-p ipv6-icmp {tail} rnet: ICMPv6 from our links -j ACCEPT"),
+                format!("-p tcp --dport 53 {tail} rnet: DNS tcp from our links -j ACCEPT"),
+                format!("-p udp --dport 53 {tail} rnet: DNS udp from our links -j ACCEPT"),
+                format!("-p udp --dport 67 {tail} rnet: DHCP udp from our links -j ACCEPT"),
+            ]
+        );
+    }
+
+    /// `view` after the plan `plan_host` gave was applied (handles from 100 on).
+    fn applied(view: &HostView, plan: &HostPlan) -> HostView {
         let mut next = view.clone();
         let mut handle = 100;
-        for cmd in commands(batch) {
+        for cmd in plan_commands(plan) {
             if let Some(r) = cmd.get("insert").map(|i| &i["rule"]) {
                 handle += 1;
                 next.ours.push(OurRule {
@@ -839,17 +976,16 @@ mod tests {
     #[test]
     fn planning_is_idempotent_and_removes_what_is_no_longer_needed() {
         let view = detect(&recorded("docker-like.json"));
-        let two = links(&["ve-a", "vz-b"]);
-        let after = applied(&view, &plan_host(&view, &two).unwrap());
-        assert_eq!(after.ours.len(), 16);
-        assert_eq!(plan_host(&after, &two), None, "nothing to do twice");
+        let after = applied(&view, &plan_host(&view, GROUP).unwrap());
+        assert_eq!(after.ours.len(), 8);
+        assert_eq!(plan_host(&after, GROUP), None, "nothing to do twice");
 
         // A duplicate (someone copied a rule of ours) is deleted, the original kept.
         let mut dup = after.clone();
         let mut copy = dup.ours[0].clone();
         copy.handle = 7;
         dup.ours.push(copy);
-        let cmds = commands(&plan_host(&dup, &two).unwrap());
+        let cmds = batch_commands(&plan_host(&dup, GROUP).unwrap());
         assert_eq!(
             cmds,
             [
@@ -858,18 +994,39 @@ mod tests {
             ]
         );
 
-        // One link gone: exactly its 8 rules go; no link: all 16.
-        let one = applied(&after, &plan_host(&after, &links(&["vz-b"])).unwrap());
-        assert_eq!(one.ours.len(), 8);
-        assert!(one.ours.iter().all(|r| r.comment.ends_with("vz-b")));
-        let none = applied(&after, &plan_host(&after, &BTreeSet::new()).unwrap());
+        // No links: all 8 go.
+        let none = applied(&after, &plan_host(&after, None).unwrap());
         assert!(none.ours.is_empty());
         // A chain that no longer drops loses ours too.
         let mut relaxed = after.clone();
         relaxed.chains.retain(|c| c.hook == Hook::Forward);
-        let cmds = commands(&plan_host(&relaxed, &two).unwrap());
-        assert_eq!(cmds.len(), 8);
+        let cmds = batch_commands(&plan_host(&relaxed, GROUP).unwrap());
+        assert_eq!(cmds.len(), 4);
         assert!(cmds.iter().all(|c| c["delete"]["rule"]["table"] == "fw"));
+    }
+
+    #[test]
+    fn the_per_link_rules_of_earlier_versions_give_way_to_the_group_rules() {
+        let view = detect(&recorded("docker-like.json"));
+        let mut old = view.clone();
+        for (handle, comment) in [(41, "rnet: from ve-a"), (42, "rnet: to ve-a")] {
+            old.ours.push(OurRule {
+                family: "ip".to_owned(),
+                table: "filter".to_owned(),
+                chain: DOCKER_USER.to_owned(),
+                handle,
+                comment: comment.to_owned(),
+            });
+        }
+        let plan = plan_host(&old, GROUP).unwrap();
+        let deleted: Vec<Value> = commands(plan.batch.as_ref().unwrap())
+            .into_iter()
+            .filter_map(|c| c.get("delete").map(|d| d["rule"]["handle"].clone()))
+            .collect();
+        assert_eq!(deleted, [json!(41), json!(42)]);
+        let after = applied(&old, &plan);
+        assert_eq!(after.ours.len(), 8);
+        assert!(after.ours.iter().all(|r| r.comment.ends_with("our links")));
     }
 
     #[test]
@@ -888,7 +1045,7 @@ mod tests {
         assert_eq!(view.ours.len(), 1);
         assert_eq!(view.ours[0].handle, 4);
         // Without a dropping chain, even with links, ours goes (and nothing else).
-        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        let cmds = batch_commands(&plan_host(&view, GROUP).unwrap());
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0]["delete"]["rule"]["handle"], 4);
     }
@@ -914,7 +1071,7 @@ mod tests {
                                {"xt": {"type": "match", "name": "comment"}},
                                {"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
             {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 7,
-                      "comment": "rnet: from ve-a",
+                      "comment": "rnet: from our links",
                       "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
                                           "right": "ve-a"}}, {"accept": null}]}},
         ]})
@@ -922,10 +1079,10 @@ mod tests {
 
     const RESTORED_SAVE: &str = "# Generated by iptables-save v1.8.9 (nf_tables)\n*filter\n\
         :INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-        -A FORWARD -i ve-a -m comment --comment \"rnet: from ve-a\" -j ACCEPT\n\
-        -A FORWARD -o ve-a -m comment --comment \"rnet: to ve-a\" -j ACCEPT\n\
+        -A FORWARD -i ve-a -m comment --comment \"rnet: from our links\" -j ACCEPT\n\
+        -A FORWARD -o ve-a -m comment --comment \"rnet: to our links\" -j ACCEPT\n\
         -A FORWARD -i eth9 -m comment --comment \"admin \\\"rnet: \\\" look-alike\" -j ACCEPT\n\
-        -A FORWARD -i ve-a -m comment --comment \"rnet: from ve-a\" -j ACCEPT\n\
+        -A FORWARD -i ve-a -m comment --comment \"rnet: from our links\" -j ACCEPT\n\
         COMMIT\n";
 
     #[test]
@@ -944,17 +1101,17 @@ mod tests {
         assert_eq!(
             ours,
             [
-                (4, "rnet: from ve-a"),
-                (5, "rnet: to ve-a"),
-                (7, "rnet: from ve-a")
+                (4, "rnet: from our links"),
+                (5, "rnet: to our links"),
+                (7, "rnet: from our links")
             ]
         );
         // Exactly one copy of each stays: the later duplicate goes, nothing is added.
-        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        let cmds = batch_commands(&plan_host(&view, GROUP).unwrap());
         assert_eq!(cmds.len(), 1, "{cmds:?}");
         assert_eq!(cmds[0]["delete"]["rule"]["handle"], 7);
         // With the last link all three go, and the admin's rule stays.
-        let cmds = commands(&plan_host(&view, &BTreeSet::new()).unwrap());
+        let cmds = batch_commands(&plan_host(&view, None).unwrap());
         let handles: Vec<&Value> = cmds
             .iter()
             .map(|c| &c["delete"]["rule"]["handle"])
@@ -1031,7 +1188,7 @@ mod tests {
         assert!(restored_tables(&listing).is_empty());
         let view = view.without_tables(&["firewalld"]);
         assert!(view.chains.is_empty());
-        let cmds = commands(&plan_host(&view, &links(&["ve-a"])).unwrap());
+        let cmds = batch_commands(&plan_host(&view, GROUP).unwrap());
         assert_eq!(cmds.len(), 1);
         assert_eq!(cmds[0]["delete"]["rule"]["handle"], 3);
     }

@@ -16,12 +16,12 @@ pub mod rules;
 
 #[cfg(any(test, feature = "testing"))]
 pub use apply::FakeNft;
-pub use apply::{AsyncNft, Nft, NftCli};
+pub use apply::{AsyncNft, Nft, NftCli, insert_with_iptables};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
 pub use hostfw::{
-    ForeignChain, HostView, TableRef, detect, detect_with_saves, hooked_tables, plan_host,
-    restored_tables,
+    ForeignChain, HostPlan, HostView, TableRef, XtInsert, detect, detect_with_saves, hooked_tables,
+    plan_host, restored_tables,
 };
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 pub use netlink::NfNetlink;

@@ -744,3 +744,121 @@ fn a_session_lists_what_nft_lists_between_its_batches() {
         );
     });
 }
+
+/// `iptables-nft-save -t filter` in the calling thread's namespace (what rnetd runs to read
+/// back the comments of rules iptables wrote).
+fn iptables_save() -> String {
+    let out = std::process::Command::new("iptables-nft-save")
+        .args(["-t", "filter"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What rnetd sees of the other firewalls: the ruleset, and the save of `ip filter`.
+async fn host_view(nft: &mut NftCli) -> nat::HostView {
+    let save = iptables_save();
+    nat::detect_with_saves(&nft.list_ruleset_async().await.unwrap(), &[("ip", &save)])
+}
+
+#[test]
+fn group_rules_go_into_iptables_tables_with_iptables_and_iptables_still_reads_them() {
+    const TEST: &str =
+        "group_rules_go_into_iptables_tables_with_iptables_and_iptables_still_reads_them";
+    if !enter_private_netns(TEST) {
+        return;
+    }
+    if std::process::Command::new("iptables-nft")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        println!("SKIP {TEST}: iptables-nft is not installed (Debian package iptables)");
+        return;
+    }
+    on_this_thread(async {
+        let mut nft = nft();
+        // Docker's layout, and a hardened nft input chain beside it.
+        sh(
+            "iptables-nft -P FORWARD DROP && iptables-nft -N DOCKER-USER \
+            && iptables-nft -A FORWARD -j DOCKER-USER \
+            && iptables-nft -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT \
+            && iptables-nft -A DOCKER-USER -j RETURN",
+        );
+        nft_load(
+            "table inet hard {\n chain in { type filter hook input priority 0; policy drop; }\n}\n",
+        );
+        let group = Some(0x726e_6574);
+        let plan = nat::plan_host(&host_view(&mut nft).await, group).unwrap();
+        assert_eq!(plan.iptables.len(), 2, "{plan:?}");
+        if let Some(batch) = &plan.batch {
+            nft.apply_async(batch).await.unwrap();
+        }
+        for rule in &plan.iptables {
+            nat::insert_with_iptables(rule).await.unwrap();
+        }
+        // iptables reads the chain, ours first, Docker's return after.
+        let out = std::process::Command::new("iptables-nft")
+            .args(["-S", "DOCKER-USER"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let rules = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            rules.lines().collect::<Vec<_>>(),
+            [
+                "-N DOCKER-USER",
+                "-A DOCKER-USER -m devgroup --src-group 0x726e6574 -m comment --comment \"rnet: from our links\" -j ACCEPT",
+                "-A DOCKER-USER -m devgroup --dst-group 0x726e6574 -m comment --comment \"rnet: to our links\" -j ACCEPT",
+                "-A DOCKER-USER -j RETURN",
+            ]
+        );
+        // The nft input chain natively, in the same order nft lists it.
+        let hard = nft
+            .list_any_table_async("inet", "hard")
+            .await
+            .unwrap()
+            .unwrap();
+        let comments: Vec<&str> = hard["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["rule"]["comment"].as_str())
+            .collect();
+        assert_eq!(
+            comments,
+            [
+                "rnet: DHCP udp from our links",
+                "rnet: DNS udp from our links",
+                "rnet: DNS tcp from our links",
+                "rnet: ICMPv6 from our links"
+            ]
+        );
+        // Read back (the iptables ones through the save): nothing more to do.
+        let view = host_view(&mut nft).await;
+        assert_eq!(view.ours.len(), 6, "{view:?}");
+        assert_eq!(nat::plan_host(&view, group), None);
+        // Without links, all six go and Docker's rules stay.
+        let plan = nat::plan_host(&view, None).unwrap();
+        assert!(plan.iptables.is_empty());
+        nft.apply_async(plan.batch.as_ref().unwrap()).await.unwrap();
+        assert!(host_view(&mut nft).await.ours.is_empty());
+        assert!(iptables_save().contains("-A DOCKER-USER -j RETURN"));
+
+        // A refusal carries iptables' own words (rnetd then adds the rule's native form).
+        let plan = nat::plan_host(&host_view(&mut nft).await, group).unwrap();
+        let mut missing = plan.iptables[0].clone();
+        missing.chain = "NO-SUCH-CHAIN".to_owned();
+        let refused = nat::insert_with_iptables(&missing).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("iptables-nft refused inserting")
+                && refused.to_string().contains("NO-SUCH-CHAIN"),
+            "{refused}"
+        );
+        println!("{refused}");
+        nft.apply_async(&plan.iptables[0].native).await.unwrap();
+    });
+}

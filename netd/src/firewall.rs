@@ -15,6 +15,7 @@ use nat::{AsyncNft, Change, GuardedPort, IfName, PortMapping, PortRange, Ruleset
 use tracing::{info, warn};
 
 use crate::api::PortSpec;
+use crate::rtnl::LINK_GROUP;
 use crate::sysctl::Sysctl;
 use firewalld::Firewalld;
 use hostfw::HostFwMode;
@@ -155,6 +156,10 @@ pub struct Firewall<N> {
     /// paid with a look at other tables. The `nft monitor` watch and the periodic check
     /// ([`Firewall::reconcile`]) look again whenever the ruleset changes.
     foreign_quiet: bool,
+    /// Whether the last look left our rules in other firewalls' chains as they must be with
+    /// some links of ours (`true`) or none (`false`); `None` before the first look or after one
+    /// that failed half-way. A change of links that keeps this needs no look at other tables.
+    host_synced: Option<bool>,
     /// The other firewalls' tables the last full look listed and will list again: those with a
     /// filter chain on the forward or input hook, and those holding rules of ours. A look right
     /// after a change of our links lists only these (no `list chains`): a table that got such a
@@ -197,12 +202,12 @@ impl<N: AsyncNft> Probe<N> {
     /// Looks at the other firewalls' tables (a full [`host_view`]) and says whether our rules in
     /// their chains differ from what our links need. Runs without any lock of the daemon.
     pub async fn host_needs_sync(&mut self, mode: HostFwMode) -> Result<bool, FirewallError> {
-        let links = host_links(mode, &self.desired);
+        let group = host_group(mode, &self.desired);
         let look = Look::Full {
             also: &self.host_tables,
         };
         let (view, _) = host_view(&mut self.nft, self.firewalld, look).await?;
-        Ok(nat::plan_host(&view, &links).is_some())
+        Ok(nat::plan_host(&view, group).is_some())
     }
 }
 
@@ -286,6 +291,17 @@ fn host_links(mode: HostFwMode, installed: &Ruleset) -> BTreeSet<IfName> {
     }
 }
 
+/// The netdev group our rules in other firewalls' chains match ([`nat::plan_host`]): every
+/// link of ours is made in it ([`LINK_GROUP`]), so those rules are the same for 1 or 1000
+/// links. `None` (no rules) without links of ours or with `--host-firewall=off`.
+fn host_group(mode: HostFwMode, installed: &Ruleset) -> Option<u32> {
+    let any = match mode {
+        HostFwMode::Auto => installed.ifaces().next().is_some(),
+        HostFwMode::Off => false,
+    };
+    any.then_some(LINK_GROUP)
+}
+
 impl<N: AsyncNft> Firewall<N> {
     /// A firewall driving `nft`; `forward_restore` is the saved previous forwarding value.
     pub fn new(nft: N, sysctl: Sysctl, forward_restore: Option<String>) -> Self {
@@ -299,6 +315,7 @@ impl<N: AsyncNft> Firewall<N> {
             host_mode: HostFwMode::Auto,
             host_chains: Vec::new(),
             foreign_quiet: false,
+            host_synced: None,
             host_tables: None,
             watched: tokio::sync::watch::Sender::new(Vec::new()),
             firewalld: None,
@@ -371,7 +388,7 @@ impl<N: AsyncNft> Firewall<N> {
 
     /// [`Firewall::sync_host`] with the tables of `look`.
     async fn sync_host_with(&mut self, look: Look<'_>) -> Result<bool, FirewallError> {
-        let links = host_links(self.host_mode, &self.installed);
+        let group = host_group(self.host_mode, &self.installed);
         let firewalld = self.firewalld_handles();
         let (view, tables) = host_view(&mut self.nft, firewalld, look).await?;
         crate::timing::lap("host firewall list");
@@ -388,14 +405,29 @@ impl<N: AsyncNft> Firewall<N> {
             .iter()
             .map(nat::ForeignChain::describe)
             .collect();
-        let Some(batch) = nat::plan_host(&view, &links) else {
+        let Some(plan) = nat::plan_host(&view, group) else {
+            self.host_synced = Some(group.is_some());
             self.foreign_quiet = view.chains.is_empty() && view.ours.is_empty();
-            self.host_chains = if links.is_empty() { Vec::new() } else { chains };
+            self.host_chains = if group.is_none() { Vec::new() } else { chains };
             return Ok(false);
         };
         self.foreign_quiet = false;
-        self.nft.apply_async(&batch).await?;
-        if links.is_empty() {
+        self.host_synced = None;
+        if let Some(batch) = &plan.batch {
+            self.nft.apply_async(batch).await?;
+        }
+        for rule in &plan.iptables {
+            if let Err(e) = self.nft.insert_xt(rule).await {
+                warn!(
+                    error = %e,
+                    "iptables could not add our rule; adding it with nft (iptables may no \
+                     longer list that chain)"
+                );
+                self.nft.apply_async(&rule.native).await?;
+            }
+        }
+        self.host_synced = Some(group.is_some());
+        if group.is_none() {
             info!(
                 removed = view.ours.len(),
                 "removed our rules from other firewalls' chains"
@@ -404,8 +436,8 @@ impl<N: AsyncNft> Firewall<N> {
         } else {
             info!(
                 chains = %chains.join(", "),
-                links = links.len(),
-                "other firewalls would drop our traffic; our accept rules are in their chains"
+                "other firewalls would drop our traffic; our accept rules for our links' group \
+                 are in their chains"
             );
             self.host_chains = chains;
         }
@@ -424,7 +456,10 @@ impl<N: AsyncNft> Firewall<N> {
             firewalld.update(links).await;
             crate::timing::lap("firewalld");
         }
-        if !self.foreign_quiet {
+        // Our rules there match our links' group, not each link: only a change between some
+        // links and none changes them.
+        let active = host_group(self.host_mode, &self.installed).is_some();
+        if !self.foreign_quiet && self.host_synced != Some(active) {
             let known = self.host_tables.clone();
             let look = match &known {
                 Some(known) => Look::Known(known),
@@ -822,23 +857,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn our_rules_follow_our_links_in_foreign_chains() {
+    async fn our_rules_in_foreign_chains_match_our_link_group_whatever_the_number_of_links() {
         let (_dir, sys) = sysctl();
         let mut fw = Firewall::new(docker_host(), sys, None);
         let a = link("ve-a", "192.168.0.0/28", &["8080:80"]);
         let b = link("ve-b", "192.168.0.16/28", &[]);
         fw.add(&a).await.unwrap();
+        let docker = ["rnet: from our links", "rnet: to our links", ""];
         assert_eq!(
             fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
-            ["rnet: from ve-a", "rnet: to ve-a", ""],
+            docker,
             "at the head, Docker's return kept"
         );
+        assert_eq!(fw.nft.xt_inserts, 2, "iptables' table through iptables");
         assert_eq!(
             fw.nft.foreign_comments("ip", "filter", "FORWARD"),
             [""],
             "DOCKER-USER rather than FORWARD"
         );
-        // DHCP, DNS udp and tcp, and ICMPv6 (an inet chain also sees IPv6).
+        // DHCP, DNS udp and tcp, and ICMPv6 (an inet chain also sees IPv6), natively.
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
             4
@@ -850,11 +887,17 @@ mod tests {
                 "inet hardened input (input: policy drop)"
             ]
         );
+        // A second link, and the first one gone while the second stays, change nothing in
+        // foreign tables and look at none of them.
+        let lists = fw.nft.ruleset_lists();
         fw.add(&b).await.unwrap();
+        fw.remove(&a).await.unwrap();
+        assert_eq!(fw.nft.ruleset_lists(), lists, "no look at other tables");
         assert_eq!(
-            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
-            5
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
+            docker
         );
+        fw.add(&a).await.unwrap();
         // A check with nothing changed does nothing (no batch, no duplicate).
         let batches = fw.nft.batches.len();
         assert!(!fw.sync_host().await.unwrap());
@@ -864,8 +907,8 @@ mod tests {
         fw.nft.flush_foreign_chain("ip", "filter", "DOCKER-USER");
         assert!(fw.sync_host().await.unwrap());
         assert_eq!(
-            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
-            4
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
+            ["rnet: from our links", "rnet: to our links"]
         );
         // `nft flush ruleset` and the other firewall back: the reconcile rebuilds both.
         fw.nft.flush_ruleset();
@@ -875,13 +918,13 @@ mod tests {
         assert!(fw.nft.table_exists());
         assert_eq!(
             fw.nft.foreign_comments("inet", "hardened", "input").len(),
-            8
+            4
         );
 
         fw.remove(&a).await.unwrap();
         assert_eq!(
             fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
-            ["rnet: from ve-b", "rnet: to ve-b", ""]
+            docker
         );
         fw.remove(&b).await.unwrap();
         assert_eq!(fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"), [""]);
@@ -894,7 +937,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_change_looks_at_the_tables_the_last_full_look_found_and_a_check_finds_new_ones() {
+    async fn the_per_link_rules_of_an_earlier_rnetd_are_replaced_by_the_group_rules() {
+        let (_dir, sys) = sysctl();
+        let mut nft = docker_host();
+        let old: nftables::schema::Nftables<'static> = serde_json::from_value(serde_json::json!(
+            {"nftables": [{"insert": {"rule": {"family": "ip", "table": "filter",
+                "chain": "DOCKER-USER", "comment": "rnet: from ve-old",
+                "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                    "right": "ve-old"}}, {"accept": null}]}}}]}
+        ))
+        .unwrap();
+        nft.apply(&old).unwrap();
+        let mut fw = Firewall::new(nft, sys, None);
+        fw.add(&link("ve-a", "192.168.0.0/28", &[])).await.unwrap();
+        assert_eq!(
+            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER"),
+            ["rnet: from our links", "rnet: to our links", ""]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_from_some_links_to_none_looks_at_the_tables_the_last_full_look_found() {
         let (_dir, sys) = sysctl();
         let mut fw = Firewall::new(docker_host(), sys, None);
         let watched = fw.watched_tables();
@@ -915,16 +978,12 @@ mod tests {
             .add_foreign_chain("ip", "nat", "POSTROUTING", None, "");
         fw.nft
             .add_foreign_chain("ip6", "strict", "fwd", Some("forward"), "drop");
-        // ... is not seen by the next change, which lists the known tables only,
+        // ... is not seen by the next change, which looks at nothing,
         fw.add(&link("ve-b", "192.168.0.16/28", &[])).await.unwrap();
         assert!(fw.nft.foreign_comments("ip6", "strict", "fwd").is_empty());
-        assert_eq!(
-            fw.nft.foreign_comments("ip", "filter", "DOCKER-USER").len(),
-            5
-        );
         // but by the check its `nft monitor` line starts (a full look), and watched after.
         assert!(fw.sync_host().await.unwrap());
-        assert_eq!(fw.nft.foreign_comments("ip6", "strict", "fwd").len(), 4);
+        assert_eq!(fw.nft.foreign_comments("ip6", "strict", "fwd").len(), 2);
         assert_eq!(
             *watched.borrow(),
             tables(&[("ip", "filter"), ("inet", "hardened"), ("ip6", "strict")])
@@ -937,6 +996,26 @@ mod tests {
             "add rule ip nat POSTROUTING counter masquerade",
             &watched.borrow()
         ));
+        // The last link gone: ours leave every known table, with no `list chains`.
+        fw.remove(&link("ve-a", "192.168.0.0/28", &[]))
+            .await
+            .unwrap();
+        fw.remove(&link("ve-b", "192.168.0.16/28", &[]))
+            .await
+            .unwrap();
+        for (family, table, chain) in [
+            ("ip6", "strict", "fwd"),
+            ("ip", "filter", "DOCKER-USER"),
+            ("inet", "hardened", "input"),
+        ] {
+            assert!(
+                fw.nft
+                    .foreign_comments(family, table, chain)
+                    .iter()
+                    .all(|c| !c.starts_with("rnet: ")),
+                "{family} {table} {chain}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -945,8 +1024,14 @@ mod tests {
         let mut nft = docker_host();
         // Left by an earlier rnetd with --host-firewall=auto.
         let view = nat::detect(&nft.list_ruleset().unwrap());
-        let old = [IfName::new("ve-old").unwrap()].into();
-        nft.apply(&nat::plan_host(&view, &old).unwrap()).unwrap();
+        let plan = nat::plan_host(&view, Some(LINK_GROUP)).unwrap();
+        for batch in plan
+            .batch
+            .iter()
+            .chain(plan.iptables.iter().map(|x| &x.native))
+        {
+            nft.apply(batch).unwrap();
+        }
         assert_eq!(nft.foreign_comments("ip", "filter", "DOCKER-USER").len(), 3);
         let mut fw = Firewall::new(nft, sys, None).with_host_mode(HostFwMode::Off);
         fw.reconcile().await.unwrap();

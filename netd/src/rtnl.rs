@@ -62,7 +62,9 @@ impl RtnlError {
 /// 1919837556`, "rnet" in ASCII). Set in the request that creates the link, so there is no
 /// moment in which a link of ours exists unmarked: after a crash, a marked link that no saved
 /// state explains is known to be ours and stale, while links with the same names made by
-/// someone else (systemd-nspawn also names links `ve-`/`vb-`/`vz-`) are left alone.
+/// someone else (systemd-nspawn also names links `ve-`/`vb-`/`vz-`) are left alone. Other
+/// firewalls' chains let our traffic through by this group too (`iifgroup`/`-m devgroup`,
+/// [`nat::plan_host`]), with rules that do not change as links come and go.
 pub const LINK_GROUP: u32 = 0x726e_6574;
 
 /// Result of rtnetlink calls.

@@ -986,15 +986,50 @@ impl Rig {
     }
 
     /// The rules of ours in other tables than ours (comment starting with `rnet: `), as
-    /// `family table chain: comment`.
+    /// `family table chain: comment`. Those in the tables iptables manages are read from
+    /// `iptables-save`/`ip6tables-save` (rnetd adds them with iptables, whose `-m comment`
+    /// `nft -j` does not show), the others from `nft -j list ruleset`.
     pub fn our_foreign_rules(&self) -> Vec<String> {
+        const XT_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+        let mut saved = Vec::new();
+        let mut read_by_save = Vec::new();
+        for (family, program) in [("ip", "iptables-nft-save"), ("ip6", "ip6tables-nft-save")] {
+            let Ok(out) = self.in_host(program).output() else {
+                continue;
+            };
+            if !out.status.success() {
+                continue;
+            }
+            read_by_save.push(family);
+            let mut table = String::new();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = line.strip_prefix('*') {
+                    name.clone_into(&mut table);
+                    continue;
+                }
+                let Some(rest) = line.strip_prefix("-A ") else {
+                    continue;
+                };
+                let chain = rest.split_whitespace().next().unwrap_or_default();
+                if let Some((_, after)) = rest.split_once("--comment \"rnet: ")
+                    && let Some((comment, _)) = after.split_once('"')
+                {
+                    saved.push(format!("{family} {table} {chain}: rnet: {comment}"));
+                }
+            }
+        }
         let listing = self.nft_ruleset();
-        listing["nftables"]
+        let mut out: Vec<String> = listing["nftables"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|o| o.get("rule"))
             .filter(|r| !(r["family"] == "inet" && r["table"] == "rnet"))
+            .filter(|r| {
+                let family = r["family"].as_str().unwrap_or_default();
+                let table = r["table"].as_str().unwrap_or_default();
+                !(read_by_save.contains(&family) && XT_TABLES.contains(&table))
+            })
             .filter_map(|r| {
                 let comment = r["comment"].as_str()?;
                 comment.starts_with("rnet: ").then(|| {
@@ -1006,7 +1041,9 @@ impl Rig {
                     )
                 })
             })
-            .collect()
+            .collect();
+        out.extend(saved);
+        out
     }
 
     /// Runs a shell script in the host netns (`iptables`, `nft` set-ups of a test); panics with

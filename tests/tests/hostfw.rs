@@ -127,7 +127,12 @@ fn iptables_forward_drop_lets_our_containers_through_and_nothing_else() {
     // its policy is unchanged.
     let rules = rig.host_sh("iptables -S FORWARD");
     assert!(rules.contains("-P FORWARD DROP"), "{rules}");
-    assert!(rules.contains("--comment \"rnet: from ve-srv\""), "{rules}");
+    assert!(
+        rules.contains(
+            "-m devgroup --src-group 0x726e6574 -m comment --comment \"rnet: from our links\""
+        ),
+        "{rules}"
+    );
     end(&rig, &[pid]);
     assert!(!other_out(), "the drop policy is as it was");
 }
@@ -164,6 +169,27 @@ fn docker_user_gets_our_rules_and_they_come_back_after_reloads() {
         chain.trim_end().ends_with("-A DOCKER-USER -j RETURN"),
         "ours at the head: {chain}"
     );
+    // More containers, and one of them gone, change nothing in Docker's table: our rules
+    // match our links' group, not each link.
+    let before = rig.host_sh("nft -s -a list table ip filter");
+    let mut more = Vec::new();
+    for name in ["web2", "web3"] {
+        rig.spawn_ready(
+            rig.rnet()
+                .args(["run", "-n", "-M", name, "--"])
+                .arg(netprobe())
+                .args(["serve", "tcp:80"]),
+        );
+        more.push(rig.wait_machine(name)["pid"].as_u64().unwrap());
+    }
+    assert!(reaches_uplink(more[1]), "{}", rig.log());
+    rig::kill_container(more[0]);
+    assert!(wait_until(Duration::from_secs(5), || rig
+        .machines()
+        .iter()
+        .all(|m| m["name"] != "web2")));
+    assert_eq!(rig.host_sh("nft -s -a list table ip filter"), before);
+    rig::kill_container(more[1]);
 
     // Docker flushes and re-creates DOCKER-USER: ours are back within a second (the periodic
     // check alone would take up to 2 s).
@@ -267,10 +293,10 @@ fn a_hardened_input_chain_still_lets_dhcp_through() {
     assert_eq!(
         ours,
         [
-            "inet hardened input: rnet: DHCP udp from ve-dhcp",
-            "inet hardened input: rnet: DNS udp from ve-dhcp",
-            "inet hardened input: rnet: DNS tcp from ve-dhcp",
-            "inet hardened input: rnet: ICMPv6 from ve-dhcp",
+            "inet hardened input: rnet: DHCP udp from our links",
+            "inet hardened input: rnet: DNS udp from our links",
+            "inet hardened input: rnet: DNS tcp from our links",
+            "inet hardened input: rnet: ICMPv6 from our links",
         ]
     );
     // The chain still drops what is not ours: its policy and rules are as they were.
@@ -330,16 +356,12 @@ fn rules_restored_by_iptables_restore_are_ours_and_not_duplicated() {
     rig.start_rnetd();
     let pid = server(&mut rig, "rst");
     await_ours(&rig, 4, Duration::from_secs(1));
-    let comments = ["rnet: from ve-rst", "rnet: to ve-rst"];
+    let comments = ["rnet: from our links", "rnet: to our links"];
     for round in 1..=2 {
-        // What a firewall service does on reload: our rules come back as iptables' `-m
-        // comment` (an xt match, which `nft -j` does not show as a comment).
+        // What a firewall service does on reload: our rules come back as new rules (new
+        // handles) with iptables' `-m comment` (an xt match, which `nft -j` does not show as a
+        // comment).
         rig.host_sh("iptables-save | iptables-restore && ip6tables-save | ip6tables-restore");
-        assert_eq!(
-            rig.our_foreign_rules(),
-            Vec::<String>::new(),
-            "restored rules still carry nft comments: the test no longer shows the xt case"
-        );
         // The restore is an nft event: rnetd checks at once; a periodic check goes by too.
         std::thread::sleep(Duration::from_millis(2500));
         for program in ["iptables", "ip6tables"] {

@@ -480,7 +480,7 @@ fn ipv6_passes_another_firewalls_drop_policies() {
     assert!(
         foreign
             .iter()
-            .any(|r| r.contains("ip6 hardened input: rnet: ICMPv6 from ve-srv")),
+            .any(|r| r.contains("ip6 hardened input: rnet: ICMPv6 from our links")),
         "{foreign:?}"
     );
     // Egress over IPv6 (neighbour discovery of the gateway passes the input chain).

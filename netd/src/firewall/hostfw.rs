@@ -1,7 +1,7 @@
 //! The host's other firewalls (`--host-firewall`): keeps rnet's accept rules in the foreign
 //! chains that would drop our traffic (Docker's `FORWARD`/`DOCKER-USER`, an input chain with
-//! policy drop, firewalld's tables), exactly one set per link of ours, and none without links
-//! or with `--host-firewall=off`. What goes where is decided by the pure `nat::hostfw`; this
+//! policy drop, firewalld's tables): one set for all our links (they match our links' netdev
+//! group), and none without links or with `--host-firewall=off`. What goes where is decided by the pure `nat::hostfw`; this
 //! module runs it, and watches `nft monitor` so a reloaded foreign firewall gets ours back at
 //! once (the periodic check is the fallback).
 

@@ -566,4 +566,8 @@ impl AsyncNft for SharedNft {
     fn generation(&mut self) -> Option<u32> {
         Some(lock(&self.0).generation())
     }
+
+    async fn insert_xt(&mut self, rule: &nat::XtInsert) -> nat::Result<()> {
+        lock(&self.0).apply_xt(rule)
+    }
 }

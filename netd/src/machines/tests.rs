@@ -335,8 +335,8 @@ async fn a_firewall_check_lists_nothing_while_the_ruleset_and_our_machines_stay_
             .get()
             .foreign_comments("ip", "filter", "FORWARD")
             .len(),
-        4,
-        "the new firewall's chain has our rules for both links"
+        2,
+        "the new firewall's chain has our two rules, for our links' group"
     );
 }
 
