@@ -90,7 +90,8 @@ impl ForeignChain {
     }
 }
 
-/// A rule of ours found in a foreign chain.
+/// A rule of ours found in a foreign chain (or, in [`HostView::read_comments`], any rule whose
+/// comment was read through iptables).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OurRule {
     /// Family of its table.
@@ -103,6 +104,37 @@ pub struct OurRule {
     pub handle: u32,
     /// Its comment (starts with [`COMMENT_PREFIX`]).
     pub comment: String,
+    /// The handle of its table when it was listed (a table made again gets a new one, and its
+    /// rules handles from 1 again), if the listing showed it.
+    pub table_handle: Option<u64>,
+}
+
+impl OurRule {
+    /// True if `r`, a rule of the listing whose table has handle `table_handle`, is this one.
+    fn is(&self, key: &ChainKey, r: &Value, table_handle: Option<u64>) -> bool {
+        self.family == key.0
+            && self.table == key.1
+            && self.chain == key.2
+            && r["handle"].as_u64() == Some(u64::from(self.handle))
+            && self.table_handle == table_handle
+    }
+}
+
+/// The handles of the tables in a listing (`{"table": {"family", "name", "handle"}}`).
+fn table_handles(objects: &[Value]) -> BTreeMap<(String, String), u64> {
+    objects
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .filter_map(|t| {
+            Some((
+                (
+                    t["family"].as_str()?.to_owned(),
+                    t["name"].as_str()?.to_owned(),
+                ),
+                t["handle"].as_u64()?,
+            ))
+        })
+        .collect()
 }
 
 /// What a ruleset listing says about the other firewalls.
@@ -112,6 +144,10 @@ pub struct HostView {
     pub chains: Vec<ForeignChain>,
     /// Our rules in foreign chains, in listing order.
     pub ours: Vec<OurRule>,
+    /// Every rule whose comment only iptables shows (`-m comment`, an `xt` match) and was read
+    /// from a save or from `known` (ours or not): the next look's `known`
+    /// ([`detect_with_saves`], [`restored_tables`]).
+    pub read_comments: Vec<OurRule>,
 }
 
 impl HostView {
@@ -142,20 +178,24 @@ type ChainKey = (String, String, String);
 /// the chain or in a chain it jumps or goes to), and the rules of ours in foreign chains.
 /// Tables `inet rnet` and `bridge rnet` are ours and never foreign.
 pub fn detect(listing: &Value) -> HostView {
-    detect_with_saves(listing, &[])
+    detect_with_saves(listing, &[], &[])
 }
 
 /// [`detect`], also recognising rules of ours that `iptables-save | iptables-restore` brought
 /// back: iptables-restore turns our comment into an `xt` comment match, which `nft -j` does not
 /// show. `saves` are `(family, text)`: the output of `iptables-save` (`ip`) and
 /// `ip6tables-save` (`ip6`) taken with the listing, whose rules they list in the same order
-/// ([`SavedComments`] matches them up, and only where they agree).
-pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
+/// ([`SavedComments`] matches them up, and only where they agree). Rules in `known` (the
+/// last look's [`HostView::ours`]) are recognised by their table's and their own handle
+/// without a save: those that iptables added for us carry `-m comment` from the start.
+pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)], known: &[OurRule]) -> HostView {
     let mut chains: BTreeMap<ChainKey, ListedChain> = BTreeMap::new();
     let mut order: Vec<ChainKey> = Vec::new();
     let mut ours = Vec::new();
+    let mut read_comments = Vec::new();
     let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
     let saved = SavedComments::new(&objects, saves);
+    let handles = table_handles(&objects);
     let mut position: BTreeMap<ChainKey, usize> = BTreeMap::new();
     for object in &objects {
         if let Some(c) = object.get("chain") {
@@ -174,18 +214,36 @@ pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
             let index = position.entry(key.clone()).or_default();
             let at = *index;
             *index += 1;
+            let table_handle = handles.get(&(key.0.clone(), key.1.clone())).copied();
             let comment = match r["comment"].as_str() {
                 Some(c) => c,
-                None => saved.comment(&key, at).unwrap_or_default(),
+                None => {
+                    let read = saved.comment(&key, at).or_else(|| {
+                        let known = known.iter().find(|k| k.is(&key, r, table_handle))?;
+                        xt_comment(&r["expr"]).then_some(known.comment.as_str())
+                    });
+                    if let (Some(c), Some(handle)) = (read, rule_handle(r)) {
+                        read_comments.push(OurRule {
+                            family: key.0.clone(),
+                            table: key.1.clone(),
+                            chain: key.2.clone(),
+                            handle,
+                            comment: c.to_owned(),
+                            table_handle,
+                        });
+                    }
+                    read.unwrap_or_default()
+                }
             };
             if comment.starts_with(COMMENT_PREFIX) {
-                if let Some(handle) = r["handle"].as_u64().and_then(|h| u32::try_from(h).ok()) {
+                if let Some(handle) = rule_handle(r) {
                     ours.push(OurRule {
                         family: key.0,
                         table: key.1,
                         chain: key.2,
                         handle,
                         comment: comment.to_owned(),
+                        table_handle,
                     });
                 }
                 continue;
@@ -228,19 +286,37 @@ pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)]) -> HostView {
     HostView {
         chains: found,
         ours,
+        read_comments,
     }
+}
+
+/// A rule's handle.
+fn rule_handle(r: &Value) -> Option<u32> {
+    r["handle"].as_u64().and_then(|h| u32::try_from(h).ok())
 }
 
 /// The tables of families `ip` and `ip6` whose chains hold a rule that may be one of ours
 /// restored by `iptables-restore`: an accept with an `xt` comment match and no nft comment.
 /// Only for these is `iptables-save -t TABLE`/`ip6tables-save -t TABLE` worth running
-/// ([`detect_with_saves`]).
-pub fn restored_tables(listing: &Value) -> Vec<(&'static str, String)> {
+/// ([`detect_with_saves`]); not for a rule in `known` (found by an earlier look), so that the
+/// rules iptables adds for us cost a save once, not at every look.
+pub fn restored_tables(listing: &Value, known: &[OurRule]) -> Vec<(&'static str, String)> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
-    for object in listing["nftables"].as_array().into_iter().flatten() {
+    let objects = listing["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let handles = table_handles(objects);
+    for object in objects {
         let Some(r) = object.get("rule") else {
             continue;
         };
+        if let Some(key) = foreign_key(r, "chain") {
+            let table_handle = handles.get(&(key.0.clone(), key.1.clone())).copied();
+            if known.iter().any(|k| k.is(&key, r, table_handle)) {
+                continue;
+            }
+        }
         let family = match r["family"].as_str() {
             Some("ip") => "ip",
             Some("ip6") => "ip6",
@@ -964,6 +1040,7 @@ mod tests {
                     chain: r["chain"].as_str().unwrap().to_owned(),
                     handle,
                     comment: r["comment"].as_str().unwrap().to_owned(),
+                    table_handle: None,
                 });
             } else {
                 let h = cmd["delete"]["rule"]["handle"].as_u64().unwrap();
@@ -1016,6 +1093,7 @@ mod tests {
                 chain: DOCKER_USER.to_owned(),
                 handle,
                 comment: comment.to_owned(),
+                table_handle: None,
             });
         }
         let plan = plan_host(&old, GROUP).unwrap();
@@ -1088,11 +1166,14 @@ mod tests {
     #[test]
     fn rules_restored_by_iptables_restore_are_recognised_through_iptables_save() {
         let listing = restored_listing();
-        assert_eq!(restored_tables(&listing), [("ip", "filter".to_owned())]);
+        assert_eq!(
+            restored_tables(&listing, &[]),
+            [("ip", "filter".to_owned())]
+        );
         // Without the save, only the rule nft added since is ours: the restored ones are not
         // seen, and a plan would add copies of them.
         assert_eq!(detect(&listing).ours.len(), 1);
-        let view = detect_with_saves(&listing, &[("ip", RESTORED_SAVE)]);
+        let view = detect_with_saves(&listing, &[("ip", RESTORED_SAVE)], &[]);
         let ours: Vec<(u32, &str)> = view
             .ours
             .iter()
@@ -1120,12 +1201,36 @@ mod tests {
     }
 
     #[test]
+    fn rules_known_from_the_last_look_need_no_save_unless_their_table_was_made_again() {
+        let mut listing = restored_listing();
+        let table = json!({"table": {"family": "ip", "name": "filter", "handle": 3}});
+        listing["nftables"].as_array_mut().unwrap().insert(0, table);
+        let first = detect_with_saves(&listing, &[("ip", RESTORED_SAVE)], &[]);
+        assert_eq!(first.ours.len(), 3);
+        assert!(first.ours.iter().all(|r| r.table_handle == Some(3)));
+        // Known: no save needed, and the same rules found without it.
+        assert_eq!(first.read_comments.len(), 3, "two of ours and the admin's");
+        let known = &first.read_comments;
+        assert!(restored_tables(&listing, known).is_empty());
+        assert_eq!(detect_with_saves(&listing, &[], known), first);
+        // The same handles in a table made again are other rules: a save is needed.
+        listing["nftables"][0]["table"]["handle"] = json!(9);
+        assert_eq!(
+            restored_tables(&listing, known),
+            [("ip", "filter".to_owned())]
+        );
+        assert_eq!(detect_with_saves(&listing, &[], known).ours.len(), 1);
+    }
+
+    #[test]
     fn a_save_that_disagrees_with_the_listing_recognises_nothing() {
         let listing = restored_listing();
         // A rule added between the two listings: the counts differ.
         let longer = RESTORED_SAVE.replace("COMMIT", "-A FORWARD -j ACCEPT\nCOMMIT");
         assert_eq!(
-            detect_with_saves(&listing, &[("ip", &longer)]).ours.len(),
+            detect_with_saves(&listing, &[("ip", &longer)], &[])
+                .ours
+                .len(),
             1
         );
         // A comment where the listing has none.
@@ -1133,17 +1238,22 @@ mod tests {
             "-i eth9 -m comment --comment \"admin \\\"rnet: \\\" look-alike\"",
             "-i eth9",
         );
-        assert_eq!(detect_with_saves(&listing, &[("ip", &moved)]).ours.len(), 1);
+        assert_eq!(
+            detect_with_saves(&listing, &[("ip", &moved)], &[])
+                .ours
+                .len(),
+            1
+        );
         // Another family's save, or a table iptables cannot read, says nothing of this one.
         assert_eq!(
-            detect_with_saves(&listing, &[("ip6", RESTORED_SAVE)])
+            detect_with_saves(&listing, &[("ip6", RESTORED_SAVE)], &[])
                 .ours
                 .len(),
             1
         );
         let incompatible = "*filter\n# Table `filter' is incompatible, use 'nft' tool.\nCOMMIT\n";
         assert_eq!(
-            detect_with_saves(&listing, &[("ip", incompatible)])
+            detect_with_saves(&listing, &[("ip", incompatible)], &[])
                 .ours
                 .len(),
             1
@@ -1185,7 +1295,7 @@ mod tests {
         ]});
         let view = detect(&listing);
         assert_eq!(view.chains.len(), 1);
-        assert!(restored_tables(&listing).is_empty());
+        assert!(restored_tables(&listing, &[]).is_empty());
         let view = view.without_tables(&["firewalld"]);
         assert!(view.chains.is_empty());
         let cmds = batch_commands(&plan_host(&view, GROUP).unwrap());

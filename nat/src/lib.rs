@@ -20,8 +20,8 @@ pub use apply::{AsyncNft, Nft, NftCli, insert_with_iptables};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
 pub use hostfw::{
-    ForeignChain, HostPlan, HostView, TableRef, XtInsert, detect, detect_with_saves, hooked_tables,
-    plan_host, restored_tables,
+    ForeignChain, HostPlan, HostView, OurRule, TableRef, XtInsert, detect, detect_with_saves,
+    hooked_tables, plan_host, restored_tables,
 };
 pub use model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 pub use netlink::NfNetlink;

@@ -756,10 +756,17 @@ fn iptables_save() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// What rnetd sees of the other firewalls: the ruleset, and the save of `ip filter`.
-async fn host_view(nft: &mut NftCli) -> nat::HostView {
+/// What rnetd sees of the other firewalls: the ruleset, and the save of `ip filter` where a
+/// rule with iptables' comment is not in `known` (as rnetd: `nat::restored_tables`); also says
+/// whether it took the save.
+async fn host_view(nft: &mut NftCli, known: &[nat::OurRule]) -> (nat::HostView, bool) {
+    let listing = nft.list_ruleset_async().await.unwrap();
+    if nat::restored_tables(&listing, known).is_empty() {
+        return (nat::detect_with_saves(&listing, &[], known), false);
+    }
     let save = iptables_save();
-    nat::detect_with_saves(&nft.list_ruleset_async().await.unwrap(), &[("ip", &save)])
+    let view = nat::detect_with_saves(&listing, &[("ip", &save)], known);
+    (view, true)
 }
 
 #[test]
@@ -790,7 +797,7 @@ fn group_rules_go_into_iptables_tables_with_iptables_and_iptables_still_reads_th
             "table inet hard {\n chain in { type filter hook input priority 0; policy drop; }\n}\n",
         );
         let group = Some(0x726e_6574);
-        let plan = nat::plan_host(&host_view(&mut nft).await, group).unwrap();
+        let plan = nat::plan_host(&host_view(&mut nft, &[]).await.0, group).unwrap();
         assert_eq!(plan.iptables.len(), 2, "{plan:?}");
         if let Some(batch) = &plan.batch {
             nft.apply_async(batch).await.unwrap();
@@ -835,19 +842,37 @@ fn group_rules_go_into_iptables_tables_with_iptables_and_iptables_still_reads_th
                 "rnet: ICMPv6 from our links"
             ]
         );
-        // Read back (the iptables ones through the save): nothing more to do.
-        let view = host_view(&mut nft).await;
+        // Read back (the iptables ones through the save, once): nothing more to do.
+        let (view, saved) = host_view(&mut nft, &[]).await;
+        assert!(saved);
         assert_eq!(view.ours.len(), 6, "{view:?}");
         assert_eq!(nat::plan_host(&view, group), None);
+        // The next look knows them by their handles: no save, the same view.
+        let (again, saved) = host_view(&mut nft, &view.read_comments).await;
+        assert!(!saved, "a save at every look");
+        assert_eq!(again, view);
+        // Restored (new handles, the same comments): a save again, and still no duplicate.
+        sh("iptables-nft-save | iptables-nft-restore");
+        let (restored, saved) = host_view(&mut nft, &view.read_comments).await;
+        assert!(saved);
+        assert_eq!(restored.ours.len(), 6, "{restored:?}");
+        assert_eq!(nat::plan_host(&restored, group), None);
+        let view = restored;
         // Without links, all six go and Docker's rules stay.
         let plan = nat::plan_host(&view, None).unwrap();
         assert!(plan.iptables.is_empty());
         nft.apply_async(plan.batch.as_ref().unwrap()).await.unwrap();
-        assert!(host_view(&mut nft).await.ours.is_empty());
+        assert!(
+            host_view(&mut nft, &view.read_comments)
+                .await
+                .0
+                .ours
+                .is_empty()
+        );
         assert!(iptables_save().contains("-A DOCKER-USER -j RETURN"));
 
         // A refusal carries iptables' own words (rnetd then adds the rule's native form).
-        let plan = nat::plan_host(&host_view(&mut nft).await, group).unwrap();
+        let plan = nat::plan_host(&host_view(&mut nft, &[]).await.0, group).unwrap();
         let mut missing = plan.iptables[0].clone();
         missing.chain = "NO-SUCH-CHAIN".to_owned();
         let refused = nat::insert_with_iptables(&missing).await.unwrap_err();

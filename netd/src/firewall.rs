@@ -160,6 +160,10 @@ pub struct Firewall<N> {
     /// some links of ours (`true`) or none (`false`); `None` before the first look or after one
     /// that failed half-way. A change of links that keeps this needs no look at other tables.
     host_synced: Option<bool>,
+    /// The rules in other firewalls' chains whose comment the last look read through
+    /// `iptables-save` (ours, which iptables added, among them): a look runs the save only for
+    /// rules it does not know yet ([`nat::restored_tables`]), not at every look.
+    host_comments: Vec<nat::OurRule>,
     /// The other firewalls' tables the last full look listed and will list again: those with a
     /// filter chain on the forward or input hook, and those holding rules of ours. A look right
     /// after a change of our links lists only these (no `list chains`): a table that got such a
@@ -185,6 +189,11 @@ pub struct Probe<N> {
     pub firewalld: bool,
     /// The other firewalls' tables the last look listed ([`Firewall::host_tables`]).
     pub host_tables: Vec<TableRef>,
+    /// The comments the last look read through iptables ([`Firewall::host_comments`]).
+    pub known: Vec<nat::OurRule>,
+    /// What this check's look read through iptables, if it differs from `known`: for
+    /// [`Firewall::learn_comments`], so that the next check needs no `iptables-save` for them.
+    pub learned: Option<Vec<nat::OurRule>>,
 }
 
 impl<N: AsyncNft> Probe<N> {
@@ -206,7 +215,10 @@ impl<N: AsyncNft> Probe<N> {
         let look = Look::Full {
             also: &self.host_tables,
         };
-        let (view, _) = host_view(&mut self.nft, self.firewalld, look).await?;
+        let (view, _) = host_view(&mut self.nft, self.firewalld, look, &self.known).await?;
+        if view.read_comments != self.known {
+            self.learned = Some(view.read_comments.clone());
+        }
         Ok(nat::plan_host(&view, group).is_some())
     }
 }
@@ -234,6 +246,7 @@ async fn host_view<N: AsyncNft>(
     nft: &mut N,
     firewalld: bool,
     look: Look<'_>,
+    known: &[nat::OurRule],
 ) -> Result<(nat::HostView, Vec<TableRef>), FirewallError> {
     let (mut tables, hooked) = match look {
         Look::Known(known) => (known.to_vec(), None),
@@ -258,14 +271,14 @@ async fn host_view<N: AsyncNft>(
         }
     }
     let listing = serde_json::json!({ "nftables": objects });
-    let restored = nat::restored_tables(&listing);
+    let restored = nat::restored_tables(&listing, known);
     let saves = if restored.is_empty() {
         Vec::new()
     } else {
         hostfw::iptables_saves(&restored).await
     };
     let saves: Vec<(&str, &str)> = saves.iter().map(|(f, t)| (*f, t.as_str())).collect();
-    let view = nat::detect_with_saves(&listing, &saves);
+    let view = nat::detect_with_saves(&listing, &saves, known);
     if let Some(hooked) = hooked {
         tables.retain(|t| {
             hooked.contains(t) || view.ours.iter().any(|o| o.family == t.0 && o.table == t.1)
@@ -316,6 +329,7 @@ impl<N: AsyncNft> Firewall<N> {
             host_chains: Vec::new(),
             foreign_quiet: false,
             host_synced: None,
+            host_comments: Vec::new(),
             host_tables: None,
             watched: tokio::sync::watch::Sender::new(Vec::new()),
             firewalld: None,
@@ -390,7 +404,8 @@ impl<N: AsyncNft> Firewall<N> {
     async fn sync_host_with(&mut self, look: Look<'_>) -> Result<bool, FirewallError> {
         let group = host_group(self.host_mode, &self.installed);
         let firewalld = self.firewalld_handles();
-        let (view, tables) = host_view(&mut self.nft, firewalld, look).await?;
+        let (view, tables) = host_view(&mut self.nft, firewalld, look, &self.host_comments).await?;
+        self.host_comments.clone_from(&view.read_comments);
         crate::timing::lap("host firewall list");
         self.watched.send_if_modified(|watched| {
             let changed = *watched != tables;
@@ -480,6 +495,12 @@ impl<N: AsyncNft> Firewall<N> {
         }
     }
 
+    /// Keeps the comments a check read through iptables ([`Probe::learned`]). Always sound:
+    /// they are keyed by their table's and their own handle, which no other rule gets.
+    pub fn learn_comments(&mut self, comments: Vec<nat::OurRule>) {
+        self.host_comments = comments;
+    }
+
     /// The generation of the desired table (changes with every add, remove or adopt).
     pub fn generation(&self) -> u64 {
         self.generation
@@ -497,6 +518,8 @@ impl<N: AsyncNft> Firewall<N> {
             generation: self.generation,
             firewalld: self.firewalld_handles(),
             host_tables: self.host_tables.clone().unwrap_or_default(),
+            known: self.host_comments.clone(),
+            learned: None,
         })
     }
 

@@ -331,6 +331,9 @@ impl<S: System> Machines<S> {
                     return;
                 }
             };
+        if let Some(comments) = probe.learned.take() {
+            self.firewall.lock().await.learn_comments(comments);
+        }
         if !table && !host {
             *checked() = at;
             crate::trim::poke();
