@@ -62,8 +62,10 @@ bench_stop() {
         [ -n "$alive" ] || break
         sleep 0.1
     done
-    kill -KILL "$@" 2>/dev/null || true
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+        wait "$pid" 2>/dev/null || true
+    done
     local keep=() p
     for p in "${BENCH_PIDS[@]}"; do
         for pid in "$@"; do [ "$p" = "$pid" ] && continue 2; done
