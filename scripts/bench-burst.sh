@@ -28,46 +28,31 @@
 # here got SIGTERM (and SIGKILL if they outlive it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-burst.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rntb
 scripts/install-deps.sh scripts/packages.txt scripts/packages-bench.txt
 
 BURSTS=${BURSTS:-"50 100 200"}
 TOTAL=${TOTAL:-1000}
 STEP=${STEP:-100}
 LIMIT=${LIMIT:-120}
-if [ -z "${BIN:-}" ]; then
-  cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
-fi
+[ -n "${BIN:-}" ] || bench_build
 
-P=rntb$$
-TMP=$(mktemp -d "/tmp/$P-XXXXXX")
 chmod 755 "$TMP"
 HOST=${P}h      # rnetd's "host" netns
 UP=${P}u        # the uplink netns (the internet)
 RUN=$TMP/run
-RNETD=
 BAD=0           # launchers failed or stuck, over all bursts
 LAUNCHERS=()    # ROUND_DIR/NAME of every launcher started here and not yet stopped
 
-cleanup() {
-  set +e
-  # Every launcher that wrote its pid (also those of a burst cut short), not only LAUNCHERS.
+# On exit, before rnetd: every launcher that wrote its pid (also those of a burst cut short), not
+# only LAUNCHERS.
+stop_all_launchers() {
   local all=()
   for f in "$TMP"/b*/pid/*; do [ -e "$f" ] && all+=("${f%/pid/*}/${f##*/}"); done
   stop_launchers "${all[@]}"
-  if [ -n "$RNETD" ]; then
-    kill "$RNETD" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$RNETD" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$RNETD" 2>/dev/null
-  fi
-  wait 2>/dev/null
-  for ns in "$HOST" "$UP"; do ip netns list | grep -qw "$ns" && ip netns del "$ns"; done
-  rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_on_exit stop_all_launchers
 
 # The pids of the launchers $@ (ROUND_DIR/NAME) still running: those whose exit code is not
 # written yet (so a pid is never signalled after its launcher was reaped).
@@ -85,12 +70,14 @@ stop_launchers() {
   [ $# -gt 0 ] || return 0
   local pids
   pids=$(running "$@")
+  # shellcheck disable=SC2086 # one word per pid
   [ -n "$pids" ] && kill -TERM $pids 2>/dev/null
   for _ in $(seq 100); do
     [ -z "$(running "$@")" ] && return 0
     sleep 0.1
   done
   pids=$(running "$@")
+  # shellcheck disable=SC2086 # one word per pid
   [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
   return 0
 }
@@ -115,24 +102,10 @@ pcts() {
 }
 
 # The topology: as the rig's (tests/src/lib.rs), without IPv6 addresses on the uplink.
-ip netns add "$HOST"
-ip netns add "$UP"
-ip link add "${P}up" netns "$HOST" type veth peer name "${P}dn" netns "$UP"
-ip -n "$HOST" addr add 203.0.113.2/24 dev "${P}up"
-ip -n "$UP" addr add 203.0.113.1/24 dev "${P}dn"
-for ns in "$HOST" "$UP"; do ip -n "$ns" link set lo up; done
-ip -n "$HOST" link set "${P}up" up
-ip -n "$UP" link set "${P}dn" up
-ip -n "$HOST" route add default via 203.0.113.1
+bench_uplink "$HOST" "$UP"
 echo "nameserver 203.0.113.1" > "$TMP/resolv.conf"
-
-mkdir -p "$RUN" "$TMP/state"
-nsenter --net="/run/netns/$HOST" env RNET_TIMINGS=1 "$BIN/rnetd" --runtime-dir "$RUN" \
-  --state-dir "$TMP/state" --resolv-conf "$TMP/resolv.conf" --pool6 fd52:6e65:7400::/48 \
-  --log info 2> "$TMP/rnetd.log" &
-RNETD=$!
-for _ in $(seq 100); do rnet list >/dev/null 2>&1 && break; sleep 0.1; done
-rnet list >/dev/null || { echo "rnetd did not come up:"; cat "$TMP/rnetd.log"; exit 1; }
+bench_start_rnetd "$HOST" RNET_TIMINGS=1 --resolv-conf "$TMP/resolv.conf" \
+  --pool6 fd52:6e65:7400::/48 --log info
 RSS0=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$RNETD/status")
 echo "rnetd $BIN/rnetd (pid $RNETD, RSS $RSS0 MiB); $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -175,8 +148,8 @@ burst() {
   # Every launcher has written its pid by now, or is stuck before it (counted below).
   for f in "$r"/pid/*; do LAUNCHERS+=("$r/${f##*/}"); done
   local up failed stuck
-  up=$(ls "$r/up" | wc -l)
-  failed=$(ls "$r/rc" | wc -l)
+  up=$(find "$r/up" -mindepth 1 | wc -l)
+  failed=$(find "$r/rc" -mindepth 1 | wc -l)
   stuck=$((n - settled))
   BAD=$((BAD + failed + stuck))
   local last_up="$t0"

@@ -33,8 +33,8 @@
 # with the temp dir on exit (also on failure or Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-dhcp.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rnb
 scripts/install-deps.sh scripts/packages.txt scripts/packages-bench.txt
 
 RATES=${RATES:-"125 250 500 1000 1500 2000 3000 4000 6000 8000 12000 16000"}
@@ -44,31 +44,11 @@ PROFILE=${PROFILE:-0}
 SERVERS=${SERVERS:-"rnet dnsmasq kea kea-mt"}
 MAX_DROP=2.5
 
-cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+bench_build
 
-P=rnb$$
-TMP=$(mktemp -d "/tmp/$P-XXXXXX")
 HOST=${P}h      # rnetd's "host" netns
 SRV=${P}s       # dnsmasq's / kea's netns
 CLI=${P}c       # perfdhcp's netns for dnsmasq and kea
-PIDS=()
-
-cleanup() {
-  set +e
-  # Our servers and container launchers (a container's payload dies with its launcher).
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for ns in "$HOST" "$SRV" "$CLI"; do
-    if ip netns list | grep -qw "$ns"; then
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-      ip netns del "$ns" 2>/dev/null
-    fi
-  done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # (Background processes are started with `ip netns exec` itself, which execs the program, so
 # that $! is the server's own pid.)
@@ -94,16 +74,9 @@ perf_run() {
 }
 
 # --- rnet -------------------------------------------------------------------------------------
-RNETD_PID=
 start_rnetd() {
-  ip netns add "$HOST"
-  in_ns "$HOST" ip link set lo up
-  ip netns exec "$HOST" "$BIN/rnetd" --runtime-dir "$TMP/run" --state-dir "$TMP/state" \
-    --pool 10.0.0.0/8 --veth-prefix 16 --dns 192.0.2.53 --log info 2>>"$TMP/rnetd.log" &
-  RNETD_PID=$!
-  PIDS+=("$RNETD_PID")
-  for _ in $(seq 100); do [ -S "$TMP/run/rnetd.sock" ] && return; sleep 0.1; done
-  echo "rnetd did not start:" >&2; cat "$TMP/rnetd.log" >&2; exit 1
+  bench_netns "$HOST"
+  bench_start_rnetd "$HOST" --pool 10.0.0.0/8 --veth-prefix 16 --dns 192.0.2.53 --log info
 }
 
 # Starts container $1; sets CONTAINER_PID (its payload) and LAUNCHER_PID.
@@ -111,7 +84,7 @@ start_container() {
   ip netns exec "$HOST" "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M "$1" -- sleep 3600 \
     >/dev/null 2>>"$TMP/rnet.log" &
   LAUNCHER_PID=$!
-  PIDS+=("$LAUNCHER_PID")
+  bench_track "$LAUNCHER_PID"
   CONTAINER_PID=
   for _ in $(seq 100); do
     # The launcher's child execs sleep once host0 is configured.
@@ -124,22 +97,16 @@ start_container() {
   echo "container $1 did not start:" >&2; cat "$TMP/rnet.log" "$TMP/rnetd.log" >&2; exit 1
 }
 
-stop_container() {
-  kill "$LAUNCHER_PID" 2>/dev/null || true
-  wait "$LAUNCHER_PID" 2>/dev/null || true
-}
+stop_container() { bench_stop "$LAUNCHER_PID"; }
 
 # --- dnsmasq and kea: a veth link between $SRV (10.0.0.1/16) and $CLI (10.0.0.2/16) ------------
 link_up() {
-  ip netns add "$SRV"
-  ip netns add "$CLI"
+  bench_netns "$SRV" "$CLI"
   ip link add "${P}sv" netns "$SRV" type veth peer name "${P}cv" netns "$CLI"
   in_ns "$SRV" ip addr add 10.0.0.1/16 dev "${P}sv"
   in_ns "$CLI" ip addr add 10.0.0.2/16 dev "${P}cv"
-  for ns in "$SRV" "$CLI"; do
-    in_ns "$ns" ip link set lo up
-    in_ns "$ns" ip link set "${P}$([ "$ns" = "$SRV" ] && echo sv || echo cv)" up
-  done
+  in_ns "$SRV" ip link set "${P}sv" up
+  in_ns "$CLI" ip link set "${P}cv" up
 }
 
 SERVER_PID=
@@ -152,7 +119,7 @@ start_dnsmasq() {
     --dhcp-option=option:dns-server,192.0.2.53 --log-facility="$TMP/dnsmasq.log" \
     2>>"$TMP/dnsmasq.err" &
   SERVER_PID=$!
-  PIDS+=("$SERVER_PID")
+  bench_track "$SERVER_PID"
   sleep 0.5
 }
 
@@ -180,14 +147,11 @@ EOF
   KEA_PIDFILE_DIR=$TMP KEA_LOCKFILE_DIR=$TMP ip netns exec "$SRV" kea-dhcp4 -c "$TMP/kea.json" \
     2>>"$TMP/kea.err" >/dev/null &
   SERVER_PID=$!
-  PIDS+=("$SERVER_PID")
+  bench_track "$SERVER_PID"
   sleep 1
 }
 
-stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-}
+stop_server() { bench_stop "$SERVER_PID"; }
 
 # CPU seconds (user+system) a process has used.
 cpu_secs() {
@@ -214,7 +178,7 @@ for server in $SERVERS; do
     case $server in
       rnet)
         start_container "bench$i"
-        ns=/proc/$CONTAINER_PID/ns/net ifname=host0 spid=$RNETD_PID ;;
+        ns=/proc/$CONTAINER_PID/ns/net ifname=host0 spid=$RNETD ;;
       dnsmasq) start_dnsmasq; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
       kea) start_kea; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
       kea-mt) start_kea mt; ns=/run/netns/$CLI ifname=${P}cv spid=$SERVER_PID ;;
@@ -242,7 +206,7 @@ for server in $SERVERS; do
     rnet)
       if [ "$PROFILE" = 1 ] && [ "${BEST_RATE[rnet]}" != 0 ] && command -v perf >/dev/null; then
         start_container benchprof
-        perf record -g -o "$TMP/perf.data" -p "$RNETD_PID" -- sleep "$PERIOD" \
+        perf record -g -o "$TMP/perf.data" -p "$RNETD" -- sleep "$PERIOD" \
           >/dev/null 2>&1 &
         rec=$!
         perf_run "/proc/$CONTAINER_PID/ns/net" host0 "${BEST_RATE[rnet]}" "$TMP/prof.out" \
@@ -253,8 +217,8 @@ for server in $SERVERS; do
         perf report -i "$TMP/perf.data" --no-children -g none --stdio --percent-limit 1 \
           --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' | grep '%' | head -25
       fi
-      kill "$RNETD_PID"; wait "$RNETD_PID" 2>/dev/null || true
-      if grep -q panicked "$TMP/rnetd.log"; then echo "rnetd panicked:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; fi
+      bench_stop_rnetd
+      bench_check_panic
       ip netns del "$HOST" ;;
     *)
       ip netns del "$SRV"; ip netns del "$CLI" ;;

@@ -24,75 +24,41 @@
 # within 1 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-dns.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rnd
 command -v dnsperf >/dev/null || scripts/install-deps.sh scripts/packages.txt
 
 QUERIES=${QUERIES:-5000}
 PERIOD=${PERIOD:-10}
 OUTSTANDING=${OUTSTANDING:-100}
 
-cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+bench_build
 
-P=rnd$$
-TMP=$(mktemp -d "/tmp/$P-XXXXXX")
 HOST=${P}h
 UP=${P}u
-PIDS=()
-
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  for ns in "$HOST" "$UP"; do
-    if ip netns list | grep -qw "$ns"; then
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-      ip netns del "$ns" 2>/dev/null
-    fi
-  done
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # --- the uplink and the host ------------------------------------------------------------------
-ip netns add "$HOST"
-ip netns add "$UP"
-ip link add "${P}up" netns "$HOST" type veth peer name "${P}dn" netns "$UP"
-in_ns "$HOST" ip addr add 203.0.113.2/24 dev "${P}up"
-in_ns "$UP" ip addr add 203.0.113.1/24 dev "${P}dn"
-for ns in "$HOST" "$UP"; do in_ns "$ns" ip link set lo up; done
-in_ns "$HOST" ip link set "${P}up" up
-in_ns "$UP" ip link set "${P}dn" up
-in_ns "$HOST" ip route add default via 203.0.113.1
+bench_uplink "$HOST" "$UP"
 
 dnsmasq_common=(--no-daemon --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces
   --port=53 --log-facility=/dev/null)
 ip netns exec "$UP" dnsmasq "${dnsmasq_common[@]}" --listen-address=203.0.113.1 \
   --local=/example.test/ --host-record=www.example.test,203.0.113.80 \
   --pid-file="$TMP/up.pid" 2>>"$TMP/dnsmasq.log" &
-PIDS+=($!)
+bench_track $!
 ip netns exec "$HOST" dnsmasq "${dnsmasq_common[@]}" --listen-address=203.0.113.2 \
   --server=203.0.113.1 --cache-size=0 --pid-file="$TMP/fwd.pid" 2>>"$TMP/dnsmasq.log" &
-PIDS+=($!)
+bench_track $!
 
 printf 'nameserver 127.0.0.53\noptions edns0 trust-ad\n' >"$TMP/resolv.conf"
 printf 'nameserver 203.0.113.1\n' >"$TMP/resolved.conf"
-ip netns exec "$HOST" "$BIN/rnetd" --runtime-dir "$TMP/run" --state-dir "$TMP/state" \
-  --resolv-conf "$TMP/resolv.conf" --resolved-conf "$TMP/resolved.conf" --log warn \
-  2>>"$TMP/rnetd.log" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -S "$TMP/run/rnetd.sock" ] && break; sleep 0.1; done
-[ -S "$TMP/run/rnetd.sock" ] || { echo "rnetd did not start:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; }
+bench_start_rnetd "$HOST" --resolv-conf "$TMP/resolv.conf" --resolved-conf "$TMP/resolved.conf" \
+  --log warn
 
 ip netns exec "$HOST" "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M dnsbench -- sleep 3600 \
   >/dev/null 2>>"$TMP/rnet.log" &
 LAUNCHER=$!
-PIDS+=("$LAUNCHER")
+bench_track "$LAUNCHER"
 CONTAINER=
 for _ in $(seq 100); do
   for c in $(pgrep -P "$LAUNCHER" 2>/dev/null); do
@@ -137,8 +103,8 @@ done
 printf '%-13s %-22s %8s %8s %9s %9s %10s %7s\n' target server "p50 us" "p99 us" "+p50 us" "+p99 us" "queries/s" "lost %"
 d50=- d99=-
 row() {
-  local label=$1 server=$2 name=$3 l50 l99 answered qps lost
-  read -r l50 l99 answered < <(latency "$server" "$name")
+  local label=$1 server=$2 name=$3 l50 l99 qps lost
+  read -r l50 l99 _ < <(latency "$server" "$name")
   read -r qps lost < <(throughput "$server" "$name")
   local a50=- a99=-
   if [ "$label" = direct ]; then

@@ -16,8 +16,8 @@
 # Everything runs in a network namespace of its own (rnh<pid>); nothing touches the host's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-hostfw.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rnh
 command -v iptables-nft-restore >/dev/null || scripts/install-deps.sh scripts/packages.txt
 
 FOREIGN=${FOREIGN:-1000}
@@ -26,21 +26,23 @@ CHURN=${CHURN:-100}
 RUNS=${RUNS:-9}
 
 if [ $# = 0 ]; then
-    cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-    set -- "${CARGO_TARGET_DIR:-$PWD/target}/release"
+    bench_build
+    set -- "$BIN"
 fi
 
-P=rnh$$
-TMP=$(mktemp -d "/tmp/$P-XXXXXX")
 NS=$P
-RNETD=
-cleanup() {
-    pkill -TERM -f "runtime-dir $TMP/" 2>/dev/null || true
-    [ -n "$RNETD" ] && kill "$RNETD" 2>/dev/null && sleep 1
-    ip netns del "$NS" 2>/dev/null || true
-    rm -rf "$TMP"
+
+# The launchers of this run (`rnet --runtime-dir $TMP/run run ...`, found by that command line):
+# SIGTERM, and up to 10 s for them to go (each removes its machine's cgroup).
+stop_launchers() {
+    local me="rnet --runtime-dir $TMP/run run "
+    pkill -TERM -f "$me" 2>/dev/null || true
+    for _ in $(seq 100); do
+        pgrep -f "$me" >/dev/null || return 0
+        sleep 0.1
+    done
 }
-trap cleanup EXIT
+bench_on_exit stop_launchers
 
 # The peer's ruleset, as iptables-save would print it.
 rules() {
@@ -80,13 +82,9 @@ for bin in "$@"; do
     rm -rf "$TMP/run" "$TMP/state"
     mkdir -p "$TMP/run" "$TMP/state"
     echo "nameserver 192.0.2.53" > "$TMP/resolv.conf"
-    ip netns add "$NS"
-    ip -n "$NS" link set lo up
+    bench_netns "$NS"
     in_ns iptables-nft-restore < "$TMP/rules"
-    # Not through in_ns: $! must be rnetd itself, not a subshell.
-    nsenter --net="/run/netns/$NS" "$bin/rnetd" --runtime-dir "$TMP/run" --state-dir "$TMP/state" \
-        --resolv-conf "$TMP/resolv.conf" --log warn 2> "$TMP/rnetd.log" &
-    RNETD=$!
+    BIN=$bin bench_start_rnetd "$NS" --resolv-conf "$TMP/resolv.conf" --log warn
     sleep 2
     rss0=$(rss)
     for i in $(seq 1 "$MACHINES"); do
@@ -123,11 +121,9 @@ for bin in "$@"; do
     label="$bin ($n of $MACHINES attached)"
     printf '%-40s %9s %9s %9s %9s %9s %11s %11s\n' "$label" "$rss0" "$rssm" "$idle" "$churn" \
         "$(awk "BEGIN {print $churn_s / 1000}")" "$(awk "BEGIN {print $p50 / 10}")" "$(awk "BEGIN {print $max / 10}")"
-    pkill -TERM -f "runtime-dir $TMP/run" 2>/dev/null || true
+    stop_launchers
     sleep 2
-    kill "$RNETD" 2>/dev/null || true
-    wait "$RNETD" 2>/dev/null || true
-    RNETD=
+    bench_stop_rnetd
     ip netns del "$NS"
 done
 echo "(RSS in MiB; idle and churn in CPU ticks of 10 ms, rnetd and the nft processes it ran)"

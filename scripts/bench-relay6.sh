@@ -19,71 +19,49 @@
 # netprobe server), mean time per connection. Throughput: one iperf3 TCP stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-relay6.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rnr
 command -v iperf3 >/dev/null || scripts/install-deps.sh scripts/packages.txt scripts/packages-bench.txt
 
 CONNECTS=${CONNECTS:-300}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 
-cargo build --quiet --release -p rnet-netd -p rnet-launcher -p rnet-tests --bins
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
+bench_build -p rnet-tests
 
-P=rnr$$
-TMP=$(mktemp -d "/tmp/$P-XXXXXX")
 HOST=${P}h
-PIDS=()
-
-cleanup() {
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  if ip netns list | grep -qw "$HOST"; then
-    for pid in $(ip netns pids "$HOST" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-    ip netns del "$HOST" 2>/dev/null
-  fi
-  wait 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 in_host() { nsenter --net="/run/netns/$HOST" "$@"; }
 
-ip netns add "$HOST"
-in_host ip link set lo up
+bench_netns "$HOST"
 in_host ip addr add 2001:db8::2/64 dev lo
-in_host "$BIN/rnetd" --runtime-dir "$TMP/run" --state-dir "$TMP/state" \
-  --pool6 fd52:6e65:7400::/48 --log warn 2>>"$TMP/rnetd.log" &
-PIDS+=($!)
-for _ in $(seq 100); do [ -S "$TMP/run/rnetd.sock" ] && break; sleep 0.1; done
-[ -S "$TMP/run/rnetd.sock" ] || { echo "rnetd did not start:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; }
+bench_start_rnetd "$HOST" --pool6 fd52:6e65:7400::/48 --log warn
 
 # Two containers, each payload the launcher's own child (so it ends with the launcher): a
 # netprobe server for the latency figures, an iperf3 server for the throughput figures.
 in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M srv -p 8080:80 -- \
   "$BIN/netprobe" serve tcp:80 >"$TMP/rnet.log" 2>&1 &
-PIDS+=($!)
+bench_track $!
 in_host "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M perf -p 5201:5201 -- \
   iperf3 -s >>"$TMP/rnet.log" 2>&1 &
-PIDS+=($!)
+bench_track $!
 address6() {
   { in_host "$BIN/rnet" --runtime-dir "$TMP/run" status "$1" --json 2>/dev/null || true; } |
     sed -n 's/.*"container_address6": *"\([^"]*\)".*/\1/p'
 }
-ADDR6= PERF6=
+ADDR6='' PERF6=''
 for _ in $(seq 100); do
   ADDR6=$(address6 srv) PERF6=$(address6 perf)
   [ -n "$ADDR6" ] && [ -n "$PERF6" ] &&
     in_host "$BIN/netprobe" connect tcp "$ADDR6" 80 >/dev/null 2>&1 && break
   sleep 0.1
 done
-[ -n "$ADDR6" ] && [ -n "$PERF6" ] || { echo "the containers did not start:" >&2; cat "$TMP/rnet.log" "$TMP/rnetd.log" >&2; exit 1; }
+{ [ -n "$ADDR6" ] && [ -n "$PERF6" ]; } || { echo "the containers did not start:" >&2; cat "$TMP/rnet.log" "$TMP/rnetd.log" >&2; exit 1; }
 for _ in $(seq 50); do in_host iperf3 -c "$PERF6" -t 1 >/dev/null 2>&1 && break; sleep 0.2; done
 
 # Mean microseconds per connect + request + answer + close, over CONNECTS connections.
 latency() {
   local addr=$1 port=$2
+  # shellcheck disable=SC2016 # expanded by the inner bash
   in_host bash -c '
     addr=$1 port=$2 n=$3
     start=$(date +%s%N)

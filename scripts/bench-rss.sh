@@ -22,41 +22,19 @@
 # which remounts /sys and so hides the cgroup hierarchies the launcher uses.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/bench-rss.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib-bench.sh
+bench_init rnrss
 scripts/install-deps.sh scripts/packages.txt scripts/packages-bench.txt
 N=${1:-1000}
 LATE=${LATE:-60}
 SERIES=${SERIES:-20}
+bench_build
 
-cargo build --quiet --release -p rnet-netd -p rnet-launcher --bins
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
-
-NS=rnrss$$
-TMP=$(mktemp -d "/tmp/$NS-XXXXXX")
-LAUNCHERS=()
-RNETD=
-cleanup() {
-  set +e
-  [ ${#LAUNCHERS[@]} -gt 0 ] && kill -TERM "${LAUNCHERS[@]}" 2>/dev/null
-  for pid in "${LAUNCHERS[@]}"; do wait "$pid" 2>/dev/null; done
-  [ -n "$RNETD" ] && kill "$RNETD" 2>/dev/null && wait "$RNETD" 2>/dev/null
-  ip netns del "$NS" 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-mkdir -p "$TMP/run" "$TMP/state"
+NS=$P
+bench_netns "$NS"
 echo "nameserver 192.0.2.53" >"$TMP/resolv.conf"
 # shellcheck disable=SC2086 # RNETD_ENV is a list of NAME=VALUE words
-nsenter --net="/run/netns/$NS" env ${RNETD_ENV:-} "$BIN/rnetd" --runtime-dir "$TMP/run" --state-dir "$TMP/state" \
-  --resolv-conf "$TMP/resolv.conf" --log warn --host-firewall off 2>"$TMP/rnetd.log" &
-RNETD=$!
-for _ in $(seq 100); do [ -S "$TMP/run/rnetd.sock" ] && break; sleep 0.1; done
-[ -S "$TMP/run/rnetd.sock" ] || { echo "rnetd did not start:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; }
+bench_start_rnetd "$NS" ${RNETD_ENV:-} --resolv-conf "$TMP/resolv.conf" --log warn --host-firewall off
 
 rss() { awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$RNETD/status"; }
 anon() { awk '/^Anonymous:/{printf "%.1f MB", $2/1000}' "/proc/$RNETD/smaps_rollup"; }
@@ -71,7 +49,7 @@ start=$(date +%s)
 for i in $(seq 1 "$N"); do
   nsenter --net="/run/netns/$NS" "$BIN/rnet" --runtime-dir "$TMP/run" run -n -M "c$i" -- sleep 3600 \
     >/dev/null 2>&1 &
-  LAUNCHERS+=($!)
+  bench_track $!
   if (( i % 50 == 0 )); then sleep 1; fi
 done
 n=0
@@ -97,4 +75,4 @@ echo "largest mappings (resident):"
 awk '/^[0-9a-f]+-/{name=$6} /^Rss:/{r[name]+=$2}
      END{for (m in r) if (r[m] > 500) print "  " r[m] " kB " (m == "" ? "[anonymous]" : m)}' \
   "/proc/$RNETD/smaps" | sort -rn | head -5
-if grep -q panicked "$TMP/rnetd.log"; then echo "rnetd panicked:" >&2; cat "$TMP/rnetd.log" >&2; exit 1; fi
+bench_check_panic

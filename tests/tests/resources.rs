@@ -44,6 +44,22 @@ fn leftover_cgroups(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The v1 memory limit (`memory.limit_in_bytes`) of the cgroup named in `proc_cgroup`, the text
+/// of a `/proc/PID/cgroup`; `None` without a memory hierarchy or its file.
+fn v1_memory_limit(proc_cgroup: &str) -> Option<String> {
+    let rel = proc_cgroup.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+        c.split(',').any(|c| c == "memory").then(|| path.to_owned())
+    })?;
+    fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel.trim_start_matches('/'))
+            .join("memory.limit_in_bytes"),
+    )
+    .ok()
+}
+
 #[test]
 fn a_memory_limit_stops_an_allocation_and_the_control_survives() {
     if !privileged("a_memory_limit_stops_an_allocation_and_the_control_survives") {
@@ -116,20 +132,8 @@ fn a_limit_changed_at_run_time_applies_and_top_shows_the_machine() {
     ]));
     let m = rig.wait_machine(&name);
     let leader = m["pid"].as_u64().unwrap();
-    let limit_file = || -> Option<String> {
-        let cg = fs::read_to_string(format!("/proc/{leader}/cgroup")).ok()?;
-        let rel = cg.lines().find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
-            c.split(',').any(|c| c == "memory").then(|| path.to_owned())
-        })?;
-        fs::read_to_string(
-            Path::new("/sys/fs/cgroup/memory")
-                .join(rel.trim_start_matches('/'))
-                .join("memory.limit_in_bytes"),
-        )
-        .ok()
-    };
+    let limit_file =
+        || v1_memory_limit(&fs::read_to_string(format!("/proc/{leader}/cgroup")).ok()?);
     if version() == "v1" {
         assert_eq!(limit_file().as_deref().map(str::trim), Some("1073741824"));
     }
@@ -208,22 +212,7 @@ fn keep_unit_leaves_the_machine_in_its_callers_cgroup_which_set_property_does_no
     assert_eq!(its, ours);
     assert!(leftover_cgroups(&name).is_empty());
     // set-property refuses it, in one line, rather than change the caller's cgroup.
-    let memory_limit = || {
-        let rel = ours.lines().find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
-            c.split(',').any(|c| c == "memory").then(|| path.to_owned())
-        });
-        rel.and_then(|rel| {
-            fs::read_to_string(
-                Path::new("/sys/fs/cgroup/memory")
-                    .join(rel.trim_start_matches('/'))
-                    .join("memory.limit_in_bytes"),
-            )
-            .ok()
-        })
-    };
-    let before = memory_limit();
+    let before = v1_memory_limit(&ours);
     let o = output(
         rig.rnet()
             .args(["set-property", "--runtime", &name, "MemoryMax=32M"]),
@@ -235,7 +224,11 @@ fn keep_unit_leaves_the_machine_in_its_callers_cgroup_which_set_property_does_no
         err.contains("runs in its caller's cgroup (--keep-unit)"),
         "{err}"
     );
-    assert_eq!(memory_limit(), before, "the caller's cgroup was changed");
+    assert_eq!(
+        v1_memory_limit(&ours),
+        before,
+        "the caller's cgroup was changed"
+    );
     // top shows no figures for it (they would be its caller's).
     let top = output(rig.rnet().args(["top", "--once"]));
     let top = String::from_utf8_lossy(&top.stdout);
