@@ -27,6 +27,9 @@
 //! - at the end, the data path: iperf3 from a container to the uplink through masquerade, from a
 //!   bare veth pair, and (when N reached 1000) with 1000 published ports present.
 //!
+//! Every sample starts 100 ms after the previous one ended (`SETTLE`), so that none pays for
+//! what the one before left running.
+//!
 //! Prints a table (p50, p99) with the peers' ratios, then one JSON line (`{"bench":"fabric",...}`).
 //! A figure printer, not a timed test: the goals are printed beside the figures, never asserted.
 
@@ -144,7 +147,21 @@ fn in_ns(ns: &File, program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 /// Runs `cmd` to completion, quietly; returns how long it took, or why it failed.
+/// How long every sample waits before it starts: what the previous one left running (rnetd
+/// deleting its links and a zone's bridge, which holds the kernel's RTNL lock across RCU grace
+/// periods; a cgroup move's RCU sync, which a move soon after another skips) is over, so a
+/// sample costs what it costs on a quiet host and not what its place in the order gives it.
+/// Without it `zone next`, right after `zone first`'s bridge deletion, took 37–58 ms against
+/// 23–29 ms alone, and `run -p5`, right after `run`'s cgroup move, 8.6–9.8 ms against 17–21.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Sleeps [`SETTLE`].
+fn settle() {
+    std::thread::sleep(SETTLE);
+}
+
 fn timed(cmd: &mut Command) -> Result<Duration, String> {
+    settle();
     let t = Instant::now();
     let out = cmd
         .stdin(Stdio::null())
@@ -255,11 +272,14 @@ impl Bench {
         }
     }
 
-    /// rnetd's RSS once settled: after a pause in requests longer than the one after which it
-    /// hands freed memory back (`netd::trim::QUIET`), so the figure is what N containers
-    /// keep, not what the burst that started them left.
+    /// rnetd's RSS once settled: after a pause in requests long enough for one more periodic
+    /// firewall check (which lists our table once after the burst's changes) and then the
+    /// pause after which rnetd hands freed memory back (`netd::trim::QUIET`), so the figure is
+    /// what N containers keep, not what the burst or that check left. (Read 2 s after the
+    /// burst, the same tree gave 28.5 and 36.4 MiB at N=1000 in two runs; `scripts/bench-rss.sh`,
+    /// which reads at 3 s and then for a minute, 25.5–25.6.)
     fn rss_mib(&self) -> f64 {
-        std::thread::sleep(netd::trim::QUIET * 2);
+        std::thread::sleep(netd::machines::FIREWALL_CHECK + netd::trim::QUIET * 2);
         rig::proc_status_kib(self.rnetd, "VmRSS").unwrap_or(0) as f64 / 1024.0
     }
 
@@ -444,6 +464,7 @@ impl Bench {
             init: Default::default(),
             ipv6: true,
         });
+        settle();
         let t = Instant::now();
         let attached = self.client.call(&req, Some(ns.as_fd()));
         let attach = t.elapsed();
@@ -727,6 +748,7 @@ impl Cni {
         if !made.status.success() {
             return Err(String::from_utf8_lossy(&made.stderr).into_owned());
         }
+        settle();
         let t = Instant::now();
         let mut prev: Option<Value> = None;
         for plugin in &self.plugins {
@@ -744,6 +766,7 @@ impl Cni {
         let cached = fs::read_to_string(self.dir.join("results").join(id))
             .ok()
             .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        settle();
         let t = Instant::now();
         let mut failed = None;
         for plugin in self.plugins.iter().rev() {

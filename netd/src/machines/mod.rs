@@ -68,7 +68,7 @@ use registry::{Entry, Registry};
 use system::{Host, HostProcs, Leases, Links, Procs, System};
 
 /// How often the firewall table is checked for changes made from outside.
-const FIREWALL_CHECK: Duration = Duration::from_secs(2);
+pub const FIREWALL_CHECK: Duration = Duration::from_secs(2);
 /// How long `Stop` waits before it kills a machine's process (systemd-nspawn's, too).
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
