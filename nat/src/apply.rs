@@ -117,6 +117,45 @@ pub trait AsyncNft: Send {
 /// How long an `iptables` run may take.
 const IPTABLES_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The programs of iptables-nft for `family` (`ip`: iptables, `ip6`: ip6tables) and `tool`
+/// (`""`, or `"-save"`): the nft variant under its own name (`iptables-nft-save`), then the plain
+/// name (`iptables-save`, which may be the legacy variant). `None` for another family.
+pub fn iptables_programs(family: &str, tool: &str) -> Option<[String; 2]> {
+    let base = match family {
+        "ip" => "iptables",
+        "ip6" => "ip6tables",
+        _ => return None,
+    };
+    Some([format!("{base}-nft{tool}"), format!("{base}{tool}")])
+}
+
+/// Runs iptables' `program` with `args`, for at most [`IPTABLES_TIMEOUT`]: its standard output,
+/// or why not (with `step`, what it was for).
+pub async fn run_iptables(program: &str, args: &[String], step: &str) -> Result<String> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(IPTABLES_TIMEOUT, output)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+        .map_err(|source| Error::Run {
+            program: program.to_owned(),
+            step: step.to_owned(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::Refused {
+            program: program.to_owned(),
+            step: step.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
 /// Runs `iptables -w -t TABLE -I CHAIN ARGS` (`ip6tables` for family `ip6`) of iptables-nft:
 /// `iptables-nft` where it is installed under that name, else `iptables` once `iptables -V`
 /// says `(nf_tables)` (the legacy variant writes into the kernel's other tables, where nft's
@@ -129,61 +168,30 @@ pub async fn insert_with_iptables(rule: &XtInsert) -> Result<()> {
         rule.table,
         rule.chain
     );
-    let (nft_variant, plain) = match rule.family.as_str() {
-        "ip" => ("iptables-nft", "iptables"),
-        "ip6" => ("ip6tables-nft", "ip6tables"),
-        other => {
-            return Err(Error::Refused {
-                program: "iptables".to_owned(),
-                step,
-                stderr: format!("iptables has no family {other}"),
-            });
-        }
-    };
-    let run = |program: &'static str, args: Vec<String>| {
-        let step = step.clone();
-        async move {
-            let output = tokio::process::Command::new(program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            let output = tokio::time::timeout(IPTABLES_TIMEOUT, output)
-                .await
-                .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
-                .map_err(|source| Error::Run {
-                    program: program.to_owned(),
-                    step: step.clone(),
-                    source,
-                })?;
-            if output.status.success() {
-                Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-            } else {
-                Err(Error::Refused {
-                    program: program.to_owned(),
-                    step,
-                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                })
-            }
-        }
+    let Some([nft_variant, plain]) = iptables_programs(&rule.family, "") else {
+        return Err(Error::Refused {
+            program: "iptables".to_owned(),
+            step,
+            stderr: format!("iptables has no family {}", rule.family),
+        });
     };
     let mut args: Vec<String> = ["-w", "-t", &rule.table, "-I", &rule.chain]
         .map(String::from)
         .to_vec();
     args.extend(rule.args.iter().cloned());
-    match run(nft_variant, args.clone()).await {
+    match run_iptables(&nft_variant, &args, &step).await {
         Err(Error::Run { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         done => return done.map(drop),
     }
-    let version = run(plain, vec!["-V".to_owned()]).await?;
+    let version = run_iptables(&plain, &["-V".to_owned()], &step).await?;
     if !version.contains("nf_tables") {
         return Err(Error::Refused {
-            program: plain.to_owned(),
+            program: plain.clone(),
             step,
             stderr: format!("{plain} is not iptables-nft: {}", version.trim()),
         });
     }
-    run(plain, args).await.map(drop)
+    run_iptables(&plain, &args, &step).await.map(drop)
 }
 
 /// The real [`Nft`]: runs the `nft` program (package `nftables`) with JSON in and out.

@@ -110,6 +110,18 @@ pub struct OurRule {
 }
 
 impl OurRule {
+    /// The rule with `handle` in chain `key`, whose comment is `comment`.
+    fn new(key: &ChainKey, handle: u32, comment: &str, table_handle: Option<u64>) -> Self {
+        Self {
+            family: key.0.clone(),
+            table: key.1.clone(),
+            chain: key.2.clone(),
+            handle,
+            comment: comment.to_owned(),
+            table_handle,
+        }
+    }
+
     /// True if `r`, a rule of the listing whose table has handle `table_handle`, is this one.
     fn is(&self, key: &ChainKey, r: &Value, table_handle: Option<u64>) -> bool {
         self.family == key.0
@@ -223,28 +235,14 @@ pub fn detect_with_saves(listing: &Value, saves: &[(&str, &str)], known: &[OurRu
                         xt_comment(&r["expr"]).then_some(known.comment.as_str())
                     });
                     if let (Some(c), Some(handle)) = (read, rule_handle(r)) {
-                        read_comments.push(OurRule {
-                            family: key.0.clone(),
-                            table: key.1.clone(),
-                            chain: key.2.clone(),
-                            handle,
-                            comment: c.to_owned(),
-                            table_handle,
-                        });
+                        read_comments.push(OurRule::new(&key, handle, c, table_handle));
                     }
                     read.unwrap_or_default()
                 }
             };
             if comment.starts_with(COMMENT_PREFIX) {
                 if let Some(handle) = rule_handle(r) {
-                    ours.push(OurRule {
-                        family: key.0,
-                        table: key.1,
-                        chain: key.2,
-                        handle,
-                        comment: comment.to_owned(),
-                        table_handle,
-                    });
+                    ours.push(OurRule::new(&key, handle, comment, table_handle));
                 }
                 continue;
             }

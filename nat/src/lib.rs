@@ -16,7 +16,7 @@ pub mod rules;
 
 #[cfg(any(test, feature = "testing"))]
 pub use apply::FakeNft;
-pub use apply::{AsyncNft, Nft, NftCli, insert_with_iptables};
+pub use apply::{AsyncNft, Nft, NftCli, insert_with_iptables, iptables_programs, run_iptables};
 pub use elements::{render_change, render_changes};
 pub use error::{Error, Result};
 pub use hostfw::{

@@ -1,9 +1,9 @@
 //! The host's other firewalls (`--host-firewall`): keeps rnet's accept rules in the foreign
 //! chains that would drop our traffic (Docker's `FORWARD`/`DOCKER-USER`, an input chain with
 //! policy drop, firewalld's tables): one set for all our links (they match our links' netdev
-//! group), and none without links or with `--host-firewall=off`. What goes where is decided by the pure `nat::hostfw`; this
-//! module runs it, and watches `nft monitor` so a reloaded foreign firewall gets ours back at
-//! once (the periodic check is the fallback).
+//! group), and none without links or with `--host-firewall=off`. What goes where is decided by
+//! the pure `nat::hostfw`; this module runs it, and watches `nft monitor` so a reloaded foreign
+//! firewall gets ours back at once (the periodic check is the fallback).
 
 use std::fmt;
 use std::process::Stdio;
@@ -150,26 +150,17 @@ pub async fn monitor(
 pub async fn iptables_saves(tables: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for (family, table) in tables {
-        let programs: &[&str] = match *family {
-            "ip" => &["iptables-nft-save", "iptables-save"],
-            "ip6" => &["ip6tables-nft-save", "ip6tables-save"],
-            _ => continue,
+        let Some(programs) = nat::iptables_programs(family, "-save") else {
+            continue;
         };
-        for program in programs {
-            let run = tokio::process::Command::new(program)
-                .args(["-t", table])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(Duration::from_secs(5), run).await {
-                Ok(Ok(o)) if o.status.success() => {
-                    out.push((*family, String::from_utf8_lossy(&o.stdout).into_owned()));
+        let args = ["-t".to_owned(), table.clone()];
+        for program in &programs {
+            match nat::run_iptables(program, &args, "reading our comments").await {
+                Ok(text) => {
+                    out.push((*family, text));
                     break;
                 }
-                Ok(Ok(o)) => debug!(program, status = %o.status, "iptables-save failed"),
-                Ok(Err(e)) => debug!(program, error = %e, "cannot run iptables-save"),
-                Err(_) => debug!(program, "iptables-save took more than 5 s"),
+                Err(e) => debug!(error = %e, "iptables-save did not run"),
             }
         }
     }
