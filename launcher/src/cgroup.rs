@@ -537,6 +537,23 @@ impl Cgroup {
         Ok(())
     }
 
+    /// On cgroup v1, the `tasks` file of each of the cgroup's directories: a thread that
+    /// writes `0` to them enters the cgroup without the process-wide lock a move through
+    /// `cgroup.procs` takes. `None` on v2, where a thread cannot leave its process's cgroup.
+    pub fn thread_files(&self) -> Option<Vec<PathBuf>> {
+        if self.version != Version::V1 {
+            return None;
+        }
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (_, dir) in &self.dirs {
+            let tasks = dir.join("tasks");
+            if !files.contains(&tasks) {
+                files.push(tasks);
+            }
+        }
+        Some(files)
+    }
+
     /// Writes `props`; returns notes on approximations.
     pub fn apply(&self, props: &[Property]) -> Result<Vec<&'static str>, CgroupError> {
         let mut notes = Vec::new();

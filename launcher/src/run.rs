@@ -278,7 +278,7 @@ pub fn run(
         .map_err(|e| format!("blocking signals: {e}"))?;
     let (parent_end, child_end) =
         UnixStream::pair().map_err(|e| format!("creating a socket pair: {e}"))?;
-    let with_userns = plan.container.as_ref().is_some_and(|c| c.userns.is_some());
+    let with_userns = with_userns(&plan);
     if plan.container.is_some() && !with_userns {
         // The child is PID 1 of a new PID namespace; the launcher itself stays where it is and
         // forks nothing else.
@@ -352,6 +352,22 @@ fn forwarded_signals() -> SigSet {
     s
 }
 
+/// What the launcher sends the child once the child's namespaces are configured on the host
+/// side, the last message before the child goes on alone.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Setup {
+    /// The machine rnetd attached (`None` without an attached network).
+    machine: Option<Machine>,
+    /// The v1 `tasks` files the child writes `0` to (itself) to enter its cgroup. A process
+    /// moved by another, through `cgroup.procs`, takes the kernel's `cgroup_threadgroup_rwsem`
+    /// for writing, which waits for an RCU grace period unless another move happened within
+    /// one: 6.5 to 31.5 ms per launch here (`docs/benchmarks.md`, item 23). A thread moving
+    /// itself through `tasks` cannot exit or exec meanwhile, so the kernel skips that lock,
+    /// and a child that has not made a thread yet is the whole process. Empty when the
+    /// launcher moved the child itself (cgroup v2, a user namespace's child, no cgroup).
+    cgroup: Vec<std::path::PathBuf>,
+}
+
 /// The child: never returns.
 fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
     let private = plan.network != Network::Host;
@@ -383,12 +399,17 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
+        let Setup { machine, cgroup } = serde_json::from_slice(&cfg)
+            .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
+        for tasks in &cgroup {
+            // Our only thread, by itself: see `Setup::cgroup`.
+            std::fs::write(tasks, "0")
+                .map_err(|e| format!("entering the cgroup {}: {e}", tasks.display()))?;
+        }
         if plan.container.as_ref().is_some_and(|c| c.systemd) {
             // The launcher placed us in our cgroups: they become the roots of our hierarchies.
             container::cgroupfs::unshare_cgroupns()?;
         }
-        let machine: Option<Machine> = serde_json::from_slice(&cfg)
-            .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
         let Some(c) = &plan.container else {
             configure(machine.as_ref())?;
             if let Some(m) = &machine {
@@ -449,6 +470,8 @@ fn parent(
     let cgroup = &mut cgroup_slot;
     let mut systemd_cgroups_slot = None;
     let systemd_cgroups = &mut systemd_cgroups_slot;
+    let mut self_move_slot = Vec::new();
+    let self_move = &mut self_move_slot;
     let leader = u32::try_from(child.as_raw()).unwrap_or_default();
     // The entry registered for this run, marked ready later.
     let mut registered_slot: Option<registry::Entry> = None;
@@ -503,7 +526,7 @@ fn parent(
         };
         // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
         if !plan.keep_unit {
-            *cgroup = container_cgroup(&plan, child)?;
+            *cgroup = container_cgroup(&plan, child, !with_userns(&plan), self_move)?;
         }
         if let Some(c) = &plan.container
             && c.systemd
@@ -538,7 +561,11 @@ fn parent(
             return Err(e);
         }
     };
-    let cfg = serde_json::to_vec(&machine).unwrap_or_default();
+    let cfg = serde_json::to_vec(&Setup {
+        machine,
+        cgroup: self_move_slot,
+    })
+    .unwrap_or_default();
     let sent = sock
         .write_all(&cfg)
         .and_then(|()| sock.shutdown(Shutdown::Write));
@@ -602,13 +629,29 @@ fn parent(
     Ok(code)
 }
 
-/// The container's own cgroup `rnet-NAME` (`launcher/src/cgroup.rs`) with the child in it and
-/// the properties applied, before the payload runs. Without properties a machine that cannot
-/// get a cgroup (no hierarchy mounted) runs without one.
-fn container_cgroup(plan: &Plan, child: Pid) -> Result<Option<crate::cgroup::Cgroup>, String> {
+/// Whether the child runs in a user namespace of its own (it cannot write the host's cgroup
+/// files then).
+fn with_userns(plan: &Plan) -> bool {
+    plan.container.as_ref().is_some_and(|c| c.userns.is_some())
+}
+
+/// The container's own cgroup `rnet-NAME` (`launcher/src/cgroup.rs`) with the properties
+/// applied, before the payload runs. With `by_child` on cgroup v1 the `tasks` files the child
+/// enters by itself go to `self_move` (see [`Setup::cgroup`]); otherwise the child is moved
+/// here. Without properties a machine that cannot get a cgroup (no hierarchy mounted) runs
+/// without one.
+fn container_cgroup(
+    plan: &Plan,
+    child: Pid,
+    by_child: bool,
+    self_move: &mut Vec<std::path::PathBuf>,
+) -> Result<Option<crate::cgroup::Cgroup>, String> {
     let pid = u32::try_from(child.as_raw()).unwrap_or_default();
     let made = crate::cgroup::Cgroup::create(plan.machine.as_str()).and_then(|cg| {
-        cg.add(pid)?;
+        match cg.thread_files().filter(|_| by_child) {
+            Some(files) => *self_move = files,
+            None => cg.add(pid)?,
+        }
         Ok(cg)
     });
     let cg = match made {

@@ -105,6 +105,47 @@ fn a_memory_limit_stops_an_allocation_and_the_control_survives() {
     assert!(leftover_cgroups(&name).is_empty());
 }
 
+/// The payload is in `rnet-NAME` in every hierarchy the launcher writes, from its first
+/// instruction: on v1 the child enters them itself (`tasks`), before it execs.
+#[test]
+fn the_payload_starts_in_its_own_cgroup_in_every_hierarchy() {
+    if !privileged("the_payload_starts_in_its_own_cgroup_in_every_hierarchy") {
+        return;
+    }
+    let rig = Rig::new();
+    let name = format!("{}cg", rig.prefix);
+    let out = output(rig.rnet().args([
+        "run",
+        "--private-network",
+        "-M",
+        &name,
+        "--property=TasksMax=50",
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let leaf = format!("/rnet-{name}");
+    let wanted: &[&str] = if version() == "v1" {
+        &["memory", "cpu", "pids"]
+    } else {
+        &[""]
+    };
+    for controller in wanted {
+        let line = text.lines().find(|l| {
+            let mut p = l.splitn(3, ':');
+            p.nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == *controller))
+        });
+        assert!(
+            line.is_some_and(|l| l.ends_with(&leaf)),
+            "{controller}: {line:?} should end in {leaf}:\n{text}"
+        );
+    }
+    assert!(leftover_cgroups(&name).is_empty());
+}
+
 #[test]
 fn a_limit_changed_at_run_time_applies_and_top_shows_the_machine() {
     if !privileged("a_limit_changed_at_run_time_applies_and_top_shows_the_machine") {
