@@ -259,11 +259,13 @@ impl Pending {
     pub fn answer(mut self) -> Result<Response, ClientError> {
         let answer = self.read();
         if std::env::var_os("RNET_TIMINGS").is_some() {
-            eprintln!(
-                "rnet: timing: {} {:.1} ms",
+            // One write: a launcher's child may print to the same stderr meanwhile.
+            let line = format!(
+                "rnet: timing: {} {:.1} ms\n",
                 self.what,
                 self.start.elapsed().as_secs_f64() * 1e3
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         }
         answer
     }

@@ -608,7 +608,8 @@ impl Cgroup {
         for _ in 0..100 {
             let mut left = false;
             for (_, dir) in &self.dirs {
-                if !dir.exists() {
+                // Empty (the payload alone and reaped), it goes at the first try.
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
                     continue;
                 }
                 for pid in procs(dir).unwrap_or_default() {

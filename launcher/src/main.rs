@@ -12,6 +12,7 @@ mod oci;
 mod properties;
 mod run;
 mod settings;
+mod timing;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, ZoneCommand};
 
 fn main() -> ExitCode {
+    timing::init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -6,13 +6,19 @@ use nix::sched::{CloneFlags, unshare};
 
 use netlink_sync::BlockingRtnl;
 
-/// Inside the container's namespace: `lo` up and, for a veth, `host0` configured.
-pub fn configure(machine: Option<&Machine>) -> Result<(), String> {
+/// Inside the container's namespace: `lo` up; returns the socket for [`configure`]. The child
+/// does this while rnetd attaches it, before it has the answer.
+pub fn lo_up() -> Result<BlockingRtnl, String> {
     let mut rtnl =
         BlockingRtnl::open().map_err(|e| format!("opening rtnetlink in the container: {e}"))?;
     let lo = nix::net::if_::if_nametoindex("lo").map_err(|e| format!("finding lo: {e}"))?;
     rtnl.set_up(lo)
         .map_err(|e| format!("bringing lo up: {e}"))?;
+    Ok(rtnl)
+}
+
+/// Inside the container's namespace, `lo` up ([`lo_up`]): for a veth, `host0` configured.
+pub fn configure(rtnl: &mut BlockingRtnl, machine: Option<&Machine>) -> Result<(), String> {
     let Some(m) = machine else { return Ok(()) };
     // Extra links are left as they come (as nspawn does): the payload configures them.
     let Some(ifname) = m.container_ifname.as_deref() else {
@@ -25,14 +31,14 @@ pub fn configure(machine: Option<&Machine>) -> Result<(), String> {
         rtnl.add_address(idx, addr, subnet.prefix())
             .map_err(|e| format!("adding {addr}/{} to {ifname}: {e}", subnet.prefix()))?;
     }
-    crate::ipv6::address_host0(&mut rtnl, idx, m)?;
+    crate::ipv6::address_host0(rtnl, idx, m)?;
     rtnl.set_up(idx)
         .map_err(|e| format!("bringing {ifname} up: {e}"))?;
     if let Some(gw) = m.host_address {
         rtnl.add_default_route(idx, gw)
             .map_err(|e| format!("adding the default route via {gw}: {e}"))?;
     }
-    crate::ipv6::route_host0(&mut rtnl, idx, m)
+    crate::ipv6::route_host0(rtnl, idx, m)
 }
 
 /// The resolv.conf of a container whose DNS servers are `dns` (its gateway, where rnetd's

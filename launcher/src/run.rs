@@ -30,7 +30,8 @@ use crate::cli::RunArgs;
 use crate::container::spec::{Console, Start};
 use crate::container::{self, Container};
 use crate::machines::registry;
-use crate::netconf::{bind_resolv_conf, configure};
+use crate::netconf::{bind_resolv_conf, configure, lo_up};
+use crate::timing;
 
 /// Exit code when the command cannot be executed (as shells use).
 const EXIT_EXEC_FAILED: u8 = 127;
@@ -269,6 +270,7 @@ pub fn run(
     if matches!(plan.network, Network::Attached(_)) {
         // Fail before forking anything when the daemon is not there.
         client.ping().map_err(|e| e.to_string())?;
+        timing::mark("rnetd answered a ping");
     }
     // Signals we forward are blocked so they queue for sigwaitinfo() instead of killing us.
     let forwarded = forwarded_signals();
@@ -303,6 +305,7 @@ pub fn run(
         }
         ForkResult::Parent { child } => {
             drop(child_end);
+            timing::mark("forked");
             parent(plan, client, parent_end, child, &forwarded, runtime_dir)
         }
     }
@@ -384,6 +387,7 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
             flags |= CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
         }
         unshare(flags).map_err(|e| format!("creating the container's namespaces: {e}"))?;
+        timing::mark("child: namespaces made");
         let hostname = plan
             .container
             .as_ref()
@@ -396,28 +400,37 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
             tree = container::userns::recv_tree(&sock)?;
             container::userns::become_root()?;
         }
+        // lo while rnetd attaches us.
+        let mut rtnl = if private { Some(lo_up()?) } else { None };
+        timing::mark("child: lo up");
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
         let Setup { machine, cgroup } = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
+        timing::mark("child: configuration received");
         for tasks in &cgroup {
             // Our only thread, by itself: see `Setup::cgroup`.
             std::fs::write(tasks, "0")
                 .map_err(|e| format!("entering the cgroup {}: {e}", tasks.display()))?;
         }
+        timing::mark("child: in its cgroup");
         if plan.container.as_ref().is_some_and(|c| c.systemd) {
             // The launcher placed us in our cgroups: they become the roots of our hierarchies.
             container::cgroupfs::unshare_cgroupns()?;
         }
         let Some(c) = &plan.container else {
-            configure(machine.as_ref())?;
+            if let Some(rtnl) = &mut rtnl {
+                configure(rtnl, machine.as_ref())?;
+            }
+            timing::mark("child: host0 configured");
             if let Some(m) = &machine {
                 bind_resolv_conf(m)?;
             }
+            timing::mark("child: resolv.conf bound");
             return Ok(machine);
         };
-        if private {
+        if let Some(rtnl) = &mut rtnl {
             // A booted tree's own network manager configures host0 (rnetd's DHCP server gives
             // it the same address); lo is ours to bring up, as nspawn does.
             let own = if c.start == Start::Boot {
@@ -425,7 +438,7 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
             } else {
                 machine.as_ref()
             };
-            configure(own)?;
+            configure(rtnl, own)?;
         }
         Ok(machine)
     })();
@@ -441,6 +454,7 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
         container::enter(c, machine.as_ref(), private, tree.as_ref(), sock, forwarded);
     }
     container::init::reset_signals();
+    timing::mark("child: exec");
     let err = exec_error(&plan.command);
     // exec failed: tell the parent (the socket closes on a successful exec, CLOEXEC).
     let _ = sock.write_all(err.as_bytes());
@@ -477,6 +491,12 @@ fn parent(
     let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
+        // Registered before rnetd attaches it (so a listing never shows the attachment without
+        // the entry), ready once the payload runs; while the child makes its namespaces.
+        let entry = plan.entry(leader, std::process::id());
+        registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
+        *registered = Some(entry);
+        timing::mark("registered");
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
             return Err(child_error(
@@ -484,17 +504,13 @@ fn parent(
                 "the container process died during setup",
             ));
         }
+        timing::mark("child ready");
         if let Some(c) = &plan.container
             && let Some(u) = &c.userns
         {
             let tree = container::userns::prepare(u, &c.root, child)?;
             container::userns::send_tree(&sock, tree.as_ref())?;
         }
-        // Registered before rnetd attaches it (so a listing never shows the attachment without
-        // the entry), ready once the payload runs.
-        let entry = plan.entry(leader, std::process::id());
-        registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
-        *registered = Some(entry);
         // The attach is sent first and its answer read last: moving the child into its cgroup
         // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
         // overlaps rnetd's work on the attach instead of adding to it.
@@ -524,6 +540,7 @@ fn parent(
             }
             _ => None,
         };
+        timing::mark("attach sent");
         // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
         if !plan.keep_unit {
             *cgroup = container_cgroup(&plan, child, !with_userns(&plan), self_move)?;
@@ -538,10 +555,13 @@ fn parent(
                 owner,
             )?);
         }
+        timing::mark("cgroup made");
         let Some(pending) = pending else {
             return Ok(None);
         };
-        match pending.answer() {
+        let answer = pending.answer();
+        timing::mark("attach answered");
+        match answer {
             Ok(api::Response::Attached(m)) => Ok(Some(m)),
             Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
             Err(e) => Err(e.to_string()),
@@ -607,10 +627,12 @@ fn parent(
             .spawn(crate::cgroup::sweep_stale_all)
             .is_err();
     }
+    timing::mark("payload runs");
     let code = match &plan.container {
         Some(c) => container::wait(child, forwarded, c.systemd, master, c.console)?,
         None => wait_forwarding(child, forwarded)?,
     };
+    timing::mark("payload exited");
     // No Detach: rnetd watches the container through a pidfd and tears its networking down
     // once it has exited (a run with the same name or ports right after has it done first),
     // so the launcher exits with the payload's code without waiting for the teardown.
@@ -623,6 +645,7 @@ fn parent(
     if sweep_after {
         crate::cgroup::sweep_stale_all();
     }
+    timing::mark("cleaned up");
     if !report.is_empty() {
         return Err(report);
     }

@@ -70,6 +70,59 @@ fn private_network_has_only_loopback_up() {
     assert!(flags.iter().any(|f| f == "UP"), "{json}");
 }
 
+/// `RNET_TIMINGS` makes the launcher print when each step of a start ended, the child's
+/// steps among the launcher's, in time order; without it nothing is printed.
+#[test]
+fn timing_lines_follow_a_start_step_by_step() {
+    if !privileged("timing_lines_follow_a_start_step_by_step") {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.start_rnetd();
+    let out = output(
+        rig.rnet()
+            .env("RNET_TIMINGS", "1")
+            .args(["run", "-n", "-M", "timed", "--", "true"]),
+    );
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    let marks: Vec<(f64, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("rnet timing:"))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let ms: f64 = w
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert_eq!(w.next(), Some("ms"), "{l}");
+            let _pid = w.next().unwrap();
+            (ms, w.collect::<Vec<_>>().join(" "))
+        })
+        .collect();
+    let steps: Vec<&str> = marks.iter().map(|(_, s)| s.as_str()).collect();
+    for want in [
+        "registered",
+        "child: namespaces made",
+        "attach answered",
+        "child: configuration received",
+        "child: in its cgroup",
+        "child: host0 configured",
+        "child: exec",
+        "payload exited",
+        "cleaned up",
+    ] {
+        assert!(steps.contains(&want), "{want} missing: {text}");
+    }
+    let at = |step: &str| marks.iter().find(|(_, s)| s == step).unwrap().0;
+    assert!(at("attach answered") <= at("child: configuration received"));
+    assert!(at("child: exec") <= at("payload exited"));
+    assert_eq!(steps.last(), Some(&"cleaned up"), "{text}");
+    let quiet = output(rig.rnet().args(["run", "-n", "-M", "timed", "--", "true"]));
+    assert!(!stderr(&quiet).contains("rnet timing"), "{quiet:?}");
+}
+
 #[test]
 fn veth_builds_names_macs_addresses_and_routes_both_ways() {
     if !privileged("veth_builds_names_macs_addresses_and_routes_both_ways") {
