@@ -12,22 +12,22 @@
 //! The encoder and the solicitation parser are pure ([`encode_ra`], [`parse_rs`]) and the
 //! parser never panics on any input (fuzzed: `fuzz/fuzz_targets/rs.rs`). The sockets: one raw
 //! ICMPv6 socket per link, bound to it (`SO_BINDTODEVICE`), receiving only type 133
-//! (`ICMP6_FILTER`), hop limit 255, sending from the link's link-local address
-//! (`IPV6_PKTINFO`) to `ff02::1`. The kernel computes the ICMPv6 checksum of raw ICMPv6
-//! sockets itself (RFC 3542 section 3.1).
+//! (`ICMP6_FILTER`); and one packet socket for all links that sends each advertisement as a
+//! whole IPv6 packet ([`ra_packet`]: from the link's link-local address to `ff02::1`, hop limit
+//! 255, our checksum) to the link's all-nodes MAC. A send through the IPv6 stack looks up a
+//! route for `ff02::1` on the link, and every link of ours has its own `ff00::/8` route in one
+//! node of the kernel's table, so that lookup walks them all: with 1000 links it was 18 % of
+//! rnetd's CPU while the links' first advertisements went out (`docs/benchmarks.md`, item 24).
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::io::{self, IoSliceMut};
+use std::net::Ipv6Addr;
 use std::os::fd::AsRawFd;
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use ipnetwork::Ipv6Network;
-use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, sendmsg, setsockopt,
-    sockopt,
-};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::task::AbortHandle;
@@ -85,7 +85,51 @@ impl Advert {
     }
 }
 
-/// Encodes a router advertisement (the ICMPv6 message; checksum left 0 for the kernel).
+/// `ff02::1`, all nodes on the link.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// Its MAC (RFC 2464 section 7: `33:33` and the address's last 32 bits).
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+/// `ETH_P_IPV6`.
+const ETH_P_IPV6: u16 = 0x86dd;
+/// ICMPv6's IPv6 next header number.
+const NEXT_HEADER_ICMPV6: u8 = 58;
+
+/// The IPv6 packet carrying ICMPv6 message `icmp` (its checksum field zero) from `source` to
+/// all nodes, hop limit 255 (RFC 4861 section 6.1.2 drops an advertisement with any other),
+/// with the ICMPv6 checksum over the pseudo-header filled in (RFC 8200 section 8.1).
+pub fn ra_packet(source: Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(icmp.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(40 + icmp.len());
+    out.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[NEXT_HEADER_ICMPV6, 255]);
+    out.extend_from_slice(&source.octets());
+    out.extend_from_slice(&ALL_NODES.octets());
+    let start = out.len();
+    out.extend_from_slice(icmp);
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            sum += hi | pair.get(1).map_or(0, |b| u32::from(*b));
+        }
+    };
+    add(&source.octets());
+    add(&ALL_NODES.octets());
+    add(&u32::from(len).to_be_bytes());
+    add(&[0, 0, 0, NEXT_HEADER_ICMPV6]);
+    add(&out[start..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let checksum = !u16::try_from(sum).unwrap_or(0xffff);
+    if let Some(field) = out.get_mut(start + 2..start + 4) {
+        field.copy_from_slice(&checksum.to_be_bytes());
+    }
+    out
+}
+
+/// Encodes a router advertisement (the ICMPv6 message, checksum 0: [`ra_packet`] fills it).
 pub fn encode_ra(ra: &Advert) -> Vec<u8> {
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(&[ROUTER_ADVERT, 0, 0, 0]);
@@ -210,6 +254,8 @@ pub struct RaLink {
 pub struct RaService {
     interval: Duration,
     tasks: StdMutex<HashMap<String, AbortHandle>>,
+    /// The packet socket advertisements go out through, made with the first link.
+    sender: StdMutex<Option<Arc<Socket>>>,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,14 +268,28 @@ impl RaService {
         Self {
             interval,
             tasks: StdMutex::new(HashMap::new()),
+            sender: StdMutex::new(None),
         }
+    }
+
+    /// The packet socket of all advertisements: one that receives nothing (protocol 0), so
+    /// the kernel never queues a copy of the host's traffic on it.
+    fn sender(&self) -> io::Result<Arc<Socket>> {
+        let mut slot = lock(&self.sender);
+        if let Some(s) = slot.as_ref() {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(Socket::new(Domain::PACKET, Type::DGRAM, None)?);
+        *slot = Some(Arc::clone(&s));
+        Ok(s)
     }
 
     /// Starts advertising on a link (replacing an advertiser of the same name).
     pub fn start(&self, link: RaLink) -> io::Result<()> {
+        let sender = self.sender()?;
         let socket = open(&link)?;
         let ifname = link.ifname.clone();
-        let task = tokio::spawn(advertise(link, socket, self.interval)).abort_handle();
+        let task = tokio::spawn(advertise(link, socket, sender, self.interval)).abort_handle();
         if let Some(old) = lock(&self.tasks).insert(ifname.clone(), task) {
             old.abort();
         }
@@ -254,8 +314,8 @@ impl Drop for RaService {
 const IPPROTO_ICMPV6: libc::c_int = 58;
 const ICMP6_FILTER: libc::c_int = 1;
 
-/// The raw ICMPv6 socket of a link: bound to it, only router solicitations in, hop limit 255
-/// out, a member of all-routers (`ff02::2`).
+/// The raw ICMPv6 socket of a link: bound to it, only router solicitations in, a member of
+/// all-routers (`ff02::2`). Advertisements go out through the packet socket.
 fn open(link: &RaLink) -> io::Result<AsyncFd<Socket>> {
     let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
     s.bind_device(Some(link.ifname.as_bytes()))?;
@@ -275,10 +335,6 @@ fn open(link: &RaLink) -> io::Result<AsyncFd<Socket>> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    s.set_multicast_hops_v6(255)?;
-    s.set_unicast_hops_v6(255)?;
-    s.set_multicast_loop_v6(false)?;
-    s.set_multicast_if_v6(link.index)?;
     // The kernel joins ff02::2 on forwarding links itself; joining here also works without.
     if let Err(e) = s.join_multicast_v6(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), link.index) {
         debug!(ifname = %link.ifname, error = %e, "joining ff02::2 failed");
@@ -307,8 +363,9 @@ fn link_facts(link: &RaLink) -> (Option<Ipv6Addr>, Option<[u8; 6]>, Option<u32>)
     (ll, mac, mtu)
 }
 
-/// Sends one advertisement to all nodes (`ff02::1`) from the link's link-local address.
-fn send(socket: &Socket, link: &RaLink, interval: Duration) -> io::Result<()> {
+/// Sends one advertisement to all nodes (`ff02::1`) from the link's link-local address, as a
+/// whole IPv6 packet through the packet socket `sender` (no route lookup).
+fn send(sender: &Socket, link: &RaLink, interval: Duration) -> io::Result<()> {
     let (ll, mac, mtu) = link_facts(link);
     let Some(source) = ll else {
         return Err(io::Error::new(
@@ -319,28 +376,29 @@ fn send(socket: &Socket, link: &RaLink, interval: Duration) -> io::Result<()> {
     let mut ra = Advert::new(link.prefix, link.dns.clone(), interval);
     ra.mac = mac;
     ra.mtu = mtu;
-    let bytes = encode_ra(&ra);
-    let to = SockaddrIn6::from(SocketAddrV6::new(
-        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
-        0,
-        0,
-        link.index,
-    ));
-    let info = libc::in6_pktinfo {
-        ipi6_addr: libc::in6_addr {
-            s6_addr: source.octets(),
-        },
-        ipi6_ifindex: link.index,
+    let packet = ra_packet(source, &encode_ra(&ra));
+    // SAFETY: an all-zero `sockaddr_ll` is valid; the fields set below are plain integers.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as libc::c_ushort;
+    to.sll_protocol = ETH_P_IPV6.to_be();
+    to.sll_ifindex = libc::c_int::try_from(link.index).unwrap_or(0);
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&ALL_NODES_MAC);
+    // SAFETY: `packet` and `to` are live for the call, and the lengths passed are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            sender.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            libc::MSG_DONTWAIT,
+            std::ptr::addr_of!(to).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
     };
-    sendmsg(
-        socket.as_raw_fd(),
-        &[IoSlice::new(&bytes)],
-        &[ControlMessage::Ipv6PacketInfo(&info)],
-        MsgFlags::empty(),
-        Some(&to),
-    )
-    .map(drop)
-    .map_err(io::Error::from)
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Receives one message: `Some(true)` for a valid solicitation, `Some(false)` for anything
@@ -385,7 +443,7 @@ fn jitter() -> f64 {
 }
 
 /// The advertiser of one link: periodic advertisements and answers to solicitations.
-async fn advertise(link: RaLink, socket: AsyncFd<Socket>, interval: Duration) {
+async fn advertise(link: RaLink, socket: AsyncFd<Socket>, sender: Arc<Socket>, interval: Duration) {
     let min_gap = MIN_DELAY_BETWEEN_RAS.min(interval);
     let mut sent = 0u32;
     let mut last: Option<Instant> = None;
@@ -394,7 +452,7 @@ async fn advertise(link: RaLink, socket: AsyncFd<Socket>, interval: Duration) {
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {
-                match send(socket.get_ref(), &link, interval) {
+                match send(&sender, &link, interval) {
                     Ok(()) => {
                         sent = sent.saturating_add(1);
                         last = Some(Instant::now());
@@ -481,6 +539,45 @@ mod tests {
             assert!(len > 0 && len <= rest.len());
             rest = &rest[len..];
         }
+    }
+
+    /// The one's complement sum over the pseudo-header and the message, checksum included.
+    fn verify(packet: &[u8]) -> u16 {
+        let (header, icmp) = packet.split_at(40);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&header[8..40]);
+        pseudo.extend_from_slice(&u32::try_from(icmp.len()).unwrap().to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(icmp);
+        let mut sum: u32 = pseudo
+            .chunks(2)
+            .map(|c| (u32::from(c[0]) << 8) | u32::from(*c.get(1).unwrap_or(&0)))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        u16::try_from(sum).unwrap()
+    }
+
+    #[test]
+    fn the_packet_is_ipv6_to_all_nodes_with_hop_limit_255_and_a_valid_checksum() {
+        let source: Ipv6Addr = "fe80::1c2d:3eff:fe4f:5a6b".parse().unwrap();
+        let icmp = encode_ra(&advert());
+        let p = ra_packet(source, &icmp);
+        assert_eq!(p.len(), 40 + icmp.len());
+        assert_eq!(p[0] >> 4, 6);
+        assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), icmp.len());
+        assert_eq!((p[6], p[7]), (58, 255));
+        assert_eq!(&p[8..24], &source.octets());
+        assert_eq!(&p[24..40], &ALL_NODES.octets());
+        assert_eq!(verify(&p), 0xffff, "checksum");
+        // Only the checksum differs from the message given.
+        assert_eq!(&p[40..42], &icmp[..2]);
+        assert_eq!(&p[44..], &icmp[4..]);
+        assert_ne!(&p[42..44], &[0, 0]);
+        // An odd length is padded with a zero octet for the sum.
+        let odd = ra_packet(source, &[ROUTER_ADVERT, 0, 0, 0, 7]);
+        assert_eq!(verify(&odd), 0xffff);
     }
 
     #[test]
