@@ -511,9 +511,9 @@ fn parent(
             let tree = container::userns::prepare(u, &c.root, child)?;
             container::userns::send_tree(&sock, tree.as_ref())?;
         }
-        // The attach is sent first and its answer read last: moving the child into its cgroup
-        // waits for an RCU grace period in the kernel (about 10 ms on cgroup v1 here), which
-        // overlaps rnetd's work on the attach instead of adding to it.
+        // The attach is sent first and its answer read last: the cgroup is made meanwhile,
+        // and where this process still moves the child (cgroup v2, a user namespace's child;
+        // see `Setup::cgroup`), that move's RCU grace period overlaps rnetd's work.
         let pending = match &plan.network {
             Network::Attached(spec) => {
                 let netns = File::open(format!("/proc/{child}/ns/net"))
