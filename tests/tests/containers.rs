@@ -458,7 +458,10 @@ fn boot_with_busybox_init_gets_its_lease_from_rnetd() {
     cmd.args(["run", "-D", &tree.arg(), "-b", "-n", "-M", "booted"])
         .args(["--bind", &format!("{}:/out", od.display())]);
     let pid = rig.spawn(&mut cmd);
-    let leased = wait_until(Duration::from_secs(30), || od.join("udhcpc.rc").exists());
+    // Written, not only created: a shell's `>` makes the file before `echo` fills it.
+    let leased = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(od.join("udhcpc.rc")).is_ok_and(|t| t.ends_with('\n'))
+    });
     let m = rig.wait_machine("booted");
     let read = |f: &str| std::fs::read_to_string(od.join(f)).unwrap_or_default();
     assert!(

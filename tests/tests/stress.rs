@@ -370,15 +370,18 @@ fn a_hundred_into_one_zone_and_fifty_on_veth_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let probe = netprobe();
     rig.spawn_ready(rig.in_uplink(&probe).args(["serve", "tcp:7000"]));
-    // Each payload reports whether it reached the uplink, then stays up.
+    // Each payload reports whether it reached the uplink, then stays up. The report is
+    // written aside and renamed: a report that exists is whole (a shell's `>` creates the file
+    // before `echo` writes it, and a reader in between saw it empty).
     let mut launchers = Vec::new();
     for i in 0..zoned + veth {
         let name = format!("p{i}");
         let report = tmp.path().join(&name);
         let script = format!(
-            "{} connect tcp {UPLINK_ADDR} 7000 >/dev/null; echo $? > {}; exec sleep 600",
+            "{} connect tcp {UPLINK_ADDR} 7000 >/dev/null; echo $? > {report}.part; \
+             mv {report}.part {report}; exec sleep 600",
             probe.display(),
-            report.display()
+            report = report.display()
         );
         let net = if i < zoned {
             "--network-zone=big"
