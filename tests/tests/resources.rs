@@ -44,14 +44,20 @@ fn leftover_cgroups(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The cgroup path `proc_cgroup` (the text of a `/proc/PID/cgroup`) gives in the hierarchy
+/// holding `controller` (`""`: the v2 one).
+fn cgroup_path<'a>(proc_cgroup: &'a str, controller: &str) -> Option<&'a str> {
+    proc_cgroup.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+        c.split(',').any(|c| c == controller).then_some(path)
+    })
+}
+
 /// The v1 memory limit (`memory.limit_in_bytes`) of the cgroup named in `proc_cgroup`, the text
 /// of a `/proc/PID/cgroup`; `None` without a memory hierarchy or its file.
 fn v1_memory_limit(proc_cgroup: &str) -> Option<String> {
-    let rel = proc_cgroup.lines().find_map(|l| {
-        let mut p = l.splitn(3, ':');
-        let (_, c, path) = (p.next()?, p.next()?, p.next()?);
-        c.split(',').any(|c| c == "memory").then(|| path.to_owned())
-    })?;
+    let rel = cgroup_path(proc_cgroup, "memory")?;
     fs::read_to_string(
         Path::new("/sys/fs/cgroup/memory")
             .join(rel.trim_start_matches('/'))
@@ -133,14 +139,10 @@ fn the_payload_starts_in_its_own_cgroup_in_every_hierarchy() {
         &[""]
     };
     for controller in wanted {
-        let line = text.lines().find(|l| {
-            let mut p = l.splitn(3, ':');
-            p.nth(1)
-                .is_some_and(|c| c.split(',').any(|c| c == *controller))
-        });
+        let path = cgroup_path(&text, controller);
         assert!(
-            line.is_some_and(|l| l.ends_with(&leaf)),
-            "{controller}: {line:?} should end in {leaf}:\n{text}"
+            path.is_some_and(|p| p.ends_with(&leaf)),
+            "{controller}: {path:?} should end in {leaf}:\n{text}"
         );
     }
     assert!(leftover_cgroups(&name).is_empty());
