@@ -262,6 +262,20 @@ fn extra_veths_get_their_names_and_macs_and_go_with_the_container() {
     );
     ok(rig::in_pid_netns(pid, "ip").args(["link", "show", "dev", &format!("{host}2")]));
     ok(rig::in_pid_netns(pid, "ip").args(["link", "show", "dev", "host0"]));
+    // Both ends are made with one queue each way (a kernel left to choose makes one per CPU,
+    // then cuts them to one, waiting for RCU each time).
+    let host0 =
+        rig::ip_json(rig::in_pid_netns(pid, "ip").args(["-d", "-j", "link", "show", "host0"]));
+    for l in [
+        &rig.host_ip(&["-d", "link", "show", "dev", "ve-extra"])[0],
+        &host0[0],
+    ] {
+        assert_eq!(
+            (&l["num_tx_queues"], &l["num_rx_queues"]),
+            (&1.into(), &1.into()),
+            "{l}"
+        );
+    }
     assert_eq!(m["links"].as_array().unwrap().len(), 2);
     rig.signal(l, Signal::SIGTERM);
     rig.wait(l);
