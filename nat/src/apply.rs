@@ -890,7 +890,7 @@ mod tests {
         assert_eq!(
             summarize(&render_table(&Ruleset::new())),
             format!(
-                "tables inet rnet, bridge rnet (16 sets and maps, 7 chains, {} rules)",
+                "tables inet rnet, bridge rnet (18 sets and maps, 7 chains, {} rules)",
                 crate::rule_count()
             )
         );

@@ -15,9 +15,30 @@ use crate::expr::{concat, number, prefix, string};
 use crate::model::{Change, GuardedPort, IfName, Mac, PortMapping, Proto, Ruleset, canonical};
 use crate::names::*;
 
-/// The set a subnet goes to: `masq4` or `masq6`.
+/// The prefix length of the subnets of `masq4_28`, and its mask in the rules.
+pub(crate) const HASHED4: (u8, &str) = (28, "255.255.255.240");
+/// The prefix length of the subnets of `masq6_64`, and its mask in the rules.
+pub(crate) const HASHED6: (u8, &str) = (64, "ffff:ffff:ffff:ffff::");
+
+/// The set a subnet goes to: a /28 (every `ve-` link's) to `masq4_28` and a /64 to `masq6_64`,
+/// hash sets of network addresses; any other to the interval set `masq4` or `masq6`.
 pub(crate) fn subnet_set(net: IpNetwork) -> &'static str {
-    if net.is_ipv4() { MASQ4 } else { MASQ6 }
+    match (net.is_ipv4(), net.prefix()) {
+        (true, p) if p == HASHED4.0 => MASQ4_28,
+        (true, _) => MASQ4,
+        (false, p) if p == HASHED6.0 => MASQ6_64,
+        (false, _) => MASQ6,
+    }
+}
+
+/// A subnet as an element of [`subnet_set`]: its network address in a hash set, the interval
+/// otherwise (host bits cleared either way).
+fn subnet_part(net: IpNetwork) -> Part {
+    let net = canonical(net);
+    match subnet_set(net) {
+        MASQ4_28 | MASQ6_64 => Part::Addr(net.network()),
+        _ => Part::Net(net),
+    }
 }
 
 /// `10.0.0.0/28` (host bits cleared).
@@ -48,10 +69,10 @@ fn addr(a: IpAddr) -> Expression<'static> {
 /// The elements `set` holds for `ruleset`, in a fixed order.
 pub(crate) fn initial(set: &str, ruleset: &Ruleset) -> Vec<Expression<'static>> {
     let elems: Vec<Elem> = match set {
-        MASQ4 | MASQ6 => ruleset
+        MASQ4 | MASQ6 | MASQ4_28 | MASQ6_64 => ruleset
             .subnets()
             .filter(|net| subnet_set(*net) == set)
-            .map(|net| Elem::key(vec![Part::Net(canonical(net))]))
+            .map(|net| Elem::key(vec![subnet_part(net)]))
             .collect(),
         IFACES => ruleset
             .ifaces()
@@ -240,7 +261,7 @@ impl Steps {
     }
 
     fn change(&mut self, change: &Change) {
-        let subnet = |net: &IpNetwork| vec![Elem::key(vec![Part::Net(canonical(*net))])];
+        let subnet = |net: &IpNetwork| vec![Elem::key(vec![subnet_part(*net)])];
         let iface = |name: &IfName| vec![Elem::key(vec![Part::Name(name.clone())])];
         let pair = |a: &IfName, b: &IfName| {
             vec![Elem::key(vec![
@@ -413,18 +434,32 @@ mod tests {
 
     #[test]
     fn subnets_lose_their_host_bits() {
-        let net: IpNetwork = "10.0.0.5/28".parse().unwrap();
+        let net: IpNetwork = "10.0.0.5/24".parse().unwrap();
         assert_eq!(
             json(&[Change::AddSubnet(net)])[0]["add"]["element"]["elem"],
-            json!([{"prefix": {"addr": "10.0.0.0", "len": 28}}])
+            json!([{"prefix": {"addr": "10.0.0.0", "len": 24}}])
         );
-        let net: IpNetwork = "fd00::1/64".parse().unwrap();
+        let net: IpNetwork = "fd00::1/56".parse().unwrap();
         let out = json(&[Change::DelSubnet(net)]);
         assert_eq!(out[0]["add"]["element"]["name"], "masq6");
         assert_eq!(
             out[1]["delete"]["element"]["elem"],
-            json!([{"prefix": {"addr": "fd00::", "len": 64}}])
+            json!([{"prefix": {"addr": "fd00::", "len": 56}}])
         );
+    }
+
+    #[test]
+    fn a_28_or_a_64_is_its_network_address_in_a_hash_set() {
+        let add = |net: &str| json(&[Change::AddSubnet(net.parse().unwrap())]);
+        let out = add("10.0.0.21/28");
+        assert_eq!(out[0]["add"]["element"]["name"], "masq4_28");
+        assert_eq!(out[0]["add"]["element"]["elem"], json!(["10.0.0.16"]));
+        let out = add("fd00:0:0:7::1/64");
+        assert_eq!(out[0]["add"]["element"]["name"], "masq6_64");
+        assert_eq!(out[0]["add"]["element"]["elem"], json!(["fd00:0:0:7::"]));
+        // Other sizes stay intervals; a /28 in IPv6 is not special.
+        assert_eq!(add("10.0.0.0/27")[0]["add"]["element"]["name"], "masq4");
+        assert_eq!(add("fd00::/28")[0]["add"]["element"]["name"], "masq6");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use nftables::expr::{
-    CT, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression, Payload,
-    PayloadField, Prefix,
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression,
+    Payload, PayloadField, Prefix,
 };
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
 
@@ -45,6 +45,11 @@ pub(crate) fn payload(protocol: &'static str, field: &'static str) -> Expression
 /// A concatenation: `a . b . c`.
 pub(crate) fn concat(parts: Vec<Expression<'static>>) -> Expression<'static> {
     Expression::Named(NamedExpression::Concat(parts))
+}
+
+/// `left & mask`: `ip saddr & 255.255.255.240`.
+pub(crate) fn and(left: Expression<'static>, mask: &'static str) -> Expression<'static> {
+    Expression::BinaryOperation(Box::new(BinaryOperation::AND(left, string(mask))))
 }
 
 /// An address prefix: `127.0.0.0/8`.

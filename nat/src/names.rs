@@ -18,10 +18,18 @@ pub const TABLE: &str = "rnet";
 /// ours too, so never taken for another firewall's.
 pub const UNDERLAY_TABLE: &str = "rnet_underlay";
 
-/// Set `masq4 { type ipv4_addr; flags interval }`: IPv4 container subnets (masquerade sources).
+/// Set `masq4 { type ipv4_addr; flags interval }`: IPv4 container subnets (masquerade sources)
+/// other than /28s (zones of other sizes).
 pub const MASQ4: &str = "masq4";
-/// Set `masq6 { type ipv6_addr; flags interval }`: IPv6 container subnets (masquerade sources).
+/// Set `masq6 { type ipv6_addr; flags interval }`: IPv6 container subnets other than /64s.
 pub const MASQ6: &str = "masq6";
+/// Set `masq4_28 { type ipv4_addr }`: the network address of each /28 container subnet (every
+/// `ve-` link's), matched as `ip saddr & 255.255.255.240`. A hash set: the kernel walks an
+/// interval set whole at each commit that changes it (`nft_rbtree_commit`), a hash set not.
+pub const MASQ4_28: &str = "masq4_28";
+/// Set `masq6_64 { type ipv6_addr }`: the network address of each /64 container subnet,
+/// matched as `ip6 saddr & ffff:ffff:ffff:ffff::` (see [`MASQ4_28`]).
+pub const MASQ6_64: &str = "masq6_64";
 /// Set `ifaces { type ifname }`: the host-side L3 links we manage (`ve-*` links, `vz-*` zone
 /// bridges). Not the `vb-*` ports of a bridge: routing sees the bridge, not its ports.
 pub const IFACES: &str = "ifaces";
@@ -100,9 +108,11 @@ pub const PORT_MAPS: [PortMaps; 4] = [
 ];
 
 /// Every set and map of the table, in the order they are created and listed.
-pub const SETS: [&str; 12] = [
+pub const SETS: [&str; 14] = [
     MASQ4,
     MASQ6,
+    MASQ4_28,
+    MASQ6_64,
     IFACES,
     ALLOWED_PAIRS,
     PORTS4_ADDR,

@@ -497,21 +497,18 @@ mod tests {
     /// The layouts below are what `nft --debug=netlink add element ...` prints (nft 1.0.6).
     #[test]
     fn subnets_are_intervals_with_nfts_zero_end() {
-        let net: IpNetwork = "10.9.0.5/28".parse().unwrap();
+        let net: IpNetwork = "10.9.0.5/24".parse().unwrap();
         assert_eq!(
             raws(Change::AddSubnet(net)),
             [(
                 false,
                 "masq4",
-                vec![end(&[0; 4]), key(&[10, 9, 0, 0]), end(&[10, 9, 0, 16])]
+                vec![end(&[0; 4]), key(&[10, 9, 0, 0]), end(&[10, 9, 1, 0])]
             )]
         );
-        let net: IpNetwork = "fd00:1::/64".parse().unwrap();
+        let net: IpNetwork = "fd00:1::/48".parse().unwrap();
         let start: [u8; 16] = "fd00:1::".parse::<std::net::Ipv6Addr>().unwrap().octets();
-        let after: [u8; 16] = "fd00:1:0:1::"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets();
+        let after: [u8; 16] = "fd00:1:1::".parse::<std::net::Ipv6Addr>().unwrap().octets();
         let del = raws(Change::DelSubnet(net));
         assert_eq!(del[1], (true, "masq6", vec![key(&start), end(&after)]));
         // The top of the address space has no end.
@@ -521,6 +518,22 @@ mod tests {
         assert_eq!(after_last(top6), None);
         let all6: IpNetwork = "::/0".parse().unwrap();
         assert_eq!(after_last(all6), None);
+    }
+
+    #[test]
+    fn a_28_or_a_64_is_one_plain_key_its_network_address() {
+        let net: IpNetwork = "10.9.0.21/28".parse().unwrap();
+        assert_eq!(
+            raws(Change::AddSubnet(net)),
+            [(false, "masq4_28", vec![key(&[10, 9, 0, 16])])]
+        );
+        let net: IpNetwork = "fd00:1:0:7::5/64".parse().unwrap();
+        let start: [u8; 16] = "fd00:1:0:7::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let del = raws(Change::DelSubnet(net));
+        assert_eq!(del[1], (true, "masq6_64", vec![key(&start)]));
     }
 
     #[test]

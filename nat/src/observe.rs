@@ -9,7 +9,7 @@ use nftables::expr::{Expression, NamedExpression};
 use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
 use nftables::types::NfChainPolicy;
 
-use crate::elements::render_changes;
+use crate::elements::{HASHED4, HASHED6, render_changes, subnet_set};
 use crate::error::{Error, Result};
 use crate::model::{Change, GuardedPort, IfName, Mac, PortMapping, PortRange, Proto, Ruleset};
 use crate::names::*;
@@ -39,6 +39,7 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
     let mut ports = PortHalves::new();
     let mut guards = GuardParts::default();
     let mut layout_ok = true;
+    let mut misplaced = false;
     let mut sets_seen = Vec::new();
     let mut chains_seen = Vec::new();
     let mut rules = Vec::new();
@@ -60,7 +61,14 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
                 if BRIDGE_SETS.contains(&name.as_ref()) {
                     guards.read(name, elem)?;
                 } else {
-                    read_element(name, elem, &mut ruleset, &mut self_pairs, &mut ports)?;
+                    read_element(
+                        name,
+                        elem,
+                        &mut ruleset,
+                        &mut self_pairs,
+                        &mut ports,
+                        &mut misplaced,
+                    )?;
                 }
             }
             continue;
@@ -111,6 +119,7 @@ pub fn observe(listing: &Nftables<'static>) -> Result<Observed> {
     self_pairs.sort();
     let pairs_ok = self_pairs.iter().eq(ruleset.ifaces()); // both sorted
     let intact = layout_ok
+        && !misplaced
         && rules_ok
         && pairs_ok
         && ports_ok
@@ -269,17 +278,35 @@ impl GuardParts {
     }
 }
 
+/// Reads one element of the `inet` table into `ruleset`. A subnet in a set it does not go to
+/// ([`subnet_set`]), or a network address with host bits, sets `misplaced`: the table is
+/// damaged then, as the rules would not match it.
 fn read_element(
     set: &str,
     elem: &Expression<'_>,
     ruleset: &mut Ruleset,
     self_pairs: &mut Vec<IfName>,
     ports: &mut PortHalves,
+    misplaced: &mut bool,
 ) -> Result<()> {
     let bad = || unexpected(set, elem);
     match set {
         MASQ4 | MASQ6 => {
-            ruleset.apply(&Change::AddSubnet(subnet(elem).ok_or_else(bad)?));
+            let net = subnet(elem).ok_or_else(bad)?;
+            *misplaced |= subnet_set(net) != set;
+            ruleset.apply(&Change::AddSubnet(net));
+        }
+        MASQ4_28 | MASQ6_64 => {
+            let addr = ip(elem).ok_or_else(bad)?;
+            let len = if set == MASQ4_28 {
+                HASHED4.0
+            } else {
+                HASHED6.0
+            };
+            let net = IpNetwork::new(addr, len).map_err(|_| bad())?;
+            // An address with host bits is never matched by the masked rules.
+            *misplaced |= net.network() != addr;
+            ruleset.apply(&Change::AddSubnet(net));
         }
         IFACES => {
             ruleset.apply(&Change::AddIface(ifname(elem).ok_or_else(bad)?));
@@ -426,6 +453,37 @@ mod tests {
         assert!(!observed.intact, "address without port");
         let plan = plan(Some(&observed), &Ruleset::new()).unwrap();
         assert_eq!(plan, render_table(&Ruleset::new()));
+    }
+
+    /// A clean listing whose set `name` holds `elems` (nft's JSON).
+    fn with_elems(name: &str, elems: serde_json::Value) -> Nftables<'static> {
+        let mut json = serde_json::to_value(listing_of(&Ruleset::new())).unwrap();
+        for o in json["nftables"].as_array_mut().unwrap() {
+            if o["set"]["name"] == name {
+                o["set"]["elem"] = elems.clone();
+            }
+        }
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_subnet_in_the_wrong_set_or_with_host_bits_is_damage() {
+        let ok = observe(&with_elems("masq4_28", serde_json::json!(["10.0.0.16"]))).unwrap();
+        assert!(ok.intact);
+        let net: IpNetwork = "10.0.0.16/28".parse().unwrap();
+        assert_eq!(ok.ruleset.subnets().collect::<Vec<_>>(), vec![net]);
+        let v6 = observe(&with_elems("masq6_64", serde_json::json!(["fd00:0:0:7::"]))).unwrap();
+        assert!(v6.intact);
+        // A /28 as an interval: the masked rules would not know it, nor a delete find it.
+        let interval = serde_json::json!([{"prefix": {"addr": "10.0.0.16", "len": 28}}]);
+        let misplaced = observe(&with_elems("masq4", interval)).unwrap();
+        assert!(!misplaced.intact);
+        assert_eq!(misplaced.ruleset.subnets().collect::<Vec<_>>(), vec![net]);
+        // Host bits: `saddr & mask` never equals it.
+        let host_bits = observe(&with_elems("masq4_28", serde_json::json!(["10.0.0.17"]))).unwrap();
+        assert!(!host_bits.intact);
+        let plan = plan(Some(&host_bits), &host_bits.ruleset).unwrap();
+        assert_eq!(plan, render_table(&host_bits.ruleset), "re-created whole");
     }
 
     #[test]

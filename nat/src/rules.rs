@@ -18,7 +18,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::elements;
 use crate::expr::{
-    accept, concat, ct, dnat_maps, drop, eq, fib_daddr_type, fib_saddr_iif_oif, has_flags,
+    accept, and, concat, ct, dnat_maps, drop, eq, fib_daddr_type, fib_saddr_iif_oif, has_flags,
     masquerade, meta, missing, ne, number, payload, prefix, set_ref, string,
 };
 use crate::model::Ruleset;
@@ -50,7 +50,7 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             key: &[Ipv4Addr],
             data: None,
             interval: true,
-            comment: "container subnets: masqueraded when leaving the fabric",
+            comment: "container subnets but /28s: masqueraded when leaving the fabric",
         },
         SetSpec {
             family: FAMILY,
@@ -58,7 +58,23 @@ pub(crate) fn set_specs() -> Vec<SetSpec> {
             key: &[Ipv6Addr],
             data: None,
             interval: true,
-            comment: "container subnets: masqueraded when leaving the fabric",
+            comment: "container subnets but /64s: masqueraded when leaving the fabric",
+        },
+        SetSpec {
+            family: FAMILY,
+            name: MASQ4_28,
+            key: &[Ipv4Addr],
+            data: None,
+            interval: false,
+            comment: "container /28 subnets by network address: masqueraded when leaving",
+        },
+        SetSpec {
+            family: FAMILY,
+            name: MASQ6_64,
+            key: &[Ipv6Addr],
+            data: None,
+            interval: false,
+            comment: "container /64 subnets by network address: masqueraded when leaving",
         },
         SetSpec {
             family: FAMILY,
@@ -386,8 +402,13 @@ pub(crate) fn rule_specs() -> Vec<RuleSpec> {
             ],
         ),
     ]);
-    rules.extend(masquerade_rules("ip", MASQ4));
-    rules.extend(masquerade_rules("ip6", MASQ6));
+    rules.extend(masquerade_rules("ip", MASQ4, MASQ4_28, elements::HASHED4.1));
+    rules.extend(masquerade_rules(
+        "ip6",
+        MASQ6,
+        MASQ6_64,
+        elements::HASHED6.1,
+    ));
     rules.extend(bridge_rules());
     rules
 }
@@ -485,31 +506,50 @@ fn bridge_rules() -> Vec<RuleSpec> {
     ]
 }
 
-/// The postrouting rules of one family (`ip` with `masq4`, `ip6` with `masq6`).
-fn masquerade_rules(family: &'static str, subnets: &'static str) -> [RuleSpec; 2] {
-    [
-        // A container reaching a published port (its own or a neighbour's on the same bridge)
-        // would get the reply straight from the target, not through the host's conntrack.
+/// The postrouting rules of one family (`ip` with `masq4` and `masq4_28`, `ip6` with `masq6`
+/// and `masq6_64`): each rule twice, once per set a source subnet can be in. A container's
+/// subnet is in `hashed` (its network address, matched through `mask`) when it has that set's
+/// prefix length, in the interval set `subnets` otherwise (see [`elements::subnet_set`]).
+fn masquerade_rules(
+    family: &'static str,
+    subnets: &'static str,
+    hashed: &'static str,
+    mask: &'static str,
+) -> [RuleSpec; 4] {
+    let from = |hashed_source: bool| {
+        if hashed_source {
+            eq(and(payload(family, "saddr"), mask), set_ref(hashed))
+        } else {
+            eq(payload(family, "saddr"), set_ref(subnets))
+        }
+    };
+    // A container reaching a published port (its own or a neighbour's on the same bridge)
+    // would get the reply straight from the target, not through the host's conntrack.
+    let hairpin = |hashed_source| {
         rule(
             POSTROUTING,
             "hairpin: container to a published port, so replies come back through the host",
             vec![
-                eq(payload(family, "saddr"), set_ref(subnets)),
+                from(hashed_source),
                 eq(meta(MetaKey::Oifname), set_ref(IFACES)),
                 has_flags(ct("status"), &["dnat"]),
                 masquerade(),
             ],
-        ),
+        )
+    };
+    let outside = |hashed_source| {
         rule(
             POSTROUTING,
             "containers to the outside (not to other containers)",
             vec![
-                eq(payload(family, "saddr"), set_ref(subnets)),
+                from(hashed_source),
+                ne(and(payload(family, "daddr"), mask), set_ref(hashed)),
                 ne(payload(family, "daddr"), set_ref(subnets)),
                 masquerade(),
             ],
-        ),
-    ]
+        )
+    };
+    [hairpin(true), hairpin(false), outside(true), outside(false)]
 }
 
 /// Number of rules in the table, whatever the number of containers.
@@ -708,7 +748,7 @@ mod tests {
         let ten = render_table(&ruleset(0..10));
         assert_eq!(count(&one, is_rule), count(&ten, is_rule));
         assert_eq!(count(&ten, is_rule), rule_count());
-        assert_eq!(rule_count(), 35);
+        assert_eq!(rule_count(), 39);
         let chains = |o: &NfListObject<'_>| matches!(o, NfListObject::Chain(_));
         assert_eq!(count(&ten, chains), CHAINS.len() + BRIDGE_CHAINS.len());
     }
@@ -774,10 +814,12 @@ mod tests {
         let masq4 = find("set", "masq4");
         assert_eq!(masq4["type"], "ipv4_addr");
         assert_eq!(masq4["flags"], json!(["interval"]));
-        assert_eq!(
-            masq4["elem"],
-            json!([{"prefix": {"addr": "10.0.0.0", "len": 28}}])
-        );
+        assert_eq!(masq4["elem"], Value::Null, "a /28 is not an interval");
+        let masq4_28 = find("set", "masq4_28");
+        assert_eq!(masq4_28["type"], "ipv4_addr");
+        assert_eq!(masq4_28["flags"], Value::Null, "a hash set");
+        assert_eq!(masq4_28["elem"], json!(["10.0.0.0"]));
+        assert_eq!(find("set", "masq6_64")["type"], "ipv6_addr");
         assert_eq!(find("set", "ifaces")["elem"], json!(["ve-c0"]));
         assert_eq!(
             find("set", "allowed_pairs")["type"],
@@ -852,23 +894,38 @@ mod tests {
                 {"masquerade": null}
             ])
         );
-        assert_eq!(
-            rules[1],
+        let masked = |addr: &Value, mask: &str| json!({"&": [addr, mask]});
+        let hairpin = |from: Value| {
             json!([
-                {"match": {"left": saddr, "right": "@masq4", "op": "=="}},
+                from,
                 {"match": {"left": oif, "right": "@ifaces", "op": "=="}},
                 {"match": {"left": {"ct": {"key": "status"}}, "right": "dnat", "op": "in"}},
                 {"masquerade": null}
             ])
-        );
-        assert_eq!(
-            rules[2],
+        };
+        let from28 = json!({"match": {"left": masked(&saddr, "255.255.255.240"),
+                                      "right": "@masq4_28", "op": "=="}});
+        let from_other = json!({"match": {"left": saddr, "right": "@masq4", "op": "=="}});
+        assert_eq!(rules[1], hairpin(from28.clone()));
+        assert_eq!(rules[2], hairpin(from_other.clone()));
+        let outside = |from: Value| {
             json!([
-                {"match": {"left": saddr, "right": "@masq4", "op": "=="}},
+                from,
+                {"match": {"left": masked(&daddr, "255.255.255.240"), "right": "@masq4_28",
+                           "op": "!="}},
                 {"match": {"left": daddr, "right": "@masq4", "op": "!="}},
                 {"masquerade": null}
             ])
+        };
+        assert_eq!(rules[3], outside(from28));
+        assert_eq!(rules[4], outside(from_other));
+        let saddr6 = json!({"payload": {"protocol": "ip6", "field": "saddr"}});
+        assert_eq!(
+            rules[7][0],
+            json!({"match": {"left": masked(&saddr6, "ffff:ffff:ffff:ffff::"),
+                             "right": "@masq6_64", "op": "=="}})
         );
+        assert_eq!(rules.len(), 9);
     }
 
     #[test]

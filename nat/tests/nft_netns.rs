@@ -36,7 +36,9 @@ fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 /// guarded bridge port `vb-cN` (with an address for even `n`, as a zone member), and for every
 /// third one a udp range, a port bound to 127.0.0.1 and an IPv6 port.
 fn container(n: u8) -> Vec<Change> {
-    let subnet = format!("10.0.{n}.0/28").parse().unwrap();
+    // A /28 goes to the hash set `masq4_28`; an odd container's /27 to the interval set `masq4`.
+    let len = if n % 2 == 1 { 27 } else { 28 };
+    let subnet = format!("10.0.{n}.0/{len}").parse().unwrap();
     let addr = v4(10, 0, n, 2);
     let port = 8000 + u16::from(n);
     let mut changes = vec![
@@ -155,7 +157,8 @@ fn table_with_three_containers_lists_back() {
     // nft wraps long element lists: compare with whitespace collapsed.
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for line in [
-        "elements = { 10.0.0.0/28, 10.0.1.0/28, 10.0.2.0/28 }",
+        "set masq4 { type ipv4_addr flags interval elements = { 10.0.1.0/27 }",
+        "set masq4_28 { type ipv4_addr elements = { 10.0.0.0, 10.0.2.0 }",
         "elements = { \"ve-c0\", \"ve-c1\", \"ve-c2\", \"vz-web\" }",
         "\"vz-web\" . \"ve-c1\"",
         "tcp . 8000 : 10.0.0.2",
@@ -164,9 +167,12 @@ fn table_with_three_containers_lists_back() {
         "udp . 9000 : 5000, udp . 9001 : 5001, udp . 9002 : 5002",
         "tcp . 8000 : fd00::2",
         "fib daddr type local dnat ip to meta l4proto . th dport map @ports4_addr:meta l4proto . th dport map @ports4_port",
-        "ip saddr @masq4 ip daddr != @masq4 masquerade",
+        "ip saddr & 255.255.255.240 == @masq4_28 ip daddr & 255.255.255.240 != @masq4_28 ip daddr != @masq4 masquerade",
+        "ip saddr @masq4 ip daddr & 255.255.255.240 != @masq4_28 ip daddr != @masq4 masquerade",
         "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
+        "ip saddr & 255.255.255.240 == @masq4_28 oifname @ifaces ct status dnat masquerade",
         "ip saddr @masq4 oifname @ifaces ct status dnat masquerade",
+        "ip6 saddr & ffff:ffff:ffff:ffff:: == @masq6_64 ip6 daddr & ffff:ffff:ffff:ffff:: != @masq6_64 ip6 daddr != @masq6 masquerade",
         "iifname . oifname @allowed_pairs accept",
         "iifname @ifaces oifname @ifaces drop",
         "iifname @ifaces udp dport 67 accept",
@@ -362,7 +368,7 @@ fn async_apply_and_list() {
         assert!(observe(&listing).unwrap().intact);
         let err = nft
             .apply_async(&render_change(&Change::AddSubnet(
-                "10.0.0.0/24".parse().unwrap(),
+                "10.0.1.0/24".parse().unwrap(),
             )))
             .await
             .unwrap_err();
@@ -393,7 +399,7 @@ fn a_session_applies_batches_reports_refusals_and_goes_on() {
         // A refused batch: nft's own words, nothing applied, and the session goes on.
         let err = nft
             .apply_async(&render_change(&Change::AddSubnet(
-                "10.0.0.0/24".parse().unwrap(),
+                "10.0.1.0/24".parse().unwrap(),
             )))
             .await
             .unwrap_err();
@@ -530,7 +536,7 @@ fn netlink_refusals_apply_nothing_and_say_why() {
         panic!("expected a refusal, got {err:?}");
     };
     assert!(stderr.contains("No such file or directory"), "{err}");
-    assert!(err.to_string().contains("add element masq4 x1"), "{err}");
+    assert!(err.to_string().contains("add element masq4_28 x1"), "{err}");
 
     let mut nft = nft();
     let rs = ruleset_of(0..2);
@@ -554,7 +560,7 @@ fn netlink_refusals_apply_nothing_and_say_why() {
     assert!(err.to_string().contains("File exists"), "{err}");
     // A subnet overlapping another.
     let err = netlink
-        .apply(&[Change::AddSubnet("10.0.0.0/24".parse().unwrap())])
+        .apply(&[Change::AddSubnet("10.0.1.0/24".parse().unwrap())])
         .unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err:?}");
     assert_eq!(elements(), before);
@@ -727,12 +733,19 @@ fn a_session_lists_what_nft_lists_between_its_batches() {
                 plain.list_any_table_async("ip", "filter").await.unwrap()
             );
             assert!(filter.is_some());
-            // A refused batch in between leaves the session in step.
+            // A refused batch in between (container 0's port to another address) leaves the
+            // session in step.
+            let taken = PortMapping::new(
+                Proto::Tcp,
+                None,
+                PortRange::single(8000).unwrap(),
+                v4(10, 0, 9, 2),
+                80,
+            )
+            .unwrap();
             assert!(
                 session
-                    .apply_async(&render_change(&Change::AddSubnet(
-                        "10.0.0.0/24".parse().unwrap(),
-                    )))
+                    .apply_async(&render_change(&Change::AddPort(taken)))
                     .await
                     .is_err()
             );

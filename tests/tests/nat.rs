@@ -193,8 +193,8 @@ fn ten_containers_cost_elements_not_rules() {
     let ten = rig.nft_table().expect("table after ten containers");
     assert!(nft_rules(&one) > 0);
     assert_eq!(nft_rules(&one), nft_rules(&ten));
-    assert_eq!(nft_elements(&one, "masq4"), 1);
-    assert_eq!(nft_elements(&ten, "masq4"), 10);
+    assert_eq!(nft_elements(&one, "masq4_28"), 1);
+    assert_eq!(nft_elements(&ten, "masq4_28"), 10);
     assert_eq!(nft_elements(&ten, "ifaces"), 10);
     assert_eq!(nft_elements(&ten, "ports4_addr"), 10);
     // One container going takes exactly its elements with it.
@@ -203,7 +203,7 @@ fn ten_containers_cost_elements_not_rules() {
     rig.wait(first);
     let nine = rig.nft_table().expect("table with nine containers");
     assert_eq!(nft_rules(&nine), nft_rules(&one));
-    assert_eq!(nft_elements(&nine, "masq4"), 9);
+    assert_eq!(nft_elements(&nine, "masq4_28"), 9);
     assert_eq!(nft_elements(&nine, "ports4_addr"), 9);
     assert_eq!(nft_elements(&nine, "ports4_port"), 9);
     for l in launchers {
@@ -246,7 +246,7 @@ fn a_flushed_ruleset_is_rebuilt_with_every_element() {
     );
     let after = rig.nft_table().unwrap();
     assert_eq!(nft_rules(&before), nft_rules(&after));
-    assert_eq!(nft_elements(&after, "masq4"), 1);
+    assert_eq!(nft_elements(&after, "masq4_28"), 1);
     ok(rig
         .in_uplink(&probe)
         .args(["connect", "tcp", HOST_ADDR, "8080"]));

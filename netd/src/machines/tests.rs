@@ -1004,7 +1004,7 @@ async fn ipv6_veth_gets_a_64_its_eui64_address_adverts_masquerade_and_forwarding
         vec!["fd00:7:7:1::1".parse::<std::net::Ipv6Addr>().unwrap()]
     );
     // Both families masqueraded and published; ::1 relayed to the IPv6 address.
-    let masq6 = format!("{:?}", w.nft.get().elements("masq6"));
+    let masq6 = format!("{:?}", w.nft.get().elements("masq6_64"));
     assert!(masq6.contains("fd00:7:7:1::"), "{masq6}");
     let ports6 = format!("{:?}", w.nft.get().elements("ports6_addr"));
     assert!(
