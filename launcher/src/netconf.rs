@@ -54,65 +54,119 @@ pub fn resolv_conf(dns: &[std::net::Ipv4Addr], zone: Option<&str>) -> String {
     text
 }
 
+/// The file a container without `-D` sees as `/etc/resolv.conf`.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Whether rnetd names DNS servers for a container on `network` (a veth or a zone: its
+/// gateway, where rnetd's forwarder answers) and the host has a resolv.conf to cover: the
+/// child then makes its mount namespace ([`MountNs`]) while rnetd attaches it.
+pub fn expects_resolv_conf(network: &NetworkSpec) -> bool {
+    matches!(network, NetworkSpec::Veth | NetworkSpec::Zone(_))
+        && std::path::Path::new(RESOLV_CONF).exists()
+}
+
 /// The container shares the host's files, whose resolv.conf may name servers it cannot reach
-/// (systemd-resolved's 127.0.0.53 is the host's loopback): in a mount namespace of its own, its
-/// `/etc/resolv.conf` is a generated file naming its DNS servers, as `ip netns exec` binds
-/// `/etc/netns/NAME/resolv.conf`. The host's file is never written. Nothing to do without
-/// servers (an admin's bridge: its DHCP server tells the payload) or without the file.
-pub fn bind_resolv_conf(m: &Machine) -> Result<(), String> {
-    use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    const TARGET: &str = "/etc/resolv.conf";
-    // A scratch tmpfs holds the file while it is bound; it is then detached, so the payload sees
-    // its /tmp as it was, and the bind mount keeps the file alive.
-    const SCRATCH: &str = "/tmp";
-    if m.dns.is_empty() || !std::path::Path::new(TARGET).exists() {
-        return Ok(());
+/// (systemd-resolved's 127.0.0.53 is the host's loopback): in a mount namespace of its own,
+/// its `/etc/resolv.conf` is a generated file naming its DNS servers, as `ip netns exec`
+/// binds `/etc/netns/NAME/resolv.conf`. The host's file is never written.
+///
+/// The child makes the namespace while rnetd attaches it ([`MountNs::enter`]); once the answer
+/// names the servers, the launcher writes the file ([`write_resolv_conf`]) and the child binds
+/// it ([`bind_resolv_conf`]). Without servers (an admin's bridge: its DHCP server tells the
+/// payload) the child goes back to the host's namespace ([`MountNs::leave`]).
+pub struct MountNs {
+    /// The host's mount namespace, to go back to.
+    host: std::fs::File,
+}
+
+impl MountNs {
+    /// `unshare(CLONE_NEWNS)`, then `/` private recursively: our mounts must not propagate
+    /// to the host.
+    pub fn enter() -> Result<Self, String> {
+        use nix::mount::{MsFlags, mount};
+        let host = std::fs::File::open("/proc/self/ns/mnt")
+            .map_err(|e| format!("opening the host's mount namespace: {e}"))?;
+        unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("creating the container's mount namespace: {e}"))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("making / private in the container: {e}"))?;
+        Ok(Self { host })
+    }
+
+    /// Back to the host's mount namespace; the copy goes.
+    pub fn leave(self) -> Result<(), String> {
+        nix::sched::setns(&self.host, CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("returning to the host's mount namespace: {e}"))
+    }
+}
+
+/// The launcher's part: writes the resolv.conf of `m` to `path` (mode 0644 whatever the umask:
+/// the payload may drop privileges), if `m` names DNS servers and the host has the file to
+/// cover. Returns whether it wrote it.
+pub fn write_resolv_conf(m: &Machine, path: &std::path::Path) -> Result<bool, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.dns.is_empty() || !std::path::Path::new(RESOLV_CONF).exists() {
+        return Ok(false);
     }
     let zone = match &m.network {
         NetworkSpec::Zone(z) => Some(z.as_str()),
         _ => None,
     };
-    let text = resolv_conf(&m.dns, zone);
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("creating the container's mount namespace: {e}"))?;
-    // Our mounts must not propagate to the host.
+    let failed = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    std::fs::write(path, resolv_conf(&m.dns, zone)).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(failed)?;
+    Ok(true)
+}
+
+/// The child's part: binds `file` (written by [`write_resolv_conf`]) over `/etc/resolv.conf`
+/// in its own mount namespace, `ns` if it made one ahead; without a file it leaves `ns`. The
+/// launcher removes the file once the payload runs: the bind keeps it.
+pub fn bind_resolv_conf(file: Option<&std::path::Path>, ns: Option<MountNs>) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    let Some(file) = file else {
+        return ns.map_or(Ok(()), MountNs::leave);
+    };
+    if ns.is_none() {
+        MountNs::enter()?;
+    }
     mount(
+        Some(file),
+        RESOLV_CONF,
         None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| format!("making / private in the container: {e}"))?;
-    mount(
-        Some("tmpfs"),
-        SCRATCH,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=64k,mode=0755"),
-    )
-    .map_err(|e| format!("mounting a scratch tmpfs on {SCRATCH}: {e}"))?;
-    let file = format!("{SCRATCH}/resolv.conf");
-    let bound = std::fs::write(&file, text)
-        .map_err(|e| format!("writing the container's resolv.conf: {e}"))
-        .and_then(|()| {
-            mount(
-                Some(file.as_str()),
-                TARGET,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("binding the container's resolv.conf over {TARGET}: {e}"))
-        });
-    let detached = umount2(SCRATCH, MntFlags::MNT_DETACH)
-        .map_err(|e| format!("unmounting the scratch tmpfs on {SCRATCH}: {e}"));
-    bound.and(detached)
+    .map_err(|e| format!("binding the container's resolv.conf over {RESOLV_CONF}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_namespace_made_ahead_is_left_when_there_is_nothing_to_bind() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making a mount namespace needs root");
+            return;
+        }
+        // In a thread of its own: the namespace is the thread's, the other tests keep theirs.
+        std::thread::spawn(|| {
+            let ns = || std::fs::read_link("/proc/thread-self/ns/mnt").unwrap();
+            let host = ns();
+            let ahead = MountNs::enter().unwrap();
+            assert_ne!(ns(), host);
+            bind_resolv_conf(None, Some(ahead)).unwrap();
+            assert_eq!(ns(), host);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn resolv_conf_names_the_servers_and_the_zone() {

@@ -30,7 +30,9 @@ use crate::cli::RunArgs;
 use crate::container::spec::{Console, Start};
 use crate::container::{self, Container};
 use crate::machines::registry;
-use crate::netconf::{bind_resolv_conf, configure, lo_up};
+use crate::netconf::{
+    MountNs, bind_resolv_conf, configure, expects_resolv_conf, lo_up, write_resolv_conf,
+};
 use crate::timing;
 
 /// Exit code when the command cannot be executed (as shells use).
@@ -369,6 +371,9 @@ struct Setup {
     /// and a child that has not made a thread yet is the whole process. Empty when the
     /// launcher moved the child itself (cgroup v2, a user namespace's child, no cgroup).
     cgroup: Vec<std::path::PathBuf>,
+    /// The resolv.conf the launcher wrote for a container without `-D`, which the child binds
+    /// over `/etc/resolv.conf` ([`crate::netconf::bind_resolv_conf`]).
+    resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// The child: never returns.
@@ -400,13 +405,25 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
             tree = container::userns::recv_tree(&sock)?;
             container::userns::become_root()?;
         }
-        // lo while rnetd attaches us.
+        // lo and our mount namespace while rnetd attaches us.
         let mut rtnl = if private { Some(lo_up()?) } else { None };
         timing::mark("child: lo up");
+        let mount_ns = match &plan.network {
+            Network::Attached(spec) if plan.container.is_none() && expects_resolv_conf(spec) => {
+                let ns = MountNs::enter()?;
+                timing::mark("child: mount namespace made");
+                Some(ns)
+            }
+            _ => None,
+        };
         let mut cfg = Vec::new();
         sock.read_to_end(&mut cfg)
             .map_err(|e| format!("reading the network configuration: {e}"))?;
-        let Setup { machine, cgroup } = serde_json::from_slice(&cfg)
+        let Setup {
+            machine,
+            cgroup,
+            resolv_conf,
+        } = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
         timing::mark("child: configuration received");
         for tasks in &cgroup {
@@ -424,9 +441,7 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
                 configure(rtnl, machine.as_ref())?;
             }
             timing::mark("child: host0 configured");
-            if let Some(m) = &machine {
-                bind_resolv_conf(m)?;
-            }
+            bind_resolv_conf(resolv_conf.as_deref(), mount_ns)?;
             timing::mark("child: resolv.conf bound");
             return Ok(machine);
         };
@@ -490,6 +505,9 @@ fn parent(
     // The entry registered for this run, marked ready later.
     let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
+    // The resolv.conf written for the child to bind, removed once the payload runs.
+    let mut resolv_slot: Option<std::path::PathBuf> = None;
+    let resolv = &mut resolv_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         // Registered before rnetd attaches it (so a listing never shows the attachment without
         // the entry), ready once the payload runs; while the child makes its namespaces.
@@ -561,11 +579,18 @@ fn parent(
         };
         let answer = pending.answer();
         timing::mark("attach answered");
-        match answer {
-            Ok(api::Response::Attached(m)) => Ok(Some(m)),
-            Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
-            Err(e) => Err(e.to_string()),
+        let m = match answer {
+            Ok(api::Response::Attached(m)) => m,
+            Ok(other) => return Err(format!("rnetd sent an unexpected answer: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if plan.container.is_none() {
+            let path = runtime_dir.join(format!(".resolv.{child}.conf"));
+            if write_resolv_conf(&m, &path)? {
+                *resolv = Some(path);
+            }
         }
+        Ok(Some(m))
     })();
     let machine = match setup {
         Ok(m) => m,
@@ -578,12 +603,16 @@ fn parent(
             if registered_slot.is_some() {
                 registry::unregister(runtime_dir, plan.machine.as_str(), leader);
             }
+            if let Some(path) = &resolv_slot {
+                let _ = std::fs::remove_file(path);
+            }
             return Err(e);
         }
     };
     let cfg = serde_json::to_vec(&Setup {
         machine,
         cgroup: self_move_slot,
+        resolv_conf: resolv_slot.clone(),
     })
     .unwrap_or_default();
     let sent = sock
@@ -606,6 +635,10 @@ fn parent(
     report.push_str(&rest);
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
+    }
+    // The child bound it (or failed): the bind mount keeps the file for the payload.
+    if let Some(path) = &resolv_slot {
+        let _ = std::fs::remove_file(path);
     }
     // Ready once the payload runs (the socket closed on its exec) and is networked: `rnet
     // start` waits for this, and `rnet shell` finds the container's root in place.

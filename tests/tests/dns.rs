@@ -88,7 +88,8 @@ fn a_container_resolves_through_its_gateway_on_a_resolved_host() {
              echo \"NX $(getent hosts nx.example.test || echo none)\"
              echo \"GATEWAY $(getent ahostsv4 _gateway | head -1)\"
              echo \"DIRECT $(busybox nslookup www.example.test $gw | grep -c {WWW_ADDR})\"
-             echo \"TMP $(ls -d /tmp/rnt* | head -1)\""
+             echo \"TMP $(ls -d /tmp/rnt* | head -1)\"
+             echo \"MODE $(stat -c %a /etc/resolv.conf)\""
         ),
     );
     let gw = field(&out, "GW");
@@ -105,9 +106,18 @@ fn a_container_resolves_through_its_gateway_on_a_resolved_host() {
         "the host's resolv.conf names the container's gateway"
     );
     assert_eq!(resolv_mounts(), host_mounts, "the host's mounts changed");
-    // The scratch tmpfs that held the file is gone from the container's view: its /tmp is the
-    // host's (the rig's own directory is there).
+    // Only /etc/resolv.conf is the container's: its /tmp is the host's (the rig's own
+    // directory is there). The file is readable by a payload that dropped privileges, and the
+    // launcher's copy of it is gone from the runtime directory once the payload ran.
     assert!(field(&out, "TMP").starts_with("/tmp/rnt"), "{out}");
+    assert_eq!(field(&out, "MODE"), "644", "{out}");
+    let left: Vec<_> = std::fs::read_dir(rig.runtime_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".resolv"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // Through libc (the generated resolv.conf) and directly at the gateway: the uplink's name,
     // forwarded to the server resolved's file names. A name the uplink does not have fails.
     assert!(
