@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    timing::mark("arguments parsed");
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
