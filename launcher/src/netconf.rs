@@ -126,7 +126,7 @@ pub fn write_resolv_conf(m: &Machine, path: &std::path::Path) -> Result<bool, St
 
 /// The child's part: binds `file` (written by [`write_resolv_conf`]) over `/etc/resolv.conf`
 /// in its own mount namespace, `ns` if it made one ahead; without a file it leaves `ns`. The
-/// launcher removes the file once the payload runs: the bind keeps it.
+/// file stays while the machine runs (`registry::resolv_conf_path`).
 pub fn bind_resolv_conf(file: Option<&std::path::Path>, ns: Option<MountNs>) -> Result<(), String> {
     use nix::mount::{MsFlags, mount};
     let Some(file) = file else {

@@ -505,7 +505,7 @@ fn parent(
     // The entry registered for this run, marked ready later.
     let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
-    // The resolv.conf written for the child to bind, removed once the payload runs.
+    // The resolv.conf written for the child to bind (removed with the entry).
     let mut resolv_slot: Option<std::path::PathBuf> = None;
     let resolv = &mut resolv_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
@@ -585,7 +585,7 @@ fn parent(
             Err(e) => return Err(e.to_string()),
         };
         if plan.container.is_none() {
-            let path = runtime_dir.join(format!(".resolv.{child}.conf"));
+            let path = registry::resolv_conf_path(runtime_dir, leader);
             if write_resolv_conf(&m, &path)? {
                 *resolv = Some(path);
             }
@@ -603,16 +603,13 @@ fn parent(
             if registered_slot.is_some() {
                 registry::unregister(runtime_dir, plan.machine.as_str(), leader);
             }
-            if let Some(path) = &resolv_slot {
-                let _ = std::fs::remove_file(path);
-            }
             return Err(e);
         }
     };
     let cfg = serde_json::to_vec(&Setup {
         machine,
         cgroup: self_move_slot,
-        resolv_conf: resolv_slot.clone(),
+        resolv_conf: resolv_slot,
     })
     .unwrap_or_default();
     let sent = sock
@@ -635,10 +632,6 @@ fn parent(
     report.push_str(&rest);
     if sent.is_err() && report.is_empty() {
         report = "the container process died during setup".into();
-    }
-    // The child bound it (or failed): the bind mount keeps the file for the payload.
-    if let Some(path) = &resolv_slot {
-        let _ = std::fs::remove_file(path);
     }
     // Ready once the payload runs (the socket closed on its exec) and is networked: `rnet
     // start` waits for this, and `rnet shell` finds the container's root in place.

@@ -89,7 +89,8 @@ fn a_container_resolves_through_its_gateway_on_a_resolved_host() {
              echo \"GATEWAY $(getent ahostsv4 _gateway | head -1)\"
              echo \"DIRECT $(busybox nslookup www.example.test $gw | grep -c {WWW_ADDR})\"
              echo \"TMP $(ls -d /tmp/rnt* | head -1)\"
-             echo \"MODE $(stat -c %a /etc/resolv.conf)\""
+             echo \"MODE $(stat -c %a /etc/resolv.conf)\"
+             echo \"NESTED $(mount --bind /etc/hostname /etc/resolv.conf && echo ok)\""
         ),
     );
     let gw = field(&out, "GW");
@@ -107,15 +108,17 @@ fn a_container_resolves_through_its_gateway_on_a_resolved_host() {
     );
     assert_eq!(resolv_mounts(), host_mounts, "the host's mounts changed");
     // Only /etc/resolv.conf is the container's: its /tmp is the host's (the rig's own
-    // directory is there). The file is readable by a payload that dropped privileges, and the
-    // launcher's copy of it is gone from the runtime directory once the payload ran.
+    // directory is there). The file is readable by a payload that dropped privileges, the
+    // payload may mount over it in turn (as a DHCP client's test harness does), and the
+    // launcher's copy of it is gone from the runtime directory once the machine ended.
     assert!(field(&out, "TMP").starts_with("/tmp/rnt"), "{out}");
     assert_eq!(field(&out, "MODE"), "644", "{out}");
-    let left: Vec<_> = std::fs::read_dir(rig.runtime_dir())
+    assert_eq!(field(&out, "NESTED"), "ok", "{out}");
+    let left: Vec<_> = std::fs::read_dir(rig.runtime_dir().join("machines"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".resolv"))
+        .filter(|n| n.ends_with(".resolv.conf"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     // Through libc (the generated resolv.conf) and directly at the gateway: the uplink's name,

@@ -161,7 +161,10 @@ pub fn register(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> 
                     Some(old) if old.alive() => {
                         return Err(RegistryError::Running { name: old.name });
                     }
-                    _ => {
+                    old => {
+                        if let Some(old) = old {
+                            let _ = fs::remove_file(resolv_conf_path(runtime_dir, old.leader));
+                        }
                         let _ = fs::remove_file(&path);
                     }
                 },
@@ -188,12 +191,21 @@ pub fn update(runtime_dir: &Path, entry: &Entry) -> Result<(), RegistryError> {
 }
 
 /// Removes the entry of `name` if it is the one of `leader` (a newer machine of the same name
-/// keeps its own).
+/// keeps its own), and the resolv.conf written for `leader`.
 pub fn unregister(runtime_dir: &Path, name: &str, leader: u32) {
     let path = dir(runtime_dir).join(name);
     if read_entry(&path).is_some_and(|e| e.leader == leader) {
         let _ = fs::remove_file(&path);
     }
+    let _ = fs::remove_file(resolv_conf_path(runtime_dir, leader));
+}
+
+/// The resolv.conf the launcher writes for its machine's leader to bind over
+/// `/etc/resolv.conf` (`crate::netconf`). It stays while the machine runs, so that the payload
+/// may mount over that file in turn (a mount point whose file is deleted refuses mounts);
+/// it goes with the entry: removed by the launcher, or with the stale entry of a killed one.
+pub fn resolv_conf_path(runtime_dir: &Path, leader: u32) -> PathBuf {
+    dir(runtime_dir).join(format!(".{leader}.resolv.conf"))
 }
 
 fn read_entry(path: &Path) -> Option<Entry> {
@@ -210,6 +222,7 @@ pub fn get(runtime_dir: &Path, name: &str) -> Option<Entry> {
     if entry.alive() {
         Some(entry)
     } else {
+        let _ = fs::remove_file(resolv_conf_path(runtime_dir, entry.leader));
         let _ = fs::remove_file(&path);
         None
     }
@@ -299,5 +312,32 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(left, ["a"]);
+    }
+
+    #[test]
+    fn a_machines_resolv_conf_goes_with_its_entry_live_stale_or_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let resolv = |leader| resolv_conf_path(tmp.path(), leader);
+        let write = |leader| fs::write(resolv(leader), "nameserver 10.0.0.1\n").unwrap();
+        // Listed as no machine; removed when its launcher unregisters.
+        register(tmp.path(), &entry("a", me)).unwrap();
+        write(me);
+        assert_eq!(list(tmp.path()), [entry("a", me)]);
+        unregister(tmp.path(), "a", me);
+        assert!(!resolv(me).exists());
+        // A killed launcher's: with its stale entry, when read or when replaced.
+        let mut stale = entry("b", me + 1);
+        stale.leader_start = 1;
+        for replaced in [false, true] {
+            register(tmp.path(), &stale).unwrap();
+            write(me + 1);
+            if replaced {
+                register(tmp.path(), &entry("b", me)).unwrap();
+            } else {
+                assert_eq!(get(tmp.path(), "b"), None);
+            }
+            assert!(!resolv(me + 1).exists(), "replaced: {replaced}");
+        }
     }
 }
