@@ -303,7 +303,7 @@ pub fn run(
     match forked? {
         ForkResult::Child => {
             drop(parent_end);
-            child(plan, child_end, &forwarded)
+            child(plan, client, child_end, &forwarded)
         }
         ForkResult::Parent { child } => {
             drop(child_end);
@@ -371,13 +371,51 @@ struct Setup {
     /// and a child that has not made a thread yet is the whole process. Empty when the
     /// launcher moved the child itself (cgroup v2, a user namespace's child, no cgroup).
     cgroup: Vec<std::path::PathBuf>,
-    /// The resolv.conf the launcher wrote for a container without `-D`, which the child binds
-    /// over `/etc/resolv.conf` ([`crate::netconf::bind_resolv_conf`]).
+    /// Where the child of a machine without `-D` writes its resolv.conf, to bind it over
+    /// `/etc/resolv.conf` ([`crate::netconf`]; removed with the registry entry).
     resolv_conf: Option<std::path::PathBuf>,
 }
 
+/// Whether the child sends its own Attach to rnetd (a machine without `-D` on an attached
+/// network): it has its network namespace at hand as soon as it made it and reads the answer
+/// itself, instead of each passing through the launcher (two wake-ups of another process,
+/// 0.6–0.9 ms of a start here; `docs/benchmarks.md`, item 30). The launcher still registers
+/// the machine first: it tells the child to go (and the child's pid on the host) once the
+/// entry is written. A container's launcher sends it (its child is PID 1 of its own PID
+/// namespace, maybe in a user namespace).
+fn child_attaches(plan: &Plan) -> bool {
+    plan.container.is_none() && matches!(plan.network, Network::Attached(_))
+}
+
+/// The Attach request of `plan`'s machine, whose leader is `pid` on the host.
+fn attach_request(plan: &Plan, spec: &api::NetworkSpec, pid: u32) -> Request {
+    Request::Attach(AttachRequest {
+        machine: plan.machine.clone(),
+        pid,
+        network: spec.clone(),
+        ports: plan.ports.clone(),
+        links: plan.links.clone(),
+        held: None,
+        init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
+            InitKind::Systemd
+        } else {
+            InitKind::Other
+        },
+        ipv6: plan.ipv6,
+    })
+}
+
+/// rnetd's answer to an Attach: the machine, or the error to report.
+fn attached(answer: Result<api::Response, api::ClientError>) -> Result<Machine, String> {
+    match answer {
+        Ok(api::Response::Attached(m)) => Ok(m),
+        Ok(other) => Err(format!("rnetd sent an unexpected answer: {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The child: never returns.
-fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
+fn child(plan: Plan, client: &Client, mut sock: UnixStream, forwarded: &SigSet) -> ! {
     let private = plan.network != Network::Host;
     let mut tree = None;
     let result = (|| -> Result<Option<Machine>, String> {
@@ -400,6 +438,23 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
         sethostname(hostname).map_err(|e| format!("setting the hostname: {e}"))?;
         sock.write_all(b"R")
             .map_err(|e| format!("signalling the launcher: {e}"))?;
+        let pending = match &plan.network {
+            Network::Attached(spec) if child_attaches(&plan) => {
+                // The launcher registered the machine: our pid on the host is the signal.
+                let mut go = [0u8; 4];
+                sock.read_exact(&mut go)
+                    .map_err(|e| format!("waiting for the launcher: {e}"))?;
+                let netns = File::open("/proc/self/ns/net")
+                    .map_err(|e| format!("opening our network namespace: {e}"))?;
+                let req = attach_request(&plan, spec, u32::from_le_bytes(go));
+                let pending = client
+                    .send(&req, Some(netns.as_fd()))
+                    .map_err(|e| e.to_string())?;
+                timing::mark("child: attach sent");
+                Some(pending)
+            }
+            _ => None,
+        };
         if plan.container.as_ref().is_some_and(|c| c.userns.is_some()) {
             // The launcher wrote our maps and made the tree ours (or an idmapped mount of it).
             tree = container::userns::recv_tree(&sock)?;
@@ -426,6 +481,14 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
         } = serde_json::from_slice(&cfg)
             .map_err(|e| format!("launcher sent a bad configuration: {e}"))?;
         timing::mark("child: configuration received");
+        let machine = match pending {
+            Some(pending) => {
+                let m = attached(pending.answer())?;
+                timing::mark("child: attach answered");
+                Some(m)
+            }
+            None => machine,
+        };
         for tasks in &cgroup {
             // Our only thread, by itself: see `Setup::cgroup`.
             std::fs::write(tasks, "0")
@@ -441,7 +504,11 @@ fn child(plan: Plan, mut sock: UnixStream, forwarded: &SigSet) -> ! {
                 configure(rtnl, machine.as_ref())?;
             }
             timing::mark("child: host0 configured");
-            bind_resolv_conf(resolv_conf.as_deref(), mount_ns)?;
+            let written = match (&machine, &resolv_conf) {
+                (Some(m), Some(path)) if write_resolv_conf(m, path)? => Some(path.as_path()),
+                _ => None,
+            };
+            bind_resolv_conf(written, mount_ns)?;
             timing::mark("child: resolv.conf bound");
             return Ok(machine);
         };
@@ -505,9 +572,6 @@ fn parent(
     // The entry registered for this run, marked ready later.
     let mut registered_slot: Option<registry::Entry> = None;
     let registered = &mut registered_slot;
-    // The resolv.conf written for the child to bind (removed with the entry).
-    let mut resolv_slot: Option<std::path::PathBuf> = None;
-    let resolv = &mut resolv_slot;
     let setup = (|| -> Result<Option<Machine>, String> {
         // Registered before rnetd attaches it (so a listing never shows the attachment without
         // the entry), ready once the payload runs; while the child makes its namespaces.
@@ -515,6 +579,10 @@ fn parent(
         registry::register(runtime_dir, &entry).map_err(|e| e.to_string())?;
         *registered = Some(entry);
         timing::mark("registered");
+        if child_attaches(&plan) {
+            sock.write_all(&leader.to_le_bytes())
+                .map_err(|_| child_error(&mut sock, "the container process died during setup"))?;
+        }
         let mut ready = [0u8; 1];
         if sock.read_exact(&mut ready).is_err() {
             return Err(child_error(
@@ -533,32 +601,18 @@ fn parent(
         // and where this process still moves the child (cgroup v2, a user namespace's child;
         // see `Setup::cgroup`), that move's RCU grace period overlaps rnetd's work.
         let pending = match &plan.network {
-            Network::Attached(spec) => {
+            Network::Attached(spec) if !child_attaches(&plan) => {
                 let netns = File::open(format!("/proc/{child}/ns/net"))
                     .map_err(|e| format!("opening the container's network namespace: {e}"))?;
-                let req = Request::Attach(AttachRequest {
-                    machine: plan.machine.clone(),
-                    pid: u32::try_from(child.as_raw()).unwrap_or_default(),
-                    network: spec.clone(),
-                    ports: plan.ports.clone(),
-                    links: plan.links.clone(),
-                    held: None,
-                    init: if plan.container.as_ref().is_some_and(|c| c.systemd) {
-                        InitKind::Systemd
-                    } else {
-                        InitKind::Other
-                    },
-                    ipv6: plan.ipv6,
-                });
-                Some(
-                    client
-                        .send(&req, Some(netns.as_fd()))
-                        .map_err(|e| e.to_string())?,
-                )
+                let req = attach_request(&plan, spec, leader);
+                let pending = client
+                    .send(&req, Some(netns.as_fd()))
+                    .map_err(|e| e.to_string())?;
+                timing::mark("attach sent");
+                Some(pending)
             }
             _ => None,
         };
-        timing::mark("attach sent");
         // On an error below the child is killed: rnetd's pidfd watch removes what it attached.
         if !plan.keep_unit {
             *cgroup = container_cgroup(&plan, child, !with_userns(&plan), self_move)?;
@@ -577,19 +631,8 @@ fn parent(
         let Some(pending) = pending else {
             return Ok(None);
         };
-        let answer = pending.answer();
+        let m = attached(pending.answer())?;
         timing::mark("attach answered");
-        let m = match answer {
-            Ok(api::Response::Attached(m)) => m,
-            Ok(other) => return Err(format!("rnetd sent an unexpected answer: {other:?}")),
-            Err(e) => return Err(e.to_string()),
-        };
-        if plan.container.is_none() {
-            let path = registry::resolv_conf_path(runtime_dir, leader);
-            if write_resolv_conf(&m, &path)? {
-                *resolv = Some(path);
-            }
-        }
         Ok(Some(m))
     })();
     let machine = match setup {
@@ -609,7 +652,7 @@ fn parent(
     let cfg = serde_json::to_vec(&Setup {
         machine,
         cgroup: self_move_slot,
-        resolv_conf: resolv_slot,
+        resolv_conf: child_attaches(&plan).then(|| registry::resolv_conf_path(runtime_dir, leader)),
     })
     .unwrap_or_default();
     let sent = sock

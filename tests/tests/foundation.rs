@@ -105,8 +105,9 @@ fn timing_lines_follow_a_start_step_by_step() {
     for want in [
         "registered",
         "child: namespaces made",
-        "attach answered",
+        "child: attach sent",
         "child: configuration received",
+        "child: attach answered",
         "child: in its cgroup",
         "child: host0 configured",
         "child: exec",
@@ -116,7 +117,9 @@ fn timing_lines_follow_a_start_step_by_step() {
         assert!(steps.contains(&want), "{want} missing: {text}");
     }
     let at = |step: &str| marks.iter().find(|(_, s)| s == step).unwrap().0;
-    assert!(at("attach answered") <= at("child: configuration received"));
+    // The child attaches itself (a machine without -D), once its launcher registered it.
+    assert!(at("registered") <= at("child: attach sent"), "{text}");
+    assert!(at("child: attach answered") <= at("child: host0 configured"));
     assert!(at("child: exec") <= at("payload exited"));
     assert_eq!(steps.last(), Some(&"cleaned up"), "{text}");
     let quiet = output(rig.rnet().args(["run", "-n", "-M", "timed", "--", "true"]));
