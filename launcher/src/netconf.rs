@@ -71,8 +71,8 @@ pub fn expects_resolv_conf(network: &NetworkSpec) -> bool {
 /// binds `/etc/netns/NAME/resolv.conf`. The host's file is never written.
 ///
 /// The child makes the namespace while rnetd attaches it ([`MountNs::enter`]); once the answer
-/// names the servers, the launcher writes the file ([`write_resolv_conf`]) and the child binds
-/// it ([`bind_resolv_conf`]). Without servers (an admin's bridge: its DHCP server tells the
+/// names the servers, it writes the file where the launcher said ([`write_resolv_conf`]) and
+/// binds it ([`bind_resolv_conf`]). Without servers (an admin's bridge: its DHCP server tells the
 /// payload) the child goes back to the host's namespace ([`MountNs::leave`]).
 pub struct MountNs {
     /// The host's mount namespace, to go back to.
@@ -106,7 +106,7 @@ impl MountNs {
     }
 }
 
-/// The launcher's part: writes the resolv.conf of `m` to `path` (mode 0644 whatever the umask:
+/// Writes the resolv.conf of `m` to `path` (mode 0644 whatever the umask:
 /// the payload may drop privileges), if `m` names DNS servers and the host has the file to
 /// cover. Returns whether it wrote it.
 pub fn write_resolv_conf(m: &Machine, path: &std::path::Path) -> Result<bool, String> {

@@ -379,7 +379,7 @@ struct Setup {
 /// Whether the child sends its own Attach to rnetd (a machine without `-D` on an attached
 /// network): it has its network namespace at hand as soon as it made it and reads the answer
 /// itself, instead of each passing through the launcher (two wake-ups of another process,
-/// 0.6–0.9 ms of a start here; `docs/benchmarks.md`, item 30). The launcher still registers
+/// about 0.6 ms of a start here; `docs/benchmarks.md`, item 30). The launcher still registers
 /// the machine first: it tells the child to go (and the child's pid on the host) once the
 /// entry is written. A container's launcher sends it (its child is PID 1 of its own PID
 /// namespace, maybe in a user namespace).
@@ -387,9 +387,18 @@ fn child_attaches(plan: &Plan) -> bool {
     plan.container.is_none() && matches!(plan.network, Network::Attached(_))
 }
 
-/// The Attach request of `plan`'s machine, whose leader is `pid` on the host.
-fn attach_request(plan: &Plan, spec: &api::NetworkSpec, pid: u32) -> Request {
-    Request::Attach(AttachRequest {
+/// Sends the Attach of `plan`'s machine, whose leader is `pid` on the host and whose network
+/// namespace is at `netns`; the answer is read later ([`attached`]).
+fn send_attach(
+    client: &Client,
+    plan: &Plan,
+    spec: &NetworkSpec,
+    netns: &str,
+    pid: u32,
+) -> Result<api::Pending, String> {
+    let netns =
+        File::open(netns).map_err(|e| format!("opening the container's network namespace: {e}"))?;
+    let req = Request::Attach(AttachRequest {
         machine: plan.machine.clone(),
         pid,
         network: spec.clone(),
@@ -402,7 +411,10 @@ fn attach_request(plan: &Plan, spec: &api::NetworkSpec, pid: u32) -> Request {
             InitKind::Other
         },
         ipv6: plan.ipv6,
-    })
+    });
+    client
+        .send(&req, Some(netns.as_fd()))
+        .map_err(|e| e.to_string())
 }
 
 /// rnetd's answer to an Attach: the machine, or the error to report.
@@ -444,12 +456,8 @@ fn child(plan: Plan, client: &Client, mut sock: UnixStream, forwarded: &SigSet) 
                 let mut go = [0u8; 4];
                 sock.read_exact(&mut go)
                     .map_err(|e| format!("waiting for the launcher: {e}"))?;
-                let netns = File::open("/proc/self/ns/net")
-                    .map_err(|e| format!("opening our network namespace: {e}"))?;
-                let req = attach_request(&plan, spec, u32::from_le_bytes(go));
-                let pending = client
-                    .send(&req, Some(netns.as_fd()))
-                    .map_err(|e| e.to_string())?;
+                let pid = u32::from_le_bytes(go);
+                let pending = send_attach(client, &plan, spec, "/proc/self/ns/net", pid)?;
                 timing::mark("child: attach sent");
                 Some(pending)
             }
@@ -464,7 +472,7 @@ fn child(plan: Plan, client: &Client, mut sock: UnixStream, forwarded: &SigSet) 
         let mut rtnl = if private { Some(lo_up()?) } else { None };
         timing::mark("child: lo up");
         let mount_ns = match &plan.network {
-            Network::Attached(spec) if plan.container.is_none() && expects_resolv_conf(spec) => {
+            Network::Attached(spec) if child_attaches(&plan) && expects_resolv_conf(spec) => {
                 let ns = MountNs::enter()?;
                 timing::mark("child: mount namespace made");
                 Some(ns)
@@ -602,12 +610,8 @@ fn parent(
         // see `Setup::cgroup`), that move's RCU grace period overlaps rnetd's work.
         let pending = match &plan.network {
             Network::Attached(spec) if !child_attaches(&plan) => {
-                let netns = File::open(format!("/proc/{child}/ns/net"))
-                    .map_err(|e| format!("opening the container's network namespace: {e}"))?;
-                let req = attach_request(&plan, spec, leader);
-                let pending = client
-                    .send(&req, Some(netns.as_fd()))
-                    .map_err(|e| e.to_string())?;
+                let netns = format!("/proc/{child}/ns/net");
+                let pending = send_attach(client, &plan, spec, &netns, leader)?;
                 timing::mark("attach sent");
                 Some(pending)
             }

@@ -78,6 +78,12 @@ fn container(n: u8) -> Vec<Change> {
     changes
 }
 
+/// Container `n`'s host port (tcp 8000+n) mapped to another address: refused while `n` has it.
+fn port_elsewhere(n: u8) -> PortMapping {
+    let port = PortRange::single(8000 + u16::from(n)).unwrap();
+    PortMapping::new(Proto::Tcp, None, port, v4(10, 0, 9, 2), 80).unwrap()
+}
+
 fn ruleset_of(containers: impl IntoIterator<Item = u8>) -> Ruleset {
     let mut rs = Ruleset::new();
     for n in containers {
@@ -543,14 +549,7 @@ fn netlink_refusals_apply_nothing_and_say_why() {
     nft.apply(&render_table(&rs)).unwrap();
     let before = elements();
     // Another container's port, in a batch with changes that alone would pass.
-    let theirs = PortMapping::new(
-        Proto::Tcp,
-        None,
-        PortRange::single(8000).unwrap(),
-        v4(10, 0, 9, 2),
-        80,
-    )
-    .unwrap();
+    let theirs = port_elsewhere(0);
     let mut batch = container(5);
     batch.push(Change::DelPort(theirs.clone()));
     let err = netlink.apply(&batch).unwrap_err();
@@ -585,14 +584,7 @@ fn a_cli_with_netlink_applies_changes_and_keeps_nfts_words_for_refusals() {
             nft.apply_changes_async(&container(n)).await.unwrap();
         }
         assert_eq!(listed(&mut nft).ruleset, split(&ruleset_of(0..5)));
-        let theirs = PortMapping::new(
-            Proto::Tcp,
-            None,
-            PortRange::single(8001).unwrap(),
-            v4(10, 0, 9, 2),
-            80,
-        )
-        .unwrap();
+        let theirs = port_elsewhere(1);
         let err = nft
             .apply_changes_async(&[Change::DelPort(theirs)])
             .await
@@ -735,14 +727,7 @@ fn a_session_lists_what_nft_lists_between_its_batches() {
             assert!(filter.is_some());
             // A refused batch in between (container 0's port to another address) leaves the
             // session in step.
-            let taken = PortMapping::new(
-                Proto::Tcp,
-                None,
-                PortRange::single(8000).unwrap(),
-                v4(10, 0, 9, 2),
-                80,
-            )
-            .unwrap();
+            let taken = port_elsewhere(0);
             assert!(
                 session
                     .apply_async(&render_change(&Change::AddPort(taken)))

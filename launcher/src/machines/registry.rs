@@ -200,7 +200,7 @@ pub fn unregister(runtime_dir: &Path, name: &str, leader: u32) {
     let _ = fs::remove_file(resolv_conf_path(runtime_dir, leader));
 }
 
-/// The resolv.conf the launcher writes for its machine's leader to bind over
+/// The resolv.conf a machine's leader writes (where its launcher says) and binds over
 /// `/etc/resolv.conf` (`crate::netconf`). It stays while the machine runs, so that the payload
 /// may mount over that file in turn (a mount point whose file is deleted refuses mounts);
 /// it goes with the entry: removed by the launcher, or with the stale entry of a killed one.
